@@ -1,0 +1,1 @@
+"""Layer 1 of the runtime: ids, extents and slicing, futures, errors. Stdlib only."""

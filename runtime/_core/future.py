@@ -1,0 +1,163 @@
+"""Futures that can be waited on from any thread (``.get()``) or awaited from any event loop.
+
+Semantics follow Meta Monarch's ``monarch.actor.Future``: ``get(timeout=)`` blocks the calling
+thread and does not consume the future when it times out; ``await fut`` suspends the awaiting task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar
+
+from .errors import CallTimeout
+
+__all__ = ["Future", "loop_thread_marker"]
+
+R = TypeVar("R")
+
+_PENDING = 0
+_RESULT = 1
+_ERROR = 2
+
+# Set to True on threads that run a runtime event loop: blocking there would deadlock.
+loop_thread_marker = threading.local()
+
+
+class Future(Generic[R]):
+    """The eventual result of a call.
+
+    ``get`` may be called any number of times; every call returns the same result or raises the
+    same exception. Resolution happens on a runtime thread; callbacks run there.
+    """
+
+    __slots__ = ("__weakref__", "_callbacks", "_cond", "_state", "_value")
+
+    def __init__(self) -> None:
+        self._state = _PENDING
+        self._value: Any = None
+        self._callbacks: list[Callable[[Future[R]], None]] | None = None
+        self._cond: threading.Condition | None = None
+
+    # -- completion (runtime side) ------------------------------------------------------
+    def set_result(self, value: R) -> None:
+        """Complete with ``value``. A second completion is ignored (first one wins)."""
+        self._complete(_RESULT, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        """Complete with ``exc``; ``get`` and ``await`` raise it."""
+        self._complete(_ERROR, exc)
+
+    def _complete(self, state: int, value: Any) -> None:
+        with _LOCK:
+            if self._state != _PENDING:
+                return
+            self._value = value
+            self._state = state
+            callbacks, self._callbacks = self._callbacks, None
+            cond = self._cond
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+        if callbacks:
+            for cb in callbacks:
+                cb(self)
+
+    def add_done_callback(self, cb: Callable[[Future[R]], None]) -> None:
+        """Run ``cb(self)`` when done: at once if already done, else on the completing thread."""
+        with _LOCK:
+            if self._state == _PENDING:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(cb)
+                return
+        cb(self)
+
+    # -- user side ------------------------------------------------------------------------
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the call failed with, or None; waits like ``get``."""
+        self._wait(timeout)
+        return self._value if self._state == _ERROR else None
+
+    def get(self, timeout: float | None = None) -> R:
+        """Block until the result is available and return it.
+
+        Args:
+            timeout: seconds to wait; None waits forever.
+
+        Raises:
+            CallTimeout: (a ``TimeoutError``) the result did not arrive in time; the future
+                stays usable and a later ``get`` may still succeed.
+            ActorError: the endpoint raised.
+            SupervisionError: the actor failed or was stopped.
+            RuntimeError: called on a runtime event-loop thread, where waiting would deadlock
+                (use ``await`` in async endpoints).
+        """
+        self._wait(timeout)
+        if self._state == _ERROR:
+            raise self._value
+        return self._value  # type: ignore[no-any-return]
+
+    def result(self, timeout: float | None = None) -> R:
+        """Alias of :meth:`get` (``concurrent.futures`` spelling)."""
+        return self.get(timeout)
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._state != _PENDING:
+            return
+        if getattr(loop_thread_marker, "active", False):
+            raise RuntimeError(
+                "Future.get() called on the runtime's event loop thread (inside an async endpoint "
+                "or callback): this would deadlock; use 'await future' instead"
+            )
+        with _LOCK:
+            if self._state != _PENDING:
+                return
+            if self._cond is None:
+                self._cond = threading.Condition(threading.Lock())
+            cond = self._cond
+        with cond:
+            if self._state == _PENDING and not cond.wait_for(lambda: self._state != _PENDING, timeout):
+                raise CallTimeout(f"no result after {timeout} s")
+
+    def __await__(self) -> Generator[Any, None, R]:
+        if self._state == _PENDING:
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            owner = threading.get_ident()
+
+            def wake(_: Future[R]) -> None:
+                if threading.get_ident() == owner:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    loop.call_soon_threadsafe(_set_if_pending, waiter)
+
+            self.add_done_callback(wake)
+            yield from waiter.__await__()
+        if self._state == _ERROR:
+            raise self._value
+        return self._value  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        state = {_PENDING: "pending", _RESULT: "done", _ERROR: "failed"}[self._state]
+        return f"<Future {state}>"
+
+    @classmethod
+    def completed(cls, value: R) -> Future[R]:
+        """An already-resolved future."""
+        f: Future[R] = cls()
+        f.set_result(value)
+        return f
+
+
+def _set_if_pending(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+_LOCK = threading.Lock()

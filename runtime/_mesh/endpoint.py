@@ -1,0 +1,217 @@
+"""Endpoints: the ``@endpoint`` decorator, endpoint metadata, and the typed adverbs.
+
+Semantics follow Meta Monarch's ``monarch.actor.endpoint`` and ``Endpoint`` protocol: on a mesh,
+an endpoint offers ``call_one``, ``call``, ``broadcast``, ``choose`` and ``stream``. Arguments are
+checked against the endpoint's signature at the call site, before anything is sent.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from .._core.future import Future
+from .._core.value_mesh import ValueMesh
+from .._transport.codec import Codec
+
+if TYPE_CHECKING:
+    from .stream import Stream
+
+__all__ = [
+    "Endpoint",
+    "EndpointProperty",
+    "EndpointSpec",
+    "endpoint",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class EndpointSpec:
+    """Everything the runtime needs to know about one endpoint of an actor class.
+
+    Attributes:
+        name: the wire name (the schema's method name on the IDL path, the method name else).
+        py_name: the Python attribute that implements it on the actor class.
+        codec: encodes arguments and results; None means the pickle codec.
+        explicit_response_port: the implementation takes a ``Port[R]`` first and answers on it.
+        stream: the implementation is a generator (or async generator) yielding results.
+        concurrent: async handlers of this endpoint may overlap (Monarch's concurrent endpoints).
+        timeout_s: default call timeout in seconds; None waits forever.
+        signature: the user-facing signature (no ``self``, no port), used to check arguments.
+        ordinal: the schema's method ordinal on the IDL path, -1 for Python endpoints.
+    """
+
+    name: str
+    py_name: str
+    codec: Codec | None = None
+    explicit_response_port: bool = False
+    stream: bool = False
+    concurrent: bool = False
+    timeout_s: float | None = None
+    signature: inspect.Signature | None = None
+    ordinal: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` at the call site when the arguments do not bind to the signature."""
+        if self.signature is None:
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"endpoint {self.name!r}: {exc}") from None
+
+
+def _user_signature(fn: Callable[..., Any], explicit_response_port: bool) -> inspect.Signature | None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    drop = 1 + (1 if explicit_response_port else 0)  # self (+ port)
+    return sig.replace(parameters=params[drop:])
+
+
+class Endpoint(Generic[P, R]):
+    """An endpoint of a mesh, with its adverbs.
+
+    Each adverb checks its arguments against the endpoint's signature and raises ``TypeError``
+    before anything is sent.
+    """
+
+    __slots__ = ("_mesh", "_spec")
+
+    def __init__(self, mesh: Any, spec: EndpointSpec) -> None:
+        self._mesh = mesh
+        self._spec = spec
+
+    def call_one(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Call the one actor of a one-actor mesh.
+
+        Raises:
+            ValueError: the mesh does not have exactly one actor.
+            TypeError: the arguments do not match the endpoint.
+        """
+        return self._mesh._invoke(self._spec, "call_one", args, kwargs)  # type: ignore[no-any-return]
+
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Future[ValueMesh[R]]:
+        """Call every actor of the mesh; the future's ``ValueMesh`` is shaped like the mesh."""
+        return self._mesh._invoke(self._spec, "call", args, kwargs)  # type: ignore[no-any-return]
+
+    def broadcast(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Send to every actor without waiting; a failing handler fails its actor (supervision)."""
+        self._mesh._invoke(self._spec, "broadcast", args, kwargs)
+
+    def choose(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Call one actor of the mesh, chosen by the runtime (round robin)."""
+        return self._mesh._invoke(self._spec, "choose", args, kwargs)  # type: ignore[no-any-return]
+
+    def stream(self, *args: P.args, **kwargs: P.kwargs) -> Stream[R]:
+        """Call every actor; iterate the results in arrival order.
+
+        ``async for value in ep.stream(...)`` yields each result; ``for fut in ep.stream(...)``
+        yields completed futures (Monarch's ``Iterator[Future[R]]``). A ``$stream``/generator
+        endpoint contributes every item it yields.
+        """
+        return self._mesh._invoke(self._spec, "stream", args, kwargs)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self._spec.name!r} of {self._mesh!r}>"
+
+
+class EndpointProperty(Generic[P, R]):
+    """The class attribute that ``@endpoint`` leaves on an actor class.
+
+    On an actor instance it gives the plain bound method (an actor may call itself directly);
+    on a mesh it gives an :class:`Endpoint` with the adverbs.
+    """
+
+    def __init__(self, method: Callable[..., Any], spec: EndpointSpec) -> None:
+        self._method = method
+        self._spec = spec
+        self.__doc__ = method.__doc__
+        self.__name__ = getattr(method, "__name__", spec.py_name)
+        self.__wrapped__ = method
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._spec.py_name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> EndpointProperty[P, R]: ...
+    @overload
+    def __get__(self, instance: object, owner: type) -> Endpoint[P, R]: ...
+    def __get__(self, instance: object, owner: type) -> Any:
+        if instance is None:
+            return self
+        if getattr(instance, "_is_actor_mesh", False):
+            return Endpoint(instance, self._spec)
+        return self._method.__get__(instance, owner)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+
+def _make(
+    fn: Callable[..., Any], *, explicit_response_port: bool, concurrent: bool = False, timeout_s: float | None = None
+) -> EndpointProperty[Any, Any]:
+    is_gen = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+    spec = EndpointSpec(
+        name=fn.__name__,
+        py_name=fn.__name__,
+        explicit_response_port=explicit_response_port,
+        stream=is_gen,
+        concurrent=concurrent,
+        timeout_s=timeout_s,
+        signature=_user_signature(fn, explicit_response_port),
+    )
+    return EndpointProperty(fn, spec)
+
+
+class _EndpointIfy:
+    def __init__(self, explicit_response_port: bool, concurrent: bool, timeout_s: float | None) -> None:
+        self._erp = explicit_response_port
+        self._concurrent = concurrent
+        self._timeout_s = timeout_s
+
+    def __call__(self, fn: Callable[..., Any]) -> Any:
+        return _make(fn, explicit_response_port=self._erp, concurrent=self._concurrent, timeout_s=self._timeout_s)
+
+
+@overload
+def endpoint(method: Callable[Concatenate[Any, P], Awaitable[R]]) -> EndpointProperty[P, R]: ...
+@overload
+def endpoint(method: Callable[Concatenate[Any, P], AsyncIterator[R]]) -> EndpointProperty[P, R]: ...
+@overload
+def endpoint(method: Callable[Concatenate[Any, P], Iterator[R]]) -> EndpointProperty[P, R]: ...
+@overload
+def endpoint(method: Callable[Concatenate[Any, P], R]) -> EndpointProperty[P, R]: ...
+@overload
+def endpoint(
+    *, explicit_response_port: bool = ..., concurrent: bool = ..., timeout: float | None = ...
+) -> Any: ...
+def endpoint(
+    method: Callable[..., Any] | None = None,
+    *,
+    explicit_response_port: bool = False,
+    concurrent: bool = False,
+    timeout: float | None = None,
+) -> Any:
+    """Mark an actor method as an endpoint (Monarch's ``@endpoint``).
+
+    Args:
+        method: the method (when used bare as ``@endpoint``).
+        explicit_response_port: the method takes a ``Port`` after ``self`` and answers on it,
+            possibly later or from another thread; exceptions then fail the actor.
+        concurrent: async handlers may run concurrently with each other.
+        timeout: default call timeout in seconds for callers (``CallTimeout``).
+
+    A generator or async-generator method becomes a streaming endpoint.
+    """
+    if method is not None:
+        return _make(method, explicit_response_port=False)
+    return _EndpointIfy(explicit_response_port, concurrent, timeout)
