@@ -1,1 +1,48 @@
-"""Package."""
+"""One-sided reads and writes of registered memory, API-compatible with Monarch's ``monarch.rdma``.
+
+``RDMABuffer(tensor_or_memoryview)`` registers memory in its owner; the small handle travels to
+any actor, which calls ``read_into(dst)`` / ``write_from(src)`` without involving the owner's
+actor loop. Backends are chosen per transfer at run time (see :mod:`monarch.rdma._config`):
+``ibverbs`` (pyverbs; across hosts and GPU memory), ``cma`` (same host, ``process_vm_readv``,
+no owner CPU) and ``tcp`` (across hosts without verbs). torch and pyverbs are imported lazily.
+"""
+
+from __future__ import annotations
+
+from monarch._core.errors import RDMAError, RDMAUnavailableError
+
+from ._buffer import (
+    RDMAAction,
+    RDMABuffer,
+    _rebuild,  # noqa: F401  # unpickles handles as monarch.rdma._rebuild
+    get_rdma_backend,
+    is_ibverbs_available,
+    is_rdma_available,
+)
+from ._config import RDMAConfig, configure
+from ._engine import RDMAReadTransferWarning, RDMATcpFallbackWarning, RDMAWriteTransferWarning
+
+__all__ = [
+    "RDMAAction",
+    "RDMABuffer",
+    "RDMAConfig",
+    "RDMAError",
+    "RDMAReadTransferWarning",
+    "RDMATcpFallbackWarning",
+    "RDMAUnavailableError",
+    "RDMAWriteTransferWarning",
+    "configure",
+    "get_rdma_backend",
+    "is_ibverbs_available",
+    "is_rdma_available",
+]
+
+for _cls in (
+    RDMAAction,
+    RDMABuffer,
+    RDMAConfig,
+    RDMAReadTransferWarning,
+    RDMATcpFallbackWarning,
+    RDMAWriteTransferWarning,
+):
+    _cls.__module__ = __name__

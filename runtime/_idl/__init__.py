@@ -1,1 +1,25 @@
-"""Runtime support for generated (IDL) code: struct wrappers and the Cap'n Proto payload codec."""
+"""Runtime support for generated (IDL) code: struct wrappers and the Cap'n Proto payload codec.
+
+Layering: imports ``monarch._core``, ``monarch._transport``, ``monarch._mesh`` and ``capnp``;
+never jinja2, and torch only lazily when a tensor field is touched.
+"""
+
+from ._codec import CapnpCodec, idl_endpoint, implements, remote
+from ._schema import LoadedSchema, idl_import_path, load_schema
+from ._struct import Struct, StructInfo, Which, struct_class
+from ._types import OOB_THRESHOLD_BYTES
+
+__all__ = [
+    "OOB_THRESHOLD_BYTES",
+    "CapnpCodec",
+    "LoadedSchema",
+    "Struct",
+    "StructInfo",
+    "Which",
+    "idl_endpoint",
+    "idl_import_path",
+    "implements",
+    "load_schema",
+    "remote",
+    "struct_class",
+]

@@ -1,0 +1,116 @@
+"""Run-time configuration of ``monarch.rdma``: which backend to use and where the TCP server binds.
+
+Settings come from the environment when first read and can be overridden in code with
+:func:`configure`. Environment variables (all optional):
+
+- ``MONARCH_RDMA_BACKEND``: ``auto`` (default), ``ibverbs``, ``cma`` or ``tcp``. Anything but
+  ``auto`` forces that backend for every transfer; a forced backend that cannot serve a transfer
+  raises :class:`~monarch._core.errors.RDMAUnavailableError` (never a silent fallback).
+- ``MONARCH_RDMA_TCP_HOST``: address the per-proc RDMA TCP server binds and advertises
+  (default ``127.0.0.1``).
+- ``MONARCH_RDMA_IB_DEVICE``: verbs device name (default: the first one found).
+- ``MONARCH_RDMA_IB_GID_INDEX``: GID index (default: the first IPv4-mapped GID, else 0).
+- ``MONARCH_RDMA_DROP_GRACE_S``: seconds a dropped region's memory is kept alive for transfers
+  that passed their checks just before the drop (default 5).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, replace
+
+__all__ = ["BACKENDS", "RDMAConfig", "configure", "current"]
+
+BACKENDS = ("auto", "ibverbs", "cma", "tcp")
+
+
+@dataclass(frozen=True)
+class RDMAConfig:
+    """A snapshot of the RDMA settings of this process.
+
+    Attributes:
+        backend: ``auto``, ``ibverbs``, ``cma`` or ``tcp``.
+        tcp_host: address the TCP server binds and advertises.
+        ib_device: verbs device name; empty means the first device.
+        ib_gid_index: GID index; -1 means the first IPv4-mapped GID, else 0.
+        drop_grace_s: seconds a dropped region's memory stays alive, in seconds.
+    """
+
+    backend: str = "auto"
+    tcp_host: str = "127.0.0.1"
+    ib_device: str = ""
+    ib_gid_index: int = -1
+    drop_grace_s: float = 5.0
+
+
+def _from_env() -> RDMAConfig:
+    backend = os.environ.get("MONARCH_RDMA_BACKEND", "auto").strip().lower() or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"MONARCH_RDMA_BACKEND={backend!r}: expected one of {BACKENDS}")
+    return RDMAConfig(
+        backend=backend,
+        tcp_host=os.environ.get("MONARCH_RDMA_TCP_HOST", "127.0.0.1"),
+        ib_device=os.environ.get("MONARCH_RDMA_IB_DEVICE", ""),
+        ib_gid_index=int(os.environ.get("MONARCH_RDMA_IB_GID_INDEX", "-1")),
+        drop_grace_s=float(os.environ.get("MONARCH_RDMA_DROP_GRACE_S", "5")),
+    )
+
+
+_lock = threading.Lock()
+_config: RDMAConfig | None = None
+
+
+def current() -> RDMAConfig:
+    """The settings in force in this process (read from the environment on first use)."""
+    global _config
+    with _lock:
+        if _config is None:
+            _config = _from_env()
+        return _config
+
+
+def configure(
+    *,
+    backend: str | None = None,
+    tcp_host: str | None = None,
+    ib_device: str | None = None,
+    ib_gid_index: int | None = None,
+    drop_grace_s: float | None = None,
+) -> RDMAConfig:
+    """Override RDMA settings in this process; ``None`` keeps the current value.
+
+    Settings are per process: call this in the process that transfers (the reader or writer)
+    for ``backend``, and in the owner before its first registration for ``tcp_host`` and the
+    verbs device.
+
+    Args:
+        backend: ``auto``, ``ibverbs``, ``cma`` or ``tcp``.
+        tcp_host: address for the RDMA TCP server to bind and advertise.
+        ib_device: verbs device name, e.g. ``mlx5_0`` or ``rxe0``.
+        ib_gid_index: GID index on port 1; -1 picks the first IPv4-mapped GID.
+        drop_grace_s: seconds dropped memory stays alive for in-flight transfers.
+
+    Returns:
+        The new settings.
+
+    Raises:
+        ValueError: ``backend`` is not one of the names above.
+    """
+    global _config
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+    cfg = current()
+    changes: dict[str, object] = {}
+    for name, value in (
+        ("backend", backend),
+        ("tcp_host", tcp_host),
+        ("ib_device", ib_device),
+        ("ib_gid_index", ib_gid_index),
+        ("drop_grace_s", drop_grace_s),
+    ):
+        if value is not None:
+            changes[name] = value
+    with _lock:
+        _config = replace(cfg, **changes)  # type: ignore[arg-type]  # keys are the fields above
+        return _config

@@ -1,0 +1,122 @@
+"""Loading the Cap'n Proto schema a generated module was generated from.
+
+A generated module ``pkg/x.py`` ships its source schema as ``pkg/x.capnp`` and loads it once at
+import time with :func:`load_schema`. The ``SchemaParser`` is kept alive for the life of the
+process: pycapnp's schema objects point into it, and dropping it is a use-after-free.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib import resources
+from typing import Any
+
+import capnp
+
+__all__ = ["LoadedSchema", "idl_import_path", "load_schema"]
+
+_LOCK = threading.Lock()
+_PARSER: Any = None
+_LOADED: dict[tuple[str, str], LoadedSchema] = {}
+# node id -> pycapnp struct module, over every schema loaded in this process
+_STRUCTS: dict[int, Any] = {}
+
+
+def idl_import_path() -> str:
+    """The directory that holds ``monarch/actor.capnp`` (the root for ``/monarch/...`` imports)."""
+    return str(resources.files("monarch.idl"))
+
+
+class LoadedSchema:
+    """One loaded schema file and every struct node reachable from it, by id.
+
+    Attributes:
+        module: the pycapnp module of the file.
+        name: the schema file's name, for messages.
+    """
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: Any, name: str) -> None:
+        self.module = module
+        self.name = name
+        _index(module)
+
+    def struct_module(self, node_id: int) -> Any:
+        """The pycapnp struct module (``new_message``, ``from_bytes``) of a struct node.
+
+        Raises:
+            KeyError: no struct with this id was loaded.
+        """
+        return _STRUCTS[node_id]
+
+    def __repr__(self) -> str:
+        return f"<LoadedSchema {self.name!r} structs={len(_STRUCTS)}>"
+
+
+def struct_module(node_id: int) -> Any:
+    """The pycapnp struct module of any loaded struct node (see :meth:`LoadedSchema.struct_module`)."""
+    return _STRUCTS[node_id]
+
+
+def _index(module: Any) -> None:
+    from capnp.lib.capnp import _StructModule
+
+    def walk_struct(schema: Any, name: str) -> None:
+        node_id = schema.node.id
+        if node_id in _STRUCTS:
+            return
+        _STRUCTS[node_id] = _StructModule(schema, name)
+        for field in schema.fields_list:
+            if field.proto.which() == "group":
+                walk_struct(field.schema, field.proto.name)
+
+    def walk(obj: Any) -> None:
+        node = obj.schema.node if hasattr(obj, "schema") else obj._nodeSchema.node
+        kind = node.which()
+        if kind == "struct":
+            walk_struct(obj.schema, node.displayName[node.displayNamePrefixLength :])
+        elif kind == "interface":
+            for method in obj.schema.methods.values():
+                walk_struct(method.param_type, method.param_type.node.displayName)
+                walk_struct(method.result_type, method.result_type.node.displayName)
+        for nested in node.nestedNodes:
+            child = getattr(obj, nested.name, None)
+            if child is not None and (hasattr(child, "schema") or hasattr(child, "_nodeSchema")):
+                walk(child)
+
+    walk(module)
+
+
+def load_schema(package: str, filename: str) -> LoadedSchema:
+    """Load ``filename`` from the package of a generated module, once per process.
+
+    Args:
+        package: the generated module's package (its ``__package__``), whose folder holds the
+            schema copy written by ``monarch-gen``.
+        filename: the schema's file name, e.g. ``"example.capnp"``.
+
+    Returns:
+        The loaded schema; later calls with the same arguments return the same object.
+
+    Raises:
+        monarch._core.errors.SchemaError: the file is missing.
+    """
+    global _PARSER
+    key = (package, filename)
+    with _LOCK:
+        loaded = _LOADED.get(key)
+        if loaded is not None:
+            return loaded
+        folder = resources.files(package)
+        path = folder.joinpath(filename)
+        if not path.is_file():
+            from .._core.errors import SchemaError
+
+            raise SchemaError(f"{package}/{filename}", 0, 0, "schema file not found next to its generated module")
+        if _PARSER is None:
+            _PARSER = capnp.SchemaParser()
+        module = _PARSER.load(str(path), imports=[idl_import_path(), str(folder)])
+        loaded = LoadedSchema(module, filename)
+        _LOADED[key] = loaded
+        return loaded

@@ -1,0 +1,283 @@
+"""``Struct``: the base class of generated Cap'n Proto struct classes.
+
+A struct instance is either *built* (made with keyword arguments, to be sent) or a *view* (over a
+received message: fields are read lazily from the pycapnp reader, Data fields and tensors are
+views of the received buffers, never copies). Both answer the same typed attributes, so a
+received struct can be sent on unchanged.
+
+Generated classes hold no logic: each declares ``__capnp__ = StructInfo(...)`` (its schema node and
+its fields with their type expressions, see :mod:`monarch._idl._types`) and a typed ``__init__``
+that forwards its keyword arguments here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ._schema import LoadedSchema
+from ._types import Conv, DecodeContext, EncodeContext, compile_type
+
+__all__ = ["Struct", "StructInfo", "Which", "struct_class"]
+
+L = TypeVar("L", bound=str)
+S = TypeVar("S", bound="Struct")
+
+_BY_NODE: dict[int, type[Struct]] = {}
+FieldDecl = tuple[str, str, str, bool]  # (python name, wire name, type expression, in union)
+
+
+def struct_class(node_id: int) -> type[Struct]:
+    """The generated class of a struct node (used for generic parameters on receive).
+
+    Raises:
+        KeyError: no generated module defining this struct was imported.
+    """
+    return _BY_NODE[node_id]
+
+
+class _Field:
+    """The data descriptor of one field on a generated class."""
+
+    __slots__ = ("conv", "expr", "info", "py", "union", "wire")
+
+    def __init__(self, info: StructInfo, py: str, wire: str, expr: str, union: bool) -> None:
+        self.info = info
+        self.py = py
+        self.wire = wire
+        self.expr = expr
+        self.union = union
+        self.conv: Conv | None = None
+
+    def converter(self) -> Conv:
+        conv = self.conv
+        if conv is None:
+            conv = self.conv = compile_type(self.expr, self.info.module)
+        return conv
+
+    def __get__(self, inst: Struct | None, owner: type) -> Any:
+        if inst is None:
+            return self
+        r = inst._reader
+        if r is None:
+            v = inst._values.get(self.py)
+            if v is None:
+                if self.union and inst.which_name() != self.py:
+                    raise AttributeError(f"{type(inst).__qualname__}.{self.py} is not the active union member")
+                return getattr(type(inst)._default_view(), self.py)
+            return v
+        if self.union and r._which_str() != self.wire:
+            raise AttributeError(f"{type(inst).__qualname__}.{self.py} is not the active union member")
+        cache = inst._cache
+        if self.py in cache:
+            return cache[self.py]
+        conv = self.converter()
+        v = conv.get(r, self.wire, inst._ctx, inst._path)  # type: ignore[arg-type]  # set with _reader
+        if conv.cacheable:
+            cache[self.py] = v
+        return v
+
+    def __set__(self, inst: Struct, value: Any) -> None:
+        if inst._reader is not None:
+            raise AttributeError(f"{type(inst).__qualname__} received from a message is read-only")
+        inst._values[self.py] = value
+
+
+class StructInfo:
+    """What a generated struct class declares about itself.
+
+    Args:
+        schema: the loaded schema file (see :func:`monarch._idl.load_schema`).
+        node_id: the struct's Cap'n Proto node id.
+        module: the generated module's ``__name__``; class names in type expressions resolve there.
+        fields: ``(python name, wire name, type expression, in unnamed union)`` per field, union
+            members in discriminant order.
+    """
+
+    __slots__ = ("_default", "fields", "module", "node_id", "schema", "union_by_wire", "union_first")
+
+    def __init__(self, schema: LoadedSchema, node_id: int, module: str, fields: Sequence[FieldDecl]) -> None:
+        self.schema = schema
+        self.node_id = node_id
+        self.module = module
+        self.fields = tuple(fields)
+        union = [(py, wire) for py, wire, _, in_union in self.fields if in_union]
+        self.union_by_wire = {wire: py for py, wire in union}
+        self.union_first = union[0][0] if union else ""
+        self._default: Any = None
+
+    def struct_module(self) -> Any:
+        return self.schema.struct_module(self.node_id)
+
+
+class Which(Generic[L]):
+    """``which()`` of a struct with an unnamed union, typed as a ``Literal`` of member names.
+
+    Generated as ``which: Final = stubs.Which[Literal["a", "b"]]()``.
+    """
+
+    def __get__(self, inst: Struct, owner: type) -> Callable[[], L]:
+        return inst.which_name  # type: ignore[return-value]  # names come from the same schema
+
+
+class Struct:
+    """Base of generated struct classes; see the module docstring."""
+
+    __slots__ = ("_cache", "_ctx", "_path", "_reader", "_values")
+    __capnp__: ClassVar[StructInfo]
+    _descriptors: ClassVar[tuple[_Field, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("__capnp__")
+        if info is None:
+            return
+        descriptors = []
+        for py, wire, expr, union in info.fields:
+            d = _Field(info, py, wire, expr, union)
+            setattr(cls, py, d)
+            descriptors.append(d)
+        cls._descriptors = tuple(descriptors)
+        _BY_NODE[info.node_id] = cls
+
+    def __init__(self, **values: Any) -> None:
+        self._reader: Any = None
+        self._ctx: DecodeContext | None = None
+        self._path = ""
+        self._cache: dict[str, Any] = {}
+        given = [py for py, wire, _, union in self.__capnp__.fields if union and values.get(py) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{type(self).__qualname__}: at most one union member may be set, got {given}")
+        self._values = values
+
+    # -- receiving -------------------------------------------------------------------------
+    @classmethod
+    def _view(cls: type[S], reader: Any, ctx: DecodeContext, path: str) -> S:
+        obj = cls.__new__(cls)
+        obj._reader = reader
+        obj._ctx = ctx
+        obj._path = path
+        obj._cache = {}
+        obj._values = {}
+        return obj
+
+    @classmethod
+    def _default_view(cls: type[S]) -> S:
+        info = cls.__capnp__
+        if info._default is None:
+            smod = info.struct_module()
+            info._default = cls._decode(smod.new_message().to_bytes(), [])
+        return info._default  # type: ignore[no-any-return]
+
+    @classmethod
+    def _decode(cls: type[S], payload: Any, buffers: Sequence[Any]) -> S:
+        oob: dict[str, int] | None = None
+        if buffers:
+            directory = bytes(buffers[-1]).decode()
+            oob = {p: i for i, p in enumerate(directory.split("\n"))}
+            buffers = buffers[:-1]
+        nbytes = len(payload) if isinstance(payload, bytes) else memoryview(payload).nbytes
+        # cumulative per reader: room for views to re-read the message several times
+        limit = 8 * (nbytes // 8) + 8192
+        cm = cls.__capnp__.struct_module().from_bytes(payload, traversal_limit_in_words=limit)
+        reader = cm.__enter__()
+        return cls._view(reader, DecodeContext(cm, payload, buffers, oob), "")
+
+    @classmethod
+    def from_bytes(cls: type[S], data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> S:
+        """A view over a flat (unpacked, single segment or not) Cap'n Proto message.
+
+        Args:
+            data: the message, as written by :meth:`to_bytes`; kept referenced by the view.
+            buffers: out-of-band buffers and their directory, when the message has any.
+        """
+        return cls._decode(data, list(buffers))
+
+    # -- sending ---------------------------------------------------------------------------
+    def _present(self) -> list[tuple[_Field, Any]]:
+        """The fields to write, with their values: set fields (built) or all fields (view)."""
+        if self._reader is None:
+            values = self._values
+            return [(d, values[d.py]) for d in self._descriptors if values.get(d.py) is not None]
+        active = self.which_name() if self.__capnp__.union_first else ""
+        return [(d, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active]
+
+    def _write(self, b: Any, enc: EncodeContext, path: str) -> None:
+        for d, v in self._present():
+            conv = d.conv or d.converter()
+            conv.set(b, d.wire, v, enc, path)
+
+    def _encode(self, oob: bool = True) -> tuple[bytes, list[Any]]:
+        """``(message bytes, out-of-band buffers + directory)``; see :mod:`monarch._idl._types`."""
+        msg = self.__capnp__.struct_module().new_message()
+        enc = EncodeContext(oob)
+        self._write(msg, enc, "")
+        buffers = enc.buffers
+        if buffers:
+            buffers.append("\n".join(enc.paths).encode())
+        return msg.to_bytes(), buffers
+
+    def to_bytes(self) -> bytes:
+        """This struct as one flat Cap'n Proto message, every Data field inside it."""
+        return self._encode(oob=False)[0]
+
+    # -- unions ----------------------------------------------------------------------------
+    def which_name(self) -> str:
+        """The Python name of the active member of the unnamed union.
+
+        Raises:
+            TypeError: the struct has no unnamed union.
+        """
+        info = self.__capnp__
+        if not info.union_first:
+            raise TypeError(f"{type(self).__qualname__} has no union")
+        if self._reader is not None:
+            return info.union_by_wire[self._reader._which_str()]
+        for py in info.union_by_wire.values():
+            if self._values.get(py) is not None:
+                return py
+        return info.union_first
+
+    # -- Python protocol -------------------------------------------------------------------
+    def _items(self) -> list[tuple[str, Any]]:
+        active = self.which_name() if self.__capnp__.union_first else ""
+        return [(d.py, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active]
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Struct)
+        return all(_equal(a[1], b[1]) for a, b in zip(self._items(), other._items(), strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable while built
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={_short(v)}" for k, v in self._items())
+        return f"{type(self).__qualname__}({inner})"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if type(a).__module__ == "torch" or type(b).__module__ == "torch":
+        import torch
+
+        return bool(
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
+    if isinstance(a, memoryview | bytearray) or isinstance(b, memoryview | bytearray):
+        return bytes(a) == bytes(b)
+    if isinstance(a, Sequence) and isinstance(b, Sequence) and not isinstance(a, str | bytes):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, bytes | bytearray | memoryview):
+        n = memoryview(v).nbytes
+        return repr(bytes(v)) if n <= 32 else f"<{n} bytes>"
+    if type(v).__module__ == "torch":
+        return f"tensor(shape={list(v.shape)}, dtype={v.dtype})"
+    return repr(v)

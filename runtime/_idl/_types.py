@@ -1,0 +1,398 @@
+"""Field converters: how one schema type moves between Python values and pycapnp builders/readers.
+
+Generated structs describe each field's type with a small expression (``"Int32"``,
+``"List(Struct(Item))"``, ``"Ref(WorkerMesh)"``); :func:`compile_type` turns it into a converter
+the first time the class is used. Names inside the expression are resolved in the generated
+module's namespace, so classes may be defined in any order.
+
+Out-of-band convention (the Cap'n Proto payload codec): a ``Data`` field, a ``$tensor`` field or
+the data of an ``M.Tensor`` whose size is at least :data:`OOB_THRESHOLD_BYTES` is left unset in
+the message and travels as an out-of-band buffer instead. When any buffer travels so, one more
+buffer follows the others: the *directory*, the UTF-8 field paths of the buffers, one per line,
+in order (``blob``, ``items.3.data``: wire names and list indices from the root struct). The
+receiver maps a path back to its buffer and returns a view of it, never a copy.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["OOB_THRESHOLD_BYTES", "Conv", "DecodeContext", "EncodeContext", "compile_type"]
+
+OOB_THRESHOLD_BYTES = 4096
+"""Data of at least this many bytes travels out of band (when the codec allows it)."""
+
+_PRIMS = frozenset(
+    "Bool Int8 Int16 Int32 Int64 UInt8 UInt16 UInt32 UInt64 Float32 Float64 Text".split()
+)
+_CALL = re.compile(r"^(\w+)\((.*)\)$")
+
+
+class EncodeContext:
+    """State of one encoding: the out-of-band buffers collected so far and their paths."""
+
+    __slots__ = ("buffers", "oob", "paths")
+
+    def __init__(self, oob: bool) -> None:
+        self.oob = oob
+        self.buffers: list[Any] = []
+        self.paths: list[str] = []
+
+    def put_data(self, b: Any, wire: str, value: Any, path: str) -> None:
+        """Write Data field ``wire`` of builder ``b``: in the message, or out of band if large."""
+        if self.oob and _nbytes(value) >= OOB_THRESHOLD_BYTES:
+            self.buffers.append(value)
+            self.paths.append(path + wire)
+        else:
+            setattr(b, wire, value)
+
+
+class DecodeContext:
+    """What the views of one received message share: the message and the out-of-band buffers.
+
+    Keeping ``reader_cm`` referenced keeps pycapnp's message (and so every reader) valid.
+    """
+
+    __slots__ = ("buffers", "oob", "payload", "reader_cm")
+
+    def __init__(self, reader_cm: Any, payload: Any, buffers: Sequence[Any], oob: dict[str, int] | None) -> None:
+        self.reader_cm = reader_cm
+        self.payload = payload
+        self.buffers = buffers
+        self.oob = oob
+
+    def get_data(self, r: Any, wire: str, path: str) -> Any:
+        """Read Data field ``wire``: a view of its out-of-band buffer, or the in-message bytes."""
+        if self.oob is not None:
+            index = self.oob.get(path + wire)
+            if index is not None:
+                return self.buffers[index]
+        return getattr(r, wire)
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    return memoryview(value).nbytes
+
+
+class Conv:
+    """Converter base: ``set``/``get`` a struct field, ``put``/``take`` a list element."""
+
+    cacheable = True  # views cache the converted value (readers are re-walked otherwise)
+    simple = False  # pycapnp takes and returns the Python value as is
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        setattr(b, wire, v)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return getattr(r, wire)
+
+    def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        lb[i] = v
+
+    def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
+        return lr[i]
+
+
+class _Prim(Conv):
+    cacheable = False
+    simple = True
+
+
+class _Void(Conv):
+    cacheable = False
+    simple = True
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return None
+
+
+class _Data(Conv):
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        enc.put_data(b, wire, v, path)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return dec.get_data(r, wire, path)
+
+
+class _TensorData(Conv):
+    """A ``$tensor`` Data field: a tensor's raw bytes, received as a 1-D uint8 tensor view."""
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        enc.put_data(b, wire, _tensor_bytes(v), path)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return _bytes_tensor(dec.get_data(r, wire, path), "uint8", None, None)
+
+
+class _Tensor(Conv):
+    """An ``M.Tensor`` struct field: dtype, shape and strides kept."""
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        self._fill(b.init(wire), v, enc, path + wire + ".")
+
+    def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        self._fill(lb[i], v, enc, f"{path}{i}.")
+
+    @staticmethod
+    def _fill(tb: Any, v: Any, enc: EncodeContext, prefix: str) -> None:
+        src = v.detach()
+        if src.device.type != "cpu":
+            src = src.cpu()
+        src = src.contiguous()
+        tb.dtype = str(src.dtype).removeprefix("torch.")
+        tb.shape = list(src.shape)
+        tb.strides = list(src.stride())
+        enc.put_data(tb, "data", _tensor_bytes(src), prefix)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return self._read(getattr(r, wire), dec, path + wire + ".")
+
+    def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
+        return self._read(lr[i], dec, f"{path}{i}.")
+
+    @staticmethod
+    def _read(tr: Any, dec: DecodeContext, prefix: str) -> Any:
+        return _bytes_tensor(dec.get_data(tr, "data", prefix), tr.dtype or "uint8", list(tr.shape), list(tr.strides))
+
+
+def _tensor_bytes(v: Any) -> Any:
+    """A zero-copy byte view of a CPU tensor (copied only when not contiguous or not on CPU)."""
+    if isinstance(v, bytes | bytearray | memoryview):
+        return v
+    import torch
+
+    src = v.detach()
+    if src.device.type != "cpu":
+        src = src.cpu()
+    src = src.contiguous()
+    if src.numel() == 0:
+        return b""
+    return memoryview(src.reshape(-1).view(torch.uint8).numpy())
+
+
+def _bytes_tensor(buf: Any, dtype: str, shape: list[int] | None, strides: list[int] | None) -> Any:
+    import torch
+
+    dt = getattr(torch, dtype)
+    if isinstance(buf, bytes):
+        buf = bytearray(buf)  # torch.frombuffer wants a writable buffer; in-message data is small
+    mv = memoryview(buf).cast("B")
+    if mv.nbytes == 0:
+        return torch.empty(shape if shape is not None else (0,), dtype=dt)
+    flat = torch.frombuffer(mv, dtype=torch.uint8).view(dt)
+    if shape is None:
+        return flat
+    if strides is not None and len(strides) == len(shape):
+        return flat.as_strided(shape, strides)
+    return flat.reshape(shape)
+
+
+class _Named(Conv):
+    """Base of converters that name a generated class, resolved on first use."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self._module = module
+        self._name = name
+        self._cls: Any = None
+
+    @property
+    def cls(self) -> Any:
+        if self._cls is None:
+            obj: Any = sys.modules[self._module]
+            for part in self._name.split("."):
+                obj = getattr(obj, part)
+            self._cls = obj
+        return self._cls
+
+
+class _Enum(_Named):
+    cacheable = False
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        setattr(b, wire, int(v))
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return self.cls(getattr(r, wire).raw)
+
+    def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        lb[i] = self.cls(v).name
+
+    def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
+        return self.cls(lr[i].raw)
+
+
+class _Struct(_Named):
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        _check(v, self.cls, wire)
+        v._write(b.init(wire), enc, path + wire + ".")
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return self.cls._view(getattr(r, wire), dec, path + wire + ".")
+
+    def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        _check(v, self.cls, str(i))
+        v._write(lb[i], enc, f"{path}{i}.")
+
+    def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
+        return self.cls._view(lr[i], dec, f"{path}{i}.")
+
+
+class _Group(_Struct):
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        _check(v, self.cls, wire)
+        v._write(getattr(b, wire), enc, path + wire + ".")
+
+
+def _check(v: Any, cls: type, where: str) -> None:
+    if not isinstance(v, cls):
+        raise TypeError(f"field {where!r} needs a {cls.__qualname__}, got {type(v).__qualname__}")
+
+
+class _Ref(_Named):
+    """``M.ActorRef(T)``: a mesh proxy, encoded by the runtime as opaque bytes."""
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        from .._mesh.actor_mesh import encode_mesh_ref
+
+        b.init(wire).ref = encode_mesh_ref(v)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        if not r._has(wire):
+            return None
+        return self._decode(getattr(r, wire))
+
+    def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        from .._mesh.actor_mesh import encode_mesh_ref
+
+        lb[i].ref = encode_mesh_ref(v)
+
+    def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
+        return self._decode(lr[i])
+
+    def _decode(self, rr: Any) -> Any:
+        from .._mesh.actor_mesh import decode_mesh_ref
+
+        return decode_mesh_ref(rr.ref, self.cls)
+
+
+class _Param(Conv):
+    """A field typed by a generic parameter: the value's own type decides (struct, Text, Data)."""
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        from ._struct import Struct
+
+        if isinstance(v, Struct):
+            v._write(b.init(wire), enc, path + wire + ".")
+        else:
+            setattr(b, wire, v)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        if not r._has(wire):
+            return None
+        v = getattr(r, wire)
+        schema = getattr(v, "schema", None)
+        if schema is None:
+            return v
+        from ._struct import struct_class
+
+        return struct_class(schema.node.id)._view(v, dec, path + wire + ".")
+
+
+class _List(Conv):
+    def __init__(self, elem: Conv) -> None:
+        self.elem = elem
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        if self.elem.simple:
+            setattr(b, wire, list(v))
+        else:
+            self._fill(b.init(wire, len(v)), v, enc, path + wire + ".")
+
+    def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        self._fill(lb.init(i, len(v)), v, enc, f"{path}{i}.")
+
+    def _fill(self, lb: Any, v: Any, enc: EncodeContext, prefix: str) -> None:
+        put = self.elem.put
+        for i, x in enumerate(v):
+            put(lb, i, x, enc, prefix)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        return self._read(getattr(r, wire), dec, path + wire + ".")
+
+    def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
+        return self._read(lr[i], dec, f"{path}{i}.")
+
+    def _read(self, lr: Any, dec: DecodeContext, prefix: str) -> Any:
+        if self.elem.simple:
+            return list(lr)
+        if isinstance(self.elem, _Struct):
+            return StructList(lr, self.elem, dec, prefix)
+        take = self.elem.take
+        return [take(lr, i, dec, prefix) for i in range(len(lr))]
+
+
+class StructList(Sequence[Any]):
+    """A read-only, lazily converted view of a received list of structs."""
+
+    __slots__ = ("_conv", "_dec", "_items", "_prefix", "_reader")
+
+    def __init__(self, reader: Any, conv: Conv, dec: DecodeContext, prefix: str) -> None:
+        self._reader = reader
+        self._conv = conv
+        self._dec = dec
+        self._prefix = prefix
+        self._items: list[Any] = [None] * len(reader)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._items)))]
+        item = self._items[index]
+        if item is None:
+            i = index + len(self._items) if index < 0 else index
+            item = self._items[i] = self._conv.take(self._reader, i, self._dec, self._prefix)
+        return item
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # compared by contents, like list
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+_SIMPLE: dict[str, Conv] = {name: _Prim() for name in _PRIMS}
+_SIMPLE.update(Void=_Void(), Data=_Data(), TensorData=_TensorData(), Tensor=_Tensor(), Param=_Param())
+_NAMED: dict[str, type[_Named]] = {"Enum": _Enum, "Struct": _Struct, "Group": _Group, "Ref": _Ref}
+
+
+def compile_type(expr: str, module: str) -> Conv:
+    """The converter of a type expression, resolving class names in ``module``.
+
+    Raises:
+        ValueError: the expression is malformed (a generator bug).
+    """
+    simple = _SIMPLE.get(expr)
+    if simple is not None:
+        return simple
+    m = _CALL.match(expr)
+    if m is None:
+        raise ValueError(f"bad field type expression {expr!r}")
+    head, arg = m.groups()
+    if head == "List":
+        return _List(compile_type(arg, module))
+    named = _NAMED.get(head)
+    if named is None:
+        raise ValueError(f"bad field type expression {expr!r}")
+    return named(module, arg)
+

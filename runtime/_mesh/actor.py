@@ -1,0 +1,136 @@
+"""The actor base classes and endpoint discovery.
+
+``Actor`` is Monarch's plain base class (``from monarch.actor import Actor``); ``TypedActor[M]``
+is the base of generated (IDL) actor classes and names the mesh proxy class ``M`` that
+``ProcMesh.spawn`` returns for them.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
+
+from .endpoint import EndpointProperty, EndpointSpec
+
+if TYPE_CHECKING:
+    from .._core.failure import MeshFailure
+
+__all__ = ["Actor", "EndpointTable", "TypedActor", "endpoint_table", "validate_actor_class"]
+
+M = TypeVar("M")
+
+
+class Actor(abc.ABC):  # noqa: B024  # ABC so generated abstract endpoints are enforced
+    """Base class of actors (Monarch's ``monarch.actor.Actor``).
+
+    Subclasses define endpoints with ``@endpoint``. Hooks, all optional:
+
+    - ``__supervise__(self, failure) -> bool``: a mesh this actor owns failed; runs on the
+      actor's own thread/loop; True means handled.
+    - ``__cleanup__(self, exc)``: the actor is being stopped (``exc`` None) or failed.
+    """
+
+    __monarch_mesh__: ClassVar[type | None] = None
+
+    def __supervise__(self, failure: MeshFailure) -> bool | None:
+        """Called when a mesh owned by this actor fails. Return True when handled."""
+        return None
+
+    def __cleanup__(self, exc: BaseException | None) -> Any:
+        """Called once when the actor stops (exc None) or fails (exc the cause)."""
+        return None
+
+
+class TypedActor(Actor, Generic[M]):
+    """Base of generated actor classes: ``class Trainer(TypedActor[TrainerMesh])``.
+
+    The type argument is the mesh proxy class that spawning a subclass yields.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is TypedActor:
+                args = get_args(base)
+                if args and isinstance(args[0], type):
+                    cls.__monarch_mesh__ = args[0]
+
+
+class EndpointTable:
+    """The endpoints of one actor class: wire name -> (spec, implementation attribute)."""
+
+    __slots__ = ("by_name", "is_async")
+
+    def __init__(self, by_name: dict[str, tuple[EndpointSpec, str]], is_async: bool) -> None:
+        self.by_name = by_name
+        self.is_async = is_async
+
+
+_TABLES: dict[type, EndpointTable] = {}
+
+
+def _is_async_impl(fn: Any) -> bool:
+    fn = inspect.unwrap(fn)
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def endpoint_table(cls: type) -> EndpointTable:
+    """Discover the endpoints of ``cls`` (cached).
+
+    Raises:
+        TypeError: sync and async endpoints are mixed (rejected at spawn, as in Monarch).
+    """
+    table = _TABLES.get(cls)
+    if table is not None:
+        return table
+    by_name: dict[str, tuple[EndpointSpec, str]] = {}
+    kinds: dict[str, bool] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            spec: EndpointSpec | None = None
+            if isinstance(value, EndpointProperty):
+                spec = value._spec
+            else:
+                spec = getattr(value, "__monarch_endpoint__", None)
+            if spec is None:
+                continue
+            by_name[spec.name] = (spec, attr)
+    for name, (spec, attr) in by_name.items():
+        impl = inspect.getattr_static(cls, attr)
+        if isinstance(impl, EndpointProperty):
+            impl = impl._method
+        if getattr(impl, "__isabstractmethod__", False):
+            continue
+        kinds[name] = _is_async_impl(impl)
+    is_async = any(kinds.values())
+    if is_async and not all(kinds.values()):
+        sync = sorted(n for n, a in kinds.items() if not a)
+        asyn = sorted(n for n, a in kinds.items() if a)
+        raise TypeError(
+            f"actor class {cls.__qualname__} mixes sync endpoints {sync} with async endpoints {asyn}; "
+            "make them all sync or all async (as Monarch requires)"
+        )
+    table = EndpointTable(by_name, is_async)
+    _TABLES[cls] = table
+    return table
+
+
+def validate_actor_class(cls: Any) -> EndpointTable:
+    """Check that ``cls`` can be spawned.
+
+    Raises:
+        TypeError: not an Actor subclass, abstract (unimplemented endpoints), or mixing
+            sync and async endpoints.
+    """
+    if not isinstance(cls, type) or not issubclass(cls, Actor):
+        raise TypeError(f"spawn() needs a subclass of monarch.actor.Actor, got {cls!r}")
+    if inspect.isabstract(cls):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        raise TypeError(f"cannot spawn abstract actor class {cls.__qualname__}: implement {missing}")
+    table = endpoint_table(cls)
+    for name, (_spec, attr) in table.by_name.items():
+        impl = inspect.getattr_static(cls, attr)
+        if getattr(impl, "__isabstractmethod__", False):
+            raise TypeError(f"cannot spawn {cls.__qualname__}: endpoint {name!r} is not implemented")
+    return table

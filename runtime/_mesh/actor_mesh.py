@@ -1,0 +1,281 @@
+"""ActorMesh: a (sliceable) reference to the actors of one spawn, and how adverbs reach them.
+
+A cast goes straight to every proc that hosts a target rank when there are at most
+``FANOUT`` such procs; beyond that it goes down a tree whose every node forwards to at most
+``FANOUT`` procs and reduces the ``call()`` results of its subtree into one reply, so the
+caller's cost grows with the fan-out, not with the mesh. Sequence numbers are fixed at the origin
+so per-sender FIFO order holds across direct sends and tree casts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from .._core.errors import SupervisionError
+from .._core.future import Future
+from .._core.shape import MeshTrait, Shape
+from .._transport.frame import Envelope
+from .._transport.pickle_codec import PICKLE_CODEC
+from .endpoint import Endpoint, EndpointSpec
+from .port import OneSink, StreamSink, ValueMeshSink
+from .router import FLAG_STREAM
+from .stream import Stream
+
+__all__ = ["FANOUT", "ActorMesh", "MeshRef", "decode_mesh_ref", "encode_mesh_ref"]
+
+FANOUT = 8
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MeshRef:
+    """Where the actors of one spawn live.
+
+    Attributes:
+        mesh_id: unique id of the spawn.
+        name: the name given to ``spawn``.
+        addrs: the address of the OS process hosting each spawn rank.
+        shape: the shape of the spawn (dense over ranks ``0..n-1``).
+        actor_cls: the actor class (None when unknown, e.g. generated meshes decoded remotely).
+        owner: the address of the process that spawned it.
+    """
+
+    mesh_id: str
+    name: str
+    addrs: tuple[str, ...]
+    shape: Shape
+    actor_cls: Any
+    owner: str
+
+
+def _shape_into(builder: Any, shape: Shape) -> None:
+    s = builder.init("shape")
+    s.labels = list(shape.labels)
+    s.offset = shape.offset
+    s.sizes = list(shape.sizes)
+    s.strides = list(shape.strides)
+
+
+class ActorMesh(MeshTrait, Generic[T]):
+    """A mesh of actors: endpoints as attributes, mesh operations that return the same type.
+
+    Created by ``ProcMesh.spawn``; can be sent to other actors (it pickles by reference).
+    """
+
+    _is_actor_mesh = True
+
+    def __init__(self, ref: MeshRef, shape: Shape | None = None) -> None:
+        self._ref = ref
+        self._shape = shape if shape is not None else ref.shape
+        self._rr = itertools.count()
+
+    def _new_with_shape(self, shape: Shape) -> Any:
+        return type(self)(self._ref, shape)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        cls = self.__dict__.get("_ref").actor_cls if "_ref" in self.__dict__ else None
+        if cls is not None:
+            from .actor import endpoint_table
+
+            for spec, attr in endpoint_table(cls).by_name.values():
+                if attr == name:
+                    return Endpoint(self, spec)
+            if callable(getattr(cls, name, None)):
+                return NotAnEndpoint(self, name)
+        raise AttributeError(f"{type(self).__name__} of {getattr(cls, '__qualname__', '?')} has no endpoint {name!r}")
+
+    def __repr__(self) -> str:
+        ext = dict(zip(self._shape.labels, self._shape.sizes))
+        return f"<{type(self).__name__} {self._ref.name!r} extent={ext}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_mesh, (type(self), self._ref, self._shape))
+
+    @property
+    def name(self) -> str:
+        return self._ref.name
+
+    # -- adverbs ---------------------------------------------------------------------------
+    def _invoke(self, spec: EndpointSpec, adverb: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from .runtime import get_runtime
+
+        spec.check_arguments(args, kwargs)
+        shape = self._shape
+        ranks = shape.ranks()
+        if adverb == "call_one" and len(ranks) != 1:
+            raise ValueError(
+                f"call_one() needs a mesh of exactly one actor, but {self!r} has {len(ranks)}; "
+                "slice it or use call()"
+            )
+        if adverb == "choose":
+            if not ranks:
+                raise ValueError(f"choose() on an empty mesh {self!r}")
+            i = next(self._rr) % len(ranks)
+            sub = _point_shape(shape, i)
+            return ActorMesh(self._ref, sub)._invoke(spec, "call_one", args, kwargs)
+        codec = spec.codec or PICKLE_CODEC
+        payload, bufs = codec.encode_call(args, kwargs)
+        rt = get_runtime()
+        router = rt.router
+        groups: dict[str, list[int]] = {}
+        addrs = self._ref.addrs
+        for r in ranks:
+            groups.setdefault(addrs[r], []).append(r)
+        for a in groups:
+            reason = router.dead_reason(a) or rt.mesh_failure(self._ref.mesh_id)
+            if reason:
+                raise SupervisionError(f"actor mesh {self._ref.name!r} is unusable: {reason}")
+        pos = {r: i for i, r in enumerate(ranks)}
+        expected = {a: {pos[r] for r in rs} for a, rs in groups.items()}
+        result: Any = None
+        sink: Any = None
+        flags = 0
+        if adverb == "call_one":
+            sink = OneSink(router, codec, expected)
+            result = sink.future
+        elif adverb == "call":
+            sink = ValueMeshSink(router, codec, expected, shape)
+            result = sink.future
+        elif adverb == "stream":
+            sink = StreamSink(router, codec, expected, len(ranks))
+            result = Stream(sink, spec.timeout_s)
+            flags |= FLAG_STREAM
+        elif adverb != "broadcast":
+            raise ValueError(f"unknown adverb {adverb!r}")
+        if spec.explicit_response_port:
+            flags |= 2
+        env = Envelope.new_message()
+        env.kind = "call"
+        env.actor = self._ref.mesh_id
+        env.endpoint = spec.name
+        env.encoding = codec.encoding
+        env.payload = payload
+        env.flags = flags
+        env.sender = rt.sender_name()
+        _shape_into(env, shape)
+        if sink is not None:
+            env.replyAddr = router.addr
+            env.replyPort = sink.port
+        try:
+            if len(groups) <= FANOUT:
+                for a, rs in groups.items():
+                    env.ranks = rs
+                    router.send(a, env, bufs)
+            else:
+                _send_tree(router, env, bufs, groups)
+        except Exception as exc:
+            if sink is not None:
+                router.close_port(sink.port)
+            if isinstance(exc, SupervisionError):
+                raise
+            raise SupervisionError(f"cannot reach actor mesh {self._ref.name!r}: {exc}") from exc
+        timeout_s = spec.timeout_s
+        if timeout_s is not None and sink is not None and hasattr(sink, "timeout"):
+            router.loop.call_soon_threadsafe(router.loop.call_later, timeout_s, sink.timeout, timeout_s)
+        return result
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> Future[None]:
+        """Stop every actor of the spawn: queued messages are handled, then ``__cleanup__`` runs.
+
+        Later calls raise ``SupervisionError``. The future completes when all have stopped.
+        """
+        from .runtime import get_runtime
+
+        return get_runtime().stop_actor_mesh(self._ref)
+
+    async def __aenter__(self) -> ActorMesh[T]:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    @property
+    def initialized(self) -> Future[None]:
+        """Completes once every actor's ``__init__`` ran (Monarch's ``initialized``)."""
+        return Future.completed(None)
+
+
+class NotAnEndpoint:
+    """A plain method of the actor class seen through a mesh; wrap it with ``as_endpoint``."""
+
+    def __init__(self, mesh: ActorMesh[Any], name: str) -> None:
+        self._mesh = mesh
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"{self._name!r} is not an endpoint; mark it @endpoint or use as_endpoint(mesh.{self._name})"
+        )
+
+
+def _point_shape(shape: Shape, i: int) -> Shape:
+    r = shape.ranks()[i]
+    return Shape(list(shape.labels), r, [1] * len(shape.labels), list(shape.strides))
+
+
+def _send_tree(router: Any, env: Any, bufs: list[Any], groups: dict[str, list[int]]) -> None:
+    items = list(groups.items())
+    seqs = {a: router.next_seq(a) for a, _ in items}
+
+    def build(lst: Sequence[tuple[str, list[int]]]) -> list[tuple[str, list[int], list[Any]]]:
+        # split lst into at most FANOUT subtrees; the head of each subtree forwards to the rest
+        n = len(lst)
+        if n == 0:
+            return []
+        per = -(-n // FANOUT)
+        out = []
+        for k in range(0, n, per):
+            chunk = lst[k : k + per]
+            head, rest = chunk[0], chunk[1:]
+            out.append((head[0], head[1], build(rest)))
+        return out
+
+    def fill(lst: Any, hops: list[tuple[str, list[int], list[Any]]]) -> None:
+        for i, (a, rs, sub) in enumerate(hops):
+            h = lst[i]
+            h.addr = a
+            h.seq = seqs[a]
+            h.ranks = rs
+            if sub:
+                fill(h.init("forward", len(sub)), sub)
+
+    top = build(items)
+    lengths = env.init("buffers", len(bufs))
+    for i, b in enumerate(bufs):
+        lengths[i] = memoryview(b).nbytes
+    env.origin = router.addr
+    for a, rs, sub in top:
+        env.ranks = rs
+        env.seq = seqs[a]
+        if sub:
+            fill(env.init("forward", len(sub)), sub)
+        else:
+            env.init("forward", 0)
+        router.send_presequenced(a, env, bufs)
+
+
+def _rebuild_mesh(cls: type, ref: MeshRef, shape: Shape) -> Any:
+    return cls(ref, shape)
+
+
+def encode_mesh_ref(mesh: ActorMesh[Any]) -> bytes:
+    """Bytes that identify ``mesh`` (its spawn and slice); for ``M.ActorRef`` fields."""
+    from .._transport.pickle_codec import dumps
+
+    data, bufs = dumps((mesh._ref, mesh._shape))
+    if bufs:
+        raise TypeError("mesh reference holds out-of-band data")
+    return data
+
+
+def decode_mesh_ref(data: bytes | memoryview, mesh_cls: type) -> Any:
+    """The mesh proxy of class ``mesh_cls`` for bytes made by :func:`encode_mesh_ref`."""
+    ref, shape = pickle.loads(data)
+    return mesh_cls(ref, shape)

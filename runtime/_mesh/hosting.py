@@ -1,0 +1,411 @@
+"""Actor hosting in every process: spawning actors, delivering calls, forwarding casts down
+their tree, collecting replies back up it, and reporting failures to owners.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .._core.errors import ActorError, SupervisionError
+from .._core.shape import Extent, Point
+from .._transport.codec import Codec
+from .._transport.frame import Envelope
+from .._transport.pickle_codec import PICKLE_CODEC, dumps, loads
+from .endpoint import EndpointSpec
+from .instance import ActorInstance
+from .router import FLAG_STREAM, Router, Sink
+
+if TYPE_CHECKING:
+    from .port import Port
+
+__all__ = ["ActorHost", "Msg", "encode_error", "decode_error"]
+
+log = logging.getLogger("monarch.hosting")
+
+
+def encode_error(exc: BaseException, actor: str) -> tuple[bytes, list[Any]]:
+    """Pickle an exception with its traceback text for the caller (never raises)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        return dumps((exc, tb, actor))
+    except Exception:
+        return dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb, actor))
+
+
+def decode_error(payload: Any, bufs: list[memoryview]) -> BaseException:
+    """The exception a caller raises for an error result."""
+    try:
+        exc, tb, actor = loads(payload, bufs)
+    except Exception as e:
+        return ActorError(RuntimeError(f"undecodable remote error: {e}"))
+    if isinstance(exc, SupervisionError):
+        return exc
+    return ActorError(exc, tb, actor)
+
+
+class _ShapeInfo:
+    __slots__ = ("extent", "pos")
+
+    def __init__(self, extent: Extent, pos: dict[int, int]) -> None:
+        self.extent = extent
+        self.pos = pos
+
+
+class Msg:
+    """A call delivered to one local actor (decoded envelope fields)."""
+
+    __slots__ = ("bufs", "endpoint", "flags", "host", "mesh_id", "payload", "pos", "rank", "reply_addr", "reply_port", "shape")
+
+    def __init__(
+        self,
+        host: ActorHost,
+        endpoint: str,
+        payload: Any,
+        bufs: list[memoryview],
+        reply_addr: str,
+        reply_port: int,
+        pos: int,
+        shape: _ShapeInfo,
+        flags: int,
+        rank: int,
+        mesh_id: str = "",
+    ) -> None:
+        self.host = host
+        self.mesh_id = mesh_id
+        self.endpoint = endpoint
+        self.payload = payload
+        self.bufs = bufs
+        self.reply_addr = reply_addr
+        self.reply_port = reply_port
+        self.pos = pos
+        self.shape = shape
+        self.flags = flags
+        self.rank = rank
+
+    def message_rank(self) -> Point:
+        return Point(self.pos, self.shape.extent)
+
+    def decode_args(self, spec: EndpointSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        codec: Codec = spec.codec or PICKLE_CODEC
+        return codec.decode_call(memoryview(self.payload), self.bufs)
+
+    def port(self, spec: EndpointSpec) -> Port[Any]:
+        from .port import Port
+
+        return Port(self.reply_addr, self.reply_port, self.pos, spec.codec, once=True)
+
+
+class Collector(Sink):
+    """Gathers the results of one cast at a forwarding proc and sends them up as one reply."""
+
+    def __init__(self, host: ActorHost, dest_addr: str, dest_port: int, expected: dict[str, set[int]]) -> None:
+        self.host = host
+        self.dest_addr = dest_addr
+        self.dest_port = dest_port
+        self.expected = expected
+        self.remaining = sum(len(v) for v in expected.values())
+        self.parts: list[tuple[int, bool, bytes, list[memoryview]]] = []
+        self.lock = threading.Lock()
+        self.port = 0
+
+    def waits_on(self, addr: str) -> bool:
+        return bool(self.expected.get(addr))
+
+    def deliver(self, env: Any, bufs: list[memoryview]) -> None:
+        payload = env.payload
+        off = 0
+        bi = 0
+        done = False
+        with self.lock:
+            for p in env.parts:
+                n, nb = p.length, p.buffers
+                self.parts.append((p.rank, p.error, payload[off : off + n], bufs[bi : bi + nb]))
+                off += n
+                bi += nb
+                if p.last:
+                    for s in self.expected.values():
+                        s.discard(p.rank)
+                    self.remaining -= 1
+            done = self.remaining <= 0
+        if done:
+            self._flush()
+
+    def peer_lost(self, addr: str, reason: str) -> None:
+        with self.lock:
+            missing = sorted(self.expected.get(addr, ()))
+            for pos in missing:
+                payload, bufs = encode_error(SupervisionError(f"proc at {addr} failed: {reason}"), "")
+                self.parts.append((pos, True, payload, list(bufs)))
+            self.remaining -= len(missing)
+            self.expected[addr] = set()
+            done = self.remaining <= 0
+        if done:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.host.router.close_port(self.port)
+        env = Envelope.new_message()
+        env.kind = "reply"
+        env.port = self.dest_port
+        parts = env.init("parts", len(self.parts))
+        chunks: list[bytes] = []
+        allbufs: list[Any] = []
+        for i, (rank, err, payload, bufs) in enumerate(self.parts):
+            p = parts[i]
+            p.rank = rank
+            p.error = err
+            p.length = len(payload)
+            p.buffers = len(bufs)
+            p.last = True
+            chunks.append(payload)
+            allbufs.extend(bufs)
+        env.payload = b"".join(chunks)
+        try:
+            self.host.router.send(self.dest_addr, env, allbufs, sequenced=False)
+        except Exception as exc:
+            log.error("cannot return cast results to %s: %s", self.dest_addr, exc)
+
+
+class ActorHost:
+    """Hosts the actors of one process and handles calls, spawns, stops and failures."""
+
+    def __init__(self, router: Router, proc_mesh_factory: Any) -> None:
+        self.router = router
+        self.meshes: dict[str, dict[int, ActorInstance]] = {}
+        self.mesh_names: dict[str, str] = {}
+        self._shapes: dict[tuple[Any, ...], _ShapeInfo] = {}
+        self._proc_mesh_factory = proc_mesh_factory
+        self._this_proc: Any = None
+        self.hostname = socket.gethostname()
+        router.on_call = self.on_call
+        router.control["spawn"] = self._on_spawn
+        router.control["stop_mesh"] = self._on_stop_mesh
+        self.on_proc_fails: Any = None
+        self.on_failure_report: Any = None
+
+    def this_proc_mesh(self) -> Any:
+        if self._this_proc is None:
+            self._this_proc = self._proc_mesh_factory()
+        return self._this_proc
+
+    # -- calls --------------------------------------------------------------------------------
+    def _shape_info(self, env: Any) -> _ShapeInfo:
+        s = env.shape
+        key = (tuple(s.labels), s.offset, tuple(s.sizes), tuple(s.strides))
+        info = self._shapes.get(key)
+        if info is None:
+            from .._core.shape import Shape
+
+            shape = Shape(key[0], key[1], key[2], key[3])
+            info = _ShapeInfo(shape.extent, {r: i for i, r in enumerate(shape.ranks())})
+            if len(self._shapes) > 4096:
+                self._shapes.clear()
+            self._shapes[key] = info
+        return info
+
+    def on_call(self, env: Any, bufs: list[memoryview]) -> None:
+        """A call or cast arrived (loop thread): forward it down its tree, then deliver it."""
+        mesh_id = env.actor
+        ranks = list(env.ranks)
+        info = self._shape_info(env)
+        reply_addr = env.replyAddr
+        reply_port = env.replyPort
+        flags = env.flags
+        forward = env.forward
+        if reply_addr and not (flags & FLAG_STREAM):
+            expected: dict[str, set[int]] = {}
+            if len(ranks) + len(forward) > 1:
+                mine = {info.pos[r] for r in ranks}
+                expected[self.router.addr] = mine
+                for hop in forward:
+                    expected.setdefault(hop.addr, set()).update(_subtree_positions(hop, info))
+                col = Collector(self, reply_addr, reply_port, expected)
+                col.port = self.router.new_port(col)
+                reply_addr, reply_port = self.router.addr, col.port
+        for hop in forward:
+            out = Envelope.new_message()
+            out.kind = "call"
+            out.origin = env.origin
+            out.seq = hop.seq
+            out.actor = mesh_id
+            out.ranks = hop.ranks
+            out.endpoint = env.endpoint
+            out.replyAddr = reply_addr
+            out.replyPort = reply_port
+            out.encoding = env.encoding
+            out.payload = env.payload
+            out.buffers = env.buffers
+            out.forward = hop.forward
+            out.shape = env.shape
+            out.sender = env.sender
+            out.flags = flags
+            try:
+                self.router.send_presequenced(hop.addr, out, list(bufs))
+            except Exception as exc:
+                self.router.mark_dead(hop.addr, str(exc))
+        if not ranks:
+            return
+        actors = self.meshes.get(mesh_id)
+        payload = env.payload
+        endpoint = env.endpoint
+        first = True
+        for r in ranks:
+            inst = actors.get(r) if actors is not None else None
+            mbufs = bufs if first else [memoryview(bytearray(b)) for b in bufs]
+            first = False
+            msg = Msg(self, endpoint, payload, mbufs, reply_addr, reply_port, info.pos.get(r, 0), info, flags, r, mesh_id)
+            if inst is None:
+                self.refuse(msg, SupervisionError(f"no actor {mesh_id}[{r}] on {self.router.name}"))
+            else:
+                inst.post(msg)
+
+    def reply(self, msg: Msg, spec: EndpointSpec | None, value: Any, exc: BaseException | None, *, last: bool) -> None:
+        """Send one result (or error) for ``msg`` to its reply port (any thread)."""
+        if not msg.reply_addr:
+            return
+        if exc is not None:
+            payload, bufs = encode_error(exc, f"{self.mesh_names.get(msg.mesh_id, msg.mesh_id)}[{msg.rank}]")
+            err = True
+        else:
+            codec: Codec = (spec.codec if spec is not None else None) or PICKLE_CODEC
+            try:
+                payload, bufs = codec.encode_result(value)
+            except Exception as enc_exc:
+                payload, bufs = encode_error(
+                    TypeError(f"result of endpoint {msg.endpoint!r} cannot be encoded: {enc_exc}"), ""
+                )
+                err = True
+            else:
+                err = False
+        self._send_part(msg.reply_addr, msg.reply_port, msg.pos, err, payload, bufs, last)
+
+    def reply_end(self, msg: Msg, spec: EndpointSpec) -> None:
+        """Mark the end of a streaming endpoint's results."""
+        if msg.reply_addr:
+            self._send_part(msg.reply_addr, msg.reply_port, msg.pos, False, b"", [], True, empty=True)
+
+    def _send_part(
+        self, addr: str, port: int, pos: int, err: bool, payload: Any, bufs: list[Any], last: bool, empty: bool = False
+    ) -> None:
+        env = Envelope.new_message()
+        env.kind = "reply"
+        env.port = port
+        p = env.init("parts", 1)[0]
+        p.rank = pos
+        p.error = err
+        p.length = len(payload) if not empty else 0
+        p.buffers = len(bufs)
+        p.last = last
+        if empty:
+            env.flags = 4  # end-of-stream marker: no value in this part
+        env.payload = payload
+        try:
+            self.router.send(addr, env, bufs, sequenced=False)
+        except Exception as exc:
+            log.warning("cannot deliver a result to %s: %s", addr, exc)
+
+    def refuse(self, msg: Msg, exc: BaseException) -> None:
+        """Answer a call that cannot be handled with ``exc`` (if it has a reply port)."""
+        if msg.reply_addr:
+            payload, bufs = encode_error(exc, "")
+            self._send_part(msg.reply_addr, msg.reply_port, msg.pos, True, payload, bufs, True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _on_spawn(self, env: Any, bufs: list[memoryview]) -> None:
+        mesh_id, name, cls, args, kwargs, points, extent, owner = loads(env.payload, bufs)
+        actors = self.meshes.setdefault(mesh_id, {})
+        self.mesh_names[mesh_id] = name
+        for r in points:
+            actors[r] = ActorInstance(self, mesh_id, name, Point(r, extent), cls, args, kwargs, owner)
+
+    def spawn_local(
+        self, mesh_id: str, name: str, cls: type, args: Any, kwargs: Any, points: list[int], extent: Extent, owner: str
+    ) -> None:
+        """Create actors in this process (``this_proc().spawn``); call on the loop thread."""
+        actors = self.meshes.setdefault(mesh_id, {})
+        self.mesh_names[mesh_id] = name
+        for r in points:
+            actors[r] = ActorInstance(self, mesh_id, name, Point(r, extent), cls, args, kwargs, owner)
+
+    def _on_stop_mesh(self, env: Any, bufs: list[memoryview]) -> None:
+        mesh_id = env.actor
+        actors = self.meshes.get(mesh_id, {})
+        reply_addr, reply_port = env.replyAddr, env.replyPort
+        pending = [a for a in actors.values() if not a.stopped.is_set()]
+
+        def done() -> None:
+            if reply_addr:
+                self._send_part(reply_addr, reply_port, 0, False, dumps(None)[0], [], True)
+
+        if not pending:
+            done()
+            return
+        remaining = [len(pending)]
+        lock = threading.Lock()
+
+        def one_stopped() -> None:
+            with lock:
+                remaining[0] -= 1
+                fire = remaining[0] == 0
+            if fire:
+                done()
+
+        for a in pending:
+            a._on_stopped = one_stopped  # type: ignore[attr-defined]
+            a.stop()
+
+    def actor_stopped(self, inst: ActorInstance) -> None:
+        cb = getattr(inst, "_on_stopped", None)
+        if cb is not None:
+            cb()
+
+    def actor_failed(self, inst: ActorInstance, cause: str, tb: str) -> None:
+        """Report an actor failure to its owner (any thread)."""
+        from .._core.failure import MeshFailure
+
+        failure = MeshFailure(
+            mesh_name=inst.name,
+            ranks=[inst.rank.rank],
+            cause=cause,
+            traceback=tb,
+            host=self.hostname,
+            pid=os.getpid(),
+            actor=inst.display,
+        )
+        env = Envelope.new_message()
+        env.kind = "supervision"
+        env.endpoint = "failure"
+        env.actor = inst.mesh_id
+        payload, bufs = dumps(failure)
+        env.payload = payload
+        try:
+            self.router.send(inst.owner, env, bufs)
+        except Exception as exc:
+            log.error("cannot report the failure of %s to its owner %s: %s", inst.display, inst.owner, exc)
+        if self.on_failure_report is not None:
+            self.on_failure_report(inst, failure)
+
+    def proc_fails(self, cause: str) -> None:
+        if self.on_proc_fails is not None:
+            self.on_proc_fails(cause)
+
+
+def _subtree_positions(hop: Any, info: _ShapeInfo) -> set[int]:
+    out = {info.pos[r] for r in hop.ranks}
+    for sub in hop.forward:
+        out |= _subtree_positions(sub, info)
+    return out
+
+
+def pickle_spawn(*parts: Any) -> tuple[bytes, list[Any]]:
+    """Payload of a spawn control message (classes by value when not importable)."""
+    buffers: list[Any] = []
+    data = cloudpickle.dumps(parts, protocol=5, buffer_callback=buffers.append)
+    return data, [b.raw() for b in buffers]

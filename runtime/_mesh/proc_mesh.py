@@ -1,0 +1,197 @@
+"""HostMesh and ProcMesh: where actors run.
+
+Semantics follow Meta Monarch's ``this_host().spawn_procs(per_host={...})`` and
+``ProcMesh.spawn(name, cls, *args, **kwargs)``: spawning procs and actors does not block; actors'
+``__init__`` runs before their first message; ``stop()`` ends them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypeVar, overload
+
+from .._core.future import Future
+from .._core.shape import Extent, MeshTrait, Shape
+from .actor import TypedActor, validate_actor_class
+from .actor_mesh import ActorMesh, MeshRef
+
+__all__ = ["HostMesh", "ProcMesh", "this_host", "this_proc"]
+
+M = TypeVar("M")
+T = TypeVar("T")
+
+
+class ProcMesh(MeshTrait):
+    """A mesh of procs (OS processes, or points packed several to a process).
+
+    Args:
+        addrs: address of the OS process of every point of the spawn, by spawn rank.
+        shape: the (possibly sliced) shape over those points.
+        host_mesh: the HostMesh it was spawned from, if any.
+        owned: this process started the procs and may stop them.
+    """
+
+    def __init__(self, addrs: list[str], shape: Shape, host_mesh: HostMesh | None, *, owned: bool = True) -> None:
+        self._addrs = list(addrs)
+        self._shape = shape
+        self._host_mesh = host_mesh
+        self._owned = owned
+        self._stopped = False
+
+    def _new_with_shape(self, shape: Shape) -> ProcMesh:
+        return ProcMesh(self._addrs, shape, self._host_mesh, owned=self._owned)
+
+    @property
+    def host_mesh(self) -> HostMesh:
+        return self._host_mesh if self._host_mesh is not None else this_host()
+
+    def __repr__(self) -> str:
+        ext = dict(zip(self._shape.labels, self._shape.sizes))
+        procs = len(set(self._addrs[r] for r in self._shape.ranks()))
+        return f"<ProcMesh extent={ext} processes={procs}{' stopped' if self._stopped else ''}>"
+
+    @overload
+    def spawn(self, name: str, cls: type[TypedActor[M]], *args: Any, **kwargs: Any) -> M: ...
+    @overload
+    def spawn(self, name: str, cls: type[T], *args: Any, **kwargs: Any) -> T: ...
+    def spawn(self, name: str, cls: Any, *args: Any, **kwargs: Any) -> Any:
+        """Spawn one actor of ``cls`` on every proc of this mesh; returns at once.
+
+        Args:
+            name: the mesh's name (shown in errors and reports).
+            cls: an ``Actor`` subclass (a generated base's implementation on the IDL path).
+            *args, **kwargs: passed to every actor's ``__init__`` (pickled).
+
+        Returns:
+            The actor mesh: the generated ``XMesh`` proxy for generated actors, else an
+            ``ActorMesh`` whose attributes are the class's endpoints. Shaped like this mesh.
+
+        Raises:
+            TypeError: ``cls`` is not a spawnable actor class (abstract, mixed sync/async).
+            SupervisionError: this proc mesh was stopped.
+        """
+        from .._core.errors import SupervisionError
+        from .runtime import get_runtime
+
+        if not isinstance(name, str):
+            raise TypeError(f"spawn(name, cls, ...): name must be a str, got {type(name).__name__}")
+        validate_actor_class(cls)
+        if self._stopped:
+            raise SupervisionError("cannot spawn on a stopped ProcMesh")
+        rt = get_runtime()
+        ranks = self._shape.ranks()
+        addrs = [self._addrs[r] for r in ranks]
+        extent = self._shape.extent
+        mesh_id = rt.spawn_actors(name, cls, args, kwargs, addrs, extent)
+        ref = MeshRef(mesh_id, name, tuple(addrs), Shape(list(extent.labels), 0, list(extent.sizes)), cls, rt.router.addr)
+        mesh_cls = getattr(cls, "__monarch_mesh__", None) or ActorMesh
+        return mesh_cls(ref)
+
+    def stop(self) -> Future[None]:
+        """Stop every proc of this mesh (their actors run ``__cleanup__``); completes when all
+        processes have exited. Procs that do not exit within 5 s are killed."""
+        from .runtime import get_runtime
+
+        self._stopped = True
+        if not self._owned:
+            return Future.completed(None)
+        return get_runtime().stop_processes(sorted(set(self._addrs)))
+
+    @property
+    def initialized(self) -> Future[None]:
+        """Completes when the procs are up (spawning is non-blocking; messages queue)."""
+        return Future.completed(None)
+
+    async def __aenter__(self) -> ProcMesh:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    def __enter__(self) -> ProcMesh:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop().get(30.0)
+
+
+class HostMesh(MeshTrait):
+    """A mesh of hosts that can start procs (Monarch's ``HostMesh``)."""
+
+    def __init__(self, shape: Shape, hosts: list[str] | None = None) -> None:
+        self._shape = shape
+        self._hosts = hosts or ["local"]
+
+    def _new_with_shape(self, shape: Shape) -> HostMesh:
+        return HostMesh(shape, self._hosts)
+
+    def __repr__(self) -> str:
+        return f"<HostMesh extent={dict(zip(self._shape.labels, self._shape.sizes))}>"
+
+    def spawn_procs(
+        self,
+        per_host: dict[str, int] | None = None,
+        *,
+        name: str = "procs",
+        processes: int | None = None,
+        bootstrap: Any = None,
+        env: dict[str, str] | None = None,
+    ) -> ProcMesh:
+        """Start procs on every host of this mesh; returns at once.
+
+        Args:
+            per_host: the dimensions added per host, e.g. ``{"gpus": 4}``; None means one proc.
+            name: prefix of the procs' names in reports.
+            processes: pack the points onto this many OS processes (contiguous blocks), so a
+                mesh of many actors needs few processes; None means one process per point.
+            bootstrap: a callable run in each new proc before any actor (Monarch's bootstrap).
+            env: extra environment variables for the procs.
+
+        Returns:
+            A ProcMesh with extent ``{**host dims, **per_host}``.
+
+        Raises:
+            ValueError: a dimension label clashes with the host mesh's, or a size is invalid.
+        """
+        from .runtime import get_runtime
+
+        per_host = dict(per_host or {})
+        clash = set(per_host) & set(self._shape.labels)
+        if clash:
+            raise ValueError(f"per_host labels {sorted(clash)} overlap with host labels {list(self._shape.labels)}")
+        for k, v in per_host.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"per_host[{k!r}] must be a positive int, got {v!r}")
+        labels = list(self._shape.labels) + list(per_host)
+        sizes = list(self._shape.sizes) + list(per_host.values())
+        n = math.prod(sizes) if sizes else 1
+        nproc = n if processes is None else max(1, min(int(processes), n))
+        extra = dict(env or {})
+        if bootstrap is not None:
+            import base64
+
+            import cloudpickle
+
+            extra["MONARCH_BOOTSTRAP"] = base64.b64encode(cloudpickle.dumps(bootstrap)).decode()
+        handles = get_runtime().spawn_processes(nproc, name, extra)
+        per = -(-n // nproc)
+        addrs = [handles[i // per].addr for i in range(n)]
+        return ProcMesh(addrs, Shape(labels, 0, sizes), self)
+
+
+_THIS_HOST = HostMesh(Shape([], 0, [], []))
+
+
+def this_host() -> HostMesh:
+    """The host this code runs on (Monarch's ``this_host``)."""
+    return _THIS_HOST
+
+
+def this_proc() -> ProcMesh:
+    """The proc this code runs on: the client's own process at the root, else the actor's."""
+    from .context import context
+
+    return context().actor_instance.proc  # type: ignore[no-any-return]
+
+
+__all__ += ["Extent"]

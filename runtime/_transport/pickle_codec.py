@@ -1,0 +1,145 @@
+"""The payload codec of plain Python endpoints: pickle protocol 5 with out-of-band buffers.
+
+Arguments of plain types take a fast path (``pickle``); anything else goes through cloudpickle so
+``__main__`` classes, lambdas and closures travel by value. ``torch.Tensor`` and ``numpy`` arrays
+travel as out-of-band buffers (never copied into the pickle stream) and arrive as views over the
+received buffer: zero-copy on the receiving side. Large ``bytes``/``bytearray`` also travel out of
+band; they arrive as ``bytes``/``bytearray`` (one copy, since Python cannot adopt foreign memory).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+from typing import Any
+
+import cloudpickle
+
+from .codec import ENCODING_PICKLE, Encoded
+
+__all__ = ["PICKLE_CODEC", "PickleCodec", "dumps", "loads"]
+
+_PLAIN = (int, float, str, bool, type(None))
+_LARGE = 64 * 1024
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    t = type(obj)
+    if t in _PLAIN:
+        return True
+    if t is bytes:
+        return len(obj) < _LARGE
+    if depth > 2:
+        return False
+    if t is tuple or t is list:
+        return len(obj) <= 16 and all(_plain(x, depth + 1) for x in obj)
+    if t is dict:
+        return len(obj) <= 16 and all(type(k) is str and _plain(v, depth + 1) for k, v in obj.items())
+    return False
+
+
+def _rebuild_tensor(buf: Any, dtype: str, shape: tuple[int, ...], requires_grad: bool, device: str) -> Any:
+    import torch
+
+    dt = getattr(torch, dtype)
+    mv = memoryview(buf).cast("B")
+    if mv.nbytes == 0:
+        t = torch.empty(shape, dtype=dt)
+    else:
+        t = torch.frombuffer(mv, dtype=torch.uint8).view(dt).reshape(shape)
+    if device != "cpu":
+        t = t.to(device)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _rebuild_bytes(buf: Any, kind: str) -> Any:
+    return bytearray(buf) if kind == "bytearray" else bytes(buf)
+
+
+class _LargeBytes:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (_rebuild_bytes, (pickle.PickleBuffer(self.data), type(self.data).__name__))
+
+
+def _reduce_tensor(t: Any) -> Any:
+    import torch
+
+    device = str(t.device)
+    src = t.detach()
+    if device != "cpu":
+        src = src.cpu()
+    src = src.contiguous()
+    raw = src.reshape(-1).view(torch.uint8).numpy() if src.numel() else memoryview(b"")
+    dtype = str(src.dtype).removeprefix("torch.")
+    return (_rebuild_tensor, (pickle.PickleBuffer(raw), dtype, tuple(src.shape), bool(t.requires_grad), device))
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+    def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t.__module__ == "torch" and t.__name__ in ("Tensor",) or _is_parameter(t):
+            return _reduce_tensor(obj)
+        return super().reducer_override(obj)
+
+
+def _is_parameter(t: type) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and issubclass(t, torch.Tensor) and t.__module__.startswith("torch")
+
+
+def _wrap_large(obj: Any) -> Any:
+    t = type(obj)
+    if (t is bytes or t is bytearray) and len(obj) >= _LARGE:
+        return _LargeBytes(obj)
+    if t is tuple:
+        return tuple(_wrap_large(x) for x in obj)
+    if t is list:
+        return [_wrap_large(x) for x in obj]
+    if t is dict:
+        return {k: _wrap_large(v) for k, v in obj.items()}
+    return obj
+
+
+def dumps(obj: Any) -> tuple[bytes, list[Any]]:
+    """Pickle ``obj``; returns the stream and the out-of-band buffers (raw memoryviews)."""
+    if _plain(obj):
+        return pickle.dumps(obj, 5), []
+    buffers: list[Any] = []
+    f = io.BytesIO()
+    _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(_wrap_large(obj))
+    return f.getvalue(), [b.raw() for b in buffers]
+
+
+def loads(data: Any, buffers: list[memoryview]) -> Any:
+    """Unpickle a stream made by :func:`dumps`; tensors and arrays become views over ``buffers``."""
+    return pickle.loads(data, buffers=buffers)
+
+
+class PickleCodec:
+    """Codec for plain Python endpoints (see the module docstring)."""
+
+    encoding = ENCODING_PICKLE
+
+    def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Encoded:
+        return dumps((args, kwargs))
+
+    def decode_call(self, payload: memoryview, buffers: list[memoryview]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = loads(payload, buffers)
+        return args, kwargs
+
+    def encode_result(self, value: Any) -> Encoded:
+        return dumps(value)
+
+    def decode_result(self, payload: memoryview, buffers: list[memoryview]) -> Any:
+        return loads(payload, buffers)
+
+
+PICKLE_CODEC = PickleCodec()

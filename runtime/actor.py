@@ -1,0 +1,166 @@
+"""The Monarch actor API (``from monarch.actor import Actor, endpoint, this_host``).
+
+API-compatible with Meta Monarch's ``monarch.actor``; every public name is exported here,
+including ``ActorMesh`` and ``SupervisionError`` (which Monarch keeps in private modules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ._core.errors import ActorError, CallTimeout, MonarchError, SupervisionError
+from ._core.failure import MeshFailure
+from ._core.future import Future
+from ._core.shape import Extent, Point, Shape
+from ._core.value_mesh import ValueMesh
+from ._mesh.actor import Actor
+from ._mesh.actor_mesh import ActorMesh
+from ._mesh.context import Context, Instance, context, current_rank, current_size
+from ._mesh.endpoint import Endpoint, EndpointProperty, endpoint
+from ._mesh.port import Channel, Port, PortReceiver
+from ._mesh.proc_mesh import HostMesh, ProcMesh, this_host, this_proc
+from ._mesh.stream import Stream
+from ._mesh.supervision import default_unhandled_fault_hook
+
+__all__ = [
+    "Accumulator",
+    "Actor",
+    "ActorError",
+    "ActorMesh",
+    "CallTimeout",
+    "Channel",
+    "Context",
+    "Endpoint",
+    "EndpointProperty",
+    "Extent",
+    "Future",
+    "HostMesh",
+    "Instance",
+    "MeshFailure",
+    "MonarchError",
+    "Point",
+    "Port",
+    "PortReceiver",
+    "ProcMesh",
+    "Shape",
+    "Stream",
+    "SupervisionError",
+    "ValueMesh",
+    "as_endpoint",
+    "context",
+    "current_rank",
+    "current_size",
+    "endpoint",
+    "send",
+    "this_host",
+    "this_proc",
+    "unhandled_fault_hook",
+]
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+unhandled_fault_hook: Callable[[MeshFailure], None] = default_unhandled_fault_hook
+"""Called in the client with every failure that no ``__supervise__`` handled. Replaceable:
+``monarch.actor.unhandled_fault_hook = my_hook``. The default prints a report and exits with 1."""
+
+
+class Accumulator(Generic[A, R]):
+    """Call an endpoint on every actor and fold the results (Monarch's ``Accumulator``).
+
+    Args:
+        endpoint: an endpoint of a mesh, e.g. ``mesh.value``.
+        identity: the initial accumulated value.
+        combine: ``combine(acc, value) -> acc``, applied in rank order.
+    """
+
+    def __init__(self, endpoint: Endpoint[..., R], identity: A, combine: Callable[[A, R], A]) -> None:
+        self._endpoint = endpoint
+        self._identity = identity
+        self._combine = combine
+
+    def accumulate(self, *args: Any, **kwargs: Any) -> Future[A]:
+        """Call every actor and return a future of the folded result."""
+        out: Future[A] = Future()
+        inner = self._endpoint.call(*args, **kwargs)
+
+        def done(f: Future[ValueMesh[R]]) -> None:
+            try:
+                acc = self._identity
+                for v in f.get().values():
+                    acc = self._combine(acc, v)
+                out.set_result(acc)
+            except BaseException as exc:
+                out.set_exception(exc)
+
+        inner.add_done_callback(done)
+        return out
+
+
+def send(
+    endpoint: Endpoint[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    port: Port[Any] | None = None,
+    selection: str = "all",
+) -> None:
+    """Low-level send (Monarch's ``send``): cast to the endpoint's mesh; each result goes to
+    ``port`` when given.
+
+    Args:
+        selection: ``"all"`` every actor, ``"choose"`` one actor.
+
+    Raises:
+        ValueError: unknown selection.
+    """
+    if selection not in ("all", "choose"):
+        raise ValueError(f"selection must be 'all' or 'choose', got {selection!r}")
+    mesh = endpoint._mesh
+    if selection == "choose":
+        fut = endpoint.choose(*args, **kwargs)
+        if port is not None:
+            fut.add_done_callback(lambda f: _to_port(port, f))
+        return
+    if port is None:
+        endpoint.broadcast(*args, **kwargs)
+        return
+    for fut in [endpoint.call_one(*args, **kwargs)] if len(mesh) == 1 else []:
+        fut.add_done_callback(lambda f: _to_port(port, f))
+    if len(mesh) != 1:
+        endpoint.call(*args, **kwargs).add_done_callback(lambda f: _mesh_to_port(port, f))
+
+
+def _to_port(port: Port[Any], f: Future[Any]) -> None:
+    exc = f.exception(0)
+    if exc is not None:
+        port.exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+    else:
+        port.send(f.get(0))
+
+
+def _mesh_to_port(port: Port[Any], f: Future[ValueMesh[Any]]) -> None:
+    exc = f.exception(0)
+    if exc is not None:
+        port.exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+        return
+    for v in f.get(0).values():
+        port.send(v)
+
+
+def as_endpoint(not_an_endpoint: Any, *, explicit_response_port: bool = False) -> Endpoint[..., Any]:
+    """Turn a plain (non-endpoint) method of a mesh into an endpoint (Monarch's ``as_endpoint``).
+
+    Raises:
+        TypeError: the argument is not a mesh method.
+    """
+    from ._mesh.endpoint import EndpointSpec
+
+    if isinstance(not_an_endpoint, Endpoint):
+        return not_an_endpoint
+    mesh = getattr(not_an_endpoint, "_mesh", None)
+    name = getattr(not_an_endpoint, "_name", None)
+    if mesh is None or name is None:
+        raise TypeError(f"as_endpoint() takes a method of an actor mesh, got {not_an_endpoint!r}")
+    spec = EndpointSpec(name=name, py_name=name, explicit_response_port=explicit_response_port)
+    return Endpoint(mesh, spec)
