@@ -7,8 +7,10 @@ process: pycapnp's schema objects point into it, and dropping it is a use-after-
 
 from __future__ import annotations
 
+import sys
 import threading
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import capnp
@@ -88,35 +90,36 @@ def _index(module: Any) -> None:
     walk(module)
 
 
-def load_schema(package: str, filename: str) -> LoadedSchema:
-    """Load ``filename`` from the package of a generated module, once per process.
+def load_schema(module: str, filename: str) -> LoadedSchema:
+    """Load ``filename`` from the folder of a generated module, once per process.
 
     Args:
-        package: the generated module's package (its ``__package__``), whose folder holds the
-            schema copy written by ``monarch-gen``.
+        module: the generated module's ``__name__``; its file's folder holds the schema copy
+            written by ``monarch-gen``.
         filename: the schema's file name, e.g. ``"example.capnp"``.
 
     Returns:
         The loaded schema; later calls with the same arguments return the same object.
 
     Raises:
-        monarch._core.errors.SchemaError: the file is missing.
+        monarch._core.errors.SchemaError: the schema file is missing next to the module.
     """
     global _PARSER
-    key = (package, filename)
+    key = (module, filename)
     with _LOCK:
         loaded = _LOADED.get(key)
         if loaded is not None:
             return loaded
-        folder = resources.files(package)
-        path = folder.joinpath(filename)
+        mod_file = getattr(sys.modules.get(module), "__file__", None)
+        folder = Path(mod_file).parent if mod_file else Path.cwd()
+        path = folder / filename
         if not path.is_file():
             from .._core.errors import SchemaError
 
-            raise SchemaError(f"{package}/{filename}", 0, 0, "schema file not found next to its generated module")
+            raise SchemaError(str(path), 0, 0, "schema file not found next to its generated module")
         if _PARSER is None:
             _PARSER = capnp.SchemaParser()
-        module = _PARSER.load(str(path), imports=[idl_import_path(), str(folder)])
-        loaded = LoadedSchema(module, filename)
+        parsed = _PARSER.load(str(path), imports=[idl_import_path(), str(folder)])
+        loaded = LoadedSchema(parsed, filename)
         _LOADED[key] = loaded
         return loaded

@@ -79,13 +79,14 @@ class ActorMesh(MeshTrait, Generic[T]):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        cls = self.__dict__.get("_ref").actor_cls if "_ref" in self.__dict__ else None
+        ref = self.__dict__.get("_ref")
+        cls = ref.actor_cls if ref is not None else None
         if cls is not None:
-            from .actor import endpoint_table
-
-            for spec, attr in endpoint_table(cls).by_name.values():
-                if attr == name:
-                    return Endpoint(self, spec)
+            spec = _py_endpoints(cls).get(name)
+            if spec is not None:
+                ep: Endpoint[Any, Any] = Endpoint(self, spec)
+                self.__dict__[name] = ep  # later lookups skip __getattr__
+                return ep
             if callable(getattr(cls, name, None)):
                 return NotAnEndpoint(self, name)
         raise AttributeError(f"{type(self).__name__} of {getattr(cls, '__qualname__', '?')} has no endpoint {name!r}")
@@ -167,6 +168,7 @@ class ActorMesh(MeshTrait, Generic[T]):
                 for a, rs in groups.items():
                     env.ranks = rs
                     router.send(a, env, bufs)
+                    env.clear_write_flag()
             else:
                 _send_tree(router, env, bufs, groups)
         except Exception as exc:
@@ -215,6 +217,19 @@ class NotAnEndpoint:
         )
 
 
+_PY_ENDPOINTS: dict[type, dict[str, EndpointSpec]] = {}
+
+
+def _py_endpoints(cls: type) -> dict[str, EndpointSpec]:
+    table = _PY_ENDPOINTS.get(cls)
+    if table is None:
+        from .actor import endpoint_table
+
+        table = {attr: spec for spec, attr in endpoint_table(cls).by_name.values()}
+        _PY_ENDPOINTS[cls] = table
+    return table
+
+
 def _point_shape(shape: Shape, i: int) -> Shape:
     r = shape.ranks()[i]
     return Shape(list(shape.labels), r, [1] * len(shape.labels), list(shape.strides))
@@ -259,6 +274,7 @@ def _send_tree(router: Any, env: Any, bufs: list[Any], groups: dict[str, list[in
         else:
             env.init("forward", 0)
         router.send_presequenced(a, env, bufs)
+        env.clear_write_flag()
 
 
 def _rebuild_mesh(cls: type, ref: MeshRef, shape: Shape) -> Any:

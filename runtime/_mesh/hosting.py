@@ -248,6 +248,7 @@ class ActorHost:
             out.flags = flags
             try:
                 self.router.send_presequenced(hop.addr, out, list(bufs))
+                out.clear_write_flag()
             except Exception as exc:
                 self.router.mark_dead(hop.addr, str(exc))
         if not ranks:

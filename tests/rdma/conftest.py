@@ -62,8 +62,32 @@ class Owner:
                 f.close()
 
 
+@pytest.fixture(scope="module")
+def _shared_owner() -> Iterator[list[Owner]]:
+    holder: list[Owner] = []
+    try:
+        yield holder
+    finally:
+        for proc in holder:
+            proc.stop()
+
+
 @pytest.fixture
-def owner() -> Iterator[Owner]:
+def owner(_shared_owner: list[Owner]) -> Owner:
+    """An owner process shared by a module's tests (started again if a test ended it).
+
+    Starting Python is slow in the QEMU guest; sharing keeps the verbs run short.
+    """
+    if not _shared_owner or _shared_owner[-1].proc.poll() is not None:
+        _shared_owner.append(Owner())
+    proc = _shared_owner[-1]
+    os.kill(proc.pid, signal.SIGCONT)
+    return proc
+
+
+@pytest.fixture
+def own_owner() -> Iterator[Owner]:
+    """An owner process for one test (which may kill it)."""
     proc = Owner()
     try:
         yield proc

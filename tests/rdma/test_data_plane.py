@@ -109,7 +109,8 @@ def test_drop_in_the_owner_refuses_later_transfers(owner, rdma_backend):
 
 
 @pytest.mark.parametrize("rdma_backend", ["cma", "tcp"], indirect=True)
-def test_dead_owner_gives_rdma_error_without_hanging(owner, rdma_backend):
+def test_dead_owner_gives_rdma_error_without_hanging(own_owner, rdma_backend):
+    owner = own_owner
     _, buf = owner.register(4096, salt=1)
     buf.read_into(memoryview(bytearray(4096)), timeout=10).get(timeout=30)  # connection is pooled
     owner.proc.kill()

@@ -1,0 +1,380 @@
+"""From loaded schema nodes to the IR: types mapped, names made Pythonic, rules checked.
+
+Every schema rule the generator enforces is checked here and reported as a ``SchemaError`` at the
+offending declaration: raw interface-typed fields, ``$stream`` with ``$rref``, ``$tensor`` on a
+non-Data field, unsupported types, name clashes after renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from monarch._core.errors import GenerationError, SchemaError
+
+from . import ir
+from .load import Loaded
+from .naming import RESERVED_STRUCT, constant_name, member_name, pascal
+from .source import SourceInfo
+
+__all__ = ["build_module"]
+
+ACTOR_FILE_ID = 0xCB7342C23106C306
+ANN_ACTOR = 0xD566B8C0FF4AE03B
+ANN_STREAM = 0xF9E7F927197F6269
+ANN_RREF = 0x9BD9A32E080787B9
+ANN_ERP = 0xFB5083D12E7CA306
+ANN_TENSOR = 0xF33542792C80FC6A
+NO_DISCRIMINANT = 0xFFFF
+_INTS = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+
+
+@dataclass(frozen=True)
+class _Type:
+    attr: str  # attribute / result annotation
+    init: str  # __init__ parameter annotation
+    default: str | None  # __init__ default
+    expr: str  # runtime type expression
+
+
+class _Builder:
+    def __init__(self, loaded: Loaded, path: str, module_names: dict[int, str]) -> None:
+        self.loaded = loaded
+        self.path = path
+        self.nodes = loaded.nodes
+        self.file_id = loaded.file_id(path)
+        self.source: SourceInfo = loaded.sources[path]
+        self.module_names = module_names
+        self.imports: dict[str, str] = {}  # alias -> import line
+        self.typing: set[str] = set()
+        self.abc: set[str] = set()
+        self.typevars: set[str] = set()
+        self.uses_torch = False
+        self.internal: list[ir.Struct] = []
+        self.actor_names: dict[int, str] = {}
+
+    # -- locations -------------------------------------------------------------------------
+    def error(self, where: tuple[str, ...], message: str) -> SchemaError:
+        d = self.source.find(where)
+        return SchemaError(self.path, d.line, d.column, message)
+
+    def doc(self, where: tuple[str, ...]) -> str:
+        d = self.source.decls.get(where)
+        return d.doc if d is not None else ""
+
+    # -- names of nodes --------------------------------------------------------------------
+    def schema_path(self, node_id: int) -> tuple[str, ...]:
+        """Schema names from the file scope: ``("Point", "grp")``."""
+        node = self.nodes[node_id]
+        return tuple(node["displayName"][node["displayNamePrefixLength"] :].split("."))
+
+    def file_of(self, node_id: int) -> int:
+        node = self.nodes[node_id]
+        while node["scopeId"] != 0:
+            node = self.nodes[node["scopeId"]]
+        return int(node["id"])
+
+    def py_qualname(self, node_id: int) -> str:
+        """Dotted Python name in its module; group classes are PascalCase of the field name."""
+        parts: list[str] = []
+        node = self.nodes[node_id]
+        while node["scopeId"] != 0:
+            short = node["displayName"][node["displayNamePrefixLength"] :].rsplit(".", 1)[-1]
+            is_group = node.get("struct", {}).get("isGroup", False)
+            parts.append(pascal(short) if is_group else short)
+            node = self.nodes[node["scopeId"]]
+        return ".".join(reversed(parts))
+
+    def ref(self, node_id: int, suffix: str = "") -> str:
+        """How this module names the class of ``node_id`` (importing its module when foreign)."""
+        name = self.py_qualname(node_id) + suffix
+        fid = self.file_of(node_id)
+        if fid == self.file_id:
+            return name
+        module = self.module_names.get(fid)
+        if module is None:
+            other = self.loaded.imported.get(fid, "another schema")
+            raise GenerationError(
+                f"{self.path}: uses {name} from {other}, which is not generated in this run; "
+                "pass every imported schema to monarch-gen"
+            )
+        alias = "_m_" + module
+        self.imports[alias] = f"from . import {module} as {alias}"
+        return f"{alias}.{name}"
+
+    def actor_file_name(self, node_id: int) -> str | None:
+        if self.file_of(node_id) != ACTOR_FILE_ID:
+            return None
+        return self.schema_path(node_id)[-1]
+
+    # -- types -----------------------------------------------------------------------------
+    def map_type(self, t: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any], *, method: bool = False) -> _Type:
+        kind, body = next(iter(t.items()))
+        if kind == "void":
+            return _Type("None", "None", "None", "Void")
+        if kind == "bool":
+            return _Type("bool", "bool", "False", "Bool")
+        if kind in _INTS:
+            return _Type("int", "int", "0", kind[0].upper() + kind[1:].replace("int", "Int"))
+        if kind in ("float32", "float64"):
+            return _Type("float", "float", "0.0", "Float" + kind[5:])
+        if kind == "text":
+            return _Type("str", "str", '""', "Text")
+        if kind == "data":
+            return _Type("bytes | memoryview", "stubs.Bytes", 'b""', "Data")
+        if kind == "list":
+            e = self.map_type(body["elementType"], where, scope, method=True)
+            self.typing.add("Sequence")
+            return _Type(f"Sequence[{e.attr}]", f"Sequence[{e.attr}]", "()", f"List({e.expr})")
+        if kind == "enum":
+            name = self.ref(body["typeId"])
+            first = self.nodes[body["typeId"]]["enum"]["enumerants"][0]["name"]
+            return _Type(name, name, f"{name}.{first}", f"Enum({name})")
+        if kind == "interface":
+            iname = self.schema_path(body["typeId"])[-1]
+            raise self.error(where, f"a raw interface type ({iname}) cannot be sent; use M.ActorRef({iname})")
+        if kind == "anyPointer":
+            param = body.get("parameter") if body else None
+            if param is None:
+                raise self.error(where, "AnyPointer and capabilities are not supported; use a struct, Data or a generic parameter")
+            scope_node = self.nodes[param["scopeId"]]
+            name = scope_node["parameters"][param["parameterIndex"]]["name"]
+            self.typevars.add(name)
+            return _Type(name, f"{name} | None", "None", "Param")
+        if kind == "struct":
+            return self.map_struct(body, where, scope, method)
+        raise self.error(where, f"unsupported type {kind}")
+
+    def map_struct(self, body: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any], method: bool) -> _Type:
+        tid = body["typeId"]
+        special = self.actor_file_name(tid)
+        if special == "Tensor":
+            self.uses_torch = True
+            return _Type("torch.Tensor", "torch.Tensor | None", "None", "Tensor")
+        if special == "ActorRef":
+            bound = self.brand_args(body, tid)
+            target = bound[0] if bound else {}
+            iid = target.get("interface", {}).get("typeId") if isinstance(target, dict) else None
+            if iid is None or not self.is_actor(iid):
+                raise self.error(where, "M.ActorRef(T) needs an $M.actor interface as T")
+            mesh = self.ref(iid, "Mesh")
+            return _Type(mesh if method else f"{mesh} | None", f"{mesh} | None", "None", f"Ref({mesh})")
+        if special == "RDMABuffer":
+            raise self.error(where, "M.RDMABuffer fields are not supported by this generator yet")
+        name = self.ref(tid)
+        args = [self.brand_arg(a, where, scope) for a in self.brand_args(body, tid)]
+        attr = f"{name}[{', '.join(args)}]" if args else name
+        return _Type(attr, f"{attr} | None", "None", f"Struct({name})")
+
+    def brand_args(self, body: dict[str, Any], tid: int) -> list[Any]:
+        for s in (body.get("brand") or {}).get("scopes") or []:
+            if s["scopeId"] == tid and "bind" in s:
+                return [b.get("type", {}) for b in s["bind"]]
+        return []
+
+    def brand_arg(self, t: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any]) -> str:
+        kind = next(iter(t))
+        if kind not in ("struct", "text", "data", "anyPointer"):
+            raise self.error(where, f"generic parameters bound to {kind} are not supported (use a struct, Text or Data)")
+        return self.map_type(t, where, scope, method=True).attr
+
+    def is_actor(self, iid: int) -> bool:
+        return any(a["id"] == ANN_ACTOR for a in self.nodes[iid].get("annotations") or [])
+
+    # -- structs ---------------------------------------------------------------------------
+    def fields(self, node: dict[str, Any], where: tuple[str, ...], *, required: bool = False, method: bool = False) -> list[ir.Field]:
+        out: list[ir.Field] = []
+        seen: dict[str, str] = {}
+        defaults = self.loaded.defaults.get(int(node["id"]), {})
+        raw = node["struct"].get("fields") or []
+        ordered = [f for f in raw if f["discriminantValue"] == NO_DISCRIMINANT]
+        ordered += sorted((f for f in raw if f["discriminantValue"] != NO_DISCRIMINANT), key=lambda f: f["discriminantValue"])
+        for f in ordered:
+            wire = f["name"]
+            fwhere = (*where, wire)
+            py = member_name(wire, RESERVED_STRUCT)
+            if py in seen:
+                raise self.error(fwhere, f"name clash after renaming: {wire!r} and {seen[py]!r} both become {py!r}")
+            seen[py] = wire
+            in_union = f["discriminantValue"] != NO_DISCRIMINANT
+            tensor = any(a["id"] == ANN_TENSOR for a in f.get("annotations") or [])
+            if "group" in f:
+                cls = self.ref(f["group"]["typeId"])
+                t = _Type(cls, f"{cls} | None", "None", f"Group({cls})")
+            else:
+                slot = f["slot"]
+                kind = next(iter(slot["type"]))
+                if tensor and kind != "data":
+                    raise self.error(fwhere, f"$tensor applies to Data fields only, not {kind}")
+                t = self.map_type(slot["type"], fwhere, node, method=method)
+                if tensor:
+                    self.uses_torch = True
+                    t = _Type("torch.Tensor", "torch.Tensor | None", "None", "TensorData")
+                elif slot.get("hadExplicitDefault"):
+                    t = self.with_default(t, kind, slot["defaultValue"], wire in defaults)
+            init, default = t.init, t.default
+            if in_union and default != "None":
+                init, default = f"{init} | None", "None"
+            if required and not (f.get("slot") or {}).get("hadExplicitDefault"):
+                init, default = t.attr, None
+            out.append(ir.Field(name=py, wire=wire, annotation=t.attr, init_annotation=init, init_default=default,
+                                expr=t.expr, in_union=in_union, doc=self.doc(fwhere)))
+        return out
+
+    def with_default(self, t: _Type, kind: str, value: dict[str, Any], pointer_default: bool) -> _Type:
+        v = next(iter(value.values()), None)
+        if kind in _INTS:
+            return _Type(t.attr, t.init, str(int(v)), t.expr)
+        if kind == "bool":
+            return _Type(t.attr, t.init, str(bool(v)), t.expr)
+        if kind in ("float32", "float64"):
+            f = float(v)
+            text = f'float("{f}")' if math.isinf(f) or math.isnan(f) else repr(f)
+            return _Type(t.attr, t.init, text, t.expr)
+        if kind == "text":
+            return _Type(t.attr, t.init, repr(v), t.expr)
+        if kind == "data":
+            import base64
+
+            return _Type(t.attr, t.init, repr(base64.b64decode(v["$bytes"])), t.expr)
+        if kind == "enum":
+            enum_name = t.attr
+            enumerant = self.enumerant_name(t, int(v))
+            return _Type(t.attr, t.init, f"{enum_name}.{enumerant}", t.expr)
+        # struct/list defaults live in the schema: unset means "the schema's default"
+        return _Type(t.attr, f"{t.init} | None" if "None" not in t.init else t.init, "None", t.expr)
+
+    def enumerant_name(self, t: _Type, value: int) -> str:
+        for node in self.nodes.values():
+            if "enum" in node and t.attr.endswith(self.py_qualname(int(node["id"]))):
+                return str(node["enum"]["enumerants"][value]["name"])
+        return str(value)
+
+    def struct(self, node_id: int, *, name: str | None = None, doc: str | None = None, required: bool = False) -> ir.Struct:
+        node = self.nodes[node_id]
+        where = self.schema_path(node_id)
+        fields = self.fields(node, where, required=required)
+        union = [f.name for f in fields if f.in_union]
+        if union:
+            self.typing.add("Literal")
+        enums, structs = self.nested(node, where)
+        for f in node["struct"].get("fields") or []:
+            if "group" in f:
+                structs.append(self.struct(f["group"]["typeId"]))
+        params = [p["name"] for p in node.get("parameters") or []]
+        if params:
+            self.typing.add("Generic")
+        short = name or self.py_qualname(node_id).rsplit(".", 1)[-1]
+        return ir.Struct(
+            name=short,
+            qualname=name or self.py_qualname(node_id),
+            node_id=hex(node_id),
+            type_params=params,
+            fields=fields,
+            union_literal=", ".join(f'"{n}"' for n in union),
+            nested_enums=enums,
+            nested_structs=structs,
+            doc=doc if doc is not None else (self.doc(where) or f"The {'.'.join(where)} struct."),
+        )
+
+    def enum(self, node_id: int) -> ir.Enum:
+        node = self.nodes[node_id]
+        where = self.schema_path(node_id)
+        members = [
+            ir.Enumerant(name=escape_enumerant(e["name"]), value=i, doc=self.doc((*where, e["name"])))
+            for i, e in enumerate(node["enum"]["enumerants"])
+        ]
+        return ir.Enum(
+            name=where[-1],
+            qualname=self.py_qualname(node_id),
+            enumerants=members,
+            doc=self.doc(where) or f"The {'.'.join(where)} enum.",
+        )
+
+    def nested(self, node: dict[str, Any], where: tuple[str, ...]) -> tuple[list[ir.Enum], list[ir.Struct]]:
+        enums: list[ir.Enum] = []
+        structs: list[ir.Struct] = []
+        for n in node.get("nestedNodes") or []:
+            child = self.nodes.get(n["id"])
+            if child is None:
+                continue
+            if "enum" in child:
+                enums.append(self.enum(n["id"]))
+            elif "struct" in child:
+                structs.append(self.struct(n["id"]))
+        return enums, structs
+
+
+def escape_enumerant(name: str) -> str:
+    from .naming import escape
+
+    return escape(name, frozenset({"name", "value"}))
+
+
+def build_module(loaded: Loaded, path: str, module_names: dict[int, str]) -> ir.Module:
+    """The IR of the module for schema ``path``.
+
+    Args:
+        loaded: every loaded schema node (requested files and their imports).
+        path: the schema file, as given by the user (used in messages and the header).
+        module_names: file id -> generated module name, for cross-schema references.
+
+    Raises:
+        SchemaError: a schema rule is broken (located at the declaration).
+    """
+    from .build_actors import build_interfaces
+
+    b = _Builder(loaded, path, module_names)
+    file_node = b.nodes[b.file_id]
+    enums, structs = b.nested(file_node, ())
+    consts: list[ir.Const] = []
+    for n in file_node.get("nestedNodes") or []:
+        child = b.nodes.get(n["id"])
+        if child is not None and "const" in child:
+            consts.append(const(b, n["id"], child))
+    interfaces = build_interfaces(b, file_node)
+    return ir.Module(
+        source=PurePath(path).as_posix(),
+        schema_file=PurePath(path).name,
+        doc=b.source.file_doc or f"Typed actors and structs of {PurePath(path).name}.",
+        imports=[b.imports[k] for k in sorted(b.imports)],
+        typing_names=sorted(b.typing),
+        abc_names=sorted(b.abc),
+        typevars=sorted(b.typevars),
+        uses_torch=b.uses_torch,
+        uses_enum=bool(enums) or any(s.nested_enums for s in structs),
+        enums=enums,
+        structs=structs,
+        internal_structs=b.internal,
+        consts=consts,
+        interfaces=interfaces,
+    )
+
+
+def const(b: _Builder, node_id: int, node: dict[str, Any]) -> ir.Const:
+    where = b.schema_path(node_id)
+    t = node["const"]["type"]
+    kind = next(iter(t))
+    value = b.loaded.consts.get(node_id)
+    name = constant_name(where[-1])
+    if kind in _INTS or kind in ("bool", "float32", "float64", "text", "data", "enum"):
+        mapped = b.map_type(t, where, node)
+        if kind == "data":
+            import base64
+
+            text = repr(base64.b64decode(value["$bytes"]))
+            mapped = _Type("bytes", "bytes", None, "Data")
+        else:
+            mapped = b.with_default(mapped, kind, {kind: value}, False)
+            text = mapped.default or "None"
+        return ir.Const(name=name, annotation=mapped.attr, value=text, doc=b.doc(where))
+    if kind == "list" and isinstance(value, list):
+        elem = next(iter(t["list"]["elementType"]))
+        if elem in _INTS or elem in ("bool", "float32", "float64", "text"):
+            e = b.map_type(t["list"]["elementType"], where, node)
+            items = ", ".join(b.with_default(e, elem, {elem: x}, False).default or "None" for x in value)
+            return ir.Const(name=name, annotation=f"tuple[{e.attr}, ...]", value=f"({items}{',' if len(value) == 1 else ''})", doc=b.doc(where))
+    raise b.error(where, f"constants of type {kind} are not supported (use a primitive, Text, Data, an enum or a list of primitives)")
+

@@ -1,0 +1,166 @@
+"""The IR of ``$M.actor`` interfaces: abstract bases, mesh proxies and their endpoints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import ir
+from .naming import RESERVED_MESH, member_name, upper_snake
+
+if TYPE_CHECKING:
+    from .build import _Builder
+
+__all__ = ["build_interfaces"]
+
+
+def build_interfaces(b: _Builder, file_node: dict[str, Any]) -> list[ir.Interface]:
+    """Interfaces of the file in dependency order (a base before the interfaces extending it)."""
+    found: list[int] = []
+
+    def collect(node: dict[str, Any]) -> None:
+        for n in node.get("nestedNodes") or []:
+            child = b.nodes.get(n["id"])
+            if child is None:
+                continue
+            if "interface" in child and b.is_actor(n["id"]):
+                found.append(n["id"])
+            collect(child)
+
+    collect(file_node)
+    order: list[int] = []
+
+    def visit(iid: int) -> None:
+        if iid in order:
+            return
+        for sup in b.nodes[iid]["interface"].get("superclasses") or []:
+            if b.file_of(sup["id"]) == b.file_id and sup["id"] in found:
+                visit(sup["id"])
+        order.append(iid)
+
+    for iid in found:
+        visit(iid)
+    taken: dict[str, str] = {}
+    return [interface(b, iid, taken) for iid in order]
+
+
+def _claim(b: _Builder, taken: dict[str, str], name: str, owner: str, where: tuple[str, ...]) -> None:
+    if name in taken:
+        raise b.error(where, f"name clash after renaming: {owner} and {taken[name]} both define {name!r}")
+    taken[name] = owner
+
+
+def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
+    node = b.nodes[iid]
+    where = b.schema_path(iid)
+    name = b.py_qualname(iid)
+    if "." in name:
+        raise b.error(where, "actor interfaces must be declared at file scope")
+    mesh = name + "Mesh"
+    _claim(b, taken, mesh, f"interface {name}", where)
+    actor_bases: list[str] = []
+    mesh_bases: list[str] = []
+    inherited: dict[str, str] = {}
+    for sup in node["interface"].get("superclasses") or []:
+        if not b.is_actor(sup["id"]):
+            raise b.error(where, f"{name} extends {b.schema_path(sup['id'])[-1]}, which is not an $M.actor interface")
+        actor_bases.append(b.ref(sup["id"]))
+        mesh_bases.append(b.ref(sup["id"], "Mesh"))
+        _inherited_names(b, sup["id"], inherited)
+    b.abc.add("abstractmethod")
+    methods = []
+    seen = dict(inherited)
+    for i, m in enumerate(node["interface"].get("methods") or []):
+        mwhere = (*where, m["name"])
+        py = member_name(m["name"], RESERVED_MESH)
+        if py in seen:
+            raise b.error(mwhere, f"name clash after renaming: method {m['name']!r} and {seen[py]!r} both become {py!r}")
+        seen[py] = m["name"]
+        methods.append(method(b, iid, i, m, mwhere, name, taken))
+    return ir.Interface(
+        name=name,
+        mesh=mesh,
+        actor_bases=actor_bases,
+        mesh_bases=mesh_bases or ["stubs.ActorMesh[" + repr(name).replace("'", '"') + "]"],
+        methods=methods,
+        doc=b.doc(where) or f"Actor interface {name}: subclass it and implement every endpoint.",
+        mesh_doc=f"A mesh of {name} actors; each endpoint attribute offers the adverbs.",
+    )
+
+
+def _inherited_names(b: _Builder, iid: int, out: dict[str, str]) -> None:
+    node = b.nodes[iid]
+    for m in node["interface"].get("methods") or []:
+        out[member_name(m["name"], RESERVED_MESH)] = m["name"]
+    for sup in node["interface"].get("superclasses") or []:
+        _inherited_names(b, sup["id"], out)
+
+
+def method(b: _Builder, iid: int, index: int, m: dict[str, Any], where: tuple[str, ...], iname: str, taken: dict[str, str]) -> ir.Method:
+    from .build import ANN_ERP, ANN_RREF, ANN_STREAM
+
+    if m.get("implicitParameters"):
+        raise b.error(where, "generic methods are not supported")
+    anns = {a["id"] for a in m.get("annotations") or []}
+    stream, rref, erp = ANN_STREAM in anns, ANN_RREF in anns, ANN_ERP in anns
+    if stream and rref:
+        raise b.error(where, "$stream and $rref cannot be combined on one endpoint")
+    py = member_name(m["name"], RESERVED_MESH)
+    spec = f"_{upper_snake(iname)}_{upper_snake(m['name'])}"
+    _claim(b, taken, spec, f"{iname}.{m['name']}", where)
+    pnode = b.nodes[m["paramStructType"]]
+    rnode = b.nodes[m["resultStructType"]]
+    implicit_params = pnode["scopeId"] == 0
+    base = iname + m["name"][:1].upper() + m["name"][1:]
+    if implicit_params:
+        pclass = "_" + base + "Params"
+        _claim(b, taken, pclass, f"{iname}.{m['name']}", where)
+        b.internal.append(b.struct(m["paramStructType"], name=pclass, doc=f"Parameters of {iname}.{m['name']}.", required=True))
+    else:
+        pclass = b.ref(m["paramStructType"])
+    pfields = b.fields(pnode, where, required=implicit_params, method=True)
+    params = [ir.Param(name=f.name, annotation=f.annotation, default=f.init_default) for f in pfields]
+    rfields = b.fields(rnode, where, method=True)
+    if rnode["scopeId"] != 0:
+        rclass, kind, result = b.ref(m["resultStructType"]), "struct", b.ref(m["resultStructType"])
+    else:
+        if len(rfields) >= 2:
+            rclass = base + "Result"
+            kind = "struct"
+            result = rclass
+            _claim(b, taken, rclass, f"{iname}.{m['name']}", where)
+            b.internal.append(b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}."))
+        else:
+            rclass = "_" + base + "Results"
+            _claim(b, taken, rclass, f"{iname}.{m['name']}", where)
+            b.internal.append(b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}."))
+            kind = "single" if rfields else "none"
+            result = rfields[0].annotation if rfields else "None"
+    if stream:
+        b.typing.update({"AsyncIterator", "Iterator"})
+        impl_return = f"Iterator[{result}] | AsyncIterator[{result}]"
+    elif erp:
+        b.typing.add("Awaitable")
+        impl_return = "None | Awaitable[None]"
+    else:
+        b.typing.add("Awaitable")
+        impl_return = f"{result} | Awaitable[{result}]"
+    opts = b.loaded.endpoint_options.get(f"{iid}/{index}", {})
+    timeout = float(opts.get("timeoutS") or 0.0)
+    return ir.Method(
+        name=py,
+        wire=m["name"],
+        ordinal=index,
+        spec=spec,
+        params=params,
+        result=result,
+        params_class=pclass,
+        results_class=rclass,
+        result_kind=kind,
+        impl_return=impl_return,
+        port=f"stubs.Port[{result}]" if erp else "",
+        stream=stream,
+        rref=rref,
+        timeout_s=repr(timeout) if timeout > 0 else "None",
+        concurrent=bool(opts.get("concurrent")),
+        doc=b.doc(where) or f"Endpoint {m['name']} of {iname}.",
+    )

@@ -1,0 +1,130 @@
+"""Loading schemas: pycapnp in a child process, its nodes back as JSON, errors as ``SchemaError``.
+
+pycapnp aborts the interpreter on a schema error (an uncaught C++ exception), so the parse runs in
+``python -m monarch.generator._extract``; its stderr carries ``file:line: failed: message`` with
+0-based lines, which this module turns into ``SchemaError(path, line, column, message)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monarch._core.errors import SchemaError
+
+from .source import SourceInfo, scan
+
+__all__ = ["Loaded", "load"]
+
+_FAILED = re.compile(r"(?P<file>[^\s:][^:\n]*?):(?P<line>\d+): failed: (?P<msg>[^\n]*)")
+
+
+@dataclass
+class Loaded:
+    """Every node of the requested schemas and their imports.
+
+    Attributes:
+        nodes: node id -> ``Node`` as a dict (pycapnp ``to_dict``).
+        files: schema path as given -> file node id (requested files only).
+        sources: schema path as given -> scanned source info.
+        defaults: struct id -> field -> explicit default of a pointer field.
+        consts: const id -> value.
+        endpoint_options: ``"<interface id>/<method index>"`` -> ``$M.endpoint`` options.
+    """
+
+    nodes: dict[int, dict[str, Any]]
+    files: dict[str, int]
+    sources: dict[str, SourceInfo]
+    defaults: dict[int, dict[str, Any]] = field(default_factory=dict)
+    consts: dict[int, Any] = field(default_factory=dict)
+    endpoint_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    imported: dict[int, str] = field(default_factory=dict)
+
+    def file_id(self, path: str) -> int:
+        return self.files[path]
+
+
+def _installed_idl() -> str:
+    from importlib import resources
+
+    return str(resources.files("monarch.idl"))
+
+
+def _locate(path: str, line0: int, message: str) -> tuple[int, int]:
+    """1-based line and column for a pycapnp error at 0-based ``line0``."""
+    line = max(line0, 0) + 1
+    try:
+        text = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return line, 1
+    if line0 < 0 or line > len(text) or not text:
+        return 1, 1
+    src = text[line - 1]
+    for pattern in (r"Not defined: (\S+)", r"Import failed: (\S+)", r"Duplicate ID (@0x[0-9a-fA-F]+)", r"'([^']+)'"):
+        m = re.search(pattern, message)
+        if m and m.group(1) in src:
+            return line, src.index(m.group(1)) + 1
+    stripped = len(src) - len(src.lstrip())
+    return line, stripped + 1
+
+
+def _schema_error(stderr: str, paths: list[str]) -> SchemaError:
+    m = _FAILED.search(stderr)
+    if m is None:
+        tail = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        message = tail[-1] if tail else "schema parser failed"
+        return SchemaError(paths[0], 1, 1, message.removeprefix("what():").strip())
+    file, msg = m.group("file").strip(), m.group("msg").strip()
+    line, col = _locate(file, int(m.group("line")), msg)
+    if "does not declare an ID" in msg:
+        msg = msg.split("  I've generated")[0] + " (add a line like @0x" + msg.rsplit("@0x", 1)[-1].rstrip(";") + ";)"
+        line, col = 1, 1
+    return SchemaError(file, line, col, msg)
+
+
+def load(paths: list[str], import_dirs: list[str]) -> Loaded:
+    """Parse ``paths`` (and what they import) in a child process.
+
+    Args:
+        paths: schema files, as the user named them (messages use these names).
+        import_dirs: ``-I`` directories, searched for ``/absolute`` imports after monarch's own.
+
+    Raises:
+        SchemaError: a schema does not parse or does not resolve (path:line:col: message).
+    """
+    for p in paths:
+        if not Path(p).is_file():
+            raise SchemaError(p, 0, 0, "no such schema file")
+    imports = [_installed_idl(), *import_dirs]
+    request = json.dumps({"paths": paths, "imports": imports})
+    proc = subprocess.run(
+        [sys.executable, "-m", "monarch.generator._extract", request],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise _schema_error(proc.stderr, paths)
+    data = json.loads(proc.stdout)
+    nodes = {int(k): v for k, v in data["nodes"].items()}
+    files = {f["path"]: int(f["id"]) for f in data["files"] if f["requested"]}
+    imported = {int(f["id"]): f["path"] for f in data["files"] if not f["requested"]}
+    sources: dict[str, SourceInfo] = {}
+    for p in paths:
+        sources[p] = scan(Path(p).read_text(encoding="utf-8"))
+        if p not in files:
+            raise SchemaError(p, 1, 1, "schema did not load")
+    return Loaded(
+        nodes=nodes,
+        files=files,
+        sources=sources,
+        defaults={int(k): v for k, v in data["defaults"].items()},
+        consts={int(k): v for k, v in data["consts"].items()},
+        endpoint_options=data["endpoint_options"],
+        imported=imported,
+    )

@@ -1,0 +1,56 @@
+"""Session-wide checks: no proc process may outlive the test run."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+
+def _proc_mains() -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if b"monarch._mesh.proc_main" in cmd and stat[stat.rfind(")") + 2] != "Z":
+            out.add(int(entry))
+    return out
+
+
+_BEFORE: set[int] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _BEFORE.update(_proc_mains())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # the client runtime stops its procs at exit; give stragglers of stopped meshes a moment
+    try:
+        from monarch._mesh import runtime
+
+        if runtime._runtime is not None:
+            runtime._runtime.shutdown(3.0)
+    except Exception:
+        pass
+    deadline = time.monotonic() + 5.0
+    leaked = _proc_mains() - _BEFORE
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leaked = _proc_mains() - _BEFORE
+    if leaked:
+        print(f"\nLEAKED monarch proc processes: {sorted(leaked)}")
+        for pid in leaked:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        session.exitstatus = 1
