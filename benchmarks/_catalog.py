@@ -47,19 +47,43 @@ def raw_name(base: str, loop: str) -> str:
 def headline_rows(loop: str) -> list[Row]:
     """The table's actor rows; ``loop`` is the event loop of the raw UDS baselines."""
     return [
-        Row("call_one_rtt_us", "call_one round trip", raw_name("uds_echo_rtt_us", loop),
-            Target("ratio", "<=", 0.35)),
-        Row("calls_10k_per_s", "10k call_one submitted, then awaited",
-            raw_name("uds_pipelined_10k_per_s", loop), Target("ratio", ">=", 3.0)),
-        Row("broadcast_10k_per_s", "10k broadcasts to 1 actor + barrier",
-            raw_name("uds_oneway_10k_barrier_per_s", loop), Target("ratio", ">=", 3.0)),
-        Row("call_4procs_us", "call() to 4 procs", raw_name("uds_fanout4_us", loop),
-            Target("ratio", "<=", 0.35)),
-        Row("tensor_16mib_MBps", "16 MiB tensor round trip (16 MiB / RTT)",
-            raw_name("uds_echo_16mib_MBps", loop), Target("abs", ">=", 1800.0)),
+        Row(
+            "call_one_rtt_us",
+            "call_one round trip",
+            raw_name("uds_echo_rtt_us", loop),
+            Target("ratio", "<=", 0.35),
+        ),
+        Row(
+            "calls_10k_per_s",
+            "10k call_one submitted, then awaited",
+            raw_name("uds_pipelined_10k_per_s", loop),
+            Target("ratio", ">=", 3.0),
+        ),
+        Row(
+            "broadcast_10k_per_s",
+            "10k broadcasts to 1 actor + barrier",
+            raw_name("uds_oneway_10k_barrier_per_s", loop),
+            Target("ratio", ">=", 3.0),
+        ),
+        Row(
+            "call_4procs_us",
+            "call() to 4 procs",
+            raw_name("uds_fanout4_us", loop),
+            Target("ratio", "<=", 0.35),
+        ),
+        Row(
+            "tensor_16mib_MBps",
+            "16 MiB tensor round trip (16 MiB / RTT)",
+            raw_name("uds_echo_16mib_MBps", loop),
+            Target("abs", ">=", 1800.0),
+        ),
         Row("tensor_16mib_rtt_ms", "16 MiB tensor round trip time"),
-        Row("spawn_4procs_s", "4 procs up + 1 answer each (first)", "spawn_4_pythons_s",
-            Target("ratio", "<=", 0.4)),
+        Row(
+            "spawn_4procs_s",
+            "4 procs up + 1 answer each (first)",
+            "spawn_4_pythons_s",
+            Target("ratio", "<=", 0.4),
+        ),
         Row("spawn_4procs_again_s", "4 procs up + 1 answer each (again)", "spawn_4_pythons_s"),
         Row("import_actor_api_s", "import monarch.actor"),
     ]

@@ -283,12 +283,12 @@ async def _buffered_client(path: str, quick: bool) -> list[dict[str, Any]]:
             if last != 1:
                 raise RuntimeError("echo returned wrong bytes")
             out.append(
-                metric(f"uds_payload_rtt_us/{size}", "us", "lower", lat, group="payload_rtt_us", x=size)
+                metric(
+                    f"uds_payload_rtt_us/{size}", "us", "lower", lat, group="payload_rtt_us", x=size
+                )
             )
             if size == 16 * MIB:
-                out.append(
-                    metric("uds_echo_16mib_MBps", "MB/s", "higher", [size / t for t in lat])
-                )
+                out.append(metric("uds_echo_16mib_MBps", "MB/s", "higher", [size / t for t in lat]))
     finally:
         assert client.transport is not None
         client.transport.close()

@@ -50,7 +50,7 @@ def build(agg: dict[str, Any], meta: dict[str, Any], runs: list[dict[str, Any]])
     rows = [_row(agg, r, "headline") for r in headline_rows(DEFAULT_LOOP)]
     sweeps: dict[str, dict[str, list[list[float]]]] = {}
     for system, per in agg.items():
-        for name, slot in per.items():
+        for slot in per.values():
             if slot.get("group"):
                 sweeps.setdefault(slot["group"], {}).setdefault(system, []).append(
                     [slot["x"], slot["value"]]
@@ -91,7 +91,10 @@ def build(agg: dict[str, Any], meta: dict[str, Any], runs: list[dict[str, Any]])
         "errors": errors,
         "leftover_processes": leftovers,
         "runs": [
-            {k: r.get(k) for k in ("system", "workload", "round", "wall_s", "implementation", "metrics")}
+            {
+                k: r.get(k)
+                for k in ("system", "workload", "round", "wall_s", "implementation", "metrics")
+            }
             for r in runs
         ],
     }
@@ -100,8 +103,14 @@ def build(agg: dict[str, Any], meta: dict[str, Any], runs: list[dict[str, Any]])
 def _unit_from_name(metric: str) -> str | None:
     """Unit from the metric naming convention (``..._us``, ``..._per_s``, ``..._MBps``)."""
     base = metric.split("/")[0].split("[")[0]
-    for suffix, unit in (("_per_s", "/s"), ("_us", "us"), ("_ms", "ms"), ("_s", "s"),
-                         ("_MBps", "MB/s"), ("_GBps", "GB/s")):
+    for suffix, unit in (
+        ("_per_s", "/s"),
+        ("_us", "us"),
+        ("_ms", "ms"),
+        ("_s", "s"),
+        ("_MBps", "MB/s"),
+        ("_GBps", "GB/s"),
+    ):
         if base.endswith(suffix):
             return unit
     return None
@@ -160,8 +169,14 @@ def print_table(report: dict[str, Any], console: Any) -> None:
         "throughput: higher is better). Tensor MB/s = 16 MiB payload / round-trip time.",
     )
     for col, just in (
-        ("metric", "left"), ("unit", "left"), ("ours", "right"), ("torchmonarch", "right"),
-        ("raw", "right"), ("ours/monarch", "right"), ("ours/raw", "right"), ("target", "left"),
+        ("metric", "left"),
+        ("unit", "left"),
+        ("ours", "right"),
+        ("torchmonarch", "right"),
+        ("raw", "right"),
+        ("ours/monarch", "right"),
+        ("ours/raw", "right"),
+        ("target", "left"),
     ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]  # rich's Literal
     section = None
@@ -188,11 +203,15 @@ def print_table(report: dict[str, Any], console: Any) -> None:
     for note_sys, note in meta.get("notes", {}).items():
         console.print(f"[yellow]{note_sys}:[/] {escape(note)}")
     for err in report["errors"]:
-        console.print(f"[red]error[/] {err['system']} {err['workload']} round {err['round']}: "
-                      f"{escape((err['error'] or '')[:200])}")
+        console.print(
+            f"[red]error[/] {err['system']} {err['workload']} round {err['round']}: "
+            f"{escape((err['error'] or '')[:200])}"
+        )
     for lo in report["leftover_processes"]:
-        console.print(f"[yellow]leftover[/] {lo['system']} {lo['workload']} round {lo['round']}: "
-                      f"{lo['leftover_processes']} process(es) still alive after exit, killed")
+        console.print(
+            f"[yellow]leftover[/] {lo['system']} {lo['workload']} round {lo['round']}: "
+            f"{lo['leftover_processes']} process(es) still alive after exit, killed"
+        )
 
 
 def plots(report: dict[str, Any], outdir: Path) -> list[Path]:
@@ -208,10 +227,22 @@ def plots(report: dict[str, Any], outdir: Path) -> list[Path]:
     styles = {OURS: ("monarch-idl", "o-"), MONARCH: ("torchmonarch 0.7", "s-")}
     written = []
     specs = [
-        ("payload_rtt_us", "call_one round trip vs payload (bytes echoed)", "payload bytes",
-         "payload_latency.png", f"payload_rtt_us[{DEFAULT_LOOP}]", f"raw UDS echo ({DEFAULT_LOOP})"),
-        ("mesh_call_us", "call() to N actors (4 procs for N >= 4), replies gathered", "actors",
-         "mesh_broadcast.png", None, None),
+        (
+            "payload_rtt_us",
+            "call_one round trip vs payload (bytes echoed)",
+            "payload bytes",
+            "payload_latency.png",
+            f"payload_rtt_us[{DEFAULT_LOOP}]",
+            f"raw UDS echo ({DEFAULT_LOOP})",
+        ),
+        (
+            "mesh_call_us",
+            "call() to N actors (4 procs for N >= 4), replies gathered",
+            "actors",
+            "mesh_broadcast.png",
+            None,
+            None,
+        ),
     ]
     for group, title, xlabel, fname, raw_group, raw_label in specs:
         curves = sweeps.get(group, {})

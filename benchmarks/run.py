@@ -74,7 +74,11 @@ def _probe(py: Path | str) -> str | None:
     code = "from monarch.actor import Actor, endpoint, this_host"
     try:
         r = subprocess.run(
-            [str(py), "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
+            [str(py), "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
             env=_env(),
         )
     except subprocess.TimeoutExpired:
@@ -102,9 +106,7 @@ def _env() -> dict[str, str]:
 # --------------------------------------------------------------------------- running
 
 
-def run_workload(
-    py: Path | str, name: str, quick: bool, timeout_s: float
-) -> dict[str, Any]:
+def run_workload(py: Path | str, name: str, quick: bool, timeout_s: float) -> dict[str, Any]:
     """One workload in a fresh, isolated subprocess; always returns a result dict."""
     cmd = [str(py), "-m", "benchmarks.workloads", name, "--json"] + (["--quick"] if quick else [])
     done = _procs.run_isolated(
@@ -146,9 +148,11 @@ def run_rounds(
             res.update(system=system, round=r)
             runs.append(res)
             status = "[red]error[/]" if "error" in res else "ok"
-            extra = f" [yellow]({res['leftover_processes']} leftover procs killed)[/]" if res[
-                "leftover_processes"
-            ] else ""
+            extra = (
+                f" [yellow]({res['leftover_processes']} leftover procs killed)[/]"
+                if res["leftover_processes"]
+                else ""
+            )
             console.print(
                 f"round {r + 1}/{rounds}  {name:14s} {system:12s} {res['wall_s']:6.1f}s  {status}{extra}"
             )
@@ -179,16 +183,22 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
 def main(argv: list[str] | None = None) -> int:
     all_names = list(RAW_WORKLOADS) + list(ACTOR_WORKLOADS)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and iterations (< ~3 min)")
     parser.add_argument(
-        "--only", action="append", metavar="NAME",
+        "--quick", action="store_true", help="fewer rounds and iterations (< ~3 min)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
         help=f"run only these workloads (repeat or comma-separate): {', '.join(all_names)}",
     )
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="result file")
     parser.add_argument("--no-torchmonarch", action="store_true", help="skip torchmonarch")
     parser.add_argument("--no-ours", action="store_true", help="skip monarch-idl")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 2 quick, 5 full)")
-    parser.add_argument("--timeout-s", type=float, help="per-workload limit (default 90 quick, 300)")
+    parser.add_argument(
+        "--timeout-s", type=float, help="per-workload limit (default 90 quick, 300)"
+    )
     parser.add_argument("--venv", type=Path, default=TORCHMONARCH_VENV, help="torchmonarch venv")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
@@ -241,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {
             OURS: _version(sys.executable, "monarch-idl"),
             MONARCH: _version(systems[MONARCH], "torchmonarch") if MONARCH in systems else None,
-            "torch(torchmonarch venv)": _version(systems[MONARCH], "torch") if MONARCH in systems else None,
+            "torch(torchmonarch venv)": _version(systems[MONARCH], "torch")
+            if MONARCH in systems
+            else None,
         },
         "notes": notes,
         "git_commit": _git_commit(),
@@ -263,7 +275,9 @@ def _git_commit() -> str | None:
     try:
         r = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None

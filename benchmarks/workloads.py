@@ -213,7 +213,11 @@ def payload_sweep(quick: bool) -> Metrics:
             back = a.ping.call_one(payload).get()
             if len(back) != size:
                 raise RuntimeError("payload came back with a wrong size")
-            lat = _per_call_us(lambda i: a.ping.call_one(payload).get(), 1, iters)
+
+            def echo(i: int, payload: bytes = payload) -> Any:
+                return a.ping.call_one(payload).get()
+
+            lat = _per_call_us(echo, 1, iters)
             out.append(
                 metric(f"payload_rtt_us/{size}", "us", "lower", lat, group="payload_rtt_us", x=size)
             )

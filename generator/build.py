@@ -8,6 +8,7 @@ non-Data field, unsupported types, name clashes after renaming.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -217,8 +218,8 @@ class _Builder:
             init, default = t.init, t.default
             if in_union and default != "None":
                 init, default = f"{init} | None", "None"
-            if required and not (f.get("slot") or {}).get("hadExplicitDefault"):
-                init, default = t.attr, None
+            if required and not in_union and not (f.get("slot") or {}).get("hadExplicitDefault"):
+                init, default = t.init.removesuffix(" | None"), None
             out.append(ir.Field(name=py, wire=wire, annotation=t.attr, init_annotation=init, init_default=default,
                                 expr=t.expr, in_union=in_union, doc=self.doc(fwhere)))
         return out
@@ -231,7 +232,7 @@ class _Builder:
             return _Type(t.attr, t.init, str(bool(v)), t.expr)
         if kind in ("float32", "float64"):
             f = float(v)
-            text = f'float("{f}")' if math.isinf(f) or math.isnan(f) else repr(f)
+            text = f'float("{f}")' if math.isinf(f) or math.isnan(f) else _float_text(f, kind)
             return _Type(t.attr, t.init, text, t.expr)
         if kind == "text":
             return _Type(t.attr, t.init, repr(v), t.expr)
@@ -305,6 +306,17 @@ class _Builder:
             elif "struct" in child:
                 structs.append(self.struct(n["id"]))
         return enums, structs
+
+
+def _float_text(f: float, kind: str) -> str:
+    """The shortest decimal that reads back as the same float32/float64."""
+    if kind == "float64":
+        return repr(f)
+    for digits in range(1, 18):
+        text = f"{f:.{digits}g}"
+        if struct.unpack("<f", struct.pack("<f", float(text)))[0] == f:
+            return repr(float(text))
+    return repr(f)
 
 
 def escape_enumerant(name: str) -> str:

@@ -118,7 +118,15 @@ def method(b: _Builder, iid: int, index: int, m: dict[str, Any], where: tuple[st
     else:
         pclass = b.ref(m["paramStructType"])
     pfields = b.fields(pnode, where, required=implicit_params, method=True)
-    params = [ir.Param(name=f.name, annotation=f.annotation, default=f.init_default) for f in pfields]
+    params = [
+        ir.Param(
+            name=f.name,
+            annotation=f.annotation,
+            call_annotation=f.init_annotation.removesuffix(" | None") if f.init_default is None else f.init_annotation,
+            default=f.init_default,
+        )
+        for f in pfields
+    ]
     rfields = b.fields(rnode, where, method=True)
     if rnode["scopeId"] != 0:
         rclass, kind, result = b.ref(m["resultStructType"]), "struct", b.ref(m["resultStructType"])

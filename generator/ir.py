@@ -98,8 +98,12 @@ class Const(_Model):
 
 
 class Param(_Model):
+    """A method parameter: ``annotation`` as implementations receive it, ``call_annotation`` as
+    callers pass it (``stubs.Bytes`` for Data)."""
+
     name: str
     annotation: str
+    call_annotation: str
     default: str | None
 
 

@@ -20,7 +20,9 @@ def _proc_mains() -> set[int]:
                 stat = f.read().decode(errors="replace")
         except OSError:
             continue
-        if b"monarch._mesh.proc_main" in cmd and stat[stat.rfind(")") + 2] != "Z":
+        fields = stat[stat.rfind(")") + 2 :].split()
+        # only procs this test process started (other runs may share the machine)
+        if b"monarch._mesh.proc_main" in cmd and fields[0] != "Z" and int(fields[1]) == os.getpid():
             out.add(int(entry))
     return out
 

@@ -96,7 +96,7 @@ def endpoint_table(cls: type) -> EndpointTable:
             if spec is None:
                 continue
             by_name[spec.name] = (spec, attr)
-    for name, (spec, attr) in by_name.items():
+    for name, (_spec, attr) in by_name.items():
         impl = inspect.getattr_static(cls, attr)
         if isinstance(impl, EndpointProperty):
             impl = impl._method

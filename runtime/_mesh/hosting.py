@@ -25,7 +25,7 @@ from .router import FLAG_STREAM, Router, Sink
 if TYPE_CHECKING:
     from .port import Port
 
-__all__ = ["ActorHost", "Msg", "encode_error", "decode_error"]
+__all__ = ["ActorHost", "Msg", "decode_error", "encode_error"]
 
 log = logging.getLogger("monarch.hosting")
 
@@ -111,7 +111,7 @@ class Collector(Sink):
         self.dest_port = dest_port
         self.expected = expected
         self.remaining = sum(len(v) for v in expected.values())
-        self.parts: list[tuple[int, bool, bytes, list[memoryview]]] = []
+        self.parts: list[tuple[int, bool, Any, list[memoryview]]] = []
         self.lock = threading.Lock()
         self.port = 0
 
@@ -166,7 +166,7 @@ class Collector(Sink):
             p.last = True
             chunks.append(payload)
             allbufs.extend(bufs)
-        env.payload = b"".join(chunks)
+        env.payload = b"".join(bytes(c) for c in chunks)
         try:
             self.host.router.send(self.dest_addr, env, allbufs, sequenced=False)
         except Exception as exc:
@@ -271,6 +271,8 @@ class ActorHost:
         """Send one result (or error) for ``msg`` to its reply port (any thread)."""
         if not msg.reply_addr:
             return
+        payload: Any
+        bufs: list[Any]
         if exc is not None:
             payload, bufs = encode_error(exc, f"{self.mesh_names.get(msg.mesh_id, msg.mesh_id)}[{msg.rank}]")
             err = True

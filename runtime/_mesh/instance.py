@@ -119,9 +119,7 @@ class ActorInstance:
     def _construct(self) -> None:
         token = set_context(Context(self.instance, self.rank))
         try:
-            obj = self.cls.__new__(self.cls)
-            obj.__init__(*self._args, **self._kwargs)
-            self.obj = obj
+            self.obj = self.cls(*self._args, **self._kwargs)
             self.state = "running"
         except Exception as exc:
             self._fail(exc, "__init__")
@@ -154,7 +152,7 @@ class ActorInstance:
                 spec, fn = self._impl(msg.endpoint)
                 args, kwargs = msg.decode_args(spec)
                 if spec.explicit_response_port:
-                    args = (msg.port(spec),) + tuple(args)
+                    args = (msg.port(spec), *tuple(args))
                 if spec.stream:
                     for item in fn(*args, **kwargs):
                         self.host.reply(msg, spec, item, None, last=False)
@@ -197,7 +195,7 @@ class ActorInstance:
                 spec, fn = self._impl(msg.endpoint)
                 args, kwargs = msg.decode_args(spec)
                 if spec.explicit_response_port:
-                    args = (msg.port(spec),) + tuple(args)
+                    args = (msg.port(spec), *tuple(args))
                 if spec.stream:
                     gen = fn(*args, **kwargs)
                     if inspect.isasyncgen(gen):

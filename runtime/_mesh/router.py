@@ -339,4 +339,4 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-__all__ += ["ConnectError", "FLAG_PORT", "FLAG_STREAM"]
+__all__ += ["FLAG_PORT", "FLAG_STREAM", "ConnectError"]

@@ -358,7 +358,7 @@ class Listener:
         conn.setblocking(False)
         peer = "tcp peer"
         try:
-            peer = "%s:%s" % conn.getpeername()[:2]
+            peer = "{}:{}".format(*conn.getpeername()[:2])
             nonce = os.urandom(_NONCE_BYTES)
             await self.loop.sock_sendall(conn, nonce)
             answer = b""

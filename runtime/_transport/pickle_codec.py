@@ -85,7 +85,7 @@ def _reduce_tensor(t: Any) -> Any:
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
-        if t.__module__ == "torch" and t.__name__ in ("Tensor",) or _is_parameter(t):
+        if (t.__module__ == "torch" and t.__name__ in ("Tensor",)) or _is_parameter(t):
             return _reduce_tensor(obj)
         return super().reducer_override(obj)
 

@@ -4,7 +4,6 @@ import asyncio
 import threading
 
 import pytest
-
 from monarch._core.errors import CallTimeout
 from monarch._core.future import Future
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from monarch._core.shape import Extent, Point, Shape
 from monarch._core.value_mesh import ValueMesh
 
