@@ -14,9 +14,11 @@ import ctypes
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 TOKEN_VAR = "MONARCH_BENCH_RUN_TOKEN"
 PR_SET_CHILD_SUBREAPER = 36
@@ -95,6 +97,12 @@ def _alive(pids: list[int]) -> list[int]:
     return out
 
 
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @dataclass
 class Completed:
     returncode: int | None
@@ -114,32 +122,32 @@ def run_isolated(
     runtime that does not stop its procs); they are killed either way.
     """
     env = {**env, TOKEN_VAR: token}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    timed_out = False
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kill_token(token, grace_s=0.5)
-        raise
-    wall_s = time.perf_counter() - t0
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    leftover = kill_token(token)
+    # Output goes to files, not pipes: a runtime's orphaned procs inherit the descriptors, and
+    # waiting for EOF on a pipe would wait for them too.
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=out_f, stderr=err_f, start_new_session=True
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        except BaseException:
+            _kill_group(proc)
+            kill_token(token, grace_s=0.5)
+            raise
+        finally:
+            wall_s = time.perf_counter() - t0
+        _kill_group(proc)
+        if not timed_out:  # procs may still be finishing an orderly shutdown
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and _alive(pids_with_token(token)):
+                reap_zombies()
+                time.sleep(0.05)
+        leftover = kill_token(token)
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
     return Completed(proc.returncode, out, err, timed_out, wall_s, leftover)

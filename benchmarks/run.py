@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console = _console()
     _procs.become_subreaper()
+    # SIGTERM unwinds like Ctrl-C, through run_isolated's cleanup of the running workload.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     t_start = time.perf_counter()
     systems: dict[str, Path | str] = {}
     notes: dict[str, str] = {}

@@ -44,7 +44,7 @@ class DataLoader(Actor):
         import torch
 
         rank = context().actor_instance.rank
-        world = len(rank.extent)
+        world = rank.extent.nelements
         x, y, _, _ = load_split()
         self.x, self.y = x[rank.rank :: world], y[rank.rank :: world]
         self.batch_size = batch_size
@@ -74,7 +74,7 @@ class Trainer(Actor):
         )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         _, _, x_te, y_te = load_split()
-        world = len(rank.extent)
+        world = rank.extent.nelements
         self.x_te, self.y_te = x_te[rank.rank :: world], y_te[rank.rank :: world]
 
     @endpoint
@@ -85,7 +85,7 @@ class Trainer(Actor):
         self.opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(self.model(x), y)
         loss.backward()
-        return float(loss)
+        return float(loss.item())
 
     @endpoint
     def gradients(self) -> Any:

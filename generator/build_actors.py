@@ -40,6 +40,11 @@ def build_interfaces(b: _Builder, file_node: dict[str, Any]) -> list[ir.Interfac
     for iid in found:
         visit(iid)
     taken: dict[str, str] = {}
+    for n in file_node.get("nestedNodes") or []:
+        child = b.nodes.get(n["id"])
+        if child is not None and "interface" not in child:
+            kind = next((k for k in ("struct", "enum", "const", "annotation") if k in child), "declaration")
+            taken[n["name"]] = f"{kind} {n['name']}"
     return [interface(b, iid, taken) for iid in order]
 
 

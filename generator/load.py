@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from monarch._core.errors import SchemaError
@@ -80,6 +80,11 @@ def _schema_error(stderr: str, paths: list[str]) -> SchemaError:
         message = tail[-1] if tail else "schema parser failed"
         return SchemaError(paths[0], 1, 1, message.removeprefix("what():").strip())
     file, msg = m.group("file").strip(), m.group("msg").strip()
+    # pycapnp names files by its own canonical path: give the user's spelling back
+    for p in paths:
+        if file == p or file.endswith("/" + PurePath(p).name) and Path(file).name == PurePath(p).name:
+            file = p
+            break
     line, col = _locate(file, int(m.group("line")), msg)
     if "does not declare an ID" in msg:
         msg = msg.split("  I've generated")[0] + " (add a line like @0x" + msg.rsplit("@0x", 1)[-1].rstrip(";") + ";)"

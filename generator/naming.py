@@ -10,7 +10,7 @@ __all__ = ["RESERVED_MESH", "RESERVED_STRUCT", "constant_name", "member_name", "
 
 _BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
-_SOFT = frozenset({"match", "case", "type", "_"})
+_SOFT = frozenset({"match", "case", "type", "_", "self", "cls", "stubs"})
 
 RESERVED_STRUCT = frozenset({"which", "which_name", "to_bytes", "from_bytes"})
 """Attributes of generated structs that fields must not shadow."""

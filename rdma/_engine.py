@@ -215,7 +215,12 @@ def register(data: LocalMemory, owner: str) -> tuple[Region, Descriptor]:
 
 
 def _remote_drop(region_id: int, key: int) -> None:
-    get_registry().drop(region_id, key, current().drop_grace_s, _on_release)
+    region = get_registry().drop(region_id, key, current().drop_grace_s, lambda r: None)
+    if region is not None:
+        # Deregister verbs memory regions at once: the device checks every packet against
+        # them, and after ibv_dereg_mr returns no transfer touches the memory again. The
+        # grace period only matters to cma and tcp, which check before they copy.
+        _on_release(region)
 
 
 def drop(desc: Descriptor, timeout_s: float) -> None:

@@ -125,14 +125,14 @@ class Registry:
 
     def drop(
         self, region_id: int, key: int, grace_s: float, on_release: Callable[[Region], None]
-    ) -> bool:
+    ) -> Region | None:
         """Drop a region: refuse new transfers now, free its memory after ``grace_s`` seconds.
 
         The grace period covers transfers that passed their checks just before the drop and
         still move bytes (the owner cannot see one-sided transfers).
 
         Returns:
-            True if the region was live; False if it was already dropped (dropping twice is fine).
+            The region if it was live; None if it was already dropped (dropping twice is fine).
 
         Raises:
             RDMAError: ``key`` is not the region's key.
@@ -140,7 +140,7 @@ class Registry:
         with self._lock:
             region = self._regions.get(region_id)
             if region is None or not region.valid:
-                return False
+                return None
             if region.key != key:
                 raise RDMAError(f"RDMA region {region_id}: wrong key")
             region.invalidate()
@@ -149,7 +149,7 @@ class Registry:
         release = threading.Timer(grace_s + 0.01, self._bury)
         release.daemon = True
         release.start()
-        return True
+        return region
 
     def _bury(self) -> None:
         now = time.monotonic()

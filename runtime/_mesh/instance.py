@@ -115,6 +115,7 @@ class ActorInstance:
                 self.host.refuse(msg, self._refusal())
                 continue
             self._handle_sync(msg)
+            del msg  # let received buffers go back to the pool before the next message
 
     def _construct(self) -> None:
         token = set_context(Context(self.instance, self.rank))
@@ -151,6 +152,7 @@ class ActorInstance:
             try:
                 spec, fn = self._impl(msg.endpoint)
                 args, kwargs = msg.decode_args(spec)
+                msg.bufs = []  # the decoded arguments own the buffers now
                 if spec.explicit_response_port:
                     args = (msg.port(spec), *tuple(args))
                 if spec.stream:
@@ -194,6 +196,7 @@ class ActorInstance:
             try:
                 spec, fn = self._impl(msg.endpoint)
                 args, kwargs = msg.decode_args(spec)
+                msg.bufs = []  # the decoded arguments own the buffers now
                 if spec.explicit_response_port:
                     args = (msg.port(spec), *tuple(args))
                 if spec.stream:

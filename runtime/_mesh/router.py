@@ -153,6 +153,9 @@ class Router:
 
     def adopt(self, addr: str, sock: socket.socket) -> Connection:
         """Use an already-connected socket as the outgoing connection to ``addr``."""
+        from .._transport.channel import _tune
+
+        _tune(sock)
         with self._lock:
             conn = Connection(
                 sock,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import torch
-
 from monarch import stubs
 from monarch.generated.example import (
     Batch,

@@ -1,0 +1,81 @@
+"""Every bad schema exits with status 1, prints ``path:line:col: message`` and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ID = "@0xd1e2f3a4b5c6d7e8;\n"
+USING = 'using M = import "/monarch/actor.capnp";\n'
+
+BAD: dict[str, tuple[str, str]] = {
+    "syntax_error": (ID + "struct A {\n  x @0 :Int32\n  y @1 :Int32;\n}\n", "bad.capnp:4:3: Parse error."),
+    "unknown_type": (ID + "struct A {\n  x @0 :Nope;\n}\n", "bad.capnp:3:9: Not defined: Nope"),
+    "missing_import": (ID + 'using X = import "nothere.capnp";\nstruct A { x @0 :X.B; }\n', "bad.capnp:2:19: Import failed: nothere.capnp"),
+    "missing_file_id": ("struct A {\n  x @0 :Int32;\n}\n", "bad.capnp:1:1: File does not declare an ID."),
+    "duplicate_id": (
+        ID + "struct A @0xd1e2f3a4b5c6d7e5 { x @0 :Int32; }\nstruct B @0xd1e2f3a4b5c6d7e5 { x @0 :Int32; }\n",
+        "bad.capnp:3:10: Duplicate ID @0xd1e2f3a4b5c6d7e5.",
+    ),
+    "raw_interface_field": (
+        ID + USING + "interface Foo $M.actor { f @0 (); }\nstruct A {\n  foo @0 :Foo;\n}\n",
+        "bad.capnp:5:3: a raw interface type (Foo) cannot be sent; use M.ActorRef(Foo)",
+    ),
+    "stream_and_rref": (
+        ID + USING + "interface Foo $M.actor {\n  f @0 () -> (x :Int32) $M.stream $M.rref;\n}\n",
+        "bad.capnp:4:3: $stream and $rref cannot be combined on one endpoint",
+    ),
+    "tensor_on_non_data": (
+        ID + USING + "struct A {\n  x @0 :Int32 $M.tensor;\n}\n",
+        "bad.capnp:4:3: $tensor applies to Data fields only, not int32",
+    ),
+    "field_name_clash": (
+        ID + "struct A {\n  fooBar @0 :Int32;\n  fooBAR @1 :Int32;\n}\n",
+        "bad.capnp:4:3: name clash after renaming: 'fooBAR' and 'fooBar' both become 'foo_bar'",
+    ),
+    "class_name_clash": (
+        ID + USING + "struct FooMesh {}\ninterface Foo $M.actor {\n  f @0 ();\n}\n",
+        "bad.capnp:4:11: name clash after renaming: interface Foo and struct FooMesh both define 'FooMesh'",
+    ),
+    "method_name_clash": (
+        ID + USING + "interface Foo $M.actor {\n  doIt @0 ();\n  doIT @1 ();\n}\n",
+        "bad.capnp:5:3: name clash after renaming: method 'doIT' and 'doIt' both become 'do_it'",
+    ),
+    "actor_ref_to_non_actor": (
+        ID + USING + "struct S {}\nstruct A {\n  r @0 :M.ActorRef(S);\n}\n",
+        "bad.capnp:5:3: M.ActorRef(T) needs an $M.actor interface as T",
+    ),
+}
+
+
+def _run(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "bad.capnp").write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "monarch.generator.cli", "bad.capnp", "-o", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_schema_exits_1_with_location_and_leaves_no_output(tmp_path: Path, case: str) -> None:
+    text, expected = BAD[case]
+    res = _run(tmp_path, text)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[0].startswith(expected), res.stderr
+    assert "Traceback" not in res.stderr and "terminate called" not in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_schema_file_is_a_schema_error(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "monarch.generator.cli", "nothere.capnp"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert res.returncode == 1
+    assert res.stderr.startswith("nothere.capnp:0:0: no such schema file")

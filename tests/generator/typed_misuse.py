@@ -1,0 +1,52 @@
+"""Misuses of generated code that mypy --strict must reject, each with its exact error.
+
+Every line that must fail carries ``# E: <message>  [code]``; test_generated_types.py checks that
+mypy reports exactly these errors and no others.
+"""
+
+from __future__ import annotations
+
+from monarch import stubs
+from monarch.generated.example import (
+    Batch,
+    Coordinator,
+    CoordinatorCollectResult,
+    Report,
+    Worker,
+    WorkerMesh,
+)
+
+
+def wrong_argument_type(workers: WorkerMesh) -> None:
+    workers.train.call_one("not a batch")  # E: Argument 1 to "call_one" of "Endpoint" has incompatible type "str"; expected "Batch"  [arg-type]
+
+
+def missing_argument(workers: WorkerMesh) -> None:
+    workers.train.call()  # E: Missing positional argument "batch" in call to "call" of "Endpoint"  [call-arg]
+
+
+def value_mesh_as_scalar(workers: WorkerMesh) -> float:
+    loss: float = workers.train.call(Batch()).get()  # E: Incompatible types in assignment (expression has type "ValueMesh[float]", variable has type "float")  [assignment]
+    return loss
+
+
+def wrong_port_type(port: stubs.Port[int]) -> None:
+    port.send("three")  # E: Argument 1 to "send" of "Port" has incompatible type "str"; expected "int"  [arg-type]
+
+
+def broadcast_has_no_result(workers: WorkerMesh) -> object:
+    result = workers.train.broadcast(Batch())  # E: "broadcast" of "Endpoint" does not return a value (it only ever returns None)  [func-returns-value]
+    return result
+
+
+class BadCoordinator(Coordinator):
+    def register(self, workers: int, count: int) -> bool:  # E: Argument 1 of "register" is incompatible with supertype "monarch.generated.example.Coordinator"; supertype defines the argument type as "WorkerMesh"  [override]
+        return True
+
+    def collect(self, reports: list[Report]) -> CoordinatorCollectResult:  # E: Argument 1 of "collect" is incompatible with supertype "monarch.generated.example.Coordinator"; supertype defines the argument type as "Sequence[Report]"  [override]
+        return CoordinatorCollectResult()
+
+
+class BadWorker(Worker):
+    def train(self, batch: Batch) -> str:  # E: Return type "str" of "train" incompatible with return type "float | Awaitable[float]" in supertype "monarch.generated.example.Worker"  [override]
+        return ""
