@@ -269,3 +269,31 @@ def plots(report: dict[str, Any], outdir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table as GitHub markdown, with the run's conditions (for ``RESULTS.md``)."""
+    meta = report["meta"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    lines = [
+        f"Rounds: {meta['rounds']} interleaved{' (quick)' if meta['quick'] else ''}; "
+        f"{meta['cpus']} CPUs; Python {meta['python']}; {versions}; commit {meta['git_commit']}.",
+        "Values are medians over rounds of per-process medians; ratio = ours / other.",
+        "",
+        "| metric | unit | ours | torchmonarch | raw | ours/monarch | ours/raw | target |",
+        "|---|---|--:|--:|--:|--:|--:|---|",
+    ]
+    section = None
+    for row in report["rows"]:
+        if row["section"] != section:
+            section = row["section"]
+            lines.append(f"| **{section}** | | | | | | | |")
+        target = row["target"] or ""
+        if row["target_met"] is not None:
+            target += " met" if row["target_met"] else " **not met**"
+        lines.append(
+            f"| {row['label']} | {row['unit'] or ''} | {_fmt(row[OURS])} | {_fmt(row[MONARCH])} "
+            f"| {_fmt(row[RAW])} | {_fmt_ratio(row['ratio_ours_monarch'])} "
+            f"| {_fmt_ratio(row['ratio_ours_raw'])} | {target} |"
+        )
+    return "\n".join(lines) + "\n"

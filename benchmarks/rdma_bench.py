@@ -51,12 +51,16 @@ def median_s(fn: Callable[[], None], repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", action="store_true", help="print one JSON object as well")
     args = parser.parse_args()
 
-    owner = subprocess.Popen([sys.executable, "-c", OWNER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert owner.stdout is not None
         big = RDMABuffer.from_bytes(bytes.fromhex(owner.stdout.readline()))
@@ -82,13 +86,23 @@ def main() -> None:
         results["cma_read_GBps"] = BIG / statistics.median(cma_read) / 1e9
         results["raw_writev_GBps"] = BIG / statistics.median(raw_write) / 1e9
         results["cma_write_GBps"] = BIG / statistics.median(cma_write) / 1e9
-        results["small_raw_us"] = median_s(lambda: process_vm_readv(pid, dst_addr, small._desc.addr, SMALL), 200) * 1e6
-        results["small_cma_us"] = median_s(lambda: small.read_into(memoryview(small_dst)).get(10), 200) * 1e6
+        results["small_raw_us"] = (
+            median_s(lambda: process_vm_readv(pid, dst_addr, small._desc.addr, SMALL), 200) * 1e6
+        )
+        results["small_cma_us"] = (
+            median_s(lambda: small.read_into(memoryview(small_dst)).get(10), 200) * 1e6
+        )
 
         configure(backend="tcp")
-        results["tcp_read_GBps"] = BIG / median_s(lambda: big.read_into(memoryview(dst)).get(60), r) / 1e9
-        results["tcp_write_GBps"] = BIG / median_s(lambda: big.write_from(memoryview(src)).get(60), r) / 1e9
-        results["small_tcp_us"] = median_s(lambda: small.read_into(memoryview(small_dst)).get(10), 200) * 1e6
+        results["tcp_read_GBps"] = (
+            BIG / median_s(lambda: big.read_into(memoryview(dst)).get(60), r) / 1e9
+        )
+        results["tcp_write_GBps"] = (
+            BIG / median_s(lambda: big.write_from(memoryview(src)).get(60), r) / 1e9
+        )
+        results["small_tcp_us"] = (
+            median_s(lambda: small.read_into(memoryview(small_dst)).get(10), 200) * 1e6
+        )
         configure(backend="auto")
     finally:
         owner.kill()
@@ -98,9 +112,13 @@ def main() -> None:
     write_ratio = results["cma_write_GBps"] / results["raw_writev_GBps"]
     print(f"64 MiB, medians of {args.repeats} (x3 interleaved rounds for cma):")
     print(f"  raw process_vm_readv   {results['raw_readv_GBps']:6.2f} GB/s")
-    print(f"  read_into  (cma)       {results['cma_read_GBps']:6.2f} GB/s  = {read_ratio:5.1%} of raw  (target >= 80%)")
+    print(
+        f"  read_into  (cma)       {results['cma_read_GBps']:6.2f} GB/s  = {read_ratio:5.1%} of raw  (target >= 80%)"
+    )
     print(f"  raw process_vm_writev  {results['raw_writev_GBps']:6.2f} GB/s")
-    print(f"  write_from (cma)       {results['cma_write_GBps']:6.2f} GB/s  = {write_ratio:5.1%} of raw  (target >= 80%)")
+    print(
+        f"  write_from (cma)       {results['cma_write_GBps']:6.2f} GB/s  = {write_ratio:5.1%} of raw  (target >= 80%)"
+    )
     print(f"  read_into  (tcp)       {results['tcp_read_GBps']:6.2f} GB/s  (target >= 1.5 GB/s)")
     print(f"  write_from (tcp)       {results['tcp_write_GBps']:6.2f} GB/s  (target >= 1.5 GB/s)")
     print("4 KiB read latency, medians of 200:")

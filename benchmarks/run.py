@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--venv", type=Path, default=TORCHMONARCH_VENV, help="torchmonarch venv")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--markdown", type=Path, help="also write the table as markdown here")
     args = parser.parse_args(argv)
 
     names = all_names
@@ -267,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")
     console.print(f"JSON: {args.json}")
+    if args.markdown:
+        args.markdown.write_text(_report.markdown(report))
+        console.print(f"markdown: {args.markdown}")
     if not args.no_plots:
         for path in _report.plots(report, args.json.parent):
             console.print(f"plot: {path}")

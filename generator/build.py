@@ -216,6 +216,14 @@ class _Builder:
                 elif slot.get("hadExplicitDefault"):
                     t = self.with_default(t, kind, slot["defaultValue"], wire in defaults)
             init, default = t.init, t.default
+            if t.expr.startswith("Enum(") and default is not None and "." in t.attr and not t.attr.startswith("_m_"):
+                # a class body cannot name its own (or an outer) class yet: nested enum defaults
+                # are spelled from inside the class, or left to the schema's default
+                here = self.py_qualname(int(node["id"])) + "."
+                if t.attr.startswith(here) and "." not in t.attr[len(here):]:
+                    default = default[len(here):]
+                else:
+                    init, default = f"{init} | None", "None"
             if in_union and default != "None":
                 init, default = f"{init} | None", "None"
             if required and not in_union and not (f.get("slot") or {}).get("hadExplicitDefault"):

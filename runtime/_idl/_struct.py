@@ -200,7 +200,8 @@ class Struct:
             values = self._values
             return [(d, values[d.py]) for d in self._descriptors if values.get(d.py) is not None]
         active = self.which_name() if self.__capnp__.union_first else ""
-        return [(d, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active]
+        present = [(d, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active]
+        return [(d, v) for d, v in present if v is not None or d.union]
 
     def _write(self, b: Any, enc: EncodeContext, path: str) -> None:
         for d, v in self._present():

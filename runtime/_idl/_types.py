@@ -224,7 +224,8 @@ class _Enum(_Named):
         return self.cls(getattr(r, wire).raw)
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
-        lb[i] = self.cls(v).name
+        # schema names never contain "_": the generator's escapes only append one
+        lb[i] = self.cls(v).name.rstrip("_")
 
     def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
         return self.cls(lr[i].raw)

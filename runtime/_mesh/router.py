@@ -89,6 +89,7 @@ class Router:
         self._held: dict[str, dict[int, tuple[Any, list[memoryview]]]] = {}
         self._port_ids = itertools.count(1)
         self.sinks: dict[int, Sink] = {}
+        self.watched: set[str] = set()
         # set by the layer above
         self.on_call: Callable[[Any, list[memoryview]], None] = lambda env, bufs: None
         self.control: dict[str, Callable[[Any, list[memoryview]], None]] = {}
@@ -181,7 +182,13 @@ class Router:
             if self._out.get(addr) is conn:
                 del self._out[addr]
         if addr and addr not in self._dead:
-            self.mark_dead(addr, f"connection lost{': ' + str(exc) if exc else ''}")
+            reason = f"connection lost{': ' + str(exc) if exc else ''}"
+            if addr in self.watched:
+                # a child we watch through its pidfd: its exit status arrives within
+                # milliseconds and names the cause; fall back to EOF if it does not
+                self.loop.call_later(0.25, self.mark_dead, addr, reason)
+            else:
+                self.mark_dead(addr, reason)
 
     def mark_dead(self, addr: str, reason: str) -> None:
         """Record that the proc at ``addr`` is gone and fail everything awaiting it."""

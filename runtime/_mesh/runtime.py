@@ -106,6 +106,8 @@ class Runtime:
         self._closed = False
         self.loop_thread: threading.Thread | None = None
         self.owned_by: dict[str, Any] = {}
+        self._zygote: Any = None
+        self._zygote_ready = threading.Event()
         from .supervision import install_failure_handler
 
         install_failure_handler(self)
@@ -160,8 +162,17 @@ class Runtime:
                 "--name",
                 f"{name}/{k}",
             ]
-            popen = subprocess.Popen(cmd, pass_fds=[lsock.fileno()], env=child_env, cwd=os.getcwd())
-            h = ProcHandle(addr, popen.pid, f"{name}/{k}", popen)
+            zygote = self._get_zygote()
+            popen: subprocess.Popen[bytes] | None = None
+            if zygote is not None:
+                try:
+                    pid = zygote.spawn([a if a != str(lsock.fileno()) else "{fd}" for a in cmd[3:]], child_env, os.getcwd(), lsock.fileno())
+                except OSError:
+                    zygote = None
+            if zygote is None:
+                popen = subprocess.Popen(cmd, pass_fds=[lsock.fileno()], env=child_env, cwd=os.getcwd())
+                pid = popen.pid
+            h = ProcHandle(addr, pid, f"{name}/{k}", popen)
             # connect before closing our copy: the connection waits in the child's backlog
             csock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             csock.connect(path)
@@ -169,14 +180,37 @@ class Runtime:
             self.children[addr] = h
             self.router.adopt(addr, csock)
             try:
-                h.pidfd = os.pidfd_open(popen.pid)
+                h.pidfd = os.pidfd_open(pid)
                 self.router.call_on_loop(self._watch, h)
             except OSError:
                 h.pidfd = -1
             handles.append(h)
         return handles
 
+    def start_zygote(self) -> None:
+        """Start the fork server in the background (root client only; MONARCH_ZYGOTE=0 disables)."""
+        if os.environ.get("MONARCH_ZYGOTE", "1") == "0" or self.name != "client":
+            self._zygote_ready.set()
+            return
+
+        def start() -> None:
+            try:
+                from .zygote import ZygoteClient
+
+                self._zygote = ZygoteClient(lambda pid, status: None)
+            except Exception as exc:
+                log.warning("no zygote, procs start from scratch: %s", exc)
+            finally:
+                self._zygote_ready.set()
+
+        threading.Thread(target=start, name="monarch zygote start", daemon=True).start()
+
+    def _get_zygote(self) -> Any:
+        self._zygote_ready.wait(10.0)
+        return self._zygote
+
     def _watch(self, h: ProcHandle) -> None:
+        self.router.watched.add(h.addr)
         self.loop.add_reader(h.pidfd, self._child_exited, h)
 
     def _child_exited(self, h: ProcHandle) -> None:
@@ -193,6 +227,12 @@ class Runtime:
                     h.popen.returncode = os.waitstatus_to_exitcode(st)
             except ChildProcessError:
                 pass
+        elif self._zygote is not None:
+            # not our child: the zygote reaps it and reports the status
+            deadline = time.monotonic() + 0.05
+            while h.pid not in self._zygote.exits and time.monotonic() < deadline:
+                time.sleep(0.001)
+            status = self._zygote.exits.pop(h.pid, None)
         os.close(h.pidfd)
         h.pidfd = -1
         reason = describe_status(status) if status is not None else "exited"
@@ -281,6 +321,8 @@ class Runtime:
                         h.popen.wait(timeout=2.0)
                     except subprocess.TimeoutExpired:
                         _kill(h)
+                elif not h.exited.is_set():
+                    _kill(h)
             fut.set_result(None)
 
         threading.Thread(target=waiter, name="monarch proc stopper", daemon=True).start()
@@ -313,6 +355,8 @@ class Runtime:
                 self.loop_thread.join(2.0)
             except RuntimeError:
                 pass
+        if self._zygote is not None:
+            self._zygote.close()
         if self.owns_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
@@ -400,6 +444,7 @@ def _start_client_runtime() -> Runtime:
         raise SupervisionError("the client runtime did not start within 10 s")
     rt = holder[0]
     rt.loop_thread = thread
+    rt.start_zygote()
     atexit.register(rt.shutdown)
     return rt
 

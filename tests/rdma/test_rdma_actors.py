@@ -4,7 +4,6 @@ writes from other procs, drop, and Monarch's own RDMA example unchanged."""
 from __future__ import annotations
 
 import pytest
-
 from monarch._core.errors import ActorError, RDMAError
 from monarch.actor import Actor, endpoint, this_host
 from monarch.rdma import RDMAAction, RDMABuffer
