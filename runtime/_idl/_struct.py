@@ -109,6 +109,11 @@ class StructInfo:
     def struct_module(self) -> Any:
         return self.schema.struct_module(self.node_id)
 
+    @property
+    def is_group(self) -> bool:
+        """Groups live inside their struct: they cannot be a message's root."""
+        return bool(self.struct_module().schema.node.struct.isGroup)
+
 
 class Which(Generic[L]):
     """``which()`` of a struct with an unnamed union, typed as a ``Literal`` of member names.
@@ -209,8 +214,15 @@ class Struct:
             conv.set(b, d.wire, v, enc, path)
 
     def _encode(self, oob: bool = True) -> tuple[bytes, list[Any]]:
-        """``(message bytes, out-of-band buffers + directory)``; see :mod:`monarch._idl._types`."""
-        msg = self.__capnp__.struct_module().new_message()
+        """``(message bytes, out-of-band buffers + directory)``; see :mod:`monarch._idl._types`.
+
+        Raises:
+            TypeError: this is a group (a group is only ever part of its struct).
+        """
+        info = self.__capnp__
+        if info.is_group:
+            raise TypeError(f"{type(self).__qualname__} is a group: encode the struct that holds it")
+        msg = info.struct_module().new_message()
         enc = EncodeContext(oob)
         self._write(msg, enc, "")
         buffers = enc.buffers

@@ -79,7 +79,7 @@ class _BufferPool:
             mm = mmap.mmap(-1, size)
         arr = np.frombuffer(mm, dtype=np.uint8, count=nbytes)
         weakref.finalize(arr, self._give_back, mm, size)
-        return memoryview(arr)
+        return memoryview(arr)  # type: ignore[arg-type]  # ndarray implements the buffer protocol; numpy stubs lack __buffer__
 
     def _give_back(self, mm: mmap.mmap, size: int) -> None:
         with self.lock:

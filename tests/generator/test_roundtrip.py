@@ -107,7 +107,7 @@ def _structs(module: ModuleType) -> list[type[Struct]]:
     def walk(ns: Any) -> None:
         for v in vars(ns).values():
             if isinstance(v, type) and issubclass(v, Struct) and v.__module__ == module.__name__ and v not in out:
-                if not getattr(v, "__parameters__", ()):
+                if not getattr(v, "__parameters__", ()) and not v.__capnp__.is_group:
                     out.append(v)
                 walk(v)
 
