@@ -61,7 +61,13 @@ def main() -> None:
     request = json.loads(sys.argv[1])
     imports: list[str] = request["imports"]
     parser = capnp.SchemaParser()
-    out: dict[str, Any] = {"files": [], "nodes": {}, "defaults": {}, "consts": {}, "endpoint_options": {}}
+    out: dict[str, Any] = {
+        "files": [],
+        "nodes": {},
+        "defaults": {},
+        "consts": {},
+        "endpoint_options": {},
+    }
     options_schema = None
     loaded: set[str] = set()
     todo = [(p, True) for p in request["paths"]]
@@ -102,7 +108,10 @@ def _walk(parser: Any, module: Any, out: dict[str, Any], options_schema: Any) ->
                 proto = field.proto
                 if proto.which() == "group":
                     add_struct(field.schema)
-                elif proto.slot.hadExplicitDefault and proto.slot.type.which() in ("list", "struct"):
+                elif proto.slot.hadExplicitDefault and proto.slot.type.which() in (
+                    "list",
+                    "struct",
+                ):
                     if reader is None:
                         smod = _StructModule(schema, "x")
                         reader = smod.from_bytes(smod.new_message().to_bytes()).__enter__()

@@ -111,7 +111,14 @@ class _Builder:
         return self.schema_path(node_id)[-1]
 
     # -- types -----------------------------------------------------------------------------
-    def map_type(self, t: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any], *, method: bool = False) -> _Type:
+    def map_type(
+        self,
+        t: dict[str, Any],
+        where: tuple[str, ...],
+        scope: dict[str, Any],
+        *,
+        method: bool = False,
+    ) -> _Type:
         kind, body = next(iter(t.items()))
         if kind == "void":
             return _Type("None", "None", "None", "Void")
@@ -135,11 +142,16 @@ class _Builder:
             return _Type(name, name, f"{name}.{first}", f"Enum({name})")
         if kind == "interface":
             iname = self.schema_path(body["typeId"])[-1]
-            raise self.error(where, f"a raw interface type ({iname}) cannot be sent; use M.ActorRef({iname})")
+            raise self.error(
+                where, f"a raw interface type ({iname}) cannot be sent; use M.ActorRef({iname})"
+            )
         if kind == "anyPointer":
             param = body.get("parameter") if body else None
             if param is None:
-                raise self.error(where, "AnyPointer and capabilities are not supported; use a struct, Data or a generic parameter")
+                raise self.error(
+                    where,
+                    "AnyPointer and capabilities are not supported; use a struct, Data or a generic parameter",
+                )
             scope_node = self.nodes[param["scopeId"]]
             name = scope_node["parameters"][param["parameterIndex"]]["name"]
             self.typevars.add(name)
@@ -148,7 +160,9 @@ class _Builder:
             return self.map_struct(body, where, scope, method)
         raise self.error(where, f"unsupported type {kind}")
 
-    def map_struct(self, body: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any], method: bool) -> _Type:
+    def map_struct(
+        self, body: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any], method: bool
+    ) -> _Type:
         tid = body["typeId"]
         special = self.actor_file_name(tid)
         if special == "Tensor":
@@ -161,7 +175,9 @@ class _Builder:
             if iid is None or not self.is_actor(iid):
                 raise self.error(where, "M.ActorRef(T) needs an $M.actor interface as T")
             mesh = self.ref(iid, "Mesh")
-            return _Type(mesh if method else f"{mesh} | None", f"{mesh} | None", "None", f"Ref({mesh})")
+            return _Type(
+                mesh if method else f"{mesh} | None", f"{mesh} | None", "None", f"Ref({mesh})"
+            )
         if special == "RDMABuffer":
             raise self.error(where, "M.RDMABuffer fields are not supported by this generator yet")
         name = self.ref(tid)
@@ -178,26 +194,42 @@ class _Builder:
     def brand_arg(self, t: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any]) -> str:
         kind = next(iter(t))
         if kind not in ("struct", "text", "data", "anyPointer"):
-            raise self.error(where, f"generic parameters bound to {kind} are not supported (use a struct, Text or Data)")
+            raise self.error(
+                where,
+                f"generic parameters bound to {kind} are not supported (use a struct, Text or Data)",
+            )
         return self.map_type(t, where, scope, method=True).attr
 
     def is_actor(self, iid: int) -> bool:
         return any(a["id"] == ANN_ACTOR for a in self.nodes[iid].get("annotations") or [])
 
     # -- structs ---------------------------------------------------------------------------
-    def fields(self, node: dict[str, Any], where: tuple[str, ...], *, required: bool = False, method: bool = False) -> list[ir.Field]:
+    def fields(
+        self,
+        node: dict[str, Any],
+        where: tuple[str, ...],
+        *,
+        required: bool = False,
+        method: bool = False,
+    ) -> list[ir.Field]:
         out: list[ir.Field] = []
         seen: dict[str, str] = {}
         defaults = self.loaded.defaults.get(int(node["id"]), {})
         raw = node["struct"].get("fields") or []
         ordered = [f for f in raw if f["discriminantValue"] == NO_DISCRIMINANT]
-        ordered += sorted((f for f in raw if f["discriminantValue"] != NO_DISCRIMINANT), key=lambda f: f["discriminantValue"])
+        ordered += sorted(
+            (f for f in raw if f["discriminantValue"] != NO_DISCRIMINANT),
+            key=lambda f: f["discriminantValue"],
+        )
         for f in ordered:
             wire = f["name"]
             fwhere = (*where, wire)
             py = member_name(wire, RESERVED_STRUCT)
             if py in seen:
-                raise self.error(fwhere, f"name clash after renaming: {wire!r} and {seen[py]!r} both become {py!r}")
+                raise self.error(
+                    fwhere,
+                    f"name clash after renaming: {wire!r} and {seen[py]!r} both become {py!r}",
+                )
             seen[py] = wire
             in_union = f["discriminantValue"] != NO_DISCRIMINANT
             tensor = any(a["id"] == ANN_TENSOR for a in f.get("annotations") or [])
@@ -216,24 +248,41 @@ class _Builder:
                 elif slot.get("hadExplicitDefault"):
                     t = self.with_default(t, kind, slot["defaultValue"], wire in defaults)
             init, default = t.init, t.default
-            if t.expr.startswith("Enum(") and default is not None and "." in t.attr and not t.attr.startswith("_m_"):
+            if (
+                t.expr.startswith("Enum(")
+                and default is not None
+                and "." in t.attr
+                and not t.attr.startswith("_m_")
+            ):
                 # a class body cannot name its own (or an outer) class yet: nested enum defaults
                 # are spelled from inside the class, or left to the schema's default
                 here = self.py_qualname(int(node["id"])) + "."
-                if t.attr.startswith(here) and "." not in t.attr[len(here):]:
-                    default = default[len(here):]
+                if t.attr.startswith(here) and "." not in t.attr[len(here) :]:
+                    default = default[len(here) :]
                 else:
                     init, default = f"{init} | None", "None"
             if in_union and default != "None":
                 init, default = f"{init} | None", "None"
             if required and not in_union and not (f.get("slot") or {}).get("hadExplicitDefault"):
                 init, default = t.init.removesuffix(" | None"), None
-            out.append(ir.Field(name=py, wire=wire, annotation=t.attr, init_annotation=init, init_default=default,
-                                expr=t.expr, in_union=in_union, doc=self.doc(fwhere)))
+            out.append(
+                ir.Field(
+                    name=py,
+                    wire=wire,
+                    annotation=t.attr,
+                    init_annotation=init,
+                    init_default=default,
+                    expr=t.expr,
+                    in_union=in_union,
+                    doc=self.doc(fwhere),
+                )
+            )
         return out
 
-    def with_default(self, t: _Type, kind: str, value: dict[str, Any], pointer_default: bool) -> _Type:
-        v = next(iter(value.values()), None)
+    def with_default(
+        self, t: _Type, kind: str, value: dict[str, Any], pointer_default: bool
+    ) -> _Type:
+        v: Any = next(iter(value.values()), None)
         if kind in _INTS:
             return _Type(t.attr, t.init, str(int(v)), t.expr)
         if kind == "bool":
@@ -261,7 +310,14 @@ class _Builder:
                 return str(node["enum"]["enumerants"][value]["name"])
         return str(value)
 
-    def struct(self, node_id: int, *, name: str | None = None, doc: str | None = None, required: bool = False) -> ir.Struct:
+    def struct(
+        self,
+        node_id: int,
+        *,
+        name: str | None = None,
+        doc: str | None = None,
+        required: bool = False,
+    ) -> ir.Struct:
         node = self.nodes[node_id]
         where = self.schema_path(node_id)
         fields = self.fields(node, where, required=required)
@@ -292,7 +348,9 @@ class _Builder:
         node = self.nodes[node_id]
         where = self.schema_path(node_id)
         members = [
-            ir.Enumerant(name=escape_enumerant(e["name"]), value=i, doc=self.doc((*where, e["name"])))
+            ir.Enumerant(
+                name=escape_enumerant(e["name"]), value=i, doc=self.doc((*where, e["name"]))
+            )
             for i, e in enumerate(node["enum"]["enumerants"])
         ]
         return ir.Enum(
@@ -302,7 +360,9 @@ class _Builder:
             doc=self.doc(where) or f"The {'.'.join(where)} enum.",
         )
 
-    def nested(self, node: dict[str, Any], where: tuple[str, ...]) -> tuple[list[ir.Enum], list[ir.Struct]]:
+    def nested(
+        self, node: dict[str, Any], where: tuple[str, ...]
+    ) -> tuple[list[ir.Enum], list[ir.Struct]]:
         enums: list[ir.Enum] = []
         structs: list[ir.Struct] = []
         for n in node.get("nestedNodes") or []:
@@ -377,7 +437,7 @@ def const(b: _Builder, node_id: int, node: dict[str, Any]) -> ir.Const:
     where = b.schema_path(node_id)
     t = node["const"]["type"]
     kind = next(iter(t))
-    value = b.loaded.consts.get(node_id)
+    value: Any = b.loaded.consts.get(node_id)
     name = constant_name(where[-1])
     if kind in _INTS or kind in ("bool", "float32", "float64", "text", "data", "enum"):
         mapped = b.map_type(t, where, node)
@@ -394,7 +454,16 @@ def const(b: _Builder, node_id: int, node: dict[str, Any]) -> ir.Const:
         elem = next(iter(t["list"]["elementType"]))
         if elem in _INTS or elem in ("bool", "float32", "float64", "text"):
             e = b.map_type(t["list"]["elementType"], where, node)
-            items = ", ".join(b.with_default(e, elem, {elem: x}, False).default or "None" for x in value)
-            return ir.Const(name=name, annotation=f"tuple[{e.attr}, ...]", value=f"({items}{',' if len(value) == 1 else ''})", doc=b.doc(where))
-    raise b.error(where, f"constants of type {kind} are not supported (use a primitive, Text, Data, an enum or a list of primitives)")
-
+            items = ", ".join(
+                b.with_default(e, elem, {elem: x}, False).default or "None" for x in value
+            )
+            return ir.Const(
+                name=name,
+                annotation=f"tuple[{e.attr}, ...]",
+                value=f"({items}{',' if len(value) == 1 else ''})",
+                doc=b.doc(where),
+            )
+    raise b.error(
+        where,
+        f"constants of type {kind} are not supported (use a primitive, Text, Data, an enum or a list of primitives)",
+    )

@@ -43,14 +43,20 @@ def build_interfaces(b: _Builder, file_node: dict[str, Any]) -> list[ir.Interfac
     for n in file_node.get("nestedNodes") or []:
         child = b.nodes.get(n["id"])
         if child is not None and "interface" not in child:
-            kind = next((k for k in ("struct", "enum", "const", "annotation") if k in child), "declaration")
+            kind = next(
+                (k for k in ("struct", "enum", "const", "annotation") if k in child), "declaration"
+            )
             taken[n["name"]] = f"{kind} {n['name']}"
     return [interface(b, iid, taken) for iid in order]
 
 
-def _claim(b: _Builder, taken: dict[str, str], name: str, owner: str, where: tuple[str, ...]) -> None:
+def _claim(
+    b: _Builder, taken: dict[str, str], name: str, owner: str, where: tuple[str, ...]
+) -> None:
     if name in taken:
-        raise b.error(where, f"name clash after renaming: {owner} and {taken[name]} both define {name!r}")
+        raise b.error(
+            where, f"name clash after renaming: {owner} and {taken[name]} both define {name!r}"
+        )
     taken[name] = owner
 
 
@@ -67,7 +73,10 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
     inherited: dict[str, str] = {}
     for sup in node["interface"].get("superclasses") or []:
         if not b.is_actor(sup["id"]):
-            raise b.error(where, f"{name} extends {b.schema_path(sup['id'])[-1]}, which is not an $M.actor interface")
+            raise b.error(
+                where,
+                f"{name} extends {b.schema_path(sup['id'])[-1]}, which is not an $M.actor interface",
+            )
         actor_bases.append(b.ref(sup["id"]))
         mesh_bases.append(b.ref(sup["id"], "Mesh"))
         _inherited_names(b, sup["id"], inherited)
@@ -78,7 +87,10 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
         mwhere = (*where, m["name"])
         py = member_name(m["name"], RESERVED_MESH)
         if py in seen:
-            raise b.error(mwhere, f"name clash after renaming: method {m['name']!r} and {seen[py]!r} both become {py!r}")
+            raise b.error(
+                mwhere,
+                f"name clash after renaming: method {m['name']!r} and {seen[py]!r} both become {py!r}",
+            )
         seen[py] = m["name"]
         methods.append(method(b, iid, i, m, mwhere, name, taken))
     return ir.Interface(
@@ -100,7 +112,15 @@ def _inherited_names(b: _Builder, iid: int, out: dict[str, str]) -> None:
         _inherited_names(b, sup["id"], out)
 
 
-def method(b: _Builder, iid: int, index: int, m: dict[str, Any], where: tuple[str, ...], iname: str, taken: dict[str, str]) -> ir.Method:
+def method(
+    b: _Builder,
+    iid: int,
+    index: int,
+    m: dict[str, Any],
+    where: tuple[str, ...],
+    iname: str,
+    taken: dict[str, str],
+) -> ir.Method:
     from .build import ANN_ERP, ANN_RREF, ANN_STREAM
 
     if m.get("implicitParameters"):
@@ -119,7 +139,14 @@ def method(b: _Builder, iid: int, index: int, m: dict[str, Any], where: tuple[st
     if implicit_params:
         pclass = "_" + base + "Params"
         _claim(b, taken, pclass, f"{iname}.{m['name']}", where)
-        b.internal.append(b.struct(m["paramStructType"], name=pclass, doc=f"Parameters of {iname}.{m['name']}.", required=True))
+        b.internal.append(
+            b.struct(
+                m["paramStructType"],
+                name=pclass,
+                doc=f"Parameters of {iname}.{m['name']}.",
+                required=True,
+            )
+        )
     else:
         pclass = b.ref(m["paramStructType"])
     pfields = b.fields(pnode, where, required=implicit_params, method=True)
@@ -127,7 +154,9 @@ def method(b: _Builder, iid: int, index: int, m: dict[str, Any], where: tuple[st
         ir.Param(
             name=f.name,
             annotation=f.annotation,
-            call_annotation=f.init_annotation.removesuffix(" | None") if f.init_default is None else f.init_annotation,
+            call_annotation=f.init_annotation.removesuffix(" | None")
+            if f.init_default is None
+            else f.init_annotation,
             default=f.init_default,
         )
         for f in pfields
@@ -141,11 +170,15 @@ def method(b: _Builder, iid: int, index: int, m: dict[str, Any], where: tuple[st
             kind = "struct"
             result = rclass
             _claim(b, taken, rclass, f"{iname}.{m['name']}", where)
-            b.internal.append(b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}."))
+            b.internal.append(
+                b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}.")
+            )
         else:
             rclass = "_" + base + "Results"
             _claim(b, taken, rclass, f"{iname}.{m['name']}", where)
-            b.internal.append(b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}."))
+            b.internal.append(
+                b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}.")
+            )
             kind = "single" if rfields else "none"
             result = rfields[0].annotation if rfields else "None"
     if stream:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from monarch._core.errors import GenerationError, SchemaError
 
 from .generate import check, generate, write
@@ -24,13 +23,19 @@ app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=F
 
 @app.command()
 def run(
-    schemas: Annotated[list[Path], typer.Argument(help="Schema files (.capnp).", show_default=False)],
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")] = Path("generated"),
+    schemas: Annotated[
+        list[Path], typer.Argument(help="Schema files (.capnp).", show_default=False)
+    ],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")] = Path(
+        "generated"
+    ),
     include: Annotated[
-        list[Path] | None, typer.Option("-I", "--import-path", help="Directory for /absolute imports.")
+        list[Path] | None,
+        typer.Option("-I", "--import-path", help="Directory for /absolute imports."),
     ] = None,
     check_only: Annotated[
-        bool, typer.Option("--check", help="Write nothing; exit 1 and list stale files if any differ.")
+        bool,
+        typer.Option("--check", help="Write nothing; exit 1 and list stale files if any differ."),
     ] = False,
 ) -> None:
     """Generate OUTDIR/x.py (and the schema copy OUTDIR/x.capnp) for every x.capnp."""

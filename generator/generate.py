@@ -39,7 +39,9 @@ def module_name(path: str) -> str:
     """
     stem = PurePath(path).name.removesuffix(".capnp")
     if not stem.isidentifier():
-        raise GenerationError(f"{path}: {stem!r} is not a valid Python module name; rename the schema file")
+        raise GenerationError(
+            f"{path}: {stem!r} is not a valid Python module name; rename the schema file"
+        )
     return stem
 
 
@@ -52,7 +54,9 @@ def generate(paths: list[str], import_dirs: list[str]) -> list[Output]:
     """
     names = [module_name(p) for p in paths]
     if len(set(names)) != len(names):
-        raise GenerationError("two schemas map to the same module name: " + ", ".join(sorted(paths)))
+        raise GenerationError(
+            "two schemas map to the same module name: " + ", ".join(sorted(paths))
+        )
     loaded = load(paths, import_dirs)
     by_file = {loaded.file_id(p): n for p, n in zip(paths, names)}
     outputs: list[Output] = []

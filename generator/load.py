@@ -65,7 +65,12 @@ def _locate(path: str, line0: int, message: str) -> tuple[int, int]:
     if line0 < 0 or line > len(text) or not text:
         return 1, 1
     src = text[line - 1]
-    for pattern in (r"Not defined: (\S+)", r"Import failed: (\S+)", r"Duplicate ID (@0x[0-9a-fA-F]+)", r"'([^']+)'"):
+    for pattern in (
+        r"Not defined: (\S+)",
+        r"Import failed: (\S+)",
+        r"Duplicate ID (@0x[0-9a-fA-F]+)",
+        r"'([^']+)'",
+    ):
         m = re.search(pattern, message)
         if m and m.group(1) in src:
             return line, src.index(m.group(1)) + 1
@@ -82,12 +87,19 @@ def _schema_error(stderr: str, paths: list[str]) -> SchemaError:
     file, msg = m.group("file").strip(), m.group("msg").strip()
     # pycapnp names files by its own canonical path: give the user's spelling back
     for p in paths:
-        if file == p or file.endswith("/" + PurePath(p).name) and Path(file).name == PurePath(p).name:
+        if file == p or (
+            file.endswith("/" + PurePath(p).name) and Path(file).name == PurePath(p).name
+        ):
             file = p
             break
     line, col = _locate(file, int(m.group("line")), msg)
     if "does not declare an ID" in msg:
-        msg = msg.split("  I've generated")[0] + " (add a line like @0x" + msg.rsplit("@0x", 1)[-1].rstrip(";") + ";)"
+        msg = (
+            msg.split("  I've generated")[0]
+            + " (add a line like @0x"
+            + msg.rsplit("@0x", 1)[-1].rstrip(";")
+            + ";)"
+        )
         line, col = 1, 1
     return SchemaError(file, line, col, msg)
 

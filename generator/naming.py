@@ -6,7 +6,14 @@ import builtins
 import keyword
 import re
 
-__all__ = ["RESERVED_MESH", "RESERVED_STRUCT", "constant_name", "member_name", "pascal", "upper_snake"]
+__all__ = [
+    "RESERVED_MESH",
+    "RESERVED_STRUCT",
+    "constant_name",
+    "member_name",
+    "pascal",
+    "upper_snake",
+]
 
 _BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))

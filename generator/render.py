@@ -11,7 +11,6 @@ import ast
 from typing import Any
 
 import jinja2
-
 from monarch._core.errors import GenerationError
 
 from . import ir
@@ -99,7 +98,9 @@ def _validate(source: str, m: ir.Module) -> None:
             names = [node.target.id]
         for n in names:
             if n in seen and n != "__all__":
-                raise GenerationError(f"{m.source}: name clash: {n!r} is defined twice in the generated module")
+                raise GenerationError(
+                    f"{m.source}: name clash: {n!r} is defined twice in the generated module"
+                )
             seen[n] = node.lineno
 
 
@@ -112,8 +113,17 @@ def render_module(m: ir.Module) -> str:
     env = _environment()
     names: set[str] = set(m.typing_names)
     abc_typing = sorted(names & _ABC)
-    typing = sorted((names - _ABC) | ({"TYPE_CHECKING"} if m.uses_torch else set()) | ({"TypeVar"} if m.typevars else set()))
-    context: dict[str, Any] = {"m": m, "abc_typing": abc_typing, "typing": typing, "exports": _exports(m)}
+    typing = sorted(
+        (names - _ABC)
+        | ({"TYPE_CHECKING"} if m.uses_torch else set())
+        | ({"TypeVar"} if m.typevars else set())
+    )
+    context: dict[str, Any] = {
+        "m": m,
+        "abc_typing": abc_typing,
+        "typing": typing,
+        "exports": _exports(m),
+    }
     source = _format(env.get_template("module.py.jinja").render(**context))
     _validate(source, m)
     return source

@@ -125,20 +125,31 @@ def scan(text: str) -> SourceInfo:
         elif depth:
             pass
         elif t.kind == "ident" and t.text in _BLOCKS and nxt is not None and nxt.kind == "ident":
-            pending = (scope + (nxt.text,), nxt)
+            pending = ((*scope, nxt.text), nxt)
             k += 1
         elif t.kind == "ident" and t.text == "const" and nxt is not None and nxt.kind == "ident":
-            member = (scope + (nxt.text,), nxt)
+            member = ((*scope, nxt.text), nxt)
             k += 1
         elif t.kind == "ident" and nxt is not None and nxt.kind == "ordinal" and member is None:
-            member = (scope + (t.text,), t)
-        elif t.kind == "ident" and t.text in ("group", "union") and member is None and pending is None:
+            member = ((*scope, t.text), t)
+        elif (
+            t.kind == "ident"
+            and t.text in ("group", "union")
+            and member is None
+            and pending is None
+        ):
             if t.text == "union":
                 pending = (scope, t)  # unnamed union: fields stay in the enclosing scope
-        elif t.kind == "ident" and nxt is not None and nxt.text == ":" and member is None and pending is None:
+        elif (
+            t.kind == "ident"
+            and nxt is not None
+            and nxt.text == ":"
+            and member is None
+            and pending is None
+        ):
             after = toks[code[k + 2]] if k + 2 < len(code) else None
             if after is not None and after.text in ("group", "union"):
-                member = (scope + (t.text,), t)
+                member = ((*scope, t.text), t)
         elif t.text == "{":
             opened = pending or member
             if opened is not None:

@@ -37,7 +37,9 @@ class CapnpCodec:
 
     encoding = ENCODING_CAPNP
 
-    def __init__(self, params: type[Struct], results: type[Struct], result_kind: ResultKind) -> None:
+    def __init__(
+        self, params: type[Struct], results: type[Struct], result_kind: ResultKind
+    ) -> None:
         self.params = params
         self.results = results
         self.result_kind = result_kind
@@ -56,7 +58,9 @@ class CapnpCodec:
         values.update(kwargs)
         return self.params(**values)._encode()
 
-    def decode_call(self, payload: memoryview, buffers: list[memoryview]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def decode_call(
+        self, payload: memoryview, buffers: list[memoryview]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments as positional values, in the schema's order (views over the payload)."""
         view = self.params._decode(payload, buffers)
         return tuple(getattr(view, name) for name in self.param_names), {}
@@ -72,7 +76,9 @@ class CapnpCodec:
         if self.result_kind == "single":
             return self.results(**{self.result_names[0]: value})._encode()
         if not isinstance(value, self.results):
-            raise TypeError(f"endpoint must return a {self.results.__qualname__}, got {type(value).__qualname__}")
+            raise TypeError(
+                f"endpoint must return a {self.results.__qualname__}, got {type(value).__qualname__}"
+            )
         return value._encode()
 
     def decode_result(self, payload: memoryview, buffers: list[memoryview]) -> Any:
@@ -155,7 +161,9 @@ def implements(spec: EndpointSpec) -> Callable[[F], F]:
     return mark
 
 
-def remote(spec: EndpointSpec) -> Callable[[Callable[Concatenate[Any, P], R]], EndpointProperty[P, R]]:
+def remote(
+    spec: EndpointSpec,
+) -> Callable[[Callable[Concatenate[Any, P], R]], EndpointProperty[P, R]]:
     """Turn a typed stub method of a generated mesh proxy into an endpoint with adverbs."""
 
     def make(fn: Callable[Concatenate[Any, P], R]) -> EndpointProperty[P, R]:

@@ -63,11 +63,15 @@ class _Field:
             v = inst._values.get(self.py)
             if v is None:
                 if self.union and inst.which_name() != self.py:
-                    raise AttributeError(f"{type(inst).__qualname__}.{self.py} is not the active union member")
+                    raise AttributeError(
+                        f"{type(inst).__qualname__}.{self.py} is not the active union member"
+                    )
                 return getattr(type(inst)._default_view(), self.py)
             return v
         if self.union and r._which_str() != self.wire:
-            raise AttributeError(f"{type(inst).__qualname__}.{self.py} is not the active union member")
+            raise AttributeError(
+                f"{type(inst).__qualname__}.{self.py} is not the active union member"
+            )
         cache = inst._cache
         if self.py in cache:
             return cache[self.py]
@@ -94,9 +98,19 @@ class StructInfo:
             members in discriminant order.
     """
 
-    __slots__ = ("_default", "fields", "module", "node_id", "schema", "union_by_wire", "union_first")
+    __slots__ = (
+        "_default",
+        "fields",
+        "module",
+        "node_id",
+        "schema",
+        "union_by_wire",
+        "union_first",
+    )
 
-    def __init__(self, schema: LoadedSchema, node_id: int, module: str, fields: Sequence[FieldDecl]) -> None:
+    def __init__(
+        self, schema: LoadedSchema, node_id: int, module: str, fields: Sequence[FieldDecl]
+    ) -> None:
         self.schema = schema
         self.node_id = node_id
         self.module = module
@@ -121,7 +135,9 @@ class Which(Generic[L]):
     Generated as ``which: Final = stubs.Which[Literal["a", "b"]]()``.
     """
 
-    def __get__(self, inst: Struct, owner: type) -> Callable[[], L]:
+    def __get__(self, inst: Struct | None, owner: type) -> Callable[[], L]:
+        if inst is None:
+            raise AttributeError("which() is called on an instance")
         return inst.which_name  # type: ignore[return-value]  # names come from the same schema
 
 
@@ -150,9 +166,15 @@ class Struct:
         self._ctx: DecodeContext | None = None
         self._path = ""
         self._cache: dict[str, Any] = {}
-        given = [py for py, wire, _, union in self.__capnp__.fields if union and values.get(py) is not None]
+        given = [
+            py
+            for py, wire, _, union in self.__capnp__.fields
+            if union and values.get(py) is not None
+        ]
         if len(given) > 1:
-            raise ValueError(f"{type(self).__qualname__}: at most one union member may be set, got {given}")
+            raise ValueError(
+                f"{type(self).__qualname__}: at most one union member may be set, got {given}"
+            )
         self._values = values
 
     # -- receiving -------------------------------------------------------------------------
@@ -189,7 +211,9 @@ class Struct:
         return cls._view(reader, DecodeContext(cm, payload, buffers, oob), "")
 
     @classmethod
-    def from_bytes(cls: type[S], data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> S:
+    def from_bytes(
+        cls: type[S], data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()
+    ) -> S:
         """A view over a flat (unpacked, single segment or not) Cap'n Proto message.
 
         Args:
@@ -205,7 +229,9 @@ class Struct:
             values = self._values
             return [(d, values[d.py]) for d in self._descriptors if values.get(d.py) is not None]
         active = self.which_name() if self.__capnp__.union_first else ""
-        present = [(d, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active]
+        present = [
+            (d, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active
+        ]
         return [(d, v) for d, v in present if v is not None or d.union]
 
     def _write(self, b: Any, enc: EncodeContext, path: str) -> None:
@@ -221,7 +247,9 @@ class Struct:
         """
         info = self.__capnp__
         if info.is_group:
-            raise TypeError(f"{type(self).__qualname__} is a group: encode the struct that holds it")
+            raise TypeError(
+                f"{type(self).__qualname__} is a group: encode the struct that holds it"
+            )
         msg = info.struct_module().new_message()
         enc = EncodeContext(oob)
         self._write(msg, enc, "")
@@ -254,7 +282,9 @@ class Struct:
     # -- Python protocol -------------------------------------------------------------------
     def _items(self) -> list[tuple[str, Any]]:
         active = self.which_name() if self.__capnp__.union_first else ""
-        return [(d.py, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active]
+        return [
+            (d.py, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active
+        ]
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

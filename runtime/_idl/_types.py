@@ -58,7 +58,9 @@ class DecodeContext:
 
     __slots__ = ("buffers", "oob", "payload", "reader_cm")
 
-    def __init__(self, reader_cm: Any, payload: Any, buffers: Sequence[Any], oob: dict[str, int] | None) -> None:
+    def __init__(
+        self, reader_cm: Any, payload: Any, buffers: Sequence[Any], oob: dict[str, int] | None
+    ) -> None:
         self.reader_cm = reader_cm
         self.payload = payload
         self.buffers = buffers
@@ -161,7 +163,9 @@ class _Tensor(Conv):
 
     @staticmethod
     def _read(tr: Any, dec: DecodeContext, prefix: str) -> Any:
-        return _bytes_tensor(dec.get_data(tr, "data", prefix), tr.dtype or "uint8", list(tr.shape), list(tr.strides))
+        return _bytes_tensor(
+            dec.get_data(tr, "data", prefix), tr.dtype or "uint8", list(tr.shape), list(tr.strides)
+        )
 
 
 def _tensor_bytes(v: Any) -> Any:
@@ -377,7 +381,9 @@ class StructList(Sequence[Any]):
 
 
 _SIMPLE: dict[str, Conv] = {name: _Prim() for name in _PRIMS}
-_SIMPLE.update(Void=_Void(), Data=_Data(), TensorData=_TensorData(), Tensor=_Tensor(), Param=_Param())
+_SIMPLE.update(
+    Void=_Void(), Data=_Data(), TensorData=_TensorData(), Tensor=_Tensor(), Param=_Param()
+)
 _NAMED: dict[str, type[_Named]] = {"Enum": _Enum, "Struct": _Struct, "Group": _Group, "Ref": _Ref}
 
 
@@ -400,4 +406,3 @@ def compile_type(expr: str, module: str) -> Conv:
     if named is None:
         raise ValueError(f"bad field type expression {expr!r}")
     return named(module, arg)
-

@@ -14,7 +14,9 @@ from monarch.generator.generate import generate, write
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-goldens", action="store_true", help="rewrite tests/generator/cases/*/expected.py")
+    parser.addoption(
+        "--update-goldens", action="store_true", help="rewrite tests/generator/cases/*/expected.py"
+    )
 
 
 @pytest.fixture

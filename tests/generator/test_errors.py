@@ -12,12 +12,22 @@ ID = "@0xd1e2f3a4b5c6d7e8;\n"
 USING = 'using M = import "/monarch/actor.capnp";\n'
 
 BAD: dict[str, tuple[str, str]] = {
-    "syntax_error": (ID + "struct A {\n  x @0 :Int32\n  y @1 :Int32;\n}\n", "bad.capnp:4:3: Parse error."),
+    "syntax_error": (
+        ID + "struct A {\n  x @0 :Int32\n  y @1 :Int32;\n}\n",
+        "bad.capnp:4:3: Parse error.",
+    ),
     "unknown_type": (ID + "struct A {\n  x @0 :Nope;\n}\n", "bad.capnp:3:9: Not defined: Nope"),
-    "missing_import": (ID + 'using X = import "nothere.capnp";\nstruct A { x @0 :X.B; }\n', "bad.capnp:2:19: Import failed: nothere.capnp"),
-    "missing_file_id": ("struct A {\n  x @0 :Int32;\n}\n", "bad.capnp:1:1: File does not declare an ID."),
+    "missing_import": (
+        ID + 'using X = import "nothere.capnp";\nstruct A { x @0 :X.B; }\n',
+        "bad.capnp:2:19: Import failed: nothere.capnp",
+    ),
+    "missing_file_id": (
+        "struct A {\n  x @0 :Int32;\n}\n",
+        "bad.capnp:1:1: File does not declare an ID.",
+    ),
     "duplicate_id": (
-        ID + "struct A @0xd1e2f3a4b5c6d7e5 { x @0 :Int32; }\nstruct B @0xd1e2f3a4b5c6d7e5 { x @0 :Int32; }\n",
+        ID
+        + "struct A @0xd1e2f3a4b5c6d7e5 { x @0 :Int32; }\nstruct B @0xd1e2f3a4b5c6d7e5 { x @0 :Int32; }\n",
         "bad.capnp:3:10: Duplicate ID @0xd1e2f3a4b5c6d7e5.",
     ),
     "raw_interface_field": (
@@ -75,7 +85,11 @@ def test_bad_schema_exits_1_with_location_and_leaves_no_output(tmp_path: Path, c
 
 def test_missing_schema_file_is_a_schema_error(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "monarch.generator.cli", "nothere.capnp"], cwd=tmp_path, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "monarch.generator.cli", "nothere.capnp"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert res.returncode == 1
     assert res.stderr.startswith("nothere.capnp:0:0: no such schema file")

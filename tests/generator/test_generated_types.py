@@ -23,8 +23,13 @@ _REPORTED = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: (?P<msg>.+)$")
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_generated_code_and_programs_typecheck_with_exact_misuse_errors(case_package: Path, tmp_path: Path) -> None:
-    if shutil.which("mypy") is None and subprocess.run([sys.executable, "-m", "mypy", "--version"], check=False).returncode:
+def test_generated_code_and_programs_typecheck_with_exact_misuse_errors(
+    case_package: Path, tmp_path: Path
+) -> None:
+    if (
+        shutil.which("mypy") is None
+        and subprocess.run([sys.executable, "-m", "mypy", "--version"], check=False).returncode
+    ):
         pytest.skip("mypy is not installed")
     shadow = make_shadow(tmp_path / "shadow")
     files = [str(shadow / "monarch" / "generated" / "example.py")]

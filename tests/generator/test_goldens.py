@@ -32,7 +32,11 @@ def test_output_has_header_and_no_absolute_paths() -> None:
 
 def _gen(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "monarch.generator.cli", *args], cwd=cwd, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "monarch.generator.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

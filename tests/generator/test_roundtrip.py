@@ -13,7 +13,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from monarch._idl import OOB_THRESHOLD_BYTES, Struct
 
 _INT_BOUNDS = {
@@ -33,7 +32,10 @@ def _resolve(module: str, dotted: str) -> Any:
 
 def _data() -> st.SearchStrategy[bytes]:
     # small values stay in the message, large ones go out of band
-    return st.one_of(st.binary(max_size=64), st.binary(min_size=OOB_THRESHOLD_BYTES, max_size=OOB_THRESHOLD_BYTES + 8))
+    return st.one_of(
+        st.binary(max_size=64),
+        st.binary(min_size=OOB_THRESHOLD_BYTES, max_size=OOB_THRESHOLD_BYTES + 8),
+    )
 
 
 def strategy(expr: str, module: str, depth: int = 0) -> st.SearchStrategy[Any] | None:
@@ -48,14 +50,26 @@ def strategy(expr: str, module: str, depth: int = 0) -> st.SearchStrategy[Any] |
     if expr == "Float32":
         return st.floats(width=32, allow_nan=False)
     if expr == "Text":
-        return st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20)
+        return st.text(
+            st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20
+        )
     if expr == "Data":
         return _data()
     if expr == "TensorData":
-        return _data().map(lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8) if b else torch.empty(0, dtype=torch.uint8))
+        return _data().map(
+            lambda b: (
+                torch.frombuffer(bytearray(b), dtype=torch.uint8)
+                if b
+                else torch.empty(0, dtype=torch.uint8)
+            )
+        )
     if expr == "Tensor":
         shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3)
-        return shapes.map(lambda s: torch.arange(int(torch.tensor(s).prod().item()) if s else 1, dtype=torch.float32).reshape(s))
+        return shapes.map(
+            lambda s: torch.arange(
+                int(torch.tensor(s).prod().item()) if s else 1, dtype=torch.float32
+            ).reshape(s)
+        )
     if expr in ("Void", "Param") or expr.startswith("Ref("):
         return None
     m = _CALL.match(expr)
@@ -81,7 +95,11 @@ class _Unsupported(Exception):
 
 def struct_strategy(cls: type[Struct], depth: int = 0) -> st.SearchStrategy[Struct]:
     info = cls.__capnp__
-    required = {n for n, p in inspect.signature(cls.__init__).parameters.items() if p.default is inspect.Parameter.empty}
+    required = {
+        n
+        for n, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is inspect.Parameter.empty
+    }
     plain: dict[str, st.SearchStrategy[Any]] = {}
     union: list[tuple[str, st.SearchStrategy[Any]]] = []
     for py, _wire, expr, in_union in info.fields:
@@ -93,12 +111,20 @@ def struct_strategy(cls: type[Struct], depth: int = 0) -> st.SearchStrategy[Stru
         if in_union:
             union.append((py, s))
         else:
-            plain[py] = s if py in required else st.one_of(st.none(), s) if "List" in expr or "Struct" in expr else s
+            plain[py] = (
+                s
+                if py in required
+                else st.one_of(st.none(), s)
+                if "List" in expr or "Struct" in expr
+                else s
+            )
     base = st.fixed_dictionaries(plain)
     if union:
         choice = st.one_of(*[s.map(lambda v, n=n: {n: v}) for n, s in union])
         base = st.tuples(base, choice).map(lambda t: {**t[0], **t[1]})
-    return base.map(lambda kw: cls(**{k: v for k, v in kw.items() if v is not None or k in required}))
+    return base.map(
+        lambda kw: cls(**{k: v for k, v in kw.items() if v is not None or k in required})
+    )
 
 
 def _structs(module: ModuleType) -> list[type[Struct]]:
@@ -106,7 +132,12 @@ def _structs(module: ModuleType) -> list[type[Struct]]:
 
     def walk(ns: Any) -> None:
         for v in vars(ns).values():
-            if isinstance(v, type) and issubclass(v, Struct) and v.__module__ == module.__name__ and v not in out:
+            if (
+                isinstance(v, type)
+                and issubclass(v, Struct)
+                and v.__module__ == module.__name__
+                and v not in out
+            ):
                 if not getattr(v, "__parameters__", ()) and not v.__capnp__.is_group:
                     out.append(v)
                 walk(v)
@@ -117,9 +148,15 @@ def _structs(module: ModuleType) -> list[type[Struct]]:
 
 def _same(a: Any, b: Any, expr: str) -> bool:
     if expr == "TensorData":
-        return bytes(a.numpy().tobytes()) == bytes(b.contiguous().view(torch.uint8).numpy().tobytes())
+        return bytes(a.numpy().tobytes()) == bytes(
+            b.contiguous().view(torch.uint8).numpy().tobytes()
+        )
     if isinstance(a, Struct):
-        return all(_same(getattr(a, p), getattr(b, p), e) for p, _, e, u in a.__capnp__.fields if not u or a.which_name() == p)
+        return all(
+            _same(getattr(a, p), getattr(b, p), e)
+            for p, _, e, u in a.__capnp__.fields
+            if not u or a.which_name() == p
+        )
     if isinstance(a, torch.Tensor):
         return a.dtype == b.dtype and list(a.shape) == list(b.shape) and torch.equal(a, b)
     if expr.startswith("List(") and not isinstance(a, bytes | str):

@@ -1,9 +1,10 @@
 """Misuses of generated code that mypy --strict must reject, each with its exact error.
 
-Every line that must fail carries ``# E: <message>  [code]``; test_generated_types.py checks that
+Every line that must fail ends with a comment "E: <message>  [code]"; test_generated_types.py checks that
 mypy reports exactly these errors and no others.
 """
 
+# fmt: off
 from __future__ import annotations
 
 from monarch import stubs

@@ -30,7 +30,9 @@ class MyWorker(Worker):
 
     async def report(self) -> Report:
         best = Tagged(label="best", value=Metric(name="loss", scalar=0.5))
-        return Report(worker=1, phase=Phase.evaluating, metrics=[Metric(name="n", count=3)], best=best)
+        return Report(
+            worker=1, phase=Phase.evaluating, metrics=[Metric(name="n", count=3)], best=best
+        )
 
     async def progress(self, steps: int) -> AsyncIterator[WorkerProgressResult]:
         for i in range(steps):
@@ -64,4 +66,14 @@ def drive(workers: WorkerMesh, coordinator: CoordinatorMesh) -> float:
     blob = workers.echo_blob.call_one(bytearray(b"x")).get()
     stream: stubs.Stream[WorkerProgressResult] = workers.progress.stream(3)
     total = coordinator.collect.call_one([report]).get().total
-    return loss + sum(losses.values()) + accepted + rate + len(kind) + len(blob) + total + len(best.name) + len([stream])
+    return (
+        loss
+        + sum(losses.values())
+        + accepted
+        + rate
+        + len(kind)
+        + len(blob)
+        + total
+        + len(best.name)
+        + len([stream])
+    )

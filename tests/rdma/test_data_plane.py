@@ -207,3 +207,16 @@ def test_tensors_register_and_read_when_one_dimensional():
     buf.read_into(dst.view(torch.uint8).flatten()).get(10)
     assert torch.equal(src, dst)
     buf.drop().get(10)
+
+
+def test_owner_on_another_host_without_verbs_falls_back_to_tcp_with_a_warning(owner, monkeypatch):
+    from monarch.rdma import RDMATcpFallbackWarning, _engine
+
+    monkeypatch.setattr(_engine, "_warned_tcp", False)
+    _, buf = owner.register(4096, salt=1)
+    remote = _forged(buf, host="another-boot-id/1")
+    with pytest.warns(RDMATcpFallbackWarning):
+        assert remote.backend == "tcp"
+    dst = bytearray(4096)
+    remote.read_into(memoryview(dst)).get(30)
+    assert dst == pattern(4096, 1)

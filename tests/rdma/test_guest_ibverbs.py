@@ -10,7 +10,7 @@ The guest image is built once into ``$MONARCH_RDMA_GUEST_DIR`` (default
 ``MONARCH_RDMA_GUEST_BUILD=0`` to skip instead of building. Opt-in: it runs only when selected
 with ``-m guest`` (or ``MONARCH_RDMA_GUEST=1``), so a plain ``pytest`` stays fast.
 
-Measured here: about 1.5 min with the image cached (boot ~10 s, the verbs cases ~70 s), plus
+Measured here: about 2.5 min with the image cached (the verbs cases take ~75 s of it), plus
 about 2 min to build the image the first time.
 """
 

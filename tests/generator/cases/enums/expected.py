@@ -56,6 +56,6 @@ class Record(stubs.Struct):
         *,
         level: Level = Level.info,
         levels: Sequence[Level] = (),
-        kind: Record.Kind = Record.Kind.plain,
+        kind: Record.Kind = Kind.plain,
     ) -> None:
         super().__init__(level=level, levels=levels, kind=kind)
