@@ -1,8 +1,9 @@
 """Hierarchical aggregation over a ``{"hosts": 2, "gpus": 2}`` mesh (plain Python actor API).
 
 Every actor holds a local value. The actor with ``gpus=0`` on each host is that host's leader:
-it gathers the values of its own host (``mesh.slice(hosts=h)``, a ``call`` to a sub-mesh, actor
-to actor) and returns their sum; the client then only talks to the two leaders
+it gathers the values of the other actors of its host (``mesh.slice(hosts=h, gpus=slice(1, n))``,
+a ``call`` to a sub-mesh, actor to actor; not to itself: an actor handles one message at a time,
+so calling itself from inside an endpoint would wait forever) and returns the host's sum; the client then only talks to the two leaders
 (``mesh.slice(gpus=0)``) and sums their partial sums: two levels instead of one flat gather.
 
 Run: ``python examples/hierarchical_aggregation.py``.
@@ -36,9 +37,10 @@ class Reporter(Actor):
     @endpoint
     def aggregate_host(self) -> tuple[int, int]:
         """Sum the values of this actor's host; returns ``(sum, contributors)``."""
-        host = self.mesh.slice(hosts=self.point["hosts"])
-        values = host.local_value.call().get()
-        return sum(values.values()), len(values)
+        gpus = self.mesh.extent["gpus"]
+        others = self.mesh.slice(hosts=self.point["hosts"], gpus=slice(1, gpus))
+        values = others.local_value.call().get()
+        return self.value + sum(values.values()), 1 + len(values)
 
 
 def main() -> int:
