@@ -19,7 +19,7 @@ from ._mesh.actor_mesh import ActorMesh
 from ._mesh.context import Context, Instance, context, current_rank, current_size
 from ._mesh.endpoint import Endpoint, EndpointProperty, endpoint
 from ._mesh.port import Channel, Port, PortReceiver
-from ._mesh.proc_mesh import HostMesh, ProcMesh, this_host, this_proc
+from ._mesh.proc_mesh import HostMesh, ProcMesh, hosts_from_config, this_host, this_proc
 from ._mesh.stream import Stream
 from ._mesh.supervision import default_unhandled_fault_hook
 
@@ -52,6 +52,7 @@ __all__ = [
     "current_rank",
     "current_size",
     "endpoint",
+    "hosts_from_config",
     "send",
     "this_host",
     "this_proc",

@@ -15,7 +15,7 @@ from .._core.shape import Extent, MeshTrait, Shape
 from .actor import TypedActor, validate_actor_class
 from .actor_mesh import ActorMesh, MeshRef
 
-__all__ = ["HostMesh", "ProcMesh", "this_host", "this_proc"]
+__all__ = ["HostMesh", "ProcMesh", "hosts_from_config", "this_host", "this_proc"]
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -96,6 +96,17 @@ class ProcMesh(MeshTrait):
         if not self._owned:
             return Future.completed(None)
         return get_runtime().stop_processes(sorted(set(self._addrs)))
+
+    async def logging_option(
+        self, stream_to_client: bool = True, aggregate_window_sec: float | None = 3, level: int | None = None
+    ) -> None:
+        """Configure log forwarding (Monarch's ``logging_option``).
+
+        Procs on this host write straight to the client's stdout/stderr (they inherit them), so
+        streaming is always on here; windowed aggregation of similar lines is not implemented
+        and the arguments are accepted for compatibility.
+        """
+        return None
 
     @property
     def initialized(self) -> Future[None]:
@@ -180,6 +191,30 @@ class HostMesh(MeshTrait):
 
 
 _THIS_HOST = HostMesh(Shape([], 0, [], []))
+
+
+def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:
+    """The job's hosts, from the environment variable ``name`` (Monarch's ``hosts_from_config``).
+
+    The variable holds a comma-separated list of hosts, or a count. Host agents on other
+    machines are not supported yet: every host of the mesh runs on this machine, so code
+    written for several hosts runs here unchanged (extent ``{"hosts": N}``; N is 1 when unset).
+
+    Raises:
+        ValueError: the variable is neither a count nor a list.
+    """
+    import os
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        hosts = ["local"]
+    elif raw.isdigit():
+        hosts = ["local"] * max(1, int(raw))
+    else:
+        hosts = [h.strip() for h in raw.split(",") if h.strip()]
+        if not hosts:
+            raise ValueError(f"{name}={raw!r} names no hosts")
+    return HostMesh(Shape(["hosts"], 0, [len(hosts)]), hosts)
 
 
 def this_host() -> HostMesh:
