@@ -50,7 +50,9 @@ def main() -> int:
     for rank, values in received.items():
         print(f"from producer {rank}: {len(values)} values, first {values[:4]}")
     ok = all(values == [i * i for i in range(ITEMS)] for values in received.values())
-    print(f"channels: {sum(map(len, received.values()))} values from {len(received)} producers in order {'ok' if ok else 'FAILED'}")
+    print(
+        f"channels: {sum(map(len, received.values()))} values from {len(received)} producers in order {'ok' if ok else 'FAILED'}"
+    )
     return 0 if ok else 1
 
 

@@ -61,7 +61,9 @@ def main() -> int:
     finally:
         procs.stop().get(30)
     ok = all(batches == [100 * p.rank + i for i in range(3)] for p, batches in seen.items())
-    print(f"dataloader-trainer: {len(seen)} trainers each read only their own loader: {'ok' if ok else 'FAILED'}")
+    print(
+        f"dataloader-trainer: {len(seen)} trainers each read only their own loader: {'ok' if ok else 'FAILED'}"
+    )
     return 0 if ok else 1
 
 

@@ -46,7 +46,9 @@ def main() -> int:
         start = time.perf_counter()
         # 3 waits longest, 1 not at all: all three are in flight at once.
         futures = {x: squarer.square.call_one(x, 0.1 * x) for x in (3, 2, 1)}
-        print(f"actor free while requests are pending: ping -> {squarer.ping.call_one().get(timeout=30)}")
+        print(
+            f"actor free while requests are pending: ping -> {squarer.ping.call_one().get(timeout=30)}"
+        )
         order: list[int] = []
         pending = dict(futures)
         while pending:
@@ -62,7 +64,9 @@ def main() -> int:
     for x, (value, thread) in sorted(results.items()):
         print(f"square({x}) = {value}, sent from thread {thread}")
     ok = all(v == x * x for x, (v, _) in results.items()) and order == [1, 2, 3] and elapsed < 1.0
-    print(f"explicit response port: completion order {order} in {elapsed:.2f} s {'ok' if ok else 'FAILED'}")
+    print(
+        f"explicit response port: completion order {order} in {elapsed:.2f} s {'ok' if ok else 'FAILED'}"
+    )
     return 0 if ok else 1
 
 

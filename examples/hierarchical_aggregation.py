@@ -58,7 +58,9 @@ def main() -> int:
     finally:
         procs.stop().get(30)
     ok = total == flat == (1 + 2 + 11 + 12)
-    print(f"hierarchical aggregation: total {total} (flat gather {flat}) {'ok' if ok else 'FAILED'}")
+    print(
+        f"hierarchical aggregation: total {total} (flat gather {flat}) {'ok' if ok else 'FAILED'}"
+    )
     return 0 if ok else 1
 
 

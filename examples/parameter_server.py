@@ -17,7 +17,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from monarch.actor import context, this_host
-from monarch.generated.parameter_server import ParameterServer, ParameterServerMesh, Versioned, Worker
+from monarch.generated.parameter_server import (
+    ParameterServer,
+    ParameterServerMesh,
+    Versioned,
+    Worker,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +107,9 @@ def main() -> int:
     for point, loss in losses.items():
         print(f"worker {dict(point)}: shard loss {loss:.5f}")
     ok = final.version == 4 * args.steps and error < 0.05
-    print(f"parameter server: version {final.version}, |w - w*| = {error:.4f} {'ok' if ok else 'FAILED'}")
+    print(
+        f"parameter server: version {final.version}, |w - w*| = {error:.4f} {'ok' if ok else 'FAILED'}"
+    )
     return 0 if ok else 1
 
 

@@ -51,7 +51,9 @@ def main() -> int:
         balls = pings.serve.call(args.rounds).get(timeout=60)
         for point, ball in balls.items():
             print(f"ping {dict(point)}: {ball.hits} hits, last by {ball.last_player}")
-        ok = all(b.hits == 2 * args.rounds and b.last_player.startswith("pong") for b in balls.values())
+        ok = all(
+            b.hits == 2 * args.rounds and b.last_player.startswith("pong") for b in balls.values()
+        )
     finally:
         ping_procs.stop().get(30)
         pong_procs.stop().get(30)

@@ -101,7 +101,9 @@ def main() -> int:
     values_ok = all(abs(item.values[0] - e) < 1e-12 for item, e in zip(items, expected))
     ok = processed == args.items and len(items) == args.items and in_order and traced and values_ok
     print(f"last item: {items[-1]!r}" if items else "no items")
-    print(f"pipeline: {len(items)}/{args.items} items through 3 stages, in order={in_order} {'ok' if ok else 'FAILED'}")
+    print(
+        f"pipeline: {len(items)}/{args.items} items through 3 stages, in order={in_order} {'ok' if ok else 'FAILED'}"
+    )
     return 0 if ok else 1
 
 

@@ -73,7 +73,9 @@ class Supervisor(Actor):
             child.divide.call_one(1.0, 0.0).get(timeout=30)
         except ActorError as exc:
             log.append(f"caught {type(exc).__name__}: {str(exc).splitlines()[0]}")
-        log.append(f"child still alive, retry gives {child.divide.call_one(1.0, 4.0).get(timeout=30)}")
+        log.append(
+            f"child still alive, retry gives {child.divide.call_one(1.0, 4.0).get(timeout=30)}"
+        )
         return log
 
     @endpoint

@@ -83,15 +83,16 @@ class DigitsLoader(DataLoader):
     """Serves minibatches of the training shard of its rank.
 
     Args:
+        x: the whole training set's inputs, float32 [n, 64]; this loader keeps its shard.
+        y: the whole training set's labels, int64 [n].
         batch_size: examples per minibatch.
     """
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
         import torch
 
         rank, world = my_shard()
-        x, y, _, _ = load_split()
-        self.x, self.y = x[rank::world], y[rank::world]
+        self.x, self.y = x[rank::world].clone(), y[rank::world].clone()
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(SEED + rank)
 
@@ -133,10 +134,12 @@ class DigitsTrainer(Trainer):
     """One replica of a 64-128-10 MLP with Adam.
 
     Args:
+        x_test: the whole held-out set's inputs, float32 [n, 64]; this trainer keeps its shard.
+        y_test: the whole held-out set's labels, int64 [n].
         lr: Adam's learning rate.
     """
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, x_test: torch.Tensor, y_test: torch.Tensor, lr: float) -> None:
         import torch
 
         torch.set_num_threads(1)  # four replicas share the machine's cores
@@ -146,8 +149,7 @@ class DigitsTrainer(Trainer):
         )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         rank, world = my_shard()
-        _, _, x_te, y_te = load_split()
-        self.x_te, self.y_te = x_te[rank::world], y_te[rank::world]
+        self.x_te, self.y_te = x_test[rank::world].clone(), y_test[rank::world].clone()
         self.loader: DataLoaderMesh | None = None
         self.step = 0
 
@@ -193,7 +195,9 @@ class DigitsTrainer(Trainer):
 
         with torch.no_grad():
             predicted = self.model(self.x_te).argmax(dim=1)
-        return TrainerEvaluateResult(correct=int((predicted == self.y_te).sum()), total=len(self.y_te))
+        return TrainerEvaluateResult(
+            correct=int((predicted == self.y_te).sum()), total=len(self.y_te)
+        )
 
     def fit(self, steps: int, reducer: GradientReducerMesh) -> Iterator[Progress]:
         for _ in range(steps):
@@ -222,7 +226,9 @@ def train_by_client(trainers: TrainerMesh, steps: int, report: Callable[[float],
         report(sum(losses.get().values()) / WORLD)
 
 
-def train_by_actors(trainers: TrainerMesh, reducer: GradientReducerMesh, steps: int, report: Callable[[float], None]) -> None:
+def train_by_actors(
+    trainers: TrainerMesh, reducer: GradientReducerMesh, steps: int, report: Callable[[float], None]
+) -> None:
     """Let the trainers average among themselves; follow their ``$stream`` of progress."""
     losses: dict[int, list[float]] = {}
     for fut in trainers.fit.stream(steps, reducer):
@@ -246,8 +252,10 @@ def main() -> int:
     start = time.perf_counter()
     procs = this_host().spawn_procs(per_host={"gpus": WORLD})
     try:
-        loaders = procs.spawn("loaders", DigitsLoader, args.batch_size)
-        trainers = procs.spawn("trainers", DigitsTrainer, args.lr)
+        # Read the data set once, here; every actor keeps only its rank's shard of it.
+        x_train, y_train, x_test, y_test = load_split()
+        loaders = procs.spawn("loaders", DigitsLoader, x_train, y_train, args.batch_size)
+        trainers = procs.spawn("trainers", DigitsTrainer, x_test, y_test, args.lr)
         trainers.connect.broadcast(loaders)
         # One starting point for every replica: rank 0's initial weights.
         trainers.set_weights.broadcast(trainers.slice(gpus=0).weights.call_one().get())

@@ -7,7 +7,7 @@ the same proc); every step the client calls ``train`` on all of them, gathers th
 with ``call``, averages them and broadcasts the average back; every replica applies the same
 averaged gradient with its own Adam, so the replicas stay identical.
 
-Run: ``python examples/train_digits_plain.py [--steps 150]``. Exits 1 when the held-out
+Run: ``python examples/train_digits_plain.py [--steps 300]``. Exits 1 when the held-out
 accuracy is below 95%.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from monarch.actor import Actor, context, endpoint, this_host
 
 SEED = 0
-HIDDEN = 64
+HIDDEN = 128
 
 
 def load_split() -> tuple[Any, Any, Any, Any]:
@@ -40,13 +40,12 @@ def load_split() -> tuple[Any, Any, Any, Any]:
 class DataLoader(Actor):
     """Serves minibatches of one shard of the training set (the shard of its rank)."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, x: Any, y: Any, batch_size: int) -> None:
         import torch
 
         rank = context().actor_instance.rank
         world = rank.extent.nelements
-        x, y, _, _ = load_split()
-        self.x, self.y = x[rank.rank :: world], y[rank.rank :: world]
+        self.x, self.y = x[rank.rank :: world].clone(), y[rank.rank :: world].clone()
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(SEED + rank.rank)
 
@@ -61,7 +60,7 @@ class DataLoader(Actor):
 class Trainer(Actor):
     """One data-parallel replica of the MLP."""
 
-    def __init__(self, loaders: Any, lr: float) -> None:
+    def __init__(self, loaders: Any, x_test: Any, y_test: Any, lr: float) -> None:
         import torch
 
         torch.set_num_threads(1)
@@ -73,9 +72,11 @@ class Trainer(Actor):
             torch.nn.Linear(64, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10)
         )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
-        _, _, x_te, y_te = load_split()
         world = rank.extent.nelements
-        self.x_te, self.y_te = x_te[rank.rank :: world], y_te[rank.rank :: world]
+        self.x_te, self.y_te = (
+            x_test[rank.rank :: world].clone(),
+            y_test[rank.rank :: world].clone(),
+        )
 
     @endpoint
     def train(self, step: int) -> float:
@@ -91,7 +92,7 @@ class Trainer(Actor):
     def gradients(self) -> Any:
         import torch
 
-        return torch.cat([p.grad.flatten() for p in self.model.parameters()])  # type: ignore[union-attr]
+        return torch.cat([p.grad.flatten() for p in self.model.parameters()])
 
     @endpoint
     def apply_gradients(self, flat: Any) -> None:
@@ -125,7 +126,7 @@ class Trainer(Actor):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     args = ap.parse_args()
@@ -136,11 +137,18 @@ def main() -> int:
     t0 = time.perf_counter()
     procs = this_host().spawn_procs(per_host={"gpus": 4})
     try:
-        loaders = procs.spawn("loaders", DataLoader, args.batch_size)
-        trainers = procs.spawn("trainers", Trainer, loaders, args.lr)
+        x_train, y_train, x_test, y_test = load_split()  # once, here; actors keep their shard
+        loaders = procs.spawn("loaders", DataLoader, x_train, y_train, args.batch_size)
+        trainers = procs.spawn("trainers", Trainer, loaders, x_test, y_test, args.lr)
         # One starting point for every replica: rank 0's initial weights.
         trainers.set_weights.broadcast(trainers.slice(gpus=0).weights.call_one().get())
-        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
+        columns = (
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns) as bar:
             task = bar.add_task("train", total=args.steps, loss=float("nan"))
             for step in range(args.steps):

@@ -206,6 +206,8 @@ class Runtime:
         threading.Thread(target=start, name="monarch zygote start", daemon=True).start()
 
     def _get_zygote(self) -> Any:
+        if self.name != "client":
+            return None  # procs spawn their own procs directly; only the root client has a zygote
         self._zygote_ready.wait(10.0)
         return self._zygote
 
