@@ -8,13 +8,11 @@ The client spawns one ``Supervisor`` actor; everything else happens inside its e
 2. ``crash_and_respawn``: spawns a child mesh on new procs (``this_host().spawn_procs``); one
    child process dies (``os._exit``) mid-call: the supervisor's call raises ``SupervisionError``
    at once; it stops that mesh, spawns a fresh one and finishes the work there.
-3. ``fire_and_forget_failure`` (only with ``--supervise``): ``broadcast`` to a child endpoint
-   that raises: with no reply port the child actor fails and the failure goes to its owner, the
-   supervisor, whose ``__supervise__`` records it and returns True (handled: it goes no further
-   up). Our runtime does not deliver failures to ``__supervise__`` yet (the failure reaches the
-   supervisor's process, finds no owning actor and the proc exits), hence the flag.
+3. ``fire_and_forget_failure``: ``broadcast`` to a child endpoint that raises: with no reply
+   port the child actor fails and the failure goes to its owner, the supervisor, whose
+   ``__supervise__`` records it and returns True (handled: it goes no further up).
 
-Run: ``python examples/supervisor.py [--supervise]``.
+Run: ``python examples/supervisor.py``.
 """
 
 from __future__ import annotations
@@ -114,12 +112,10 @@ class Supervisor(Actor):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="A supervisor of failing child meshes.")
-    parser.add_argument("--supervise", action="store_true", help="also show __supervise__ delivery")
-    args = parser.parse_args()
+    parser.add_argument("--supervise", action="store_true", help="(default; kept for compatibility)")
+    parser.parse_args()
 
-    scenarios = ["handled_error", "crash_and_respawn"]
-    if args.supervise:
-        scenarios.append("fire_and_forget_failure")
+    scenarios = ["handled_error", "crash_and_respawn", "fire_and_forget_failure"]
     procs = this_host().spawn_procs(per_host={"gpus": 1})
     ok = True
     try:
@@ -132,15 +128,14 @@ def main() -> int:
                 lines = [f"FAILED: {type(exc).__name__}: {exc}"]
             for line in lines:
                 print(f"{name}: {line}")
-        if args.supervise:
-            deadline = time.monotonic() + 10
-            seen: list[str] = []
-            while ok and not seen and time.monotonic() < deadline:
-                seen = supervisor.failures_seen.call_one().get(timeout=30)
-                time.sleep(0.05)
-            for failure in seen:
-                print(f"__supervise__ got: {failure.splitlines()[0]}")
-            ok = ok and bool(seen)
+        deadline = time.monotonic() + 10
+        seen: list[str] = []
+        while ok and not seen and time.monotonic() < deadline:
+            seen = supervisor.failures_seen.call_one().get(timeout=30)
+            time.sleep(0.05)
+        for failure in seen:
+            print(f"__supervise__ got: {failure.splitlines()[0]}")
+        ok = ok and bool(seen)
     finally:
         procs.stop().get(30)
     print(f"supervisor: {'ok' if ok else 'FAILED'}")

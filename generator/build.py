@@ -29,6 +29,7 @@ ANN_RREF = 0x9BD9A32E080787B9
 ANN_ERP = 0xFB5083D12E7CA306
 ANN_TENSOR = 0xF33542792C80FC6A
 NO_DISCRIMINANT = 0xFFFF
+RDMA_ALIAS = "_rdma"  # how generated modules name monarch.rdma
 _INTS = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 
 
@@ -179,7 +180,14 @@ class _Builder:
                 mesh if method else f"{mesh} | None", f"{mesh} | None", "None", f"Ref({mesh})"
             )
         if special == "RDMABuffer":
-            raise self.error(where, "M.RDMABuffer fields are not supported by this generator yet")
+            # monarch.rdma converts the struct (an adapter it registers on import): the runtime
+            # below it cannot name the class, so the module imports it for the annotation and
+            # for the adapter.
+            self.imports[RDMA_ALIAS] = f"import monarch.rdma as {RDMA_ALIAS}"
+            cls = f"{RDMA_ALIAS}.RDMABuffer"
+            return _Type(
+                cls if method else f"{cls} | None", f"{cls} | None", "None", f"Adapted({tid:#x})"
+            )
         name = self.ref(tid)
         args = [self.brand_arg(a, where, scope) for a in self.brand_args(body, tid)]
         attr = f"{name}[{', '.join(args)}]" if args else name
@@ -419,7 +427,8 @@ def build_module(loaded: Loaded, path: str, module_names: dict[int, str]) -> ir.
         source=PurePath(path).as_posix(),
         schema_file=PurePath(path).name,
         doc=b.source.file_doc or f"Typed actors and structs of {PurePath(path).name}.",
-        imports=[b.imports[k] for k in sorted(b.imports)],
+        # absolute imports first, then sibling generated modules
+        imports=sorted(b.imports.values(), key=lambda line: (line.startswith("from ."), line)),
         typing_names=sorted(b.typing),
         abc_names=sorted(b.abc),
         typevars=sorted(b.typevars),

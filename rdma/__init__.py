@@ -5,6 +5,10 @@ any actor, which calls ``read_into(dst)`` / ``write_from(src)`` without involvin
 actor loop. Backends are chosen per transfer at run time (see :mod:`monarch.rdma._config`):
 ``ibverbs`` (pyverbs; across hosts and GPU memory), ``cma`` (same host, ``process_vm_readv``,
 no owner CPU) and ``tcp`` (across hosts without verbs). torch and pyverbs are imported lazily.
+
+On the IDL path the handle is the ``RDMABuffer`` struct of ``/monarch/actor.capnp``: importing
+this package registers its converter with the capnp codec (generated modules that use
+``M.RDMABuffer`` import it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ._buffer import (
     is_ibverbs_available,
     is_rdma_available,
 )
+from ._capnp import RDMA_BUFFER_NODE_ID as _RDMA_BUFFER_NODE_ID  # noqa: F401  # registers the IDL adapter
 from ._config import RDMAConfig, configure
 from ._engine import RDMAReadTransferWarning, RDMATcpFallbackWarning, RDMAWriteTransferWarning
 

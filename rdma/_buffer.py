@@ -67,8 +67,9 @@ class RDMABuffer:
     """A handle to registered memory that any process can read and write one-sidedly.
 
     Create it in the owning actor; the memory stays registered (and alive) until :meth:`drop`.
-    The handle is small (about 150 bytes pickled) and can be returned from or passed to any
-    endpoint; transfers with it never go through the owner's actor loop.
+    The handle is small (about 150 bytes pickled; about 500 with the reference to the owner
+    proc's RDMA manager actor) and can be returned from or passed to any endpoint; transfers
+    with it never go through the owner's actor loop.
 
     Args:
         data: the memory: a 1-D contiguous ``torch.Tensor`` (CPU; CUDA with an ibverbs device)

@@ -12,6 +12,10 @@ Settings come from the environment when first read and can be overridden in code
 - ``MONARCH_RDMA_IB_GID_INDEX``: GID index (default: the first IPv4-mapped GID, else 0).
 - ``MONARCH_RDMA_DROP_GRACE_S``: seconds a dropped region's memory is kept alive for transfers
   that passed their checks just before the drop (default 5).
+- ``MONARCH_RDMA_CONTROL``: where an owner inside the actor runtime answers control requests
+  (ibverbs queue-pair setup, remote drops): ``auto`` (default: its proc's RDMA manager actor
+  when it has an ibverbs device, else its TCP server), ``actor`` (always the manager actor) or
+  ``tcp`` (always the TCP server). See :mod:`monarch.rdma._manager`.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import os
 import threading
 from dataclasses import dataclass, replace
 
-__all__ = ["BACKENDS", "RDMAConfig", "configure", "current"]
+__all__ = ["BACKENDS", "CONTROLS", "RDMAConfig", "configure", "current"]
 
 BACKENDS = ("auto", "ibverbs", "cma", "tcp")
+CONTROLS = ("auto", "actor", "tcp")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class RDMAConfig:
         ib_device: verbs device name; empty means the first device.
         ib_gid_index: GID index; -1 means the first IPv4-mapped GID, else 0.
         drop_grace_s: seconds a dropped region's memory stays alive, in seconds.
+        control: ``auto``, ``actor`` or ``tcp``: see ``MONARCH_RDMA_CONTROL``.
     """
 
     backend: str = "auto"
@@ -42,18 +48,23 @@ class RDMAConfig:
     ib_device: str = ""
     ib_gid_index: int = -1
     drop_grace_s: float = 5.0
+    control: str = "auto"
 
 
 def _from_env() -> RDMAConfig:
     backend = os.environ.get("MONARCH_RDMA_BACKEND", "auto").strip().lower() or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"MONARCH_RDMA_BACKEND={backend!r}: expected one of {BACKENDS}")
+    control = os.environ.get("MONARCH_RDMA_CONTROL", "auto").strip().lower() or "auto"
+    if control not in CONTROLS:
+        raise ValueError(f"MONARCH_RDMA_CONTROL={control!r}: expected one of {CONTROLS}")
     return RDMAConfig(
         backend=backend,
         tcp_host=os.environ.get("MONARCH_RDMA_TCP_HOST", "127.0.0.1"),
         ib_device=os.environ.get("MONARCH_RDMA_IB_DEVICE", ""),
         ib_gid_index=int(os.environ.get("MONARCH_RDMA_IB_GID_INDEX", "-1")),
         drop_grace_s=float(os.environ.get("MONARCH_RDMA_DROP_GRACE_S", "5")),
+        control=control,
     )
 
 
@@ -77,6 +88,7 @@ def configure(
     ib_device: str | None = None,
     ib_gid_index: int | None = None,
     drop_grace_s: float | None = None,
+    control: str | None = None,
 ) -> RDMAConfig:
     """Override RDMA settings in this process; ``None`` keeps the current value.
 
@@ -90,16 +102,20 @@ def configure(
         ib_device: verbs device name, e.g. ``mlx5_0`` or ``rxe0``.
         ib_gid_index: GID index on port 1; -1 picks the first IPv4-mapped GID.
         drop_grace_s: seconds dropped memory stays alive for in-flight transfers.
+        control: ``auto``, ``actor`` or ``tcp``: where this process, as an owner, answers
+            control requests (set it before the first registration).
 
     Returns:
         The new settings.
 
     Raises:
-        ValueError: ``backend`` is not one of the names above.
+        ValueError: ``backend`` or ``control`` is not one of the names above.
     """
     global _config
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+    if control is not None and control not in CONTROLS:
+        raise ValueError(f"control={control!r}: expected one of {CONTROLS}")
     cfg = current()
     changes: dict[str, object] = {}
     for name, value in (
@@ -108,6 +124,7 @@ def configure(
         ("ib_device", ib_device),
         ("ib_gid_index", ib_gid_index),
         ("drop_grace_s", drop_grace_s),
+        ("control", control),
     ):
         if value is not None:
             changes[name] = value

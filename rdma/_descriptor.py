@@ -54,6 +54,9 @@ class Descriptor:
         tcp_port: its port.
         verbs: the ibverbs memory region, or None where the owner has no verbs device.
         owner: a readable name of the owner (actor or proc).
+        manager: the owner proc's RDMA manager actor, as the bytes of its mesh reference
+            (see :mod:`monarch.rdma._manager`); empty when the owner runs outside the actor
+            runtime, and then control requests go to the TCP server.
     """
 
     region_id: int
@@ -70,9 +73,10 @@ class Descriptor:
     tcp_port: int
     verbs: VerbsRegion | None
     owner: str
+    manager: bytes = b""
 
     def encode(self) -> bytes:
-        """Pack into a compact byte string (about 120 bytes)."""
+        """Pack into a compact byte string (about 120 bytes, plus the manager's reference)."""
         flags = 1 if self.writable else 0
         if self.device == "cuda":
             flags |= 2
@@ -102,6 +106,8 @@ class Descriptor:
             raw = text.encode()
             out.append(_STR.pack(len(raw)))
             out.append(raw)
+        out.append(_STR.pack(len(self.manager)))
+        out.append(self.manager)
         return b"".join(out)
 
     @classmethod
@@ -124,6 +130,10 @@ class Descriptor:
                 pos += _STR.size
                 texts.append(bytes(data[pos : pos + n]).decode())
                 pos += n
+            (n,) = _STR.unpack_from(data, pos)
+            manager = bytes(data[pos + _STR.size : pos + _STR.size + n])
+            if len(manager) != n:
+                raise ValueError("truncated")
         except (struct.error, UnicodeDecodeError) as exc:
             raise ValueError(f"not an RDMA buffer descriptor: {exc}") from exc
         host, tcp_host, gid, lid, owner = texts
@@ -143,6 +153,7 @@ class Descriptor:
             tcp_port=port,
             verbs=verbs,
             owner=owner,
+            manager=manager,
         )
 
 

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from monarch._core.errors import RDMAError, RDMAUnavailableError
 from monarch._core.future import Future
@@ -37,6 +37,7 @@ __all__ = [
     "check_ops",
     "choose_backend",
     "drop",
+    "drop_local",
     "register",
     "run_ops",
     "submit",
@@ -210,8 +211,26 @@ def register(data: LocalMemory, owner: str) -> tuple[Region, Descriptor]:
         tcp_port=server.port,
         verbs=verbs,
         owner=owner,
+        manager=_manager().manager_ref(verbs is not None),
     )
     return region, desc
+
+
+def _manager() -> Any:
+    # Imported on first registration: it imports the actor API, which a process that only
+    # reads and writes never needs.
+    from . import _manager as manager
+
+    return manager
+
+
+def drop_local(region_id: int, key: int) -> None:
+    """Drop a region of this process (the owner), for a drop requested by another process.
+
+    Raises:
+        RDMAError: ``key`` is not the region's key.
+    """
+    _remote_drop(region_id, key)
 
 
 def _remote_drop(region_id: int, key: int) -> None:
@@ -224,7 +243,8 @@ def _remote_drop(region_id: int, key: int) -> None:
 
 
 def drop(desc: Descriptor, timeout_s: float) -> None:
-    """Drop the registration: in the owner directly, elsewhere through the owner's RDMA server.
+    """Drop the registration: in the owner directly, elsewhere through the owner's RDMA manager
+    actor (when the handle names one and this process runs the actor runtime) or its TCP server.
 
     Dropping twice is fine. A verbs MR is deregistered after the grace period.
 
@@ -234,7 +254,11 @@ def drop(desc: Descriptor, timeout_s: float) -> None:
     if _is_this_process(desc):
         _remote_drop(desc.region_id, desc.key)
         return
-    control_request(desc, OP_DROP, b"", time.monotonic() + timeout_s)
+    deadline = time.monotonic() + timeout_s
+    if desc.manager and _manager().manager_of(desc) is not None:
+        _manager().control_via_manager(desc, "drop", (desc.region_id, desc.key), deadline)
+        return
+    control_request(desc, OP_DROP, b"", deadline)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ The only backend that needs no remote CPU across hosts and that reaches GPU memo
 - one verbs context per process (device, protection domain), opened on first use;
 - the owner registers every region as a memory region (MR) and publishes its rkey in the handle;
 - a reader opens one RC queue pair per owner; the two ends exchange queue-pair numbers, PSNs and
-  GIDs over the owner's RDMA server (the control channel), off both actor loops;
+  GIDs over the actor channel (the owner proc's RDMA manager actor, :mod:`monarch.rdma._manager`)
+  when both run the actor runtime, else over the owner's RDMA TCP server; off both actor loops;
 - transfers are posted as work requests chunked to the port's ``max_msg_sz`` and completed by
   polling a completion queue in the reader's RDMA worker thread (never the owner's, never an
   event loop). The owner's CPU takes no part in a transfer.
@@ -169,7 +170,7 @@ class VerbsContext:
     def accept(self, request: bytes) -> bytes:
         """Owner side of queue-pair setup: make a QP connected to the requester's; answer its info.
 
-        Runs on the RDMA server's connection thread.
+        Runs on the RDMA manager actor's thread, or on the RDMA server's connection thread.
         """
         remote = json.loads(request)
         qp, psn = self._new_qp(self._owner_cq)
@@ -213,6 +214,7 @@ class VerbsContext:
     # -- reader side ---------------------------------------------------------------------------
     def peer(self, desc: Descriptor, deadline: float) -> _Peer:
         """The connected queue pair to ``desc``'s owner, set up on first use."""
+        from ._manager import control_via_manager, manager_of
         from ._tcp import OP_CONNECT, control_request
 
         key = (desc.tcp_host, desc.tcp_port, desc.start_time)
@@ -222,9 +224,12 @@ class VerbsContext:
                 return peer
         cq = self._CQ(self.ctx, 2 * _MAX_OUTSTANDING)
         qp, psn = self._new_qp(cq)
-        answer = control_request(
-            desc, OP_CONNECT, json.dumps(self._info(qp, psn)).encode(), deadline
-        )
+        request = json.dumps(self._info(qp, psn)).encode()
+        if desc.manager and manager_of(desc) is not None:
+            # Monarch's way: the exchange travels as actor messages to the owner proc's manager.
+            answer = control_via_manager(desc, "connect_qp", (request,), deadline)
+        else:
+            answer = control_request(desc, OP_CONNECT, request, deadline)
         try:
             self._connect(qp, psn, json.loads(answer))
         except Exception as exc:

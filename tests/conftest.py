@@ -56,3 +56,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             except OSError:
                 pass
         session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _record_unhandled_failures() -> object:
+    """In tests, unhandled failures are recorded instead of exiting the test runner; tests of
+    the default hook run it in a subprocess."""
+    import monarch.actor as ma
+
+    seen: list[object] = []
+    previous = ma.unhandled_fault_hook
+    ma.unhandled_fault_hook = seen.append
+    ma._test_unhandled_failures = seen  # type: ignore[attr-defined]
+    yield seen
+    ma.unhandled_fault_hook = previous

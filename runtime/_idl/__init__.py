@@ -4,6 +4,7 @@ Layering: imports ``monarch._core``, ``monarch._transport``, ``monarch._mesh`` a
 never jinja2, and torch only lazily when a tensor field is touched.
 """
 
+from ._adapters import StructAdapter, get_adapter, register_adapter
 from ._codec import CapnpCodec, idl_endpoint, implements, remote
 from ._schema import LoadedSchema, idl_import_path, load_schema
 from ._struct import Struct, StructInfo, Which, struct_class
@@ -14,12 +15,15 @@ __all__ = [
     "CapnpCodec",
     "LoadedSchema",
     "Struct",
+    "StructAdapter",
     "StructInfo",
     "Which",
+    "get_adapter",
     "idl_endpoint",
     "idl_import_path",
     "implements",
     "load_schema",
+    "register_adapter",
     "remote",
     "struct_class",
 ]

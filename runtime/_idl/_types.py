@@ -1,7 +1,7 @@
 """Field converters: how one schema type moves between Python values and pycapnp builders/readers.
 
 Generated structs describe each field's type with a small expression (``"Int32"``,
-``"List(Struct(Item))"``, ``"Ref(WorkerMesh)"``); :func:`compile_type` turns it into a converter
+``"List(Struct(Item))"``, ``"Ref(WorkerMesh)"``, ``"Adapted(0x...)"``); :func:`compile_type` turns it into a converter
 the first time the class is used. Names inside the expression are resolved in the generated
 module's namespace, so classes may be defined in any order.
 
@@ -19,6 +19,8 @@ import re
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from ._adapters import StructAdapter, get_adapter
 
 __all__ = ["OOB_THRESHOLD_BYTES", "Conv", "DecodeContext", "EncodeContext", "compile_type"]
 
@@ -289,6 +291,35 @@ class _Ref(_Named):
         return decode_mesh_ref(rr.ref, self.cls)
 
 
+class _Adapted(Conv):
+    """A struct converted by the adapter a higher layer registered for its node id
+    (``M.RDMABuffer``: :class:`monarch.rdma.RDMABuffer`); see :mod:`monarch._idl._adapters`."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self._adapter: StructAdapter | None = None
+
+    @property
+    def adapter(self) -> StructAdapter:
+        if self._adapter is None:
+            self._adapter = get_adapter(self.node_id)
+        return self._adapter
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        self.adapter.write(b.init(wire), v)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        if not r._has(wire):
+            return None
+        return self.adapter.read(getattr(r, wire))
+
+    def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        self.adapter.write(lb[i], v)
+
+    def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
+        return self.adapter.read(lr[i])
+
+
 class _Param(Conv):
     """A field typed by a generic parameter: the value's own type decides (struct, Text, Data)."""
 
@@ -402,6 +433,8 @@ def compile_type(expr: str, module: str) -> Conv:
     head, arg = m.groups()
     if head == "List":
         return _List(compile_type(arg, module))
+    if head == "Adapted":
+        return _Adapted(int(arg, 16))
     named = _NAMED.get(head)
     if named is None:
         raise ValueError(f"bad field type expression {expr!r}")

@@ -128,10 +128,13 @@ class ActorMesh(MeshTrait, Generic[T]):
         addrs = self._ref.addrs
         for r in ranks:
             groups.setdefault(addrs[r], []).append(r)
-        for a in groups:
-            reason = router.dead_reason(a) or rt.mesh_failure(self._ref.mesh_id)
+        for a, rs in groups.items():
+            dead = router.dead_reason(a)
+            if dead:
+                raise SupervisionError(f"actor {self._ref.name}{rs if len(rs) > 1 else [rs[0]]} is unreachable: {dead}")
+            reason = rt.unusable(self._ref, rs)
             if reason:
-                raise SupervisionError(f"actor mesh {self._ref.name!r} is unusable: {reason}")
+                raise SupervisionError(reason)
         pos = {r: i for i, r in enumerate(ranks)}
         expected = {a: {pos[r] for r in rs} for a, rs in groups.items()}
         result: Any = None

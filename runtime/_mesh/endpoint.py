@@ -120,6 +120,19 @@ class Endpoint(Generic[P, R]):
         """
         return self._mesh._invoke(self._spec, "stream", args, kwargs)  # type: ignore[no-any-return]
 
+    def with_timeout(self, timeout_s: float | None) -> Endpoint[P, R]:
+        """This endpoint with a per-call timeout: its futures raise ``CallTimeout`` after
+        ``timeout_s`` seconds (None: wait forever), overriding ``@endpoint(timeout=...)``.
+
+        Raises:
+            ValueError: ``timeout_s`` is not positive.
+        """
+        import dataclasses
+
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        return Endpoint(self._mesh, dataclasses.replace(self._spec, timeout_s=timeout_s))
+
     def __repr__(self) -> str:
         return f"<Endpoint {self._spec.name!r} of {self._mesh!r}>"
 

@@ -369,9 +369,10 @@ class ActorHost:
         if cb is not None:
             cb()
 
-    def actor_failed(self, inst: ActorInstance, cause: str, tb: str) -> None:
-        """Report an actor failure to its owner (any thread)."""
+    def actor_failed(self, inst: ActorInstance, cause: str, tb: str, chained: list[Any] | None = None) -> None:
+        """Report an actor failure to the process owning its mesh (any thread)."""
         from .._core.failure import MeshFailure
+        from .runtime import get_runtime
 
         failure = MeshFailure(
             mesh_name=inst.name,
@@ -381,17 +382,9 @@ class ActorHost:
             host=self.hostname,
             pid=os.getpid(),
             actor=inst.display,
+            chained=list(chained or []),
         )
-        env = Envelope.new_message()
-        env.kind = "supervision"
-        env.endpoint = "failure"
-        env.actor = inst.mesh_id
-        payload, bufs = dumps(failure)
-        env.payload = payload
-        try:
-            self.router.send(inst.owner, env, bufs)
-        except Exception as exc:
-            log.error("cannot report the failure of %s to its owner %s: %s", inst.display, inst.owner, exc)
+        get_runtime().supervisor.report(inst.owner, inst.mesh_id, failure)
         if self.on_failure_report is not None:
             self.on_failure_report(inst, failure)
 

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         runtime_dir=os.environ.get("MONARCH_RUNTIME_DIR", "/tmp"),
         owns_dir=False,
         token=_token_from_env(),
+        parent_addr=ns.owner,
     )
     set_runtime(rt)
     owner = ns.owner

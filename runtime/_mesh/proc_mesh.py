@@ -84,6 +84,9 @@ class ProcMesh(MeshTrait):
         extent = self._shape.extent
         mesh_id = rt.spawn_actors(name, cls, args, kwargs, addrs, extent)
         ref = MeshRef(mesh_id, name, tuple(addrs), Shape(list(extent.labels), 0, list(extent.sizes)), cls, rt.router.addr)
+        rec = rt.supervisor.owned.get(mesh_id)
+        if rec is not None:
+            rec.ref = ref
         mesh_cls = getattr(cls, "__monarch_mesh__", None) or ActorMesh
         return mesh_cls(ref)
 
@@ -187,7 +190,11 @@ class HostMesh(MeshTrait):
         handles = get_runtime().spawn_processes(nproc, name, extra)
         per = -(-n // nproc)
         addrs = [handles[i // per].addr for i in range(n)]
-        return ProcMesh(addrs, Shape(labels, 0, sizes), self)
+        mesh = ProcMesh(addrs, Shape(labels, 0, sizes), self)
+        from .supervision import current_owner
+
+        get_runtime().supervisor.register_procs(current_owner(), mesh)
+        return mesh
 
 
 _THIS_HOST = HostMesh(Shape([], 0, [], []))

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._core.errors import ConnectError, SupervisionError
 from .._transport.channel import Connection, Listener, dial
-from .._transport.frame import Envelope, encode_frame
+from .._transport.frame import Envelope, decode_envelope, encode_frame
 
 __all__ = ["Router", "Sink"]
 
@@ -259,9 +259,7 @@ class Router:
         self.connection(addr).send(encode_frame(env, bufs))
 
     def _local_frame(self, iov: list[Any]) -> None:
-        raw = bytes(iov[0])
-        ctx = Envelope.from_bytes(raw, traversal_limit_in_words=max(len(raw), 64))
-        env = ctx.__enter__()
+        env = decode_envelope(bytes(iov[0]))
         bufs: list[memoryview] = []
         i = 1
         for n in env.buffers:

@@ -91,6 +91,7 @@ class Runtime:
         runtime_dir: str,
         owns_dir: bool,
         token: bytes | None,
+        parent_addr: str | None = None,
     ) -> None:
         self.loop = loop
         self.name = name
@@ -100,17 +101,15 @@ class Runtime:
         self.router = Router(loop, listen, token=token, name=name)
         self.host = ActorHost(self.router, self.this_proc_mesh)
         self.children: dict[str, ProcHandle] = {}
-        self.mesh_failures: dict[str, str] = {}
         self._names = itertools.count()
         self._this_proc: Any = None
         self._closed = False
         self.loop_thread: threading.Thread | None = None
-        self.owned_by: dict[str, Any] = {}
         self._zygote: Any = None
         self._zygote_ready = threading.Event()
-        from .supervision import install_failure_handler
+        from .supervision import Supervisor
 
-        install_failure_handler(self)
+        self.supervisor = Supervisor(self, parent_addr)
 
     # -- naming --------------------------------------------------------------------------------
     def sender_name(self) -> str:
@@ -119,8 +118,9 @@ class Runtime:
         ctx = _current.get()
         return ctx.actor_instance.actor_id if ctx is not None else self.name
 
-    def mesh_failure(self, mesh_id: str) -> str | None:
-        return self.mesh_failures.get(mesh_id)
+    def unusable(self, ref: Any, ranks: list[int]) -> str | None:
+        """Why calls to ``ranks`` of the mesh ``ref`` cannot be made (failed, stopped), or None."""
+        return self.supervisor.unusable(ref, ranks)
 
     def this_proc_mesh(self) -> Any:
         """A one-point ProcMesh for this very process (``this_proc()``)."""
@@ -258,6 +258,9 @@ class Runtime:
         for r, a in enumerate(addrs):
             by_addr.setdefault(a, []).append(r)
         owner = self.router.addr
+        from .supervision import current_owner
+
+        self.supervisor.register(mesh_id, name, addrs, current_owner())
         for a, ranks in by_addr.items():
             if a == self.router.addr:
                 self.router.call_on_loop(
@@ -293,13 +296,14 @@ class Runtime:
                 self.router.close_port(sink.port)
                 continue
             futures.append(sink.future)
-        self.mesh_failures.setdefault(ref.mesh_id, f"actor mesh {ref.name!r} was stopped")
+        self.supervisor.mark_stopped(ref.mesh_id)
         return _all(futures)
 
     def stop_processes(self, addrs: list[str], timeout_s: float = 5.0) -> Future[None]:
         """Ask procs to exit (actors run ``__cleanup__``), then kill what is left after
         ``timeout_s``. The future completes when every one has exited."""
         handles = [self.children[a] for a in addrs if a in self.children]
+        self.supervisor.expect_exit(addrs)
         for h in handles:
             if h.exited.is_set():
                 continue

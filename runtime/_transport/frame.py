@@ -15,28 +15,16 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
-from importlib import resources
 from typing import Any
 
-import capnp
-
 from .._core.errors import ProtocolError
+from .envelope import Envelope, decode_envelope, load_schema
 
-__all__ = ["FrameDecoder", "alloc_buffer", "encode_frame", "schema"]
+__all__ = ["Envelope", "FrameDecoder", "alloc_buffer", "decode_envelope", "encode_frame", "load_schema"]
 
 _PAD = bytes(8)
 _U32 = struct.Struct("<I")
 _LARGE_BYTES = 1 << 20
-
-
-def _load_schema() -> Any:
-    path = resources.files("monarch.idl").joinpath("monarch/envelope.capnp")
-    with resources.as_file(path) as p:
-        return capnp.load(str(p))
-
-
-schema = _load_schema()
-Envelope = schema.Envelope
 
 
 def encode_frame(env: Any, buffers: list[Any]) -> list[Any]:
@@ -47,7 +35,7 @@ def encode_frame(env: Any, buffers: list[Any]) -> list[Any]:
     out: list[Any] = [env.to_bytes()]
     for b in buffers:
         out.append(b)
-        n = memoryview(b).nbytes
+        n = b.nbytes if type(b) is memoryview else memoryview(b).nbytes
         if n & 7:
             out.append(_PAD[: 8 - (n & 7)])
     return out
@@ -108,10 +96,11 @@ def alloc_buffer(nbytes: int) -> memoryview:
 
 
 class FrameDecoder:
-    """Incremental decoder of a byte stream into ``(envelope_reader, buffers)`` frames.
+    """Incremental decoder of a byte stream into ``(envelope, buffers)`` frames.
 
-    Feed it with :meth:`feed` (bytes received into its staging buffer) or let the owner
-    ``recv_into`` directly into :meth:`want` when it asks for a large buffer.
+    Feed it with :meth:`feed` (bytes received into the owner's staging buffer; only an
+    incomplete tail is kept) or let the owner ``recv_into`` directly into :meth:`direct_target`
+    while a large out-of-band buffer is being received.
 
     Args:
         max_envelope_bytes: largest accepted envelope message.
@@ -121,10 +110,9 @@ class FrameDecoder:
     def __init__(self, max_envelope_bytes: int, max_frame_bytes: int) -> None:
         self.max_envelope_bytes = max_envelope_bytes
         self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
+        self._buf = bytearray()  # an incomplete tail carried over to the next feed
         # state for the frame in progress
         self._env: Any = None
-        self._env_ctx: Any = None
         self._lengths: list[int] = []
         self._buffers: list[memoryview] = []
         self._cur: memoryview | None = None
@@ -143,51 +131,60 @@ class FrameDecoder:
     def advance_direct(self, n: int, out: list[tuple[Any, list[memoryview]]]) -> None:
         """Record ``n`` bytes received straight into :meth:`direct_target`."""
         self._cur_fill += n
-        self._step(out)
+        self._step(b"", 0, out)
 
     def feed(self, data: bytes | bytearray | memoryview, out: list[tuple[Any, list[memoryview]]]) -> None:
-        """Append received bytes and append every completed frame to ``out``.
+        """Take received bytes and append every completed frame to ``out``.
+
+        ``data`` is only read during the call (the caller may reuse its memory afterwards).
 
         Raises:
             ProtocolError: malformed or oversized frame; the connection must be closed.
         """
-        self._buf += data
-        self._step(out)
+        tail = self._buf
+        if tail:
+            tail += data
+            pos = self._step(tail, 0, out)
+            del tail[:pos]
+        else:
+            pos = self._step(data, 0, out)
+            if pos < len(data):
+                tail += data[pos:]
 
-    def _step(self, out: list[tuple[Any, list[memoryview]]]) -> None:
-        buf = self._buf
+    def _step(self, src: Any, pos: int, out: list[tuple[Any, list[memoryview]]]) -> int:
+        """Decode from ``src[pos:]``; returns the position up to which bytes were consumed."""
+        end = len(src)
         while True:
             if self._env is None:
-                if len(buf) < 8:
-                    return
-                nseg = _U32.unpack_from(buf, 0)[0] + 1
+                if end - pos < 8:
+                    return pos
+                nseg = _U32.unpack_from(src, pos)[0] + 1
                 if nseg > 512:
                     raise ProtocolError(f"envelope claims {nseg} segments")
                 table = 4 * (1 + nseg)
                 table += table & 4  # pad the segment table to a word
-                if len(buf) < table:
-                    return
-                words = 0
-                for i in range(nseg):
-                    words += _U32.unpack_from(buf, 4 * (1 + i))[0]
+                if end - pos < table:
+                    return pos
+                if nseg == 1:
+                    words = _U32.unpack_from(src, pos + 4)[0]
+                else:
+                    words = sum(struct.unpack_from(f"<{nseg}I", src, pos + 4))
                 total = table + 8 * words
                 if total > self.max_envelope_bytes:
                     raise ProtocolError(f"envelope of {total} bytes exceeds the limit {self.max_envelope_bytes}")
-                if len(buf) < total:
-                    return
-                raw = bytes(buf[:total])
-                del buf[:total]
-                try:
-                    ctx = Envelope.from_bytes(raw, traversal_limit_in_words=max(words * 4, 64))
-                    env = ctx.__enter__()
-                    lengths = list(env.buffers)
-                except Exception as exc:  # capnp raises KjException with no finer type
-                    raise ProtocolError(f"malformed envelope: {exc}") from exc
+                if end - pos < total:
+                    return pos
+                env = decode_envelope(bytes(src[pos : pos + total]))
+                pos += total
+                lengths = env.buffers
+                if not lengths:
+                    out.append((env, []))
+                    continue
                 if sum(lengths) > self.max_frame_bytes:
                     raise ProtocolError(
                         f"frame of {sum(lengths)} buffer bytes exceeds the limit {self.max_frame_bytes}"
                     )
-                self._env, self._env_ctx, self._lengths, self._buffers = env, ctx, lengths, []
+                self._env, self._lengths, self._buffers = env, lengths, []
                 self._cur = None
             # out-of-band buffers
             while len(self._buffers) < len(self._lengths) or self._cur is not None:
@@ -198,22 +195,21 @@ class FrameDecoder:
                     self._cur_padded = (n + 7) & ~7
                 cur = self._cur
                 need = cur.nbytes - self._cur_fill
-                if need > 0 and buf:
-                    take = min(need, len(buf))
-                    cur[self._cur_fill : self._cur_fill + take] = buf[:take]
-                    del buf[:take]
+                if need > 0 and pos < end:
+                    take = min(need, end - pos)
+                    cur[self._cur_fill : self._cur_fill + take] = src[pos : pos + take]
+                    pos += take
                     self._cur_fill += take
                 if self._cur_fill < cur.nbytes:
-                    return
+                    return pos
                 pad = self._cur_padded - cur.nbytes
                 if pad:
-                    if len(buf) < pad:
-                        return
-                    del buf[:pad]
+                    if end - pos < pad:
+                        return pos
+                    pos += pad
                 self._buffers.append(cur)
                 self._cur = None
             out.append((self._env, self._buffers))
             self._env = None
-            self._env_ctx = None
             self._lengths = []
             self._buffers = []

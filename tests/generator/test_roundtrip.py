@@ -78,6 +78,8 @@ def strategy(expr: str, module: str, depth: int = 0) -> st.SearchStrategy[Any] |
     if head == "List":
         elem = strategy(arg, module, depth + 1)
         return None if elem is None else st.lists(elem, max_size=3)
+    if head == "Adapted":
+        return _rdma_buffers()
     cls = _resolve(module, arg)
     if head == "Enum":
         return st.sampled_from(list(cls))
@@ -87,6 +89,27 @@ def strategy(expr: str, module: str, depth: int = 0) -> st.SearchStrategy[Any] |
         return struct_strategy(cls, depth + 1)
     except _Unsupported:
         return None
+
+
+def _rdma_buffers() -> st.SearchStrategy[Any]:
+    """RDMA handles with arbitrary (not registered) descriptors: M.RDMABuffer fields."""
+    from monarch.rdma import RDMABuffer
+    from monarch.rdma._descriptor import Descriptor, VerbsRegion
+
+    text = st.text(
+        st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12
+    )
+    u64 = st.integers(0, 2**64 - 1)
+    verbs = st.builds(
+        VerbsRegion, rkey=st.integers(0, 2**32 - 1), gid=text, lid=st.integers(0, 2**16 - 1)
+    )
+    descs = st.builds(
+        Descriptor, region_id=u64, key=u64, record_addr=u64, addr=u64, size=u64,
+        pid=st.integers(0, 2**32 - 1), start_time=u64, host=text, writable=st.booleans(),
+        device=st.sampled_from(["cpu", "cuda"]), tcp_host=text, tcp_port=st.integers(0, 2**16 - 1),
+        verbs=st.none() | verbs, owner=text, manager=st.binary(max_size=40),
+    )  # fmt: skip
+    return descs.map(RDMABuffer._from_descriptor)
 
 
 class _Unsupported(Exception):
@@ -159,6 +182,8 @@ def _same(a: Any, b: Any, expr: str) -> bool:
         )
     if isinstance(a, torch.Tensor):
         return a.dtype == b.dtype and list(a.shape) == list(b.shape) and torch.equal(a, b)
+    if expr.startswith("Adapted("):
+        return bool(a._desc == b._desc)
     if expr.startswith("List(") and not isinstance(a, bytes | str):
         return len(a) == len(b) and all(_same(x, y, expr[5:-1]) for x, y in zip(a, b))
     if isinstance(a, memoryview | bytearray | bytes):

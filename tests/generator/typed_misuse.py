@@ -16,6 +16,8 @@ from monarch.generated.example import (
     Worker,
     WorkerMesh,
 )
+from monarch.generated.parameter_server_rdma import ParameterServerMesh
+from monarch.generated.parameter_server_rdma import WorkerMesh as RdmaWorkerMesh
 
 
 def wrong_argument_type(workers: WorkerMesh) -> None:
@@ -51,3 +53,11 @@ class BadCoordinator(Coordinator):
 class BadWorker(Worker):
     def train(self, batch: Batch) -> str:  # E: Return type "str" of "train" incompatible with return type "float | Awaitable[float]" in supertype "monarch.generated.example.Worker"  [override]
         return ""
+
+
+def rdma_handle_is_not_bytes(workers: RdmaWorkerMesh, server: ParameterServerMesh) -> None:
+    workers.step.call_one(server, b"handle")  # E: Argument 2 to "call_one" of "Endpoint" has incompatible type "bytes"; expected "RDMABuffer"  [arg-type]
+
+
+def rdma_field_may_be_unset(server: ParameterServerMesh) -> int:
+    return server.weights.call_one().get().handle.size  # E: Item "None" of "RDMABuffer | None" has no attribute "size"  [union-attr]

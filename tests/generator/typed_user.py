@@ -19,6 +19,9 @@ from monarch.generated.example import (
     WorkerMesh,
     WorkerProgressResult,
 )
+from monarch.generated.parameter_server_rdma import ParameterServerMesh, Weights
+from monarch.generated.parameter_server_rdma import WorkerMesh as RdmaWorkerMesh
+from monarch.rdma import RDMABuffer
 
 
 class MyWorker(Worker):
@@ -77,3 +80,13 @@ def drive(workers: WorkerMesh, coordinator: CoordinatorMesh) -> float:
         + len(best.name)
         + len([stream])
     )
+
+
+def pull_with_rdma(workers: RdmaWorkerMesh, server: ParameterServerMesh, mem: bytearray) -> float:
+    info: Weights = server.weights.call_one().get()
+    handle: RDMABuffer | None = info.handle
+    assert handle is not None
+    handle.read_into(memoryview(mem)).get()
+    again = Weights(handle=handle, num_params=info.num_params)
+    losses: stubs.ValueMesh[float] = workers.step.call(server, handle).get()
+    return sum(losses.values()) + again.num_params

@@ -2,8 +2,10 @@
 
 No RDMA device exists on the build machines, so this test boots Debian's stock kernel under QEMU
 (TCG) with this machine's root shared read-only over virtio-9p, loads rdma_rxe on ``lo`` and runs
-the ``ibverbs`` cases of ``test_data_plane.py`` inside with this machine's Python and Debian's
-python3-pyverbs. Slow (several minutes under TCG): marker ``guest``.
+the ``ibverbs`` cases of ``test_data_plane.py`` (owners without actors: queue pairs set up over
+the owner's TCP server) and of ``test_rdma_actors.py`` (owners and readers in actor procs: queue
+pairs set up over actor messages to the owner proc's RDMA manager) inside, with this machine's
+Python and Debian's python3-pyverbs. Slow (several minutes under TCG): marker ``guest``.
 
 The guest image is built once into ``$MONARCH_RDMA_GUEST_DIR`` (default
 ``~/.cache/monarch-idl/rdma-guest``) by ``guest/build.sh`` (needs apt and root); set
@@ -44,6 +46,7 @@ EXPECTED = {
     "test_drop_from_the_reader_refuses_later_transfers[ibverbs]",
     "test_drop_in_the_owner_refuses_later_transfers[ibverbs]",
     "test_one_sided_read_and_write_work_while_the_owner_is_stopped[ibverbs]",
+    "test_ibverbs_queue_pairs_are_set_up_over_actor_messages[ibverbs]",
 }
 
 
@@ -87,7 +90,7 @@ def test_ibverbs_backend_passes_its_data_plane_tests_in_a_soft_roce_guest(reques
         if not (shim / "pyverbs").exists():
             (shim / "pyverbs").symlink_to(PYVERBS)
         script = (HERE / "guest" / "run_tests.sh").read_text()
-        args = f"{HERE / 'test_data_plane.py'} -k ibverbs -v"
+        args = f"{HERE / 'test_data_plane.py'} {HERE / 'test_rdma_actors.py'} -k ibverbs -v"
         for key, value in {
             "@PY@": sys.executable,
             "@REPO@": str(REPO),
