@@ -70,3 +70,21 @@ def test_no_token_refuses_to_dial_tcp(listener: tuple[Listener, list[Any]]) -> N
 def test_bad_address_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         dial("http://x", None)
+
+
+def test_tcp_connections_carry_heartbeats_bounded_by_the_peer_timeout(
+    listener: tuple[Listener, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket as sk
+
+    monkeypatch.setenv("MONARCH_PEER_TIMEOUT_S", "2")
+    sock = dial(listener[0].address, b"secret", timeout_s=5)
+    try:
+        assert sock.getsockopt(sk.SOL_SOCKET, sk.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(sk.IPPROTO_TCP, sk.TCP_USER_TIMEOUT) == 2000
+        idle = sock.getsockopt(sk.IPPROTO_TCP, sk.TCP_KEEPIDLE)
+        intvl = sock.getsockopt(sk.IPPROTO_TCP, sk.TCP_KEEPINTVL)
+        cnt = sock.getsockopt(sk.IPPROTO_TCP, sk.TCP_KEEPCNT)
+        assert idle + intvl * cnt <= 2
+    finally:
+        sock.close()

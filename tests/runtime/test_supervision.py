@@ -277,3 +277,15 @@ def test_default_unhandled_fault_hook_prints_a_report_and_exits_1() -> None:
     assert p.returncode == 1
     assert "trainers[1]" in p.stderr and "ValueError: boom in handler" in p.stderr
     assert "KeyboardInterrupt" not in p.stderr and "not reached" not in p.stdout
+
+
+def test_message_to_an_unknown_actor_is_refused_and_the_proc_keeps_serving(procs: ProcMesh) -> None:
+    from monarch._mesh.actor_mesh import ActorMesh, MeshRef
+
+    w = procs.spawn("known", Worker)
+    ref = w._ref
+    ghost_ref = MeshRef("ghost-0", "ghost", ref.addrs, ref.shape, Worker, ref.owner)
+    ghost: Any = ActorMesh(ghost_ref)
+    with pytest.raises(SupervisionError, match="no actor ghost-0"):
+        ghost.slice(hosts=0, gpus=0).ping.call_one().get(timeout=10)
+    assert len(list(w.ping.call().get(timeout=10).values())) == 4
