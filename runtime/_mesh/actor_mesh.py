@@ -18,8 +18,9 @@ from typing import Any, Generic, TypeVar
 from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import MeshTrait, Shape
-from .._transport.frame import Envelope
+from .._transport.frame import Envelope, EnvelopeTemplate
 from .._transport.pickle_codec import PICKLE_CODEC
+from .context import _current
 from .endpoint import Endpoint, EndpointSpec
 from .port import OneSink, StreamSink, ValueMeshSink
 from .router import FLAG_STREAM
@@ -52,6 +53,36 @@ class MeshRef:
     owner: str
 
 
+class _Plan:
+    """What every cast to one slice needs, computed once per mesh object: the target ranks,
+    grouped by the proc hosting them, their positions in the slice, and pre-encoded envelopes
+    (one per endpoint, adverb kind and sender)."""
+
+    __slots__ = ("groups", "positions", "ranks", "templates")
+
+    def __init__(self, shape: Shape, addrs: Sequence[str]) -> None:
+        self.ranks = shape.ranks()
+        groups: dict[str, list[int]] = {}
+        for r in self.ranks:
+            groups.setdefault(addrs[r], []).append(r)
+        pos = {r: i for i, r in enumerate(self.ranks)}
+        self.groups = list(groups.items())
+        self.positions = [(a, tuple(pos[r] for r in rs)) for a, rs in self.groups]
+        self.templates: dict[tuple[Any, ...], list[tuple[str, EnvelopeTemplate]]] = {}
+
+
+_get_runtime: Any = None
+
+
+def _runtime() -> Any:
+    global _get_runtime
+    if _get_runtime is None:
+        from .runtime import get_runtime
+
+        _get_runtime = get_runtime
+    return _get_runtime()
+
+
 def _shape_into(builder: Any, shape: Shape) -> None:
     s = builder.init("shape")
     s.labels = list(shape.labels)
@@ -72,6 +103,7 @@ class ActorMesh(MeshTrait, Generic[T]):
         self._ref = ref
         self._shape = shape if shape is not None else ref.shape
         self._rr = itertools.count()
+        self._cplan: _Plan | None = None
 
     def _new_with_shape(self, shape: Shape) -> Any:
         return type(self)(self._ref, shape)
@@ -103,12 +135,16 @@ class ActorMesh(MeshTrait, Generic[T]):
         return self._ref.name
 
     # -- adverbs ---------------------------------------------------------------------------
-    def _invoke(self, spec: EndpointSpec, adverb: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        from .runtime import get_runtime
+    def _make_plan(self) -> _Plan:
+        plan = _Plan(self._shape, self._ref.addrs)
+        self._cplan = plan
+        return plan
 
-        spec.check_arguments(args, kwargs)
-        shape = self._shape
-        ranks = shape.ranks()
+    def _invoke(self, spec: EndpointSpec, adverb: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if spec.signature is not None:
+            spec.check_arguments(args, kwargs)
+        plan = self._cplan or self._make_plan()
+        ranks = plan.ranks
         if adverb == "call_one" and len(ranks) != 1:
             raise ValueError(
                 f"call_one() needs a mesh of exactly one actor, but {self!r} has {len(ranks)}; "
@@ -118,72 +154,90 @@ class ActorMesh(MeshTrait, Generic[T]):
             if not ranks:
                 raise ValueError(f"choose() on an empty mesh {self!r}")
             i = next(self._rr) % len(ranks)
-            sub = _point_shape(shape, i)
+            sub = _point_shape(self._shape, i)
             return ActorMesh(self._ref, sub)._invoke(spec, "call_one", args, kwargs)
         codec = spec.codec or PICKLE_CODEC
         payload, bufs = codec.encode_call(args, kwargs)
-        rt = get_runtime()
+        rt = _runtime()
         router = rt.router
-        groups: dict[str, list[int]] = {}
-        addrs = self._ref.addrs
-        for r in ranks:
-            groups.setdefault(addrs[r], []).append(r)
-        for a, rs in groups.items():
+        ref = self._ref
+        for a, rs in plan.groups:
             dead = router.dead_reason(a)
             if dead:
-                raise SupervisionError(f"actor {self._ref.name}{rs if len(rs) > 1 else [rs[0]]} is unreachable: {dead}")
-            reason = rt.unusable(self._ref, rs)
+                raise SupervisionError(f"actor {ref.name}{rs if len(rs) > 1 else [rs[0]]} is unreachable: {dead}")
+            reason = rt.unusable(ref, rs)
             if reason:
                 raise SupervisionError(reason)
-        pos = {r: i for i, r in enumerate(ranks)}
-        expected = {a: {pos[r] for r in rs} for a, rs in groups.items()}
         result: Any = None
         sink: Any = None
         flags = 0
         if adverb == "call_one":
-            sink = OneSink(router, codec, expected)
+            sink = OneSink(router, codec, {a: set(ps) for a, ps in plan.positions})
             result = sink.future
         elif adverb == "call":
-            sink = ValueMeshSink(router, codec, expected, shape)
+            sink = ValueMeshSink(router, codec, {a: set(ps) for a, ps in plan.positions}, self._shape)
             result = sink.future
         elif adverb == "stream":
-            sink = StreamSink(router, codec, expected, len(ranks))
+            sink = StreamSink(router, codec, {a: set(ps) for a, ps in plan.positions}, len(ranks))
             result = Stream(sink, spec.timeout_s)
             flags |= FLAG_STREAM
         elif adverb != "broadcast":
             raise ValueError(f"unknown adverb {adverb!r}")
         if spec.explicit_response_port:
             flags |= 2
-        env = Envelope.new_message()
-        env.kind = "call"
-        env.actor = self._ref.mesh_id
-        env.endpoint = spec.name
-        env.encoding = codec.encoding
-        env.payload = payload
-        env.flags = flags
-        env.sender = rt.sender_name()
-        _shape_into(env, shape)
-        if sink is not None:
-            env.replyAddr = router.addr
-            env.replyPort = sink.port
+        ctx = _current.get()
+        sender = ctx.actor_instance.actor_id if ctx is not None else rt.name
         try:
-            if len(groups) <= FANOUT:
-                for a, rs in groups.items():
-                    env.ranks = rs
-                    router.send(a, env, bufs)
-                    env.clear_write_flag()
+            if len(plan.groups) <= FANOUT:
+                key = (spec.name, flags, sink is not None, sender, codec.encoding, router.addr)
+                templates = plan.templates.get(key)
+                if templates is None:
+                    templates = plan.templates[key] = self._templates(spec, flags, sink is not None, sender, codec, router)
+                reply_port = sink.port if sink is not None else 0
+                for a, tpl in templates:
+                    router.send_template(a, tpl, reply_port, payload, bufs)
             else:
-                _send_tree(router, env, bufs, groups)
+                env = self._envelope(spec, flags, sender, codec, router)
+                env.payload = payload
+                if sink is not None:
+                    env.replyAddr = router.addr
+                    env.replyPort = sink.port
+                _send_tree(router, env, bufs, dict(plan.groups))
         except Exception as exc:
             if sink is not None:
                 router.close_port(sink.port)
             if isinstance(exc, SupervisionError):
                 raise
-            raise SupervisionError(f"cannot reach actor mesh {self._ref.name!r}: {exc}") from exc
+            raise SupervisionError(f"cannot reach actor mesh {ref.name!r}: {exc}") from exc
         timeout_s = spec.timeout_s
         if timeout_s is not None and sink is not None and hasattr(sink, "timeout"):
             router.loop.call_soon_threadsafe(router.loop.call_later, timeout_s, sink.timeout, timeout_s)
         return result
+
+    def _envelope(self, spec: EndpointSpec, flags: int, sender: str, codec: Any, router: Any) -> Any:
+        """The fields every call of ``spec`` to this slice shares."""
+        env = Envelope.new_message()
+        env.kind = "call"
+        env.origin = router.addr
+        env.actor = self._ref.mesh_id
+        env.endpoint = spec.name
+        env.encoding = codec.encoding
+        env.flags = flags
+        env.sender = sender
+        _shape_into(env, self._shape)
+        return env
+
+    def _templates(
+        self, spec: EndpointSpec, flags: int, reply: bool, sender: str, codec: Any, router: Any
+    ) -> list[tuple[str, EnvelopeTemplate]]:
+        env = self._envelope(spec, flags, sender, codec, router)
+        if reply:
+            env.replyAddr = router.addr
+        out = []
+        for a, rs in self._cplan.groups:  # type: ignore[union-attr]  # made by _invoke first
+            env.ranks = rs
+            out.append((a, EnvelopeTemplate(env)))
+        return out
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> Future[None]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .._core.errors import ConnectError, SupervisionError
 from .._transport.channel import Connection, Listener, dial
-from .._transport.frame import Envelope, decode_envelope, encode_frame
+from .._transport.frame import Envelope, EnvelopeTemplate, decode_envelope, encode_frame, frame_iov
 
 __all__ = ["Router", "Sink"]
 
@@ -245,6 +245,26 @@ class Router:
                 conn.send(iov)
         else:
             conn.send(encode_frame(env, bufs))
+
+    def send_template(self, addr: str, tpl: EnvelopeTemplate, reply_port: int, payload: Any, bufs: list[Any]) -> None:
+        """Send a sequenced message built from ``tpl`` (which carries this router's address as
+        ``origin``) with its variable parts, from any thread.
+
+        Raises:
+            SupervisionError: the destination is known dead.
+            ConnectError: it cannot be reached.
+        """
+        lengths = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs] if bufs else []
+        if addr == self.addr:
+            self.call_on_loop(self._local_frame, frame_iov(tpl.encode(0, reply_port, payload, lengths), bufs))
+            return
+        conn = self._out.get(addr)
+        if conn is None or conn.closed:
+            conn = self.connection(addr)
+        with self._lock:
+            n = self._seq_out.get(addr, 0) + 1
+            self._seq_out[addr] = n
+            conn.send(frame_iov(tpl.encode(n, reply_port, payload, lengths), bufs))
 
     def send_presequenced(self, addr: str, env: Any, bufs: list[Any]) -> None:
         """Send an envelope whose ``seq`` the caller fixed (cast trees)."""

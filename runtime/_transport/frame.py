@@ -18,9 +18,9 @@ import threading
 from typing import Any
 
 from .._core.errors import ProtocolError
-from .envelope import Envelope, decode_envelope, load_schema
+from .envelope import Envelope, EnvelopeTemplate, decode_envelope, load_schema
 
-__all__ = ["Envelope", "FrameDecoder", "alloc_buffer", "decode_envelope", "encode_frame", "load_schema"]
+__all__ = ["Envelope", "EnvelopeTemplate", "FrameDecoder", "alloc_buffer", "decode_envelope", "encode_frame", "frame_iov", "load_schema"]
 
 _PAD = bytes(8)
 _U32 = struct.Struct("<I")
@@ -32,7 +32,12 @@ def encode_frame(env: Any, buffers: list[Any]) -> list[Any]:
 
     ``env.buffers`` must already list the byte length of every buffer.
     """
-    out: list[Any] = [env.to_bytes()]
+    return frame_iov(env.to_bytes(), buffers)
+
+
+def frame_iov(envelope: Any, buffers: list[Any]) -> list[Any]:
+    """The iovecs of one frame whose envelope is already encoded."""
+    out: list[Any] = [envelope]
     for b in buffers:
         out.append(b)
         n = b.nbytes if type(b) is memoryview else memoryview(b).nbytes
