@@ -18,10 +18,9 @@ import statistics
 import time
 from typing import Any
 
+from monarch.actor import Actor, SupervisionError, endpoint, this_host
 from rich.console import Console
 from rich.table import Table
-
-from monarch.actor import Actor, SupervisionError, endpoint, this_host
 
 
 class Target(Actor):

@@ -255,9 +255,13 @@ def drop(desc: Descriptor, timeout_s: float) -> None:
         _remote_drop(desc.region_id, desc.key)
         return
     deadline = time.monotonic() + timeout_s
-    if desc.manager and _manager().manager_of(desc) is not None:
-        _manager().control_via_manager(desc, "drop", (desc.region_id, desc.key), deadline)
-        return
+    manager = _manager()
+    if desc.manager and manager.manager_of(desc) is not None:
+        try:
+            manager.control_via_manager(desc, "drop", (desc.region_id, desc.key), deadline)
+            return
+        except manager.ManagerGone:
+            pass  # the owner's TCP server answers instead (or fails if the owner is gone)
     control_request(desc, OP_DROP, b"", deadline)
 
 

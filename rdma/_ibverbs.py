@@ -214,7 +214,7 @@ class VerbsContext:
     # -- reader side ---------------------------------------------------------------------------
     def peer(self, desc: Descriptor, deadline: float) -> _Peer:
         """The connected queue pair to ``desc``'s owner, set up on first use."""
-        from ._manager import control_via_manager, manager_of
+        from ._manager import ManagerGone, control_via_manager, manager_of
         from ._tcp import OP_CONNECT, control_request
 
         key = (desc.tcp_host, desc.tcp_port, desc.start_time)
@@ -225,10 +225,14 @@ class VerbsContext:
         cq = self._CQ(self.ctx, 2 * _MAX_OUTSTANDING)
         qp, psn = self._new_qp(cq)
         request = json.dumps(self._info(qp, psn)).encode()
+        answer: bytes | None = None
         if desc.manager and manager_of(desc) is not None:
             # Monarch's way: the exchange travels as actor messages to the owner proc's manager.
-            answer = control_via_manager(desc, "connect_qp", (request,), deadline)
-        else:
+            try:
+                answer = control_via_manager(desc, "connect_qp", (request,), deadline)
+            except ManagerGone:
+                answer = None  # the owner's TCP server answers instead
+        if answer is None:
             answer = control_request(desc, OP_CONNECT, request, deadline)
         try:
             self._connect(qp, psn, json.loads(answer))

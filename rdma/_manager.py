@@ -29,9 +29,13 @@ from monarch.actor import Actor, ActorMesh, endpoint, this_proc
 from ._config import current
 from ._descriptor import Descriptor
 
-__all__ = ["RDMAManager", "control_via_manager", "manager_ref"]
+__all__ = ["ManagerGone", "RDMAManager", "control_via_manager", "manager_of", "manager_ref"]
 
 logger = logging.getLogger(__name__)
+
+
+class ManagerGone(RDMAError):
+    """The owner proc's manager actor is stopped or unreachable; its TCP server may still answer."""
 
 
 class RDMAManager(Actor):
@@ -140,8 +144,10 @@ def control_via_manager(desc: Descriptor, name: str, args: tuple[Any, ...], dead
     Runs on an RDMA worker thread or a caller's thread, never on an event loop.
 
     Raises:
-        RDMAError: the manager refused (its error's message), is gone, or did not answer
-            before ``deadline``.
+        ManagerGone: the manager is stopped or its proc died (callers fall back to the TCP
+            server, which fails in turn if the owner is gone).
+        RDMAError: the manager refused (its error's message) or did not answer before
+            ``deadline``.
     """
     mesh = manager_of(desc)
     assert mesh is not None
@@ -155,5 +161,7 @@ def control_via_manager(desc: Descriptor, name: str, args: tuple[Any, ...], dead
         if isinstance(cause, RDMAError):
             raise cause from exc
         raise RDMAError(f"RDMA {name} refused by {desc.owner}: {cause}") from exc
-    except (SupervisionError, CallTimeout, TimeoutError) as exc:
-        raise RDMAError(f"RDMA {name} with {desc.owner} failed (owner gone?): {exc}") from exc
+    except SupervisionError as exc:
+        raise ManagerGone(f"RDMA manager of {desc.owner} is gone: {exc}") from exc
+    except (CallTimeout, TimeoutError) as exc:
+        raise RDMAError(f"RDMA {name} with {desc.owner} timed out: {exc}") from exc

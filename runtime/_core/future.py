@@ -32,13 +32,14 @@ class Future(Generic[R]):
     same exception. Resolution happens on a runtime thread; callbacks run there.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_cond", "_state", "_value")
+    __slots__ = ("__weakref__", "_callbacks", "_state", "_value", "_waiters")
 
     def __init__(self) -> None:
         self._state = _PENDING
         self._value: Any = None
         self._callbacks: list[Callable[[Future[R]], None]] | None = None
-        self._cond: threading.Condition | None = None
+        # one locked lock per blocked get(); completion releases them (lighter than a Condition)
+        self._waiters: list[Any] | None = None
 
     # -- completion (runtime side) ------------------------------------------------------
     def set_result(self, value: R) -> None:
@@ -56,10 +57,10 @@ class Future(Generic[R]):
             self._value = value
             self._state = state
             callbacks, self._callbacks = self._callbacks, None
-            cond = self._cond
-        if cond is not None:
-            with cond:
-                cond.notify_all()
+            waiters, self._waiters = self._waiters, None
+        if waiters:
+            for w in waiters:
+                w.release()
         if callbacks:
             for cb in callbacks:
                 cb(self)
@@ -114,15 +115,22 @@ class Future(Generic[R]):
                 "Future.get() called on the runtime's event loop thread (inside an async endpoint "
                 "or callback): this would deadlock; use 'await future' instead"
             )
+        waiter = _allocate_lock()
+        waiter.acquire()
         with _LOCK:
             if self._state != _PENDING:
                 return
-            if self._cond is None:
-                self._cond = threading.Condition(threading.Lock())
-            cond = self._cond
-        with cond:
-            if self._state == _PENDING and not cond.wait_for(lambda: self._state != _PENDING, timeout):
-                raise CallTimeout(f"no result after {timeout} s")
+            if self._waiters is None:
+                self._waiters = [waiter]
+            else:
+                self._waiters.append(waiter)
+        if waiter.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+            return
+        with _LOCK:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        if self._state == _PENDING:
+            raise CallTimeout(f"no result after {timeout} s")
 
     def __await__(self) -> Generator[Any, None, R]:
         if self._state == _PENDING:
@@ -161,3 +169,4 @@ def _set_if_pending(waiter: asyncio.Future[None]) -> None:
 
 
 _LOCK = threading.Lock()
+_allocate_lock = threading.Lock

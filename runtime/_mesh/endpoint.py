@@ -56,15 +56,30 @@ class EndpointSpec:
     signature: inspect.Signature | None = None
     ordinal: int = -1
     extra: dict[str, Any] = field(default_factory=dict)
+    _arity: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` at the call site when the arguments do not bind to the signature."""
         if self.signature is None:
             return
+        arity = self._arity
+        if arity is None:
+            arity = self._arity = _simple_arity(self.signature)
+        if not kwargs and len(args) == arity:
+            return  # binds: every parameter is positional-or-keyword without a default
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"endpoint {self.name!r}: {exc}") from None
+
+
+def _simple_arity(sig: inspect.Signature) -> int:
+    """The number of parameters when all are plain positional-or-keyword without defaults
+    (then exactly that many positional arguments bind), else -1."""
+    for p in sig.parameters.values():
+        if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or p.default is not inspect.Parameter.empty:
+            return -1
+    return len(sig.parameters)
 
 
 def _user_signature(fn: Callable[..., Any], explicit_response_port: bool) -> inspect.Signature | None:

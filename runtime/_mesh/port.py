@@ -44,9 +44,9 @@ def _parts(env: Any, bufs: list[memoryview]) -> list[tuple[int, bool, Any, list[
 
 
 def _decode(codec: Codec, err: bool, payload: Any, bufs: list[memoryview]) -> tuple[bool, Any]:
-    from .hosting import decode_error
-
     if err:
+        from .hosting import decode_error
+
         return False, decode_error(payload, bufs)
     try:
         return True, codec.decode_result(memoryview(payload), bufs)
@@ -76,18 +76,27 @@ class OneSink(_AwaitingSink):
     """One result for one future (``call_one``, ``choose``, stop acknowledgements)."""
 
     def __init__(self, router: Router, codec: Codec, expected: dict[str, set[int]]) -> None:
-        super().__init__(router, codec, expected)
+        # no lock: one result completes it, and the Future is the synchronisation
+        self.router = router
+        self.codec = codec
+        self.expected = expected
         self.future: Future[Any] = Future()
+        self.port = router.new_port(self)
 
     def deliver(self, env: Any, bufs: list[memoryview]) -> None:
-        for _pos, err, payload, pbufs, _last, _hv in _parts(env, bufs):
-            ok, value = _decode(self.codec, err, payload, pbufs)
-            self.router.close_port(self.port)
-            if ok:
-                self.future.set_result(value)
-            else:
-                self.future.set_exception(value)
+        parts = env.parts
+        if not parts:
             return
+        p = parts[0]
+        payload = env.payload
+        if len(parts) > 1 or p.length != len(payload) or p.buffers != len(bufs):
+            payload, bufs = payload[: p.length], bufs[: p.buffers]
+        ok, value = _decode(self.codec, p.error, payload, bufs)
+        self.router.sinks.pop(self.port, None)
+        if ok:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(value)
 
     def peer_lost(self, addr: str, reason: str) -> None:
         self.router.close_port(self.port)

@@ -353,6 +353,8 @@ _WRITERS = {
 
 _PAYLOAD_PTR_AT = _WRITERS["payload"][0]
 _BUFFERS_PTR_AT = _WRITERS["buffers"][0]
+_PARTS_PTR_AT = _WRITERS["parts"][0]
+_U64 = struct.Struct("<Q")
 
 
 def _encode(d: dict[str, Any]) -> bytearray:
@@ -369,13 +371,22 @@ def _encode(d: dict[str, Any]) -> bytearray:
         d.get("port", 0),
         d.get("replyPort", 0),
     )
-    writers = _WRITERS
-    for name, value in d.items():
-        w = writers.get(name)
-        if w is not None:
-            w[1](buf, w[0], value)
+    # fields that repeat from message to message first, those that vary last: the receiver
+    # recognises the repeating prefix (see _decode_cached)
+    get = d.get
+    for name, pos, write in _ORDER:
+        value = get(name)
+        if value is not None:
+            write(buf, pos, value)
     _W.pack_into(buf, 0, 0, (len(buf) - 8) >> 3)
     return buf
+
+
+_VARIABLE_POINTERS = ("parts", "payload", "buffers")
+_ORDER = tuple(
+    (name, _WRITERS[name][0], _WRITERS[name][1])
+    for name in ("origin", "actor", "endpoint", "replyAddr", "sender", "ranks", "shape", "forward", *_VARIABLE_POINTERS)
+)
 
 
 _Q = struct.Struct("<Q")
@@ -394,7 +405,7 @@ class EnvelopeTemplate:
     __slots__ = ("_prefix",)
 
     def __init__(self, env: Envelope) -> None:
-        d = {k: v for k, v in env.__dict__.items() if k not in ("seq", "replyPort", "payload", "buffers")}
+        d = {k: v for k, v in env.__dict__.items() if k not in ("seq", "replyPort", *_VARIABLE_POINTERS)}
         self._prefix = bytes(_encode(d))
 
     def encode(self, seq: int, reply_port: int, payload: Any, buffer_lengths: list[int]) -> bytearray:
@@ -636,6 +647,13 @@ def decode_envelope(raw: bytes) -> Envelope:
         ProtocolError: the bytes are not a valid envelope.
     """
     try:
+        if len(raw) >= _ENV_FIXED and raw[8:16] == _ROOT:
+            hit = _PREFIXES.get(_PREFIX_KEY.unpack_from(raw, 0))
+            if hit is not None and raw[_ENV_FIXED : hit[0]] == hit[1]:
+                return _decode_cached(raw, hit)
+            env = _decode(raw)
+            _remember_prefix(raw, env)
+            return env
         return _decode(raw)
     except _Unsupported:
         return _decode_with_pycapnp(raw)
@@ -704,6 +722,99 @@ def _decode(raw: bytes) -> Envelope:
         else:
             d[_NAMES[i]] = _READERS[i](r, p + 8 * i)
     return env
+
+
+# Messages built from one EnvelopeTemplate (or by _encode from the same static fields) share
+# their header-less prefix: the data words but seq/port/replyPort, the pointer words but those of
+# the variable fields, and the objects those point to, laid out before the variable ones. Such a
+# prefix, once decoded, is looked up by its pointer words and compared byte for byte; then only
+# the variable fields are read. Everything compared is relative (Cap'n Proto pointers are), so
+# equal bytes decode to equal fields.
+_PREFIX_KEY = struct.Struct(
+    "<8x"  # stream header (lengths vary)
+    "8x"  # root pointer (checked equal to _ROOT)
+    "Q"  # kind, encoding, flags
+    "24x"  # seq, port, replyPort
+    "5Q"  # origin, actor, ranks, endpoint, replyAddr
+    "16x"  # payload, buffers
+    "2Q"  # forward, shape
+    "8x"  # parts
+    "Q"  # sender
+)
+_VAR_DATA = struct.Struct("<QQQ")  # seq, port, replyPort at byte 24
+_PREFIXES: dict[tuple[int, ...], tuple[int, bytes, dict[str, Any]]] = {}
+_STATIC_NAMES = tuple(n for n in ENVELOPE_POINTERS if n not in _VARIABLE_POINTERS)
+
+
+def _remember_prefix(raw: bytes, env: Envelope) -> None:
+    d = env.__dict__
+    static = {k: v for k, v in d.items() if k not in ("seq", "port", "replyPort", *_VARIABLE_POINTERS)}
+    prefix = _encode(static)
+    n = len(prefix)
+    if raw[_ENV_FIXED:n] != prefix[_ENV_FIXED:] or raw[16:24] != prefix[16:24]:
+        return  # laid out by another encoder: decode such messages in full
+    if raw[48:88] != prefix[48:88] or raw[104:120] != prefix[104:120] or raw[128:136] != prefix[128:136]:
+        return
+    for k in ("ranks",):
+        if k in static:
+            static[k] = tuple(static[k])
+    if len(_PREFIXES) > 1024:
+        _PREFIXES.clear()
+    _PREFIXES[_PREFIX_KEY.unpack_from(raw, 0)] = (n, bytes(prefix[_ENV_FIXED:]), static)
+
+
+def _decode_cached(raw: bytes, hit: tuple[int, bytes, dict[str, Any]]) -> Envelope:
+    nseg, words = _W.unpack_from(raw, 0)
+    end = 8 + 8 * words
+    if nseg != 0 or end > len(raw) or end < hit[0]:
+        return _decode(raw)
+    env = Envelope()
+    d = env.__dict__
+    d.update(hit[2])
+    seq, port, rport = _VAR_DATA.unpack_from(raw, 24)
+    if seq:
+        d["seq"] = seq
+    if port:
+        d["port"] = port
+    if rport:
+        d["replyPort"] = rport
+    r = _Reader(raw, end, 8 * words + 64)
+    w = _U64.unpack_from(raw, _PARTS_PTR_AT)[0]
+    if w:
+        if w & 0xFFFFFFFF00000007 == _ONE_PART_PTR_HI:
+            # one Part, the common reply: inlined
+            t = _PARTS_PTR_AT + 8 + 8 * ((w & 0xFFFFFFFF) >> 2)
+            if t + 24 > end or raw[t : t + 8] != _ONE_PART_TAG:
+                d["parts"] = _read_parts(r, _PARTS_PTR_AT)
+            else:
+                rank, bits, length, nbuf = _PART.unpack_from(raw, t + 8)
+                part = Part()
+                pd = part.__dict__
+                pd["rank"], pd["error"], pd["length"], pd["buffers"], pd["last"] = rank, bool(bits & 1), length, nbuf, bool(bits & 2)
+                d["parts"] = [part]
+        else:
+            d["parts"] = _read_parts(r, _PARTS_PTR_AT)
+    w = _U64.unpack_from(raw, _PAYLOAD_PTR_AT)[0]
+    if w:
+        if (w & 3) == 1 and ((w >> 32) & 7) == 2:
+            off = (w & 0xFFFFFFFF) >> 2
+            if off >= 1 << 29:
+                off -= 1 << 30
+            t = _PAYLOAD_PTR_AT + 8 + 8 * off
+            n = w >> 35
+            if t < 8 or t + n > end:
+                raise ProtocolError("envelope pointer out of bounds")
+            d["payload"] = raw[t : t + n]
+        else:
+            d["payload"] = r.data(_PAYLOAD_PTR_AT)
+    if raw[_BUFFERS_PTR_AT : _BUFFERS_PTR_AT + 8] != _ZEROS[:8]:
+        d["buffers"] = r.u64s(_BUFFERS_PTR_AT)
+    return env
+
+
+# a list pointer to a composite list of 2 words (one Part), with a non-negative offset < 2**29
+_ONE_PART_PTR_HI = ((2 << 3) | 7) << 32 | 1
+_ONE_PART_TAG = _W.pack(1 << 2, PART_SIZE[0] | (PART_SIZE[1] << 16))
 
 
 _SCHEMA: Any = None

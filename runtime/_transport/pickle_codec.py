@@ -21,6 +21,7 @@ from .codec import ENCODING_PICKLE, Encoded
 __all__ = ["PICKLE_CODEC", "PickleCodec", "dumps", "loads"]
 
 _PLAIN = (int, float, str, bool, type(None))
+_SCALARS = frozenset(_PLAIN)
 _LARGE = 64 * 1024
 
 
@@ -129,6 +130,12 @@ class PickleCodec:
     encoding = ENCODING_PICKLE
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Encoded:
+        if not kwargs and len(args) <= 4:
+            for a in args:
+                if type(a) not in _SCALARS:
+                    break
+            else:  # the common small call: skip the generic checks
+                return pickle.dumps((args, kwargs), 5), []
         return dumps((args, kwargs))
 
     def decode_call(self, payload: memoryview, buffers: list[memoryview]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -136,6 +143,8 @@ class PickleCodec:
         return args, kwargs
 
     def encode_result(self, value: Any) -> Encoded:
+        if type(value) in _SCALARS:
+            return pickle.dumps(value, 5), []
         return dumps(value)
 
     def decode_result(self, payload: memoryview, buffers: list[memoryview]) -> Any:

@@ -86,6 +86,7 @@ def meshes(request):
 
 ACTOR_CONTROL = ({"MONARCH_RDMA_CONTROL": "actor"}, None)
 IBVERBS = (None, {"MONARCH_RDMA_BACKEND": "ibverbs"})
+GUEST_S = 300  # verbs devices exist here only in the QEMU guest, where procs take ~15 s to start
 
 
 def test_handle_returned_by_an_endpoint_reads_and_writes_from_other_procs(meshes):
@@ -149,13 +150,26 @@ def test_ibverbs_queue_pairs_are_set_up_over_actor_messages(meshes):
     owner_procs, worker_procs = meshes
     owner = owner_procs.spawn("owner", Owner)
     workers = worker_procs.spawn("workers", SyncWorker)
-    buf = owner.handle.call_one().get(timeout=30)
+    buf = owner.handle.call_one().get(timeout=GUEST_S)
     assert buf._desc.verbs is not None
     manager = manager_of(buf._desc)
     assert manager is not None  # an owner with verbs in the actor runtime has a manager
-    pulled = workers.pull.call(buf).get(timeout=120)
+    pulled = workers.pull.call(buf).get(timeout=GUEST_S)
     assert all(data == pattern(SIZE, 3) for _, data in pulled.items())
-    workers.slice(gpus=1).push.call_one(buf, 9).get(timeout=120)
-    assert owner.matches.call_one(9).get(timeout=30)
+    workers.slice(gpus=1).push.call_one(buf, 9).get(timeout=GUEST_S)
+    assert owner.matches.call_one(9).get(timeout=GUEST_S)
     # one RC queue pair per reader proc, each set up by a connect_qp message
-    assert manager.stats.call_one().get(timeout=30)["connects"] == 2
+    assert manager.stats.call_one().get(timeout=GUEST_S)["connects"] == 2
+
+
+@pytest.mark.parametrize("meshes", [ACTOR_CONTROL], indirect=True, ids=["actor-control"])
+def test_a_stopped_manager_falls_back_to_the_owners_tcp_server(meshes):
+    owner_procs, _ = meshes
+    owner = owner_procs.spawn("owner", Owner)
+    buf = owner.handle.call_one().get(timeout=30)
+    manager = manager_of(buf._desc)
+    assert manager is not None
+    manager.stop().get(timeout=30)
+    buf.drop().get(timeout=30)  # the manager is gone: the TCP server drops it
+    with pytest.raises(RDMAError, match="dropped"):
+        buf.read_into(memoryview(bytearray(SIZE))).get(timeout=30)
