@@ -48,6 +48,9 @@ struct Envelope {
   parts @14 :List(Part);
   sender @15 :Text;            # readable name of the sending actor ("client" for the root)
   flags @16 :UInt32;           # bit 0: stream results, bit 1: explicit response port
+  shm @17 :List(UInt64);       # per out-of-band buffer: 0 = inline after this message, else the
+                               # id of the shared-memory segment (same host, Unix socket) holding
+                               # it from offset 0; segments are announced on the connection first
 }
 
 struct Shape {

@@ -352,3 +352,10 @@ def decode_mesh_ref(data: bytes | memoryview, mesh_cls: type) -> Any:
     """The mesh proxy of class ``mesh_cls`` for bytes made by :func:`encode_mesh_ref`."""
     ref, shape = pickle.loads(data)
     return mesh_cls(ref, shape)
+
+
+# The first spawn_procs of a script waits for the fork server's imports; start it now, in the
+# background, so that they overlap with the rest of the script's start (root client only).
+from . import zygote as _zygote  # noqa: E402  # after the definitions: the start is a side effect
+
+_zygote.prestart()

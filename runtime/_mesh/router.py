@@ -225,24 +225,26 @@ class Router:
             ConnectError: it cannot be reached.
         """
         if bufs:
-            lst = env.init("buffers", len(bufs))
-            for i, b in enumerate(bufs):
-                lst[i] = memoryview(b).nbytes
+            env.buffers = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs]
         env.origin = self.addr
         if addr == self.addr:
             if sequenced:
                 env.seq = 0
+            env.shm = ()
             data = encode_frame(env, bufs)
             self.call_on_loop(self._local_frame, data)
             return
-        conn = self.connection(addr)
+        conn = self._out.get(addr)
+        if conn is None or conn.closed:
+            conn = self.connection(addr)
+        if bufs:
+            bufs = _share(conn, env, bufs)
         if sequenced:
             with self._lock:
                 n = self._seq_out.get(addr, 0) + 1
                 self._seq_out[addr] = n
                 env.seq = n
-                iov = encode_frame(env, bufs)
-                conn.send(iov)
+                conn.send(encode_frame(env, bufs))
         else:
             conn.send(encode_frame(env, bufs))
 
@@ -261,10 +263,13 @@ class Router:
         conn = self._out.get(addr)
         if conn is None or conn.closed:
             conn = self.connection(addr)
+        shm = conn.share(bufs) if bufs else None
+        if shm:
+            bufs = [b for b, s in zip(bufs, shm) if not s]
         with self._lock:
             n = self._seq_out.get(addr, 0) + 1
             self._seq_out[addr] = n
-            conn.send(frame_iov(tpl.encode(n, reply_port, payload, lengths), bufs))
+            conn.send(frame_iov(tpl.encode(n, reply_port, payload, lengths, shm), bufs))
 
     def send_presequenced(self, addr: str, env: Any, bufs: list[Any]) -> None:
         """Send an envelope whose ``seq`` the caller fixed (cast trees)."""
@@ -274,9 +279,13 @@ class Router:
                 lst[i] = memoryview(b).nbytes
         if addr == self.addr:
             env.seq = 0
+            env.shm = ()
             self.call_on_loop(self._local_frame, encode_frame(env, bufs))
             return
-        self.connection(addr).send(encode_frame(env, bufs))
+        conn = self.connection(addr)
+        if bufs:
+            bufs = _share(conn, env, bufs)
+        conn.send(encode_frame(env, bufs))
 
     def _local_frame(self, iov: list[Any]) -> None:
         env = decode_envelope(bytes(iov[0]))
@@ -358,6 +367,13 @@ class Router:
 
     def __repr__(self) -> str:
         return f"<Router {self.name!r} addr={self.addr!r} peers={len(self._out)} ports={len(self.sinks)}>"
+
+
+def _share(conn: Connection, env: Any, bufs: list[Any]) -> list[Any]:
+    """Put the large buffers in shared memory when ``conn`` can; returns those still inline."""
+    shm = conn.share(bufs)
+    env.shm = shm or ()
+    return [b for b, s in zip(bufs, shm) if not s] if shm else bufs
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

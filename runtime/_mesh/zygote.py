@@ -52,9 +52,28 @@ def _recv(sock: socket.socket) -> tuple[Any, list[int]]:
     return pickle.loads(body), list(fds)
 
 
+# imported before the first fork (every proc needs them) ...
+_PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "uvloop")
+# ... and between requests, while no request waits (most procs need them soon)
+_PRELOAD_IDLE = ("monarch.actor", "numpy")
+
+
 def serve(fd: int) -> None:
     """The zygote's main loop (runs in the zygote process)."""
-    import monarch._mesh.proc_main  # noqa: F401  # the point: pay the imports once
+    global _IN_ZYGOTE
+    _IN_ZYGOTE = True  # never prestart a zygote from inside one (or its forks)
+    import importlib
+    import select
+
+    def preload(name: str) -> None:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+    for name in _PRELOAD:  # the point: pay the imports once, not in every proc
+        preload(name)
+    idle = list(_PRELOAD_IDLE)
     from monarch._mesh import proc_main
 
     ctl = socket.socket(fileno=fd)
@@ -77,6 +96,9 @@ def serve(fd: int) -> None:
 
     threading.Thread(target=reap, name="reaper", daemon=True).start()
     while True:
+        if idle and not select.select([ctl], [], [], 0)[0]:
+            preload(idle.pop(0))  # single-threaded: never forks mid-import
+            continue
         try:
             req, fds = _recv(ctl)
         except (EOFError, OSError):
@@ -108,10 +130,75 @@ def serve(fd: int) -> None:
     os._exit(0)
 
 
+_IN_ZYGOTE = False
+_prestarted: ZygoteClient | None = None
+_prestart_lock = threading.Lock()
+_prestart_done = threading.Event()
+
+
+def prestart() -> None:
+    """Start the zygote in the background now, in the root client only, so that its imports
+    overlap with the user's script instead of delaying the first ``spawn_procs``.
+
+    The runtime's later ``ZygoteClient(...)`` adopts it. A no-op inside procs and zygotes, when
+    ``MONARCH_ZYGOTE=0``, and after the first call.
+    """
+    global _prestart_started
+    if _IN_ZYGOTE or os.environ.get("MONARCH_ZYGOTE", "1") == "0" or "MONARCH_RUNTIME_DIR" in os.environ:
+        return
+    with _prestart_lock:
+        if _prestart_started:
+            return
+        _prestart_started = True
+
+    def start() -> None:
+        global _prestarted
+        try:
+            _prestarted = ZygoteClient._start()
+        except Exception:  # the runtime retries (and logs) when it needs one
+            pass
+        finally:
+            _prestart_done.set()
+
+    threading.Thread(target=start, name="monarch zygote prestart", daemon=True).start()
+
+
+_prestart_started = False
+
+
 class ZygoteClient:
-    """The client side: start the zygote, ask it for procs, hear about their exits."""
+    """The client side: start the zygote, ask it for procs, hear about their exits.
+
+    Constructing one adopts the zygote started by :func:`prestart` when there is one.
+    """
+
+    _adopted = False
+
+    def __new__(cls, on_exit: Callable[[int, int], None]) -> ZygoteClient:  # adopts the prestarted instance
+        global _prestarted
+        if _prestart_started:
+            _prestart_done.wait(10.0)
+            with _prestart_lock:
+                got, _prestarted = _prestarted, None
+            if got is not None and got.popen.poll() is None:
+                got._on_exit = on_exit
+                got._adopted = True
+                return got
+        return super().__new__(cls)
+
+    @classmethod
+    def _start(cls) -> ZygoteClient:
+        self = super().__new__(cls)
+        self._adopted = False
+        self._init(lambda pid, status: None)
+        return self
 
     def __init__(self, on_exit: Callable[[int, int], None]) -> None:
+        if getattr(self, "_adopted", False):
+            return
+        self._init(on_exit)
+
+    def _init(self, on_exit: Callable[[int, int], None]) -> None:
         import subprocess
 
         self._on_exit = on_exit

@@ -12,6 +12,7 @@ HMAC-SHA256(cluster token, nonce); a wrong answer closes the connection.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import hashlib
@@ -27,7 +28,10 @@ from time import monotonic as _monotonic
 from typing import Any
 
 from .._core.errors import ConnectError, ProtocolError
+from . import shm
+from .envelope import Envelope
 from .frame import FrameDecoder
+from .shm import SegmentPool, SegmentTable, take_fds
 
 __all__ = ["Connection", "Listener", "dial", "parse_address"]
 
@@ -40,6 +44,7 @@ _FLUSH_BYTES = 1 << 20  # queued bytes that make the sending thread write withou
 _RECV_CHUNK = 256 * 1024
 _SOCK_BUF_BYTES = 4 * 1024 * 1024
 _NONCE_BYTES = 32
+_ANC_BYTES = socket.CMSG_SPACE(64 * 4)  # room for 64 descriptors per read
 
 FrameHandler = Callable[["Connection", Any, list[memoryview]], None]
 CloseHandler = Callable[["Connection", BaseException | None], None]
@@ -145,6 +150,11 @@ class Connection:
         self._decoder = FrameDecoder(max_envelope_bytes, max_frame_bytes)
         self._stage = bytearray(_RECV_CHUNK)
         self._stage_view = memoryview(self._stage)
+        self._shm_tx: SegmentPool | None = None
+        if sock.family == socket.AF_UNIX and shm.available() and os.environ.get("MONARCH_SHM", "1") != "0":
+            self._shm_tx = SegmentPool()
+            self._decoder.segments = SegmentTable(self._segment_freed)
+            self._decoder.on_segment_free = self._shm_tx.release
 
     def start_reading(self) -> None:
         """Register the reader; call on the loop thread."""
@@ -187,6 +197,75 @@ class Connection:
             self._append(iov, sent)
             if self._pending:
                 self._arm_writer()
+
+    def share(self, bufs: list[Any]) -> list[int] | None:
+        """Move the large buffers of a frame about to be sent into shared memory (Unix sockets).
+
+        Returns the envelope's ``shm`` list (segment id per buffer, 0 = inline), or None when
+        every buffer goes inline. Each shared buffer is copied once here; the caller must then
+        send the frame (without those buffers' bytes) on this connection.
+        """
+        pool = self._shm_tx
+        if pool is None:
+            return None
+        ids: list[int] | None = None
+        for i, b in enumerate(bufs):
+            mv = b if type(b) is memoryview else memoryview(b)
+            n = mv.nbytes
+            if n < shm.SHM_MIN_BYTES:
+                continue
+            got = pool.acquire(n)
+            if got is None:
+                continue
+            seg, new = got
+            if new and not self._announce(seg):
+                pool.forget(seg.id)
+                continue
+            seg.mm[:n] = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+            if ids is None:
+                ids = [0] * len(bufs)
+            ids[i] = seg.id
+        return ids
+
+    def _announce(self, seg: Any) -> bool:
+        """Send segment ``seg``'s descriptor ahead of any frame that uses it (only while
+        nothing is queued, so the descriptor travels in stream order)."""
+        env = Envelope()
+        env.kind = "control"
+        env.endpoint = shm.SHM_SEGMENT
+        env.port = seg.id
+        env.replyPort = seg.size
+        data = env.to_bytes()
+        with self._lock:
+            if self.closed or self._pending:
+                return False
+            try:
+                sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [seg.fd]))])
+            except OSError:
+                return False
+            if sent < len(data):
+                self._append([data], sent)
+                self._arm_writer()
+            return True
+
+    def _segment_freed(self, seg_id: int) -> None:
+        # any thread, possibly inside garbage collection: schedule only
+        try:
+            self.loop.call_soon_threadsafe(self._send_segment_free, seg_id)
+        except RuntimeError:  # loop closed
+            pass
+
+    def _send_segment_free(self, seg_id: int) -> None:
+        if self.closed:
+            return
+        env = Envelope()
+        env.kind = "control"
+        env.endpoint = shm.SHM_FREE
+        env.port = seg_id
+        try:
+            self.send([env.to_bytes()])
+        except ConnectionError:
+            pass
 
     def _append(self, iov: list[Any], skip: int) -> None:
         """Queue ``iov`` minus its first ``skip`` bytes (lock held)."""
@@ -291,19 +370,28 @@ class Connection:
                 pass
 
     # -- reading ------------------------------------------------------------------------------
+    def _recv_with_fds(self, target: memoryview) -> int:
+        n, anc, flags, _addr = self.sock.recvmsg_into([target], _ANC_BYTES)
+        if anc:
+            take_fds(anc, self._decoder.segments.fds)
+        if flags & socket.MSG_CTRUNC:
+            raise ProtocolError("file descriptors lost (control data truncated)")
+        return n
+
     def _on_readable(self) -> None:
         frames: list[tuple[Any, list[memoryview]]] = []
         dec = self._decoder
+        recv = self._recv_with_fds if self._shm_tx is not None else self.sock.recv_into
         try:
             for _ in range(64):
                 target = dec.direct_target()
                 if target is not None:
-                    n = self.sock.recv_into(target)
+                    n = recv(target)
                     if n == 0:
                         raise EOFError
                     dec.advance_direct(n, frames)
                 else:
-                    n = self.sock.recv_into(self._stage_view)
+                    n = recv(self._stage_view)
                     if n == 0:
                         raise EOFError
                     dec.feed(self._stage_view[:n], frames)
@@ -356,6 +444,9 @@ class Connection:
             self.closed = True
             self._pending.clear()
             self._tail = None
+        if self._shm_tx is not None:
+            self._shm_tx.close()
+            self._decoder.segments.close()
         for remove in (self.loop.remove_reader, self.loop.remove_writer):
             try:
                 remove(self.fd)

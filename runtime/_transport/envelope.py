@@ -30,7 +30,7 @@ KINDS = ("call", "reply", "control", "supervision", "port", "hello")
 _KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 
 # struct sizes (data words, pointer count) and field slots, as in envelope.capnp
-ENVELOPE_SIZE = (4, 11)
+ENVELOPE_SIZE = (4, 12)
 HOP_SIZE = (1, 3)
 PART_SIZE = (2, 0)
 SHAPE_SIZE = (1, 3)
@@ -47,6 +47,7 @@ ENVELOPE_POINTERS = (
     "shape",
     "parts",
     "sender",
+    "shm",
 )
 
 _W = struct.Struct("<II")  # one pointer word as (low half, high half); also the stream header
@@ -153,6 +154,7 @@ class Envelope:
     parts: Any = ()
     sender = ""
     flags = 0
+    shm: Any = ()
 
     @classmethod
     def new_message(cls) -> Envelope:
@@ -165,7 +167,7 @@ class Envelope:
             value: Any = [Part() for _ in range(n)]
         elif name == "forward":
             value = [Hop() for _ in range(n)]
-        elif name == "buffers" or name == "ranks":
+        elif name == "buffers" or name == "ranks" or name == "shm":
             value = [0] * n
         elif name == "shape":
             value = Shape()
@@ -348,12 +350,14 @@ _WRITERS = {
     "shape": (_P0 + 64, _w_shape_field),
     "parts": (_P0 + 72, _w_parts),
     "sender": (_P0 + 80, _w_text_field),
+    "shm": (_P0 + 88, _w_u64s),
 }
 
 
 _PAYLOAD_PTR_AT = _WRITERS["payload"][0]
 _BUFFERS_PTR_AT = _WRITERS["buffers"][0]
 _PARTS_PTR_AT = _WRITERS["parts"][0]
+_SHM_PTR_AT = _WRITERS["shm"][0]
 _U64 = struct.Struct("<Q")
 
 
@@ -382,7 +386,7 @@ def _encode(d: dict[str, Any]) -> bytearray:
     return buf
 
 
-_VARIABLE_POINTERS = ("parts", "payload", "buffers")
+_VARIABLE_POINTERS = ("parts", "payload", "buffers", "shm")
 _ORDER = tuple(
     (name, _WRITERS[name][0], _WRITERS[name][1])
     for name in ("origin", "actor", "endpoint", "replyAddr", "sender", "ranks", "shape", "forward", *_VARIABLE_POINTERS)
@@ -408,7 +412,9 @@ class EnvelopeTemplate:
         d = {k: v for k, v in env.__dict__.items() if k not in ("seq", "replyPort", *_VARIABLE_POINTERS)}
         self._prefix = bytes(_encode(d))
 
-    def encode(self, seq: int, reply_port: int, payload: Any, buffer_lengths: list[int]) -> bytearray:
+    def encode(
+        self, seq: int, reply_port: int, payload: Any, buffer_lengths: list[int], shm: list[int] | None = None
+    ) -> bytearray:
         buf = bytearray(self._prefix)
         if seq:
             _Q.pack_into(buf, _SEQ_AT, seq)
@@ -417,6 +423,8 @@ class EnvelopeTemplate:
         _w_data(buf, _PAYLOAD_PTR_AT, payload)
         if buffer_lengths:
             _w_u64s(buf, _BUFFERS_PTR_AT, buffer_lengths)
+            if shm:
+                _w_u64s(buf, _SHM_PTR_AT, shm)
         _W.pack_into(buf, 0, 0, (len(buf) - 8) >> 3)
         return buf
 
@@ -634,6 +642,7 @@ _READERS: tuple[Any, ...] = (
     _read_shape,
     _read_parts,
     _Reader.text,
+    _Reader.u64s,
 )
 _NAMES = ENVELOPE_POINTERS
 _NPTR = len(ENVELOPE_POINTERS)
@@ -740,6 +749,7 @@ _PREFIX_KEY = struct.Struct(
     "2Q"  # forward, shape
     "8x"  # parts
     "Q"  # sender
+    "8x"  # shm
 )
 _VAR_DATA = struct.Struct("<QQQ")  # seq, port, replyPort at byte 24
 _PREFIXES: dict[tuple[int, ...], tuple[int, bytes, dict[str, Any]]] = {}
@@ -807,8 +817,11 @@ def _decode_cached(raw: bytes, hit: tuple[int, bytes, dict[str, Any]]) -> Envelo
             d["payload"] = raw[t : t + n]
         else:
             d["payload"] = r.data(_PAYLOAD_PTR_AT)
-    if raw[_BUFFERS_PTR_AT : _BUFFERS_PTR_AT + 8] != _ZEROS[:8]:
-        d["buffers"] = r.u64s(_BUFFERS_PTR_AT)
+    if raw[_BUFFERS_PTR_AT : _SHM_PTR_AT + 8] != _ZEROS[: _SHM_PTR_AT + 8 - _BUFFERS_PTR_AT]:
+        if raw[_BUFFERS_PTR_AT : _BUFFERS_PTR_AT + 8] != _ZEROS[:8]:
+            d["buffers"] = r.u64s(_BUFFERS_PTR_AT)
+        if raw[_SHM_PTR_AT : _SHM_PTR_AT + 8] != _ZEROS[:8]:
+            d["shm"] = r.u64s(_SHM_PTR_AT)
     return env
 
 
@@ -856,6 +869,7 @@ def _from_capnp(m: Any) -> Envelope:
         setattr(env, f, int(getattr(m, f)))
     env.ranks = [int(x) for x in m.ranks]
     env.buffers = [int(x) for x in m.buffers]
+    env.shm = [int(x) for x in m.shm]
     env.payload = bytes(m.payload)
     if m._has("shape"):
         s = Shape()

@@ -5,7 +5,9 @@ Wire layout of a frame::
     [capnp stream frame of the Envelope][buffer 0][pad to 8][buffer 1][pad to 8]...
 
 The envelope lists the buffers' lengths, so the ``capnp`` tool can decode a captured envelope and
-the receiver can ``recv_into`` each buffer straight into its own aligned allocation. Frames are
+the receiver can ``recv_into`` each buffer straight into its own aligned allocation. A buffer
+whose entry in the envelope's ``shm`` list is non-zero is not in the stream: it lies in a
+shared-memory segment of the connection (see ``shm.py``) and arrives as a view of it. Frames are
 bounded: an envelope over ``max_envelope_bytes`` or buffers over ``max_frame_bytes`` in total make
 the reader raise :class:`~monarch._core.errors.ProtocolError`.
 """
@@ -123,6 +125,11 @@ class FrameDecoder:
         self._cur: memoryview | None = None
         self._cur_fill = 0
         self._cur_padded = 0
+        self._shm: Any = ()  # the frame's shared-memory segment ids, per buffer
+        # shared memory (set by the connection on Unix sockets): segments the peer lends us,
+        # and what to do when the peer frees one of ours
+        self.segments: Any = None
+        self.on_segment_free: Any = None
 
     def direct_target(self) -> memoryview | None:
         """The unfilled part of the out-of-band buffer being received, for ``recv_into``.
@@ -183,18 +190,28 @@ class FrameDecoder:
                 pos += total
                 lengths = env.buffers
                 if not lengths:
-                    out.append((env, []))
+                    if env.kind == "control" and env.endpoint.startswith("monarch.shm."):
+                        self._shm_control(env)
+                    else:
+                        out.append((env, []))
                     continue
                 if sum(lengths) > self.max_frame_bytes:
                     raise ProtocolError(
                         f"frame of {sum(lengths)} buffer bytes exceeds the limit {self.max_frame_bytes}"
                     )
-                self._env, self._lengths, self._buffers = env, lengths, []
+                shm = env.shm
+                if shm and (len(shm) != len(lengths) or self.segments is None):
+                    raise ProtocolError("frame names shared-memory segments this connection does not have")
+                self._env, self._lengths, self._buffers, self._shm = env, lengths, [], shm
                 self._cur = None
             # out-of-band buffers
             while len(self._buffers) < len(self._lengths) or self._cur is not None:
                 if self._cur is None:
-                    n = self._lengths[len(self._buffers)]
+                    k = len(self._buffers)
+                    n = self._lengths[k]
+                    if self._shm and self._shm[k]:
+                        self._buffers.append(self.segments.view(self._shm[k], n))
+                        continue
                     self._cur = alloc_buffer(n)
                     self._cur_fill = 0
                     self._cur_padded = (n + 7) & ~7
@@ -218,3 +235,17 @@ class FrameDecoder:
             self._env = None
             self._lengths = []
             self._buffers = []
+            self._shm = ()
+
+    def _shm_control(self, env: Any) -> None:
+        from .shm import SHM_FREE, SHM_SEGMENT
+
+        if env.endpoint == SHM_SEGMENT:
+            if self.segments is None:
+                raise ProtocolError("shared-memory segment announced on a connection without shared memory")
+            self.segments.announce(env.port, env.replyPort)
+        elif env.endpoint == SHM_FREE:
+            if self.on_segment_free is not None:
+                self.on_segment_free(env.port)
+        else:
+            raise ProtocolError(f"unknown transport control {env.endpoint!r}")

@@ -1,0 +1,204 @@
+"""The pure-Python envelope codec against pycapnp and the schema: same bytes, same fields."""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from monarch._core.errors import ProtocolError
+from monarch._transport import envelope as E
+from monarch._transport.envelope import Envelope, EnvelopeTemplate, decode_envelope, load_schema
+
+S = load_schema()
+
+
+def _layout(struct: Any) -> tuple[tuple[int, int], dict[str, tuple[int, str]]]:
+    node = struct.schema.node
+    fields = {f.name: (f.slot.offset, f.slot.type.which()) for f in node.struct.fields}
+    return (node.struct.dataWordCount, node.struct.pointerCount), fields
+
+
+def test_hardcoded_layout_matches_the_schema() -> None:
+    size, fields = _layout(S.Envelope)
+    assert size == E.ENVELOPE_SIZE
+    pointers = sorted((off, name) for name, (off, kind) in fields.items() if kind in ("text", "data", "list", "struct"))
+    assert tuple(name for _, name in pointers) == E.ENVELOPE_POINTERS
+    data = {name: off for name, (off, kind) in fields.items() if kind not in ("text", "data", "list", "struct")}
+    # "<HBxIQQQ": kind u16 @0, encoding u8 @2, flags u32 @1 (x4 bytes), seq/port/replyPort u64 @1..3
+    assert data == {"kind": 0, "encoding": 2, "flags": 1, "seq": 1, "port": 2, "replyPort": 3}
+    assert _layout(S.Hop)[0] == E.HOP_SIZE
+    assert _layout(S.Part)[0] == E.PART_SIZE
+    assert _layout(S.Part)[1] == {"rank": (0, "uint32"), "error": (32, "bool"), "length": (2, "uint32"), "buffers": (3, "uint32"), "last": (33, "bool")}
+    assert _layout(S.Shape)[0] == E.SHAPE_SIZE
+    assert list(S.Kind.schema.enumerants) == list(E.KINDS)
+
+
+def _fill(env: Any, f: dict[str, Any]) -> Any:
+    for k in ("kind", "origin", "seq", "actor", "endpoint", "port", "replyAddr", "replyPort", "encoding", "payload", "sender", "flags"):
+        setattr(env, k, f[k])
+    env.ranks = f["ranks"]
+    env.buffers = f["buffers"]
+    env.shm = f["shm"]
+    if f["shape"] is not None:
+        s = env.init("shape")
+        s.labels, s.offset, s.sizes, s.strides = f["shape"]
+    parts = env.init("parts", len(f["parts"]))
+    for p, (rank, err, length, nb, last) in zip(parts, f["parts"]):
+        p.rank, p.error, p.length, p.buffers, p.last = rank, err, length, nb, last
+
+    def hops(lst: Any, spec: list[Any]) -> None:
+        for h, (addr, seq, ranks, sub) in zip(lst, spec):
+            h.addr, h.seq, h.ranks = addr, seq, ranks
+            hops(h.init("forward", len(sub)), sub)
+
+    hops(env.init("forward", len(f["forward"])), f["forward"])
+    return env
+
+
+def _dump(e: Any) -> tuple[Any, ...]:
+    def hops(lst: Any) -> list[Any]:
+        return [(h.addr, h.seq, list(h.ranks), hops(h.forward)) for h in lst]
+
+    s = e.shape
+    return (
+        str(e.kind), e.origin, e.seq, e.actor, list(e.ranks), e.endpoint, e.port, e.replyAddr, e.replyPort,
+        e.encoding, bytes(e.payload), list(e.buffers), hops(e.forward),
+        (list(s.labels), s.offset, list(s.sizes), list(s.strides)),
+        [(p.rank, p.error, p.length, p.buffers, p.last) for p in e.parts], e.sender, e.flags, list(e.shm),
+    )
+
+
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+text = st.text(max_size=40)
+hop = st.recursive(
+    st.tuples(text, u64, st.lists(u32, max_size=5), st.just([])),
+    lambda sub: st.tuples(text, u64, st.lists(u32, max_size=5), st.lists(sub, max_size=2)),
+    max_leaves=6,
+)
+fields = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(E.KINDS),
+        "origin": text, "seq": u64, "actor": text, "endpoint": text, "port": u64, "replyAddr": text,
+        "replyPort": u64, "encoding": st.integers(0, 255), "payload": st.binary(max_size=300), "sender": text,
+        "flags": u32, "ranks": st.lists(u32, max_size=9), "buffers": st.lists(u64, max_size=4),
+        "shm": st.lists(u64, max_size=4),
+        "shape": st.one_of(st.none(), st.tuples(st.lists(text, max_size=3), u32, st.lists(u32, max_size=3), st.lists(u32, max_size=3))),
+        "parts": st.lists(st.tuples(u32, st.booleans(), u32, u32, st.booleans()), max_size=4),
+        "forward": st.lists(hop, max_size=3),
+    }
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(fields)
+def test_our_bytes_read_the_same_in_pycapnp_and_theirs_in_ours(f: dict[str, Any]) -> None:
+    ours = bytes(_fill(Envelope.new_message(), f).to_bytes())
+    theirs = _fill(S.Envelope.new_message(), f).to_bytes()
+    with S.Envelope.from_bytes(ours, traversal_limit_in_words=1 << 20) as m:
+        want = _dump(m)
+    assert _dump(decode_envelope(ours)) == want
+    assert _dump(decode_envelope(ours)) == want  # second time through the prefix cache
+    assert _dump(decode_envelope(theirs)) == want
+
+
+def test_multi_segment_messages_take_the_pycapnp_path() -> None:
+    m = S.Envelope.new_message()
+    m.endpoint = "big"
+    m.payload = b"x" * 300_000
+    raw = m.to_bytes()
+    assert int.from_bytes(raw[:4], "little") > 0
+    env = decode_envelope(raw)
+    assert env.endpoint == "big" and len(env.payload) == 300_000
+
+
+def test_template_messages_decode_like_full_ones_and_prefixes_never_mix() -> None:
+    base = Envelope()
+    base.kind, base.origin, base.actor, base.endpoint, base.sender = "call", "unix:/a", "mesh-1", "ping", "client"
+    base.ranks = [3]
+    s = base.init("shape")
+    s.labels, s.offset, s.sizes, s.strides = ["gpus"], 3, [1], [1]
+    other = base.copy()
+    other.actor = "mesh-2"  # same lengths, different bytes
+    for i in range(3):
+        for env, actor in ((base, "mesh-1"), (other, "mesh-2")):
+            raw = bytes(EnvelopeTemplate(env).encode(i + 1, 7 + i, b"p" * i, [5] * i, [0] * i))
+            got = decode_envelope(raw)
+            assert (got.actor, got.seq, got.replyPort, got.payload, list(got.buffers)) == (actor, i + 1, 7 + i, b"p" * i, [5] * i)
+            assert list(got.shape.sizes) == [1] and got.shape.offset == 3
+
+
+def test_received_shapes_are_read_only() -> None:
+    env = Envelope()
+    env.init("shape").sizes = [2]
+    got = decode_envelope(bytes(env.to_bytes()))
+    with pytest.raises(AttributeError):
+        got.shape.offset = 1
+
+
+def test_pointer_cycles_hit_the_traversal_limit() -> None:
+    env = Envelope()
+    env.init("forward", 1)[0].addr = "a"
+    raw = bytearray(env.to_bytes())
+    # point the hop's forward list at the list holding it: an infinite tree
+    fwd_at = E._WRITERS["forward"][0]
+    lo, hi = E._W.unpack_from(raw, fwd_at)
+    list_start = fwd_at + 8 + 8 * (lo >> 2)
+    elem = list_start + 8
+    ptr = elem + 8 * E.HOP_SIZE[0] + 16
+    off = (list_start - (ptr + 8)) // 8
+    E._W.pack_into(raw, ptr, ((off & ((1 << 30) - 1)) << 2) | 1, hi)
+    with pytest.raises(ProtocolError):
+        decode_envelope(bytes(raw))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=300), st.integers(0, 400), st.binary(min_size=1, max_size=8))
+def test_garbage_is_a_protocol_error_or_decodes(junk: bytes, pos: int, patch: bytes) -> None:
+    env = _fill(Envelope(), {
+        "kind": "call", "origin": "o", "seq": 1, "actor": "a", "endpoint": "e", "port": 0, "replyAddr": "r",
+        "replyPort": 2, "encoding": 0, "payload": b"pp", "sender": "s", "flags": 0, "ranks": [1, 2], "buffers": [3],
+        "shm": [], "shape": (["x"], 0, [2], [1]), "parts": [(0, False, 2, 0, True)], "forward": [("h", 1, [0], [])],
+    })
+    for raw in (junk, bytes(env.to_bytes())):
+        data = bytearray(raw)
+        if data:
+            p = pos % len(data)
+            data[p : p + len(patch)] = patch
+        try:
+            decode_envelope(bytes(data))
+        except ProtocolError:
+            pass
+
+
+def test_shared_memory_segments_are_reused_after_the_receiver_drops_its_view() -> None:
+    from monarch.actor import this_host
+
+    from tests.runtime.actors import Counter
+
+    np = pytest.importorskip("numpy")
+    pm = this_host().spawn_procs(per_host={"procs": 1})
+    try:
+        echo = pm.spawn("echo_shm", Counter)
+        from monarch._mesh.runtime import get_runtime
+
+        rt = get_runtime()
+        for i in range(6):
+            arr = np.full(3 << 20, i, dtype=np.uint8)
+            back = echo.echo.call_one(arr).get()
+            assert back.shape == arr.shape and int(back[0]) == i and int(back[-1]) == i
+            del back
+            gc.collect()
+        conn = next(c for a, c in rt.router._out.items() if a in set(echo._ref.addrs))
+        pool = conn._shm_tx
+        assert pool is not None
+        deadline = time.monotonic() + 5
+        while pool._busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(pool._known) <= 2, "segments were not reused"
+    finally:
+        pm.stop().get(timeout=30)
