@@ -31,6 +31,7 @@ from .._core.future import Future, loop_thread_marker
 from .._core.shape import Extent, Shape
 from .._transport.frame import Envelope
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
+from .context import _current
 from .hosting import ActorHost, pickle_spawn
 from .port import OneSink
 from .router import Router
@@ -113,8 +114,7 @@ class Runtime:
 
     # -- naming --------------------------------------------------------------------------------
     def sender_name(self) -> str:
-        from .context import _current
-
+        """A readable name of the sender for envelopes: the running actor's id, else this process."""
         ctx = _current.get()
         return ctx.actor_instance.actor_id if ctx is not None else self.name
 

@@ -232,30 +232,28 @@ def _w_data(buf: bytearray, pos: int, data: Any) -> None:
         buf += _ZEROS[: 8 - (n & 7)]
 
 
-_U32S: dict[int, struct.Struct] = {}
-_U64S: dict[int, struct.Struct] = {}
+_PACKERS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _w_ints(buf: bytearray, pos: int, values: Any, width: int) -> None:
+    """Append a list of ``width``-byte unsigned ints (4 or 8) and point ``pos`` at it."""
+    n = len(values)
+    if not n:
+        return
+    _W.pack_into(buf, pos, ((len(buf) - pos - 8) >> 1) | 1, (n << 3) | (4 if width == 4 else 5))
+    st = _PACKERS.get((width, n))
+    if st is None:
+        pad = "4x" if width == 4 and n & 1 else ""
+        st = _PACKERS[(width, n)] = struct.Struct(f"<{n}{'I' if width == 4 else 'Q'}{pad}")
+    buf += st.pack(*values)
 
 
 def _w_u32s(buf: bytearray, pos: int, values: Any) -> None:
-    n = len(values)
-    if not n:
-        return
-    _W.pack_into(buf, pos, ((len(buf) - pos - 8) >> 1) | 1, (n << 3) | 4)
-    st = _U32S.get(n)
-    if st is None:
-        st = _U32S[n] = struct.Struct(f"<{n}I{'4x' if n & 1 else ''}")
-    buf += st.pack(*values)
+    _w_ints(buf, pos, values, 4)
 
 
 def _w_u64s(buf: bytearray, pos: int, values: Any) -> None:
-    n = len(values)
-    if not n:
-        return
-    _W.pack_into(buf, pos, ((len(buf) - pos - 8) >> 1) | 1, (n << 3) | 5)
-    st = _U64S.get(n)
-    if st is None:
-        st = _U64S[n] = struct.Struct(f"<{n}Q")
-    buf += st.pack(*values)
+    _w_ints(buf, pos, values, 8)
 
 
 def _w_parts(buf: bytearray, pos: int, parts: Any) -> None:
