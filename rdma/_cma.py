@@ -11,6 +11,16 @@ caller checks, without the owner's help, that
 
 Large transfers go in chunks with the record re-checked between them, so a drop stops a long
 transfer early; the owner keeps dropped memory alive for a grace period for the last chunk.
+
+Access: ``process_vm_readv``/``writev`` need ptrace access to the owner (same user, owner
+dumpable, or ``CAP_SYS_PTRACE``). Where the kernel's Yama LSM is set to ``ptrace_scope`` 1
+(Ubuntu's default), only the owner's ancestors may attach, so an owner declares one ptracer
+with ``PR_SET_PTRACER``: by default the root of its job (the topmost ancestor running the same
+Python executable, i.e. the client that started the procs), which lets exactly that process
+and its descendants attach; never ``PR_SET_PTRACER_ANY``. Without Yama or at scope 0 nothing is
+declared (the classic same-user rule applies); at scope 2 or 3 only privileged readers can
+attach. Wherever the kernel refuses (``EPERM``), ``auto`` mode falls back to the ``tcp``
+backend for that owner; a forced ``cma`` backend raises :class:`RDMAError`.
 """
 
 from __future__ import annotations
@@ -28,9 +38,25 @@ from monarch._core.errors import RDMAError
 from ._descriptor import Descriptor, host_identity, proc_start_time
 from ._registry import FLAG_VALID, FLAG_WRITABLE, RECORD, RECORD_MAGIC
 
-__all__ = ["CHUNK_BYTES", "CmaBackend", "process_vm_readv", "process_vm_writev"]
+__all__ = [
+    "CHUNK_BYTES",
+    "CmaAccessDenied",
+    "CmaBackend",
+    "allow_cma_from_job",
+    "job_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace_scope",
+]
 
 CHUNK_BYTES = 32 << 20  # record re-check interval; 32 MiB is ~4 ms of copying
+MAX_OWNERS = 1024  # owners whose pidfd stays open (a least-recently-opened one is closed first)
+_PR_SET_PTRACER = 0x59616D61  # b"Yama"
+_YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
+
+
+class CmaAccessDenied(RDMAError):
+    """The kernel refused to attach to the owner (ptrace rules); ``tcp`` can still reach it."""
 
 
 class _IOVec(ctypes.Structure):
@@ -90,13 +116,93 @@ def process_vm_writev(pid: int, local_addr: int, remote_addr: int, size: int) ->
     _vm_io(True, pid, local_addr, remote_addr, size)
 
 
-def allow_cma_from_any_process() -> None:
-    """Let any process of this user attach (Yama ``ptrace_scope`` 1 would limit to ancestors)."""
+def ptrace_scope(path: str = _YAMA_SCOPE) -> int | None:
+    """The kernel's Yama ``ptrace_scope`` (0-3), or None where Yama is not enabled."""
     try:
-        pr_set_ptracer, pr_set_ptracer_any = 0x59616D61, ctypes.c_ulong(-1).value
-        _libc.prctl(pr_set_ptracer, ctypes.c_ulong(pr_set_ptracer_any), 0, 0, 0)
-    except Exception:  # pragma: no cover - prctl is best effort; the error surfaces on use
-        pass
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _parent_and_exe(pid: int) -> tuple[int, str]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return ppid, os.readlink(f"/proc/{pid}/exe")
+
+
+def job_root(pid: int | None = None) -> int:
+    """The root of ``pid``'s job: its topmost ancestor (or itself) running the same executable.
+
+    For a proc that is the client that started the procs (through any number of Python
+    ancestors, e.g. the fork server); for the client itself, the client.
+
+    Args:
+        pid: the process; None means this one.
+    """
+    pid = os.getpid() if pid is None else pid
+    try:
+        parent, exe = _parent_and_exe(pid)
+    except OSError:
+        return pid
+    root = pid
+    while parent > 1:
+        try:
+            grandparent, parent_exe = _parent_and_exe(parent)
+        except OSError:
+            break
+        if parent_exe != exe:
+            break
+        root, parent = parent, grandparent
+    return root
+
+
+_declared: int | None = None
+_declared_lock = threading.Lock()
+
+
+def _prctl_set_ptracer(pid: int) -> int:
+    rc = int(_libc.prctl(_PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0))
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
+def allow_cma_from_job(ptracer: int = 0, scope: int | None = -2) -> int | None:
+    """Let this process's job attach with ``process_vm_readv`` where Yama requires a declaration.
+
+    Declares (once per process) ``PR_SET_PTRACER`` with one pid, whose descendants may then
+    attach too; never ``PR_SET_PTRACER_ANY``. Does nothing without Yama or at ``ptrace_scope``
+    0 (not needed) and at 2 or 3 (a declaration has no effect there).
+
+    Args:
+        ptracer: 0 for :func:`job_root`, a pid, or -1 to declare nothing.
+        scope: the Yama scope; -2 reads it from ``/proc/sys/kernel/yama/ptrace_scope``.
+
+    Returns:
+        The pid declared, or None when nothing was declared (or the kernel refused).
+    """
+    global _declared
+    if scope == -2:
+        scope = ptrace_scope()
+    if scope != 1 or ptracer == -1:
+        return None
+    pid = job_root() if ptracer == 0 else ptracer
+    with _declared_lock:
+        if _declared == pid:
+            return pid
+        err = _prctl_set_ptracer(pid)
+        if err:  # e.g. the pid exited: peers that are not ancestors will fall back to tcp
+            return None
+        _declared = pid
+        return pid
+
+
+def _reset_after_fork() -> None:
+    global _declared
+    _declared = None  # Yama relations are per task: a forked child has none
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class _Owner:
@@ -107,6 +213,13 @@ class _Owner:
         self.poller = select.poll()
         self.poller.register(pidfd, select.POLLIN)
 
+    def __del__(self) -> None:
+        # Closed only when no thread holds this object any more: no poll on a reused fd.
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+
 
 class CmaBackend:
     """Transfers between processes of this host with ``process_vm_readv``/``writev``."""
@@ -116,6 +229,7 @@ class CmaBackend:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owners: dict[tuple[int, int], _Owner] = {}
+        self._denied: dict[tuple[int, int], None] = {}
         self._record = ctypes.create_string_buffer(RECORD.size)
         self._record_lock = threading.Lock()
 
@@ -146,11 +260,32 @@ class CmaBackend:
                 )
             owner = _Owner(pidfd)
             with self._lock:
-                self._owners.setdefault(key, owner)
-                owner = self._owners[key]
+                while len(self._owners) >= MAX_OWNERS:
+                    del self._owners[next(iter(self._owners))]
+                owner = self._owners.setdefault(key, owner)
         if owner.poller.poll(0):
+            with self._lock:
+                if self._owners.get(key) is owner:
+                    del self._owners[key]
+                self._denied.pop(key, None)
             raise RDMAError(f"RDMA buffer owner {desc.owner} (pid {desc.pid}) has exited")
         return owner
+
+    def denied(self, desc: Descriptor) -> bool:
+        """Whether the kernel has refused to attach to ``desc``'s owner."""
+        return (desc.pid, desc.start_time) in self._denied
+
+    def _deny(self, desc: Descriptor) -> None:
+        with self._lock:
+            while len(self._denied) >= MAX_OWNERS:
+                del self._denied[next(iter(self._denied))]
+            self._denied[(desc.pid, desc.start_time)] = None
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def __repr__(self) -> str:
+        return f"<CmaBackend owners={len(self._owners)} denied={len(self._denied)}>"
 
     def _check_record(self, desc: Descriptor, write: bool) -> None:
         with self._record_lock:
@@ -179,8 +314,11 @@ class CmaBackend:
         if exc.errno == errno.ESRCH:
             return RDMAError(f"RDMA buffer owner {desc.owner} (pid {desc.pid}) has exited")
         if exc.errno == errno.EPERM:
-            return RDMAError(
-                f"not permitted to attach to pid {desc.pid} (ptrace restrictions; different user?)"
+            self._deny(desc)
+            return CmaAccessDenied(
+                f"not permitted to attach to pid {desc.pid} with process_vm_readv (ptrace "
+                f"rules: another user, Yama ptrace_scope {ptrace_scope()}, or the owner declared "
+                "another ptracer); use the tcp backend"
             )
         return RDMAError(f"RDMA transfer with {desc.owner} failed: {exc}")
 
@@ -204,6 +342,7 @@ class CmaBackend:
             deadline: ``time.monotonic()`` value after which the transfer gives up.
 
         Raises:
+            CmaAccessDenied: the kernel refused to attach (``tcp`` can still reach the owner).
             RDMAError: owner gone, wrong key, dropped, read-only, timed out, kernel refused.
         """
         self._owner(desc)

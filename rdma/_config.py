@@ -16,6 +16,17 @@ Settings come from the environment when first read and can be overridden in code
   (ibverbs queue-pair setup, remote drops): ``auto`` (default: its proc's RDMA manager actor
   when it has an ibverbs device, else its TCP server), ``actor`` (always the manager actor) or
   ``tcp`` (always the TCP server). See :mod:`monarch.rdma._manager`.
+- ``MONARCH_RDMA_TCP_MAX_CONNECTIONS``: connections the owner's RDMA TCP server serves at once;
+  one more is refused with an error and closed (default 512).
+- ``MONARCH_RDMA_TCP_IDLE_TIMEOUT_S``: seconds a server connection may stay silent (between
+  requests or inside a transfer) before the server closes it; pooled client connections are
+  not reused past it either (default 60).
+- ``MONARCH_RDMA_TCP_MAX_REQUEST_BYTES``: largest control request (and control answer or error
+  message) in bytes; a larger one closes the connection (default 65536).
+- ``MONARCH_RDMA_CMA_PTRACER``: which processes an owner lets attach with ``process_vm_readv``
+  where the kernel's Yama ``ptrace_scope`` is 1 (see :mod:`monarch.rdma._cma`): ``0`` (default)
+  the job's root process and its descendants, a pid for that process and its descendants, ``-1``
+  no declaration (only ancestors attach; others fall back to ``tcp``).
 """
 
 from __future__ import annotations
@@ -41,6 +52,10 @@ class RDMAConfig:
         ib_gid_index: GID index; -1 means the first IPv4-mapped GID, else 0.
         drop_grace_s: seconds a dropped region's memory stays alive, in seconds.
         control: ``auto``, ``actor`` or ``tcp``: see ``MONARCH_RDMA_CONTROL``.
+        tcp_max_connections: connections the RDMA TCP server serves at once.
+        tcp_idle_timeout_s: seconds a server connection may stay silent, in seconds.
+        tcp_max_request_bytes: largest control request, answer or error message, in bytes.
+        cma_ptracer: 0 = the job's root, a pid, or -1 = none: see ``MONARCH_RDMA_CMA_PTRACER``.
     """
 
     backend: str = "auto"
@@ -49,6 +64,10 @@ class RDMAConfig:
     ib_gid_index: int = -1
     drop_grace_s: float = 5.0
     control: str = "auto"
+    tcp_max_connections: int = 512
+    tcp_idle_timeout_s: float = 60.0
+    tcp_max_request_bytes: int = 1 << 16
+    cma_ptracer: int = 0
 
 
 def _from_env() -> RDMAConfig:
@@ -65,6 +84,10 @@ def _from_env() -> RDMAConfig:
         ib_gid_index=int(os.environ.get("MONARCH_RDMA_IB_GID_INDEX", "-1")),
         drop_grace_s=float(os.environ.get("MONARCH_RDMA_DROP_GRACE_S", "5")),
         control=control,
+        tcp_max_connections=int(os.environ.get("MONARCH_RDMA_TCP_MAX_CONNECTIONS", "512")),
+        tcp_idle_timeout_s=float(os.environ.get("MONARCH_RDMA_TCP_IDLE_TIMEOUT_S", "60")),
+        tcp_max_request_bytes=int(os.environ.get("MONARCH_RDMA_TCP_MAX_REQUEST_BYTES", "65536")),
+        cma_ptracer=int(os.environ.get("MONARCH_RDMA_CMA_PTRACER", "0")),
     )
 
 
@@ -89,6 +112,10 @@ def configure(
     ib_gid_index: int | None = None,
     drop_grace_s: float | None = None,
     control: str | None = None,
+    tcp_max_connections: int | None = None,
+    tcp_idle_timeout_s: float | None = None,
+    tcp_max_request_bytes: int | None = None,
+    cma_ptracer: int | None = None,
 ) -> RDMAConfig:
     """Override RDMA settings in this process; ``None`` keeps the current value.
 
@@ -104,18 +131,34 @@ def configure(
         drop_grace_s: seconds dropped memory stays alive for in-flight transfers.
         control: ``auto``, ``actor`` or ``tcp``: where this process, as an owner, answers
             control requests (set it before the first registration).
+        tcp_max_connections: connections this process's RDMA TCP server serves at once (>= 1);
+            applies to connections accepted from now on.
+        tcp_idle_timeout_s: seconds (> 0) a server connection may stay silent; applies to
+            connections accepted from now on.
+        tcp_max_request_bytes: largest control request, answer or error message (>= 1024).
+        cma_ptracer: 0, a pid, or -1: see ``MONARCH_RDMA_CMA_PTRACER`` (set it before the
+            first registration).
 
     Returns:
         The new settings.
 
     Raises:
-        ValueError: ``backend`` or ``control`` is not one of the names above.
+        ValueError: ``backend`` or ``control`` is not one of the names above, or a bound is
+            out of range.
     """
     global _config
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
     if control is not None and control not in CONTROLS:
         raise ValueError(f"control={control!r}: expected one of {CONTROLS}")
+    if tcp_max_connections is not None and tcp_max_connections < 1:
+        raise ValueError(f"tcp_max_connections={tcp_max_connections!r}: expected >= 1")
+    if tcp_idle_timeout_s is not None and not tcp_idle_timeout_s > 0:
+        raise ValueError(f"tcp_idle_timeout_s={tcp_idle_timeout_s!r}: expected > 0 seconds")
+    if tcp_max_request_bytes is not None and tcp_max_request_bytes < 1024:
+        raise ValueError(f"tcp_max_request_bytes={tcp_max_request_bytes!r}: expected >= 1024")
+    if cma_ptracer is not None and cma_ptracer < -1:
+        raise ValueError(f"cma_ptracer={cma_ptracer!r}: expected -1, 0 or a pid")
     cfg = current()
     changes: dict[str, object] = {}
     for name, value in (
@@ -125,6 +168,10 @@ def configure(
         ("ib_gid_index", ib_gid_index),
         ("drop_grace_s", drop_grace_s),
         ("control", control),
+        ("tcp_max_connections", tcp_max_connections),
+        ("tcp_idle_timeout_s", tcp_idle_timeout_s),
+        ("tcp_max_request_bytes", tcp_max_request_bytes),
+        ("cma_ptracer", cma_ptracer),
     ):
         if value is not None:
             changes[name] = value

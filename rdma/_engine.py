@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from monarch._core.errors import RDMAError, RDMAUnavailableError
+from monarch._core.errors import RDMAUnavailableError
 from monarch._core.future import Future
 
 from . import _ibverbs
-from ._cma import CmaBackend, allow_cma_from_any_process
+from ._cma import CmaAccessDenied, CmaBackend, allow_cma_from_job
 from ._config import current
 from ._descriptor import Descriptor, host_identity, proc_start_time
 from ._memory import LocalMemory
@@ -90,14 +90,12 @@ class _LocalBackend:
         write: bool,
         deadline: float,
     ) -> None:
-        region = get_registry().lookup(desc.region_id, desc.key)
-        if write and not region.memory.writable:
-            raise RDMAError(f"RDMA buffer {desc.region_id} is read-only")
-        remote = region.memory.addr + offset
-        if write:
-            ctypes.memmove(remote, local_addr, size)
-        else:
-            ctypes.memmove(local_addr, remote, size)
+        # The lease keeps the memory alive during the copy even if another thread drops it.
+        with get_registry().lease(desc.region_id, desc.key, offset, size, write) as lease:
+            if write:
+                ctypes.memmove(lease.addr, local_addr, size)
+            else:
+                ctypes.memmove(local_addr, lease.addr, size)
 
 
 _LOCAL = _LocalBackend()
@@ -114,9 +112,9 @@ def _is_this_process(desc: Descriptor) -> bool:
 def choose_backend(desc: Descriptor) -> RDMABackend:
     """The backend for a transfer with ``desc``'s owner, from the configuration and the peers.
 
-    ``auto``: the owner's own process -> a checked memmove; CPU memory on this host -> ``cma``;
-    both ends with verbs -> ``ibverbs``; otherwise ``tcp`` with an
-    :class:`RDMATcpFallbackWarning` (once per process).
+    ``auto``: the owner's own process -> a checked memmove; CPU memory on this host -> ``cma``
+    (unless the kernel refused to attach to that owner: then ``tcp``); both ends with verbs ->
+    ``ibverbs``; otherwise ``tcp`` with an :class:`RDMATcpFallbackWarning` (once per process).
 
     Raises:
         RDMAUnavailableError: a forced backend cannot reach this owner.
@@ -140,7 +138,9 @@ def choose_backend(desc: Descriptor) -> RDMABackend:
     if _is_this_process(desc):
         return _LOCAL
     if _CMA.can_reach(desc):
-        return _CMA
+        if not _CMA.denied(desc) or not _TCP.can_reach(desc):
+            return _CMA
+        return _TCP
     if desc.verbs is not None and _ibverbs.is_available():
         return _IBVERBS
     if not _TCP.can_reach(desc):
@@ -187,7 +187,7 @@ def register(data: LocalMemory, owner: str) -> tuple[Region, Descriptor]:
     if data.device != "cpu" and not verbs_ok:
         raise RDMAUnavailableError("GPU memory can only be registered with an ibverbs device")
     cfg = current()
-    allow_cma_from_any_process()
+    allow_cma_from_job(cfg.cma_ptracer)
     server = get_server(cfg.tcp_host, _remote_drop)
     region = get_registry().register(data)
     verbs = None
@@ -320,7 +320,14 @@ def run_ops(ops: list[Op], timeout_s: float) -> None:
         if size == 0:
             continue
         backend = choose_backend(op.desc)
-        backend.transfer(op.desc, 0, op.local.addr, size, op.write, deadline)
+        try:
+            backend.transfer(op.desc, 0, op.local.addr, size, op.write, deadline)
+        except CmaAccessDenied:
+            # Same host, but the kernel's ptrace rules keep us out: the owner's server can
+            # still serve it (later transfers with this owner go to tcp directly).
+            if current().backend != "auto" or not _TCP.can_reach(op.desc):
+                raise
+            _TCP.transfer(op.desc, 0, op.local.addr, size, op.write, deadline)
 
 
 _pool_lock = threading.Lock()
