@@ -1,0 +1,133 @@
+"""``monarch``: the command line of monarch-idl.
+
+Commands::
+
+    monarch --version            the installed monarch-idl version
+    monarch config               the effective settings (overrides, environment, defaults)
+    monarch config --json        the same as one JSON object, for scripts
+    monarch config --markdown    the reference table of every setting (docs/configuration.md)
+
+The root :data:`app` is a typer app; a group of commands is a typer sub-app added with
+``app.add_typer(group, name="host")`` in this module, one sub-app per concern. Exit status: 0 on
+success, 2 on a usage error or a bad setting in the environment (message on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from typing import Annotated, Any
+
+import typer
+from pydantic import SecretStr
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import config as _config
+
+__all__ = ["DISTRIBUTION", "app", "main"]
+
+DISTRIBUTION = "monarch-idl"
+
+app = typer.Typer(
+    name="monarch",
+    help="monarch-idl: a typed distributed actor framework for PyTorch.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DISTRIBUTION} {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the installed monarch-idl version and exit.",
+            metavar="",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """monarch-idl: a typed distributed actor framework for PyTorch."""
+
+
+def _source(name: str) -> str:
+    if name in _config.get_runtime_config():
+        return "configure()"
+    if _config._environ_value(name):
+        return "environment"
+    return "default"
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "<hidden>"
+    return value
+
+
+@app.command("config")
+def config_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object {setting: value}.")
+    ] = False,
+    markdown: Annotated[
+        bool,
+        typer.Option(
+            "--markdown", help="Print the reference table of every setting (Markdown) and exit."
+        ),
+    ] = False,
+) -> None:
+    """Show the effective configuration: each setting, its value and where it came from.
+
+    The cluster token is shown as <hidden> when set.
+    """
+    if markdown:
+        typer.echo(_config._settings_markdown(), nl=False)
+        return
+    try:
+        cfg = _config.get_global_config()
+    except _config.ConfigError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    names = list(_config.MonarchConfig.model_fields)
+    if as_json:
+        typer.echo(json.dumps({n: _shown(getattr(cfg, n)) for n in names}, indent=2))
+        return
+    table = Table(title="monarch configuration", title_justify="left")
+    table.add_column("Setting", style="bold")
+    table.add_column("Environment variable", style="cyan", no_wrap=True)
+    table.add_column("Value", overflow="fold")
+    table.add_column("Source", style="dim")
+    for n in names:
+        value = _shown(getattr(cfg, n))
+        text = "unset" if value is None else '""' if value == "" else str(value)
+        shown = Text(text)  # Text: a value is never read as rich markup
+        table.add_row(n, _config.env_var(n), shown, _source(n))
+    Console().print(table)
+
+
+def main() -> None:
+    """Entry point of the ``monarch`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
