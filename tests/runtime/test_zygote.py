@@ -13,14 +13,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-
 from monarch._mesh import zygote as zmod
 from monarch._mesh.zygote import GUARD_ENV, ZygoteClient, ZygoteError, ZygoteRefused
 
@@ -209,12 +207,16 @@ def test_malformed_spawn_request_is_a_protocol_violation() -> None:
         zmod._parse_request(b"{not json")
     with pytest.raises(zmod._ProtocolViolation, match="wrong types"):
         zmod._parse_request(
-            json.dumps({"id": 1, "target": "m:f", "argv": [1], "env": {}, "cwd": "/", "path": []}).encode()
+            json.dumps(
+                {"id": 1, "target": "m:f", "argv": [1], "env": {}, "cwd": "/", "path": []}
+            ).encode()
         )
 
 
 # -- exits -------------------------------------------------------------------------------------
-def test_sixteen_children_killed_at_once_each_report_signal_9_exactly_once(harness: Harness) -> None:
+def test_sixteen_children_killed_at_once_each_report_signal_9_exactly_once(
+    harness: Harness,
+) -> None:
     calls: queue.Queue[tuple[int, int]] = queue.Queue()
     z = harness.start(on_exit=lambda pid, status: calls.put((pid, status)))
     kids = [harness.spawn(z, "hold") for _ in range(16)]
@@ -352,7 +354,9 @@ def test_forked_child_starts_from_a_clean_state(harness: Harness, tmp_path) -> N
         ours, theirs = socket.socketpair()
         harness.socks.append(ours)
         try:
-            pid = z.spawn(["--fd", "{fd}", "x"], env, str(tmp_path), theirs.fileno(), target=f"{CHILD}:report")
+            pid = z.spawn(
+                ["--fd", "{fd}", "x"], env, str(tmp_path), theirs.fileno(), target=f"{CHILD}:report"
+            )
         finally:
             theirs.close()
         harness.pids.append(pid)
@@ -433,7 +437,9 @@ def test_sitecustomize_that_starts_a_zygote_does_not_chain_fork_servers(tmp_path
         """
     )
     try:
-        done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, timeout=120, capture_output=True)
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, cwd=ROOT, timeout=120, capture_output=True
+        )
         assert done.returncode == 0, done.stderr.decode()
         lines = log.read_text().splitlines()
         outcomes = sorted(line.split(" ", 1)[1] for line in lines)
