@@ -8,7 +8,17 @@ enum Kind {
   control @2;      # runtime control (spawn, stop, ...); endpoint names the operation
   supervision @3;  # a failure report travelling up the ownership tree
   port @4;         # a value sent on a user Port
-  hello @5;        # first frame on a connection: sender address (+ token MAC on TCP)
+  hello @5;        # first frame on a connection: the sender's address
+  shmSegment @6;   # transport only: `segment` is a new shared-memory segment of the sender, its
+                   # sealed memfd attached to this frame's bytes (SCM_RIGHTS, Unix sockets)
+  shmFree @7;      # transport only: the receiver holds no more views of the sender's `segment`
+  shmRetire @8;    # transport only: the sender dropped `segment`; the receiver unmaps it
+}
+
+struct Segment {
+  # A shared-memory segment of one connection direction (see runtime/_transport/shm.py).
+  id @0 :UInt64;    # chosen by the sender, > 0, unique per connection and direction
+  size @1 :UInt64;  # bytes mapped by both sides (shmSegment); 0 in shmFree/shmRetire
 }
 
 struct Hop {
@@ -47,10 +57,11 @@ struct Envelope {
   shape @13 :Shape;            # the (sliced) mesh the message was sent to: message_rank
   parts @14 :List(Part);
   sender @15 :Text;            # readable name of the sending actor ("client" for the root)
-  flags @16 :UInt32;           # bit 0: stream results, bit 1: explicit response port
+  flags @16 :UInt32;           # MessageFlags: bit 0 stream, bit 1 explicit port, bit 2 end of stream
   shm @17 :List(UInt64);       # per out-of-band buffer: 0 = inline after this message, else the
                                # id of the shared-memory segment (same host, Unix socket) holding
                                # it from offset 0; segments are announced on the connection first
+  segment @18 :Segment;        # shmSegment, shmFree, shmRetire frames only
 }
 
 struct Shape {

@@ -23,14 +23,18 @@ import sys
 from typing import Any
 
 from .._core.errors import ProtocolError
+from .messages import KIND_BY_CODE, KIND_CODE, TRANSPORT_KINDS
 
-__all__ = ["KINDS", "Envelope", "EnvelopeTemplate", "Hop", "Part", "Shape", "decode_envelope"]
+__all__ = ["KINDS", "Envelope", "EnvelopeTemplate", "Hop", "Part", "Segment", "Shape", "decode_envelope"]
 
-KINDS = ("call", "reply", "control", "supervision", "port", "hello")
-_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
+KINDS = tuple(k.value for k in KIND_BY_CODE)
+_KIND_CODE = KIND_CODE
+_NKINDS = len(KIND_BY_CODE)
+_TRANSPORT_KIND_CODES = frozenset(KIND_CODE[k] for k in TRANSPORT_KINDS)
 
 # struct sizes (data words, pointer count) and field slots, as in envelope.capnp
-ENVELOPE_SIZE = (4, 12)
+ENVELOPE_SIZE = (4, 13)
+SEGMENT_SIZE = (2, 0)
 HOP_SIZE = (1, 3)
 PART_SIZE = (2, 0)
 SHAPE_SIZE = (1, 3)
@@ -48,6 +52,7 @@ ENVELOPE_POINTERS = (
     "parts",
     "sender",
     "shm",
+    "segment",
 )
 
 _W = struct.Struct("<II")  # one pointer word as (low half, high half); also the stream header
@@ -109,6 +114,16 @@ class Part:
         return f"Part(rank={self.rank}, error={self.error}, length={self.length}, buffers={self.buffers}, last={self.last})"
 
 
+class Segment:
+    """``Segment`` struct: a shared-memory segment named by a transport frame."""
+
+    id = 0
+    size = 0
+
+    def __repr__(self) -> str:
+        return f"Segment(id={self.id}, size={self.size})"
+
+
 class Hop:
     """``Hop`` struct: one proc of a cast tree, with the procs below it."""
 
@@ -155,6 +170,7 @@ class Envelope:
     sender = ""
     flags = 0
     shm: Any = ()
+    segment: Any = None
 
     @classmethod
     def new_message(cls) -> Envelope:
@@ -171,6 +187,8 @@ class Envelope:
             value = [0] * n
         elif name == "shape":
             value = Shape()
+        elif name == "segment":
+            value = Segment()
         else:
             raise AttributeError(f"Envelope has no list or struct field {name!r}")
         self.__dict__[name] = value
@@ -335,6 +353,15 @@ def _w_text_field(buf: bytearray, pos: int, s: str) -> None:
         buf += entry[1]
 
 
+_SEGMENT = struct.Struct("<QQ")
+_SEGMENT_PTR_HI = SEGMENT_SIZE[0] | (SEGMENT_SIZE[1] << 16)
+
+
+def _w_segment(buf: bytearray, pos: int, seg: Any) -> None:
+    _W.pack_into(buf, pos, (len(buf) - pos - 8) >> 1, _SEGMENT_PTR_HI)
+    buf += _SEGMENT.pack(seg.id, seg.size)
+
+
 _P0 = _ENV_FIXED - 8 * ENVELOPE_SIZE[1]
 _WRITERS = {
     "origin": (_P0, _w_text_field),
@@ -349,6 +376,7 @@ _WRITERS = {
     "parts": (_P0 + 72, _w_parts),
     "sender": (_P0 + 80, _w_text_field),
     "shm": (_P0 + 88, _w_u64s),
+    "segment": (_P0 + 96, _w_segment),
 }
 
 
@@ -363,10 +391,11 @@ def _encode(d: dict[str, Any]) -> bytearray:
     buf = bytearray(_ENV_FIXED)
     buf[8:16] = _ROOT
     kind = d.get("kind", "call")
+    code = _KIND_CODE.get(kind) if isinstance(kind, str) else None
     _ENV_DATA.pack_into(
         buf,
         16,
-        _KIND_CODE[kind] if type(kind) is str else int(kind),
+        int(kind) if code is None else code,
         d.get("encoding", 0),
         d.get("flags", 0),
         d.get("seq", 0),
@@ -387,7 +416,7 @@ def _encode(d: dict[str, Any]) -> bytearray:
 _VARIABLE_POINTERS = ("parts", "payload", "buffers", "shm")
 _ORDER = tuple(
     (name, _WRITERS[name][0], _WRITERS[name][1])
-    for name in ("origin", "actor", "endpoint", "replyAddr", "sender", "ranks", "shape", "forward", *_VARIABLE_POINTERS)
+    for name in ("origin", "actor", "endpoint", "replyAddr", "sender", "ranks", "shape", "forward", *_VARIABLE_POINTERS, "segment")
 )
 
 
@@ -628,6 +657,14 @@ def _read_shape(r: _Reader, pos: int) -> Shape:
     return shape
 
 
+def _read_segment(r: _Reader, pos: int) -> Segment:
+    start, dw, _pc = r.struct_at(pos)
+    seg = Segment()
+    if start and dw:
+        seg.id, seg.size = _SEGMENT.unpack(_read_data_words(r, start, dw, 2))
+    return seg
+
+
 _READERS: tuple[Any, ...] = (
     _Reader.text,
     _Reader.text,
@@ -641,6 +678,7 @@ _READERS: tuple[Any, ...] = (
     _read_parts,
     _Reader.text,
     _Reader.u64s,
+    _read_segment,
 )
 _NAMES = ENVELOPE_POINTERS
 _NPTR = len(ENVELOPE_POINTERS)
@@ -690,7 +728,7 @@ def _decode(raw: bytes) -> Envelope:
         kind, enc, flags, seq, port, rport = _ENV_DATA.unpack_from(raw, start)
     else:
         kind, enc, flags, seq, port, rport = _ENV_DATA.unpack(_read_data_words(r, start, dw, 4))
-    d["kind"] = KINDS[kind] if kind < 6 else kind
+    d["kind"] = KINDS[kind] if kind < _NKINDS else kind  # plain str: cheaper to hash than Kind
     if enc:
         d["encoding"] = enc
     if flags:
@@ -748,6 +786,7 @@ _PREFIX_KEY = struct.Struct(
     "8x"  # parts
     "Q"  # sender
     "8x"  # shm
+    "8x"  # segment
 )
 _VAR_DATA = struct.Struct("<QQQ")  # seq, port, replyPort at byte 24
 _PREFIXES: dict[tuple[int, ...], tuple[int, bytes, dict[str, Any]]] = {}
@@ -756,6 +795,8 @@ _STATIC_NAMES = tuple(n for n in ENVELOPE_POINTERS if n not in _VARIABLE_POINTER
 
 def _remember_prefix(raw: bytes, env: Envelope) -> None:
     d = env.__dict__
+    if "segment" in d or raw[16] in _TRANSPORT_KIND_CODES:
+        return  # transport frames are rare and carry per-frame structs: always decoded in full
     static = {k: v for k, v in d.items() if k not in ("seq", "port", "replyPort", *_VARIABLE_POINTERS)}
     prefix = _encode(static)
     n = len(prefix)
@@ -895,4 +936,8 @@ def _from_capnp(m: Any) -> Envelope:
         return out
 
     env.forward = hops(m.forward, 0)
+    if m._has("segment"):
+        seg = Segment()
+        seg.id, seg.size = int(m.segment.id), int(m.segment.size)
+        env.segment = seg
     return env

@@ -21,6 +21,9 @@ from typing import Any
 
 from .._core.errors import ProtocolError
 from .envelope import Envelope, EnvelopeTemplate, decode_envelope, load_schema
+from .messages import TRANSPORT_KINDS
+
+_TRANSPORT_KIND_NAMES = frozenset(k.value for k in TRANSPORT_KINDS)
 
 __all__ = ["Envelope", "EnvelopeTemplate", "FrameDecoder", "alloc_buffer", "decode_envelope", "encode_frame", "frame_iov", "load_schema"]
 
@@ -126,10 +129,10 @@ class FrameDecoder:
         self._cur_fill = 0
         self._cur_padded = 0
         self._shm: Any = ()  # the frame's shared-memory segment ids, per buffer
-        # shared memory (set by the connection on Unix sockets): segments the peer lends us,
-        # and what to do when the peer frees one of ours
+        # set by the link: segments the peer lends us (shared memory on Unix sockets), and the
+        # handler of transport frames (Kind.SHM_*), which never reach the frame handler
         self.segments: Any = None
-        self.on_segment_free: Any = None
+        self.on_transport_frame: Any = None
 
     def direct_target(self) -> memoryview | None:
         """The unfilled part of the out-of-band buffer being received, for ``recv_into``.
@@ -157,7 +160,10 @@ class FrameDecoder:
         if tail:
             tail += data
             pos = self._step(tail, 0, out)
-            del tail[:pos]
+            if pos == len(tail):
+                self._buf = bytearray()  # release the carried tail's memory: idle links hold none
+            else:
+                del tail[:pos]
         else:
             pos = self._step(data, 0, out)
             if pos < len(data):
@@ -189,11 +195,13 @@ class FrameDecoder:
                 env = decode_envelope(bytes(src[pos : pos + total]))
                 pos += total
                 lengths = env.buffers
+                if env.kind in _TRANSPORT_KIND_NAMES:
+                    if lengths or self.on_transport_frame is None:
+                        raise ProtocolError(f"unexpected transport frame {env.kind!r}")
+                    self.on_transport_frame(env)
+                    continue
                 if not lengths:
-                    if env.kind == "control" and env.endpoint.startswith("monarch.shm."):
-                        self._shm_control(env)
-                    else:
-                        out.append((env, []))
+                    out.append((env, []))
                     continue
                 if sum(lengths) > self.max_frame_bytes:
                     raise ProtocolError(
@@ -236,16 +244,3 @@ class FrameDecoder:
             self._lengths = []
             self._buffers = []
             self._shm = ()
-
-    def _shm_control(self, env: Any) -> None:
-        from .shm import SHM_FREE, SHM_SEGMENT
-
-        if env.endpoint == SHM_SEGMENT:
-            if self.segments is None:
-                raise ProtocolError("shared-memory segment announced on a connection without shared memory")
-            self.segments.announce(env.port, env.replyPort)
-        elif env.endpoint == SHM_FREE:
-            if self.on_segment_free is not None:
-                self.on_segment_free(env.port)
-        else:
-            raise ProtocolError(f"unknown transport control {env.endpoint!r}")

@@ -199,6 +199,6 @@ def test_shared_memory_segments_are_reused_after_the_receiver_drops_its_view() -
         deadline = time.monotonic() + 5
         while pool._busy and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(pool._known) <= 2, "segments were not reused"
+        assert pool.segment_count() <= 2, "segments were not reused"
     finally:
         pm.stop().get(timeout=30)

@@ -1,0 +1,269 @@
+"""The socket transport: ``unix:`` and ``tcp:`` links behind the ``base.Transport`` seam.
+
+Every TCP connection is mutually authenticated with the cluster token (``auth.py``) before a
+single frame byte is read or written; Unix connections are trusted to the file system's
+permissions on the socket path but their frames are bounded and validated like any other.
+Dialing never blocks: :meth:`SocketTransport.connect` returns a link at once and dials on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from .._core.errors import ConnectError, ProtocolError
+from .address import address_of, bind_listener, parse_address, tune_socket
+from .auth import authenticate_dialer, authenticate_listener
+from .base import CloseHandler, FrameHandler, Link, TransportSettings
+from .connection import SocketLink
+from .shm import ShmBudget
+
+__all__ = ["SocketListening", "SocketTransport"]
+
+log = logging.getLogger("monarch.transport")
+
+
+class SocketListening:
+    """A listening socket of a :class:`SocketTransport` (implements ``base.Listening``)."""
+
+    def __init__(self, transport: SocketTransport, sock: socket.socket, on_link: Callable[[Link], None]) -> None:
+        self._transport = transport
+        self._on_link = on_link
+        self.sock = sock
+        sock.setblocking(False)
+        self.address = address_of(sock)
+        self.closed = False
+        self.refused = 0
+        transport.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        t = self._transport
+        for _ in range(64):
+            try:
+                conn, _peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("accept failed on %s: %s", self.address, exc)
+                return
+            if t.accepted_count >= t.settings.max_connections:
+                conn.close()
+                self.refused += 1
+                if self.refused in (1, 10, 100) or self.refused % 1000 == 0:  # not one line each
+                    log.error(
+                        "refused a connection on %s: %d connections are open (max_connections); %d refused so far",
+                        self.address,
+                        t.accepted_count,
+                        self.refused,
+                    )
+                continue
+            t.accepted_count += 1  # counted from accept, so handshakes in progress count too
+            if conn.family == socket.AF_UNIX:
+                t._accepted(conn, "unix peer", self._on_link)
+            else:
+                t.loop.create_task(self._authenticate(conn))
+
+    async def _authenticate(self, conn: socket.socket) -> None:
+        t = self._transport
+        conn.setblocking(False)
+        peer = "tcp peer"
+        try:
+            peer = "tcp:{}:{}".format(*conn.getpeername()[:2])
+            await authenticate_listener(t.loop, conn, t.token, t.settings.auth_timeout_s)
+        except (OSError, ProtocolError, TimeoutError) as exc:
+            log.error("rejected TCP connection from %s: %s", peer, exc or type(exc).__name__)
+            conn.close()
+            t.accepted_count -= 1
+            return
+        if self.closed:
+            conn.close()
+            t.accepted_count -= 1
+            return
+        t._accepted(conn, peer, self._on_link)
+
+    def close(self) -> None:
+        """Stop accepting; a ``unix:`` socket path is removed."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._transport.loop.remove_reader(self.sock.fileno())
+        except (OSError, ValueError, RuntimeError):
+            pass
+        path = self.address[5:] if self.address.startswith("unix:") else None
+        self.sock.close()
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<SocketListening {self.address!r} closed={self.closed}>"
+
+
+class SocketTransport:
+    """Unix and TCP links for one event loop (implements ``base.Transport``).
+
+    Args:
+        loop: the event loop that runs every link's reads, writes and handlers.
+        on_frame: called per received frame, on the loop thread (see ``base.FrameHandler``).
+        on_close: called once per link when it ends, on the loop thread.
+        token: the cluster token TCP peers must share (both directions are proved); None
+            refuses every TCP connection, incoming and outgoing.
+        settings: every limit and timeout (``TransportSettings()`` for the defaults).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_frame: FrameHandler,
+        on_close: CloseHandler,
+        *,
+        token: bytes | None,
+        settings: TransportSettings,
+    ) -> None:
+        self.loop = loop
+        self.token = token
+        self.settings = settings
+        self._on_frame = on_frame
+        self._on_close = on_close
+        self.shm_budget = ShmBudget(settings.shm_total_max_bytes)
+        self.accepted_count = 0
+        self._links: set[SocketLink] = set()
+        self._listening: list[SocketListening] = []
+
+    # -- making links ---------------------------------------------------------------------
+    def _new_link(self, sock: socket.socket | None, peer: str, outgoing: bool) -> SocketLink:
+        link = SocketLink(
+            self.loop,
+            self._on_frame,
+            self._closed if outgoing else self._accepted_closed,
+            self.settings,
+            sock=sock,
+            peer=peer,
+            outgoing=outgoing,
+            shm_budget=self.shm_budget,
+        )
+        self._links.add(link)
+        return link
+
+    def _tune(self, sock: socket.socket) -> None:
+        tune_socket(sock, buffer_bytes=self.settings.socket_buffer_bytes, peer_timeout_s=self.settings.peer_timeout_s)
+
+    def _accepted(self, sock: socket.socket, peer: str, on_link: Callable[[Link], None]) -> None:
+        self._tune(sock)
+        link = self._new_link(sock, peer, outgoing=False)
+        try:
+            on_link(link)
+        except Exception:
+            log.exception("on_link failed for %s", peer)
+            link.close()
+            return
+        link.start_reading()
+
+    def listen(self, target: str | socket.socket, on_link: Callable[[Link], None]) -> SocketListening:
+        """Listen on ``target`` (an address to bind, or a bound listening socket); loop thread.
+
+        ``on_link(link)`` runs on the loop thread for each incoming link, after authentication
+        on TCP; frames are read only after it returns.
+
+        Raises:
+            ValueError: a malformed address.
+            OSError: the address cannot be bound.
+        """
+        sock = bind_listener(target) if isinstance(target, str) else target
+        lst = SocketListening(self, sock, on_link)
+        self._listening.append(lst)
+        return lst
+
+    def connect(self, addr: str) -> SocketLink:
+        """A link to ``addr``, dialed and authenticated on the event loop; returns at once.
+
+        Any thread. Frames sent before the link is up are queued (bounded by
+        ``settings.max_connect_queue_bytes``). A failure closes the link through ``on_close``
+        with a :class:`ConnectError` naming ``addr``.
+
+        Raises:
+            ValueError: a malformed address.
+        """
+        family, sockaddr = parse_address(addr)
+        link = self._new_link(None, addr, outgoing=True)
+        if _on_loop_thread(self.loop):
+            self.loop.create_task(self._dial(link, addr, family, sockaddr))
+        else:
+            asyncio.run_coroutine_threadsafe(self._dial(link, addr, family, sockaddr), self.loop)
+        return link
+
+    async def _dial(self, link: SocketLink, addr: str, family: int, sockaddr: Any) -> None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                await self.loop.sock_connect(sock, sockaddr)
+                if family != socket.AF_UNIX:
+                    if self.token is None:
+                        raise ConnectError(f"{addr} is a TCP address and this process has no cluster token")
+                    await authenticate_dialer(self.loop, sock, self.token, self.settings.connect_timeout_s)
+        except (OSError, ProtocolError, TimeoutError, ConnectError) as exc:
+            sock.close()
+            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            err = exc if isinstance(exc, ConnectError) else ConnectError(f"cannot connect to {addr}: {why}")
+            if exc is not err:
+                err.__cause__ = exc
+            link.close(err)
+            return
+        except BaseException:
+            sock.close()
+            raise
+        if link.closed:
+            sock.close()
+            return
+        self._tune(sock)
+        link.attach(sock)
+
+    def adopt(self, addr: str, sock: socket.socket) -> SocketLink:
+        """A link over an already-connected socket, known as ``addr``; reading starts on the
+        loop (any thread)."""
+        self._tune(sock)
+        link = self._new_link(sock, addr, outgoing=True)
+        if _on_loop_thread(self.loop):
+            link.start_reading()
+        else:
+            self.loop.call_soon_threadsafe(link.start_reading)
+        return link
+
+    # -- ending ---------------------------------------------------------------------------
+    def _closed(self, link: Any, exc: BaseException | None) -> None:
+        self._links.discard(link)
+        self._on_close(link, exc)
+
+    def _accepted_closed(self, link: Any, exc: BaseException | None) -> None:
+        self.accepted_count -= 1
+        self._closed(link, exc)
+
+    def close(self) -> None:
+        """Close every listener and link (loop thread); each link's ``on_close`` runs."""
+        for lst in self._listening:
+            lst.close()
+        self._listening.clear()
+        for link in list(self._links):
+            link.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<SocketTransport links={len(self._links)} accepted={self.accepted_count} "
+            f"listening={[lst.address for lst in self._listening]}>"
+        )
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
