@@ -271,7 +271,7 @@ def test_start_is_cheap_and_spawns_queue_until_the_zygote_is_ready(harness: Harn
     pid, _ = harness.spawn(z, "exit_with", "0")  # sent before its imports are done
     assert z.wait_exit(pid, 10.0) == 0
     z.wait_ready(10.0)
-    assert started_s < 0.1, f"start took {started_s:.3f} s on the caller's thread"
+    assert started_s < 0.25, f"start took {started_s:.3f} s on the caller's thread"
 
 
 # -- lifetime ----------------------------------------------------------------------------------
