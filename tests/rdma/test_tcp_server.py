@@ -192,3 +192,87 @@ def test_an_oversized_control_request_closes_the_connection(own_owner):
         assert _closed_by_peer(sock)
     finally:
         sock.close()
+
+
+def test_a_pooled_connection_closed_by_the_idle_timeout_is_replaced_transparently(
+    own_owner, rdma_backend_tcp
+):
+    import select
+
+    from monarch.rdma import _tcp
+
+    owner = own_owner
+    owner.ask(op="configure", tcp_idle_timeout_s=0.3)
+    _, buf = owner.register(4096, salt=8)
+    dst = bytearray(4096)
+    buf.read_into(memoryview(dst), timeout=10).get(timeout=30)
+    peer = (buf._desc.tcp_host, buf._desc.tcp_port)
+    pooled = [s for _, s in _tcp._pool._idle.get(peer, [])]
+    assert pooled, "the connection was not pooled"
+    poller = select.poll()
+    poller.register(pooled[-1], select.POLLIN)
+    assert poller.poll(10_000), "the server never closed the idle connection"
+    dst = bytearray(4096)
+    buf.read_into(memoryview(dst), timeout=10).get(timeout=30)
+    assert dst == pattern(4096, 8)
+
+
+def test_the_client_pool_keeps_a_bounded_number_of_idle_connections():
+    from monarch.rdma import _tcp
+
+    pool = _tcp._Pool()
+    pairs = [socket.socketpair() for _ in range(3 * _tcp._MAX_IDLE_PER_PEER)]
+    try:
+        for a, _ in pairs:
+            pool.give("127.0.0.1", 1, a)
+        assert len(pool) == _tcp._MAX_IDLE_PER_PEER
+        closed = sum(1 for a, _ in pairs if a.fileno() == -1)
+        assert closed == 2 * _tcp._MAX_IDLE_PER_PEER
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_a_pooled_connection_whose_server_went_away_is_not_reused():
+    from monarch.rdma import _tcp
+
+    pool = _tcp._Pool()
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        a, b = socket.socketpair()
+        b.close()  # the "server" side is gone: a reads EOF
+        pool.give("127.0.0.1", port, a)
+        sock, pooled = pool.take("127.0.0.1", port, 5.0)
+        try:
+            assert not pooled and sock is not a
+            assert a.fileno() == -1
+        finally:
+            sock.close()
+    finally:
+        listener.close()
+
+
+def test_closing_the_server_closes_its_connections_and_joins_its_threads():
+    import threading
+
+    from monarch.rdma._tcp import RDMAServer
+
+    before = set(threading.enumerate())
+    server = RDMAServer("127.0.0.1", lambda region, key: None)
+    clients = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+    try:
+        for sock in clients:  # an answer proves the connection has its serving thread
+            sock.sendall(_REQ.pack(_MAGIC, 99, 0, 0, 0, 0))
+            status, length = _REP.unpack(_recv_exact(sock, _REP.size))
+            assert status != 0 and b"unknown" in _recv_exact(sock, length)
+        threads = [t for t in set(threading.enumerate()) - before if t.name == "monarch-rdma-conn"]
+        assert len(threads) == 3
+        server.close(timeout_s=10)
+        assert not any(t.is_alive() for t in threads)
+        for sock in clients:
+            assert _closed_by_peer(sock)
+    finally:
+        for sock in clients:
+            sock.close()
