@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import pickle
 import threading
 import time
 from typing import Any, cast
 
 from monarch._core.errors import ActorError, CallTimeout, RDMAError, SupervisionError
+from monarch._mesh.current import installed
 from monarch.actor import Actor, ActorMesh, endpoint, this_proc
 
 from ._config import current
@@ -85,8 +86,7 @@ class RDMAManager(Actor):
 
 def _runtime_running() -> bool:
     """Whether this process already runs the actor runtime (never starts it)."""
-    module = sys.modules.get("monarch._mesh.runtime")
-    return getattr(module, "_runtime", None) is not None
+    return installed() is not None
 
 
 _lock = threading.Lock()
@@ -109,11 +109,9 @@ def manager_ref(has_verbs: bool) -> bytes:
     with _lock:
         if _ref is None:
             try:
-                from monarch._mesh.actor_mesh import encode_mesh_ref
-
                 # Python-path actors come back as an ActorMesh (typed as the class, as Monarch)
                 mesh = cast(ActorMesh[Any], this_proc().spawn("rdma_manager", RDMAManager))
-                _ref = encode_mesh_ref(mesh)
+                _ref = pickle.dumps(mesh)  # an ActorMesh pickles by reference
             except Exception as exc:  # the TCP server answers instead
                 logger.warning("RDMA manager actor not started (%s); using the TCP server", exc)
                 _ref = b""
@@ -132,9 +130,7 @@ def manager_of(desc: Descriptor) -> ActorMesh[RDMAManager] | None:
     """The manager named in ``desc``, if the reader can reach it (its runtime is running)."""
     if not desc.manager or not _runtime_running():
         return None
-    from monarch._mesh.actor_mesh import decode_mesh_ref
-
-    mesh: ActorMesh[RDMAManager] = decode_mesh_ref(desc.manager, ActorMesh)
+    mesh: ActorMesh[RDMAManager] = pickle.loads(desc.manager)  # made by manager_ref in a peer proc
     return mesh
 
 

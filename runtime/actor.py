@@ -6,6 +6,8 @@ including ``ActorMesh`` and ``SupervisionError`` (which Monarch keeps in private
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -20,8 +22,9 @@ from ._mesh.context import Context, Instance, context, current_rank, current_siz
 from ._mesh.endpoint import Endpoint, EndpointProperty, endpoint
 from ._mesh.port import Channel, Port, PortReceiver
 from ._mesh.proc_mesh import HostMesh, ProcMesh, hosts_from_config, this_host, this_proc
+from ._mesh.runtime import start_client_runtime  # noqa: F401  # installs the client runtime's starter (starts nothing)
 from ._mesh.stream import Stream
-from ._mesh.supervision import default_unhandled_fault_hook
+from ._mesh.supervision import default_unhandled_fault_hook, fault_hooks
 
 __all__ = [
     "Accumulator",
@@ -51,6 +54,7 @@ __all__ = [
     "context",
     "current_rank",
     "current_size",
+    "default_unhandled_fault_hook",
     "endpoint",
     "hosts_from_config",
     "send",
@@ -62,9 +66,29 @@ __all__ = [
 A = TypeVar("A")
 R = TypeVar("R")
 
-unhandled_fault_hook: Callable[[MeshFailure], None] = default_unhandled_fault_hook
-"""Called in the client with every failure that no ``__supervise__`` handled. Replaceable:
-``monarch.actor.unhandled_fault_hook = my_hook``. The default prints a report and exits with 1."""
+unhandled_fault_hook: Callable[[MeshFailure], None]
+"""Called in the client (on its runtime thread) with every failure that no ``__supervise__``
+handled. Replaceable: ``monarch.actor.unhandled_fault_hook = my_hook``. The default prints a
+report and raises ``SystemExit(1)``; a hook that raises ``SystemExit(n)`` makes the runtime stop
+every proc and exit the client with status ``n``."""
+
+
+class _ActorModule(types.ModuleType):
+    """Makes ``unhandled_fault_hook`` a module attribute that reads and writes the supervision
+    layer's hook slot, so assigning it (Monarch's way of installing a hook) takes effect."""
+
+    @property
+    def unhandled_fault_hook(self) -> Callable[[MeshFailure], None]:
+        return fault_hooks.unhandled
+
+    @unhandled_fault_hook.setter
+    def unhandled_fault_hook(self, hook: Callable[[MeshFailure], None]) -> None:
+        if not callable(hook):
+            raise TypeError(f"unhandled_fault_hook must be callable, got {hook!r}")
+        fault_hooks.unhandled = hook
+
+
+sys.modules[__name__].__class__ = _ActorModule
 
 
 class Accumulator(Generic[A, R]):

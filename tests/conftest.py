@@ -37,10 +37,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # the client runtime stops its procs at exit; give stragglers of stopped meshes a moment
     try:
-        from monarch._mesh import runtime
+        from monarch._mesh import current
 
-        if runtime._runtime is not None:
-            runtime._runtime.shutdown(3.0)
+        rt = current.installed()
+        if rt is not None:
+            rt.shutdown(3.0)
     except Exception:
         pass
     deadline = time.monotonic() + 5.0

@@ -19,11 +19,14 @@ from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import MeshTrait, Shape
 from .._transport.frame import Envelope, EnvelopeTemplate
-from .._transport.pickle_codec import PICKLE_CODEC
+from .._transport.messages import Kind, MessageFlags
+from .._transport.pickle_codec import PICKLE_CODEC, dumps
+from .actor import endpoint_table
 from .context import _current
+from .current import current_runtime
 from .endpoint import Endpoint, EndpointSpec
-from .port import OneSink, StreamSink, ValueMeshSink
-from .router import FLAG_STREAM
+from .router import TemplateMessage
+from .sinks import OneSink, StreamSink, ValueMeshSink
 from .stream import Stream
 
 __all__ = ["FANOUT", "ActorMesh", "MeshRef", "decode_mesh_ref", "encode_mesh_ref"]
@@ -58,7 +61,7 @@ class _Plan:
     grouped by the proc hosting them, their positions in the slice, and pre-encoded envelopes
     (one per endpoint, adverb kind and sender)."""
 
-    __slots__ = ("groups", "positions", "ranks", "templates")
+    __slots__ = ("_tree_expected", "groups", "positions", "ranks", "templates")
 
     def __init__(self, shape: Shape, addrs: Sequence[str]) -> None:
         self.ranks = shape.ranks()
@@ -68,19 +71,18 @@ class _Plan:
         pos = {r: i for i, r in enumerate(self.ranks)}
         self.groups = list(groups.items())
         self.positions = [(a, tuple(pos[r] for r in rs)) for a, rs in self.groups]
-        self.templates: dict[tuple[Any, ...], list[tuple[str, EnvelopeTemplate]]] = {}
+        self.templates: dict[tuple[Any, ...], list[tuple[str, EnvelopeTemplate, Any]]] = {}
+        self._tree_expected: dict[str, set[int]] | None = None
 
-
-_get_runtime: Any = None
-
-
-def _runtime() -> Any:
-    global _get_runtime
-    if _get_runtime is None:
-        from .runtime import get_runtime
-
-        _get_runtime = get_runtime
-    return _get_runtime()
+    def tree_expected(self) -> dict[str, set[int]]:
+        """Positions whose results come back through each head of the cast tree (a fresh copy)."""
+        if self._tree_expected is None:
+            pos = dict(self.positions)
+            exp: dict[str, set[int]] = {}
+            for head, below in _subtrees(self.groups):
+                exp[head] = set(pos[head]).union(*(pos[d] for d in below))
+            self._tree_expected = exp
+        return {a: set(ps) for a, ps in self._tree_expected.items()}
 
 
 def _shape_into(builder: Any, shape: Shape) -> None:
@@ -158,44 +160,48 @@ class ActorMesh(MeshTrait, Generic[T]):
             return ActorMesh(self._ref, sub)._invoke(spec, "call_one", args, kwargs)
         codec = spec.codec or PICKLE_CODEC
         payload, bufs = codec.encode_call(args, kwargs)
-        rt = _runtime()
+        rt = current_runtime()
         router = rt.router
         ref = self._ref
         for a, rs in plan.groups:
             dead = router.dead_reason(a)
             if dead:
                 raise SupervisionError(f"actor {ref.name}{rs if len(rs) > 1 else [rs[0]]} is unreachable: {dead}")
-            reason = rt.unusable(ref, rs)
+            reason = rt.supervisor.unusable(ref, rs)
             if reason:
                 raise SupervisionError(reason)
         result: Any = None
         sink: Any = None
-        flags = 0
+        flags = MessageFlags.NONE
+        tree = len(plan.groups) > FANOUT
+        # replies come from the procs messaged directly: through a cast tree, from the head of
+        # each subtree, so the death of a head fails every position below it (nobody hangs)
+        expected = plan.tree_expected() if tree else {a: set(ps) for a, ps in plan.positions}
         if adverb == "call_one":
-            sink = OneSink(router, codec, {a: set(ps) for a, ps in plan.positions})
+            sink = OneSink(router, codec, expected)
             result = sink.future
         elif adverb == "call":
-            sink = ValueMeshSink(router, codec, {a: set(ps) for a, ps in plan.positions}, self._shape)
+            sink = ValueMeshSink(router, codec, expected, self._shape)
             result = sink.future
         elif adverb == "stream":
-            sink = StreamSink(router, codec, {a: set(ps) for a, ps in plan.positions}, len(ranks))
+            sink = StreamSink(router, codec, expected, len(ranks))
             result = Stream(sink, spec.timeout_s)
-            flags |= FLAG_STREAM
+            flags |= MessageFlags.STREAM
         elif adverb != "broadcast":
             raise ValueError(f"unknown adverb {adverb!r}")
         if spec.explicit_response_port:
-            flags |= 2
+            flags |= MessageFlags.EXPLICIT_PORT
         ctx = _current.get()
         sender = ctx.actor_instance.actor_id if ctx is not None else rt.name
         try:
-            if len(plan.groups) <= FANOUT:
+            if not tree:
                 key = (spec.name, flags, sink is not None, sender, codec.encoding, router.addr)
                 templates = plan.templates.get(key)
                 if templates is None:
                     templates = plan.templates[key] = self._templates(spec, flags, sink is not None, sender, codec, router)
                 reply_port = sink.port if sink is not None else 0
-                for a, tpl in templates:
-                    router.send_template(a, tpl, reply_port, payload, bufs)
+                for a, tpl, base in templates:
+                    router.send(a, TemplateMessage(tpl, base, reply_port, payload), bufs)
             else:
                 env = self._envelope(spec, flags, sender, codec, router)
                 env.payload = payload
@@ -217,7 +223,7 @@ class ActorMesh(MeshTrait, Generic[T]):
     def _envelope(self, spec: EndpointSpec, flags: int, sender: str, codec: Any, router: Any) -> Any:
         """The fields every call of ``spec`` to this slice shares."""
         env = Envelope.new_message()
-        env.kind = "call"
+        env.kind = Kind.CALL
         env.origin = router.addr
         env.actor = self._ref.mesh_id
         env.endpoint = spec.name
@@ -229,14 +235,14 @@ class ActorMesh(MeshTrait, Generic[T]):
 
     def _templates(
         self, spec: EndpointSpec, flags: int, reply: bool, sender: str, codec: Any, router: Any
-    ) -> list[tuple[str, EnvelopeTemplate]]:
-        env = self._envelope(spec, flags, sender, codec, router)
-        if reply:
-            env.replyAddr = router.addr
+    ) -> list[tuple[str, EnvelopeTemplate, Any]]:
         out = []
         for a, rs in self._cplan.groups:  # type: ignore[union-attr]  # made by _invoke first
+            env = self._envelope(spec, flags, sender, codec, router)
+            if reply:
+                env.replyAddr = router.addr
             env.ranks = rs
-            out.append((a, EnvelopeTemplate(env)))
+            out.append((a, EnvelopeTemplate(env), env))
         return out
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -245,9 +251,7 @@ class ActorMesh(MeshTrait, Generic[T]):
 
         Later calls raise ``SupervisionError``. The future completes when all have stopped.
         """
-        from .runtime import get_runtime
-
-        return get_runtime().stop_actor_mesh(self._ref)
+        return current_runtime().stop_actor_mesh(self._ref)
 
     async def __aenter__(self) -> ActorMesh[T]:
         return self
@@ -257,8 +261,13 @@ class ActorMesh(MeshTrait, Generic[T]):
 
     @property
     def initialized(self) -> Future[None]:
-        """Completes once every actor's ``__init__`` ran (Monarch's ``initialized``)."""
-        return Future.completed(None)
+        """Completes once every actor of this mesh has run ``__init__`` (Monarch's ``initialized``).
+
+        It asks every actor through the mesh's ordinary message path, which each actor handles
+        after ``__init__``: an actor whose ``__init__`` raised fails the future with
+        ``SupervisionError``, as every later call does.
+        """
+        return current_runtime().actors_initialized(self._ref, self._shape)
 
 
 class NotAnEndpoint:
@@ -280,8 +289,6 @@ _PY_ENDPOINTS: dict[type, dict[str, EndpointSpec]] = {}
 def _py_endpoints(cls: type) -> dict[str, EndpointSpec]:
     table = _PY_ENDPOINTS.get(cls)
     if table is None:
-        from .actor import endpoint_table
-
         table = {attr: spec for spec, attr in endpoint_table(cls).by_name.values()}
         _PY_ENDPOINTS[cls] = table
     return table
@@ -295,19 +302,12 @@ def _point_shape(shape: Shape, i: int) -> Shape:
 def _send_tree(router: Any, env: Any, bufs: list[Any], groups: dict[str, list[int]]) -> None:
     items = list(groups.items())
     seqs = {a: router.next_seq(a) for a, _ in items}
-
-    def build(lst: Sequence[tuple[str, list[int]]]) -> list[tuple[str, list[int], list[Any]]]:
-        # split lst into at most FANOUT subtrees; the head of each subtree forwards to the rest
-        n = len(lst)
-        if n == 0:
-            return []
-        per = -(-n // FANOUT)
-        out = []
-        for k in range(0, n, per):
-            chunk = lst[k : k + per]
-            head, rest = chunk[0], chunk[1:]
-            out.append((head[0], head[1], build(rest)))
-        return out
+    for _head, below in _subtrees(items):
+        for dest in below:
+            # every proc between the origin and ``dest`` forwards it: if one dies, ``dest`` is
+            # told to skip the number instead of waiting for it forever
+            for fwd in below[dest]:
+                router.forwarded(fwd, dest, seqs[dest])
 
     def fill(lst: Any, hops: list[tuple[str, list[int], list[Any]]]) -> None:
         for i, (a, rs, sub) in enumerate(hops):
@@ -318,20 +318,46 @@ def _send_tree(router: Any, env: Any, bufs: list[Any], groups: dict[str, list[in
             if sub:
                 fill(h.init("forward", len(sub)), sub)
 
-    top = build(items)
-    lengths = env.init("buffers", len(bufs))
-    for i, b in enumerate(bufs):
-        lengths[i] = memoryview(b).nbytes
+    top = _build_tree(items)
     env.origin = router.addr
     for a, rs, sub in top:
         env.ranks = rs
-        env.seq = seqs[a]
         if sub:
             fill(env.init("forward", len(sub)), sub)
         else:
             env.init("forward", 0)
-        router.send_presequenced(a, env, bufs)
-        env.clear_write_flag()
+        router.send(a, env, bufs, seq=seqs[a])
+
+
+def _build_tree(lst: Sequence[tuple[str, list[int]]]) -> list[tuple[str, list[int], list[Any]]]:
+    """Split ``lst`` into at most FANOUT subtrees; the head of each forwards to the rest."""
+    n = len(lst)
+    if n == 0:
+        return []
+    per = -(-n // FANOUT)
+    out = []
+    for k in range(0, n, per):
+        chunk = lst[k : k + per]
+        head, rest = chunk[0], chunk[1:]
+        out.append((head[0], head[1], _build_tree(rest)))
+    return out
+
+
+def _subtrees(items: Sequence[tuple[str, list[int]]]) -> list[tuple[str, dict[str, list[str]]]]:
+    """For each top-level head: every proc below it with the forwarders on its path."""
+    out = []
+
+    def walk(hops: list[Any], path: list[str], acc: dict[str, list[str]]) -> None:
+        for a, _rs, sub in hops:
+            if path:
+                acc[a] = list(path)
+            walk(sub, [*path, a], acc)
+
+    for a, _rs, sub in _build_tree(items):
+        acc: dict[str, list[str]] = {}
+        walk(sub, [a], acc)
+        out.append((a, acc))
+    return out
 
 
 def _rebuild_mesh(cls: type, ref: MeshRef, shape: Shape) -> Any:
@@ -340,8 +366,6 @@ def _rebuild_mesh(cls: type, ref: MeshRef, shape: Shape) -> Any:
 
 def encode_mesh_ref(mesh: ActorMesh[Any]) -> bytes:
     """Bytes that identify ``mesh`` (its spawn and slice); for ``M.ActorRef`` fields."""
-    from .._transport.pickle_codec import dumps
-
     data, bufs = dumps((mesh._ref, mesh._shape))
     if bufs:
         raise TypeError("mesh reference holds out-of-band data")
@@ -352,10 +376,3 @@ def decode_mesh_ref(data: bytes | memoryview, mesh_cls: type) -> Any:
     """The mesh proxy of class ``mesh_cls`` for bytes made by :func:`encode_mesh_ref`."""
     ref, shape = pickle.loads(data)
     return mesh_cls(ref, shape)
-
-
-# The first spawn_procs of a script waits for the fork server's imports; start it now, in the
-# background, so that they overlap with the rest of the script's start (root client only).
-from . import zygote as _zygote  # noqa: E402  # after the definitions: the start is a side effect
-
-_zygote.prestart()

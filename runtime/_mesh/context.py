@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.shape import Extent, Point
+from .current import current_runtime
 
-__all__ = ["Context", "Instance", "context", "current_rank", "current_size"]
+__all__ = ["EMPTY_EXTENT", "Context", "Instance", "context", "current_rank", "current_size", "reset_context", "set_context"]
 
 
 @dataclass
@@ -59,8 +60,7 @@ class Context:
 
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("monarch_context", default=None)
-_root: list[Context] = []
-_EMPTY = Extent([], [])
+EMPTY_EXTENT = Extent([], [])
 
 
 def set_context(ctx: Context) -> contextvars.Token[Context | None]:
@@ -71,27 +71,13 @@ def reset_context(token: contextvars.Token[Context | None]) -> None:
     _current.reset(token)
 
 
-def root_context() -> Context:
-    """The client's context (created with the runtime on first use)."""
-    if not _root:
-        from .runtime import get_runtime
-
-        rt = get_runtime()
-        inst = Instance(Point(0, _EMPTY), "client[0]", "client", rt.router.addr, rt.router.pid)
-        inst._proc = rt.this_proc_mesh()
-        _root.append(Context(inst, Point(0, _EMPTY)))
-    return _root[0]
-
-
 def context() -> Context:
-    """The current context: the handling actor inside an endpoint, the client elsewhere."""
+    """The current context: the handling actor inside an endpoint; elsewhere the process's own
+    (the client at the root; in a proc, outside any handler, the proc itself)."""
     ctx = _current.get()
     if ctx is not None:
         return ctx
-    from .runtime import proc_default_context
-
-    ctx = proc_default_context()
-    return ctx if ctx is not None else root_context()
+    return current_runtime().root_context
 
 
 def current_rank() -> Point:

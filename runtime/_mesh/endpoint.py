@@ -26,6 +26,10 @@ __all__ = [
     "endpoint",
 ]
 
+# the reserved endpoint name every actor answers once its __init__ has run (with None);
+# ``ActorMesh.initialized`` calls it
+INIT_PROBE = "__monarch_initialized__"
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -8,46 +8,30 @@ import logging
 import os
 import socket
 import threading
-import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from .._core.errors import ActorError, SupervisionError
-from .._core.shape import Extent, Point
+from .._core.errors import SupervisionError
+from .._core.failure import MeshFailure
+from .._core.shape import Extent, Point, Shape
 from .._transport.codec import Codec
 from .._transport.frame import Envelope
+from .._transport.messages import ControlOp, Kind, MessageFlags
 from .._transport.pickle_codec import PICKLE_CODEC, dumps, loads
 from .endpoint import EndpointSpec
 from .instance import ActorInstance
-from .router import FLAG_STREAM, Router, Sink
+from .router import Router, Sink
+from .wire_errors import decode_error, encode_error
 
 if TYPE_CHECKING:
     from .port import Port
+    from .supervision import Supervisor
 
-__all__ = ["ActorHost", "Msg", "decode_error", "encode_error"]
+__all__ = ["ActorHost", "Msg", "decode_error", "encode_error", "pickle_spawn"]
 
 log = logging.getLogger("monarch.hosting")
-
-
-def encode_error(exc: BaseException, actor: str) -> tuple[bytes, list[Any]]:
-    """Pickle an exception with its traceback text for the caller (never raises)."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        return dumps((exc, tb, actor))
-    except Exception:
-        return dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb, actor))
-
-
-def decode_error(payload: Any, bufs: list[memoryview]) -> BaseException:
-    """The exception a caller raises for an error result."""
-    try:
-        exc, tb, actor = loads(payload, bufs)
-    except Exception as e:
-        return ActorError(RuntimeError(f"undecodable remote error: {e}"))
-    if isinstance(exc, SupervisionError):
-        return exc
-    return ActorError(exc, tb, actor)
 
 
 class _ShapeInfo:
@@ -97,9 +81,7 @@ class Msg:
         return codec.decode_call(memoryview(self.payload), self.bufs)
 
     def port(self, spec: EndpointSpec) -> Port[Any]:
-        from .port import Port
-
-        return Port(self.reply_addr, self.reply_port, self.pos, spec.codec, once=True)
+        return self.host.port_factory(self.reply_addr, self.reply_port, self.pos, spec.codec)
 
 
 class Collector(Sink):
@@ -152,7 +134,7 @@ class Collector(Sink):
     def _flush(self) -> None:
         self.host.router.close_port(self.port)
         env = Envelope.new_message()
-        env.kind = "reply"
+        env.kind = Kind.REPLY
         env.port = self.dest_port
         parts = env.init("parts", len(self.parts))
         chunks: list[bytes] = []
@@ -174,21 +156,43 @@ class Collector(Sink):
 
 
 class ActorHost:
-    """Hosts the actors of one process and handles calls, spawns, stops and failures."""
+    """Hosts the actors of one process and handles calls, spawns, stops and failures.
 
-    def __init__(self, router: Router, proc_mesh_factory: Any) -> None:
+    Args:
+        router: this process's router.
+        supervisor: where actor failures are reported (to the owner of their mesh).
+        proc_mesh_factory: makes the one-proc ProcMesh of this process (``this_proc()``).
+        port_factory: makes the explicit response port of a call ``(addr, port, rank, codec)``.
+        on_proc_fails: called with a cause when a ``BaseException`` ends this process.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        supervisor: Supervisor,
+        *,
+        proc_mesh_factory: Callable[[], Any],
+        port_factory: Callable[[str, int, int, Codec | None], Port[Any]],
+        on_proc_fails: Callable[[str], None],
+    ) -> None:
         self.router = router
+        self.supervisor = supervisor
         self.meshes: dict[str, dict[int, ActorInstance]] = {}
         self.mesh_names: dict[str, str] = {}
         self._shapes: dict[tuple[Any, ...], _ShapeInfo] = {}
         self._proc_mesh_factory = proc_mesh_factory
+        self.port_factory = port_factory
         self._this_proc: Any = None
         self.hostname = socket.gethostname()
-        router.on_call = self.on_call
-        router.control["spawn"] = self._on_spawn
-        router.control["stop_mesh"] = self._on_stop_mesh
-        self.on_proc_fails: Any = None
-        self.on_failure_report: Any = None
+        self._on_proc_fails = on_proc_fails
+        self.on_failure_report: Callable[[ActorInstance, MeshFailure], None] | None = None
+        router.set_call_handler(self.on_call)
+        router.handle_control(ControlOp.SPAWN, self._on_spawn)
+        router.handle_control(ControlOp.STOP_MESH, self._on_stop_mesh)
+
+    def __repr__(self) -> str:
+        n = sum(len(m) for m in self.meshes.values())
+        return f"<ActorHost {self.router.name!r} meshes={len(self.meshes)} actors={n}>"
 
     def this_proc_mesh(self) -> Any:
         if self._this_proc is None:
@@ -201,8 +205,6 @@ class ActorHost:
         key = (tuple(s.labels), s.offset, tuple(s.sizes), tuple(s.strides))
         info = self._shapes.get(key)
         if info is None:
-            from .._core.shape import Shape
-
             shape = Shape(key[0], key[1], key[2], key[3])
             info = _ShapeInfo(shape.extent, {r: i for i, r in enumerate(shape.ranks())})
             if len(self._shapes) > 4096:
@@ -219,7 +221,7 @@ class ActorHost:
         reply_port = env.replyPort
         flags = env.flags
         forward = env.forward
-        if reply_addr and not (flags & FLAG_STREAM):
+        if reply_addr and not (flags & MessageFlags.STREAM):
             expected: dict[str, set[int]] = {}
             if len(ranks) + len(forward) > 1:
                 mine = {info.pos[r] for r in ranks}
@@ -231,7 +233,7 @@ class ActorHost:
                 reply_addr, reply_port = self.router.addr, col.port
         for hop in forward:
             out = Envelope.new_message()
-            out.kind = "call"
+            out.kind = Kind.CALL
             out.origin = env.origin
             out.seq = hop.seq
             out.actor = mesh_id
@@ -247,8 +249,7 @@ class ActorHost:
             out.sender = env.sender
             out.flags = flags
             try:
-                self.router.send_presequenced(hop.addr, out, list(bufs))
-                out.clear_write_flag()
+                self.router.send(hop.addr, out, list(bufs), seq=hop.seq)
             except Exception as exc:
                 self.router.mark_dead(hop.addr, str(exc))
         if not ranks:
@@ -298,7 +299,7 @@ class ActorHost:
         self, addr: str, port: int, pos: int, err: bool, payload: Any, bufs: list[Any], last: bool, empty: bool = False
     ) -> None:
         env = Envelope.new_message()
-        env.kind = "reply"
+        env.kind = Kind.REPLY
         env.port = port
         p = env.init("parts", 1)[0]
         p.rank = pos
@@ -307,7 +308,7 @@ class ActorHost:
         p.buffers = len(bufs)
         p.last = last
         if empty:
-            env.flags = 4  # end-of-stream marker: no value in this part
+            env.flags = MessageFlags.END_OF_STREAM
         env.payload = payload
         try:
             self.router.send(addr, env, bufs, sequenced=False)
@@ -322,11 +323,12 @@ class ActorHost:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _on_spawn(self, env: Any, bufs: list[memoryview]) -> None:
-        mesh_id, name, cls, args, kwargs, points, extent, owner = loads(env.payload, bufs)
-        actors = self.meshes.setdefault(mesh_id, {})
-        self.mesh_names[mesh_id] = name
-        for r in points:
-            actors[r] = ActorInstance(self, mesh_id, name, Point(r, extent), cls, args, kwargs, owner)
+        try:
+            mesh_id, name, cls, args, kwargs, points, extent, owner = loads(env.payload, bufs)
+        except Exception as exc:
+            log.error("cannot decode a spawn request from %s: %s", env.origin, exc)
+            return
+        self.spawn_local(mesh_id, name, cls, args, kwargs, points, extent, owner)
 
     def spawn_local(
         self, mesh_id: str, name: str, cls: type, args: Any, kwargs: Any, points: list[int], extent: Extent, owner: str
@@ -361,19 +363,11 @@ class ActorHost:
                 done()
 
         for a in pending:
-            a._on_stopped = one_stopped  # type: ignore[attr-defined]
+            a.on_stopped = one_stopped
             a.stop()
-
-    def actor_stopped(self, inst: ActorInstance) -> None:
-        cb = getattr(inst, "_on_stopped", None)
-        if cb is not None:
-            cb()
 
     def actor_failed(self, inst: ActorInstance, cause: str, tb: str, chained: list[Any] | None = None) -> None:
         """Report an actor failure to the process owning its mesh (any thread)."""
-        from .._core.failure import MeshFailure
-        from .runtime import get_runtime
-
         failure = MeshFailure(
             mesh_name=inst.name,
             ranks=[inst.rank.rank],
@@ -384,13 +378,13 @@ class ActorHost:
             actor=inst.display,
             chained=list(chained or []),
         )
-        get_runtime().supervisor.report(inst.owner, inst.mesh_id, failure)
+        self.supervisor.report(inst.owner, inst.mesh_id, failure)
         if self.on_failure_report is not None:
             self.on_failure_report(inst, failure)
 
     def proc_fails(self, cause: str) -> None:
-        if self.on_proc_fails is not None:
-            self.on_proc_fails(cause)
+        """A ``BaseException`` escaped a handler: this whole process fails."""
+        self._on_proc_fails(cause)
 
 
 def _subtree_positions(hop: Any, info: _ShapeInfo) -> set[int]:

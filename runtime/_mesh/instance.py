@@ -4,6 +4,10 @@ Sync actors run every handler on their own thread (so ``Future.get()`` inside a 
 async actors run on the proc's event loop, one message at a time unless the endpoint is marked
 concurrent. ``__supervise__`` and ``__cleanup__`` run the same way, in order with messages.
 
+Every handler is written once, as a generator of "steps" that yields whatever must be awaited
+(an endpoint's coroutine, the next item of an async generator, a runtime future); two small
+drivers run the steps: :func:`_drive_sync` on the actor's thread, :func:`_drive_async` on the loop.
+
 The failure policy lives in :meth:`ActorInstance._handler_raised` and nowhere else (as in
 Monarch, and pykka's single failure policy):
 
@@ -28,16 +32,18 @@ import os
 import queue
 import threading
 import traceback
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .._core.errors import SupervisionError
 from .._core.failure import MeshFailure
-from .._core.future import loop_thread_marker
+from .._core.future import Future, loop_thread_marker
 from .._core.shape import Point
+from .actor import endpoint_table
 from .context import Context, Instance, reset_context, set_context
+from .endpoint import INIT_PROBE, EndpointSpec
 
 if TYPE_CHECKING:
-    from .endpoint import EndpointSpec
     from .hosting import ActorHost, Msg
 
 __all__ = ["ActorInstance"]
@@ -45,6 +51,11 @@ __all__ = ["ActorInstance"]
 log = logging.getLogger("monarch.actor")
 
 _STOP = object()
+# how long stopping an actor waits for each mesh it owns to stop, in seconds
+_OWNED_STOP_TIMEOUT_S = 10.0
+
+# A handler: a generator that yields what must be awaited and receives its result.
+Steps = Generator[Any, Any, Any]
 
 
 class _Supervise:
@@ -54,8 +65,56 @@ class _Supervise:
         self.failure = failure
 
 
+class _WaitFuture:
+    """A step that waits for a runtime :class:`Future` (bounded by ``timeout_s``)."""
+
+    __slots__ = ("future", "timeout_s")
+
+    def __init__(self, future: Future[Any], timeout_s: float) -> None:
+        self.future = future
+        self.timeout_s = timeout_s
+
+
 class _BadInput(Exception):
     """A message the actor cannot even start handling (unknown endpoint, undecodable args)."""
+
+
+def _drive_sync(steps: Steps) -> Any:
+    """Run a handler on the actor's own thread: awaitables run to completion with ``asyncio.run``."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if type(step) is _WaitFuture:
+                value = step.future.get(step.timeout_s)
+            else:
+                value = asyncio.run(_await(step))
+        except BaseException as exc:  # handed to the handler, which decides
+            error = exc
+
+
+async def _drive_async(steps: Steps) -> Any:
+    """Run a handler on the proc's event loop: awaitables are awaited."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if type(step) is _WaitFuture:
+                value = await asyncio.wait_for(_await(step.future), step.timeout_s)
+            else:
+                value = await step
+        except BaseException as exc:  # handed to the handler (CancelledError too)
+            error = exc
 
 
 class ActorInstance:
@@ -72,8 +131,6 @@ class ActorInstance:
         kwargs: dict[str, Any],
         owner: str,
     ) -> None:
-        from .actor import endpoint_table
-
         self.host = host
         self.mesh_id = mesh_id
         self.name = name
@@ -91,6 +148,7 @@ class ActorInstance:
         self._kwargs = kwargs
         self._bound: dict[str, Any] = {}
         self.stopped = threading.Event()
+        self.on_stopped: Any = None
         if self.table.is_async:
             self._aqueue: asyncio.Queue[Any] = asyncio.Queue()
             self._task = host.router.loop.create_task(self._run_async())
@@ -133,7 +191,7 @@ class ActorInstance:
         """Deliver a failure of a mesh this actor owns to its ``__supervise__`` (any thread)."""
         self.post(_Supervise(failure))
 
-    # -- sync actors ----------------------------------------------------------------------------
+    # -- the two mailbox loops ------------------------------------------------------------------
     def _run_sync(self) -> None:
         loop_thread_marker.active = False
         self._construct()
@@ -141,17 +199,39 @@ class ActorInstance:
         while True:
             msg = get()
             if msg is _STOP:
-                self._cleanup(None)
+                _drive_sync(self._cleanup_steps(None))
                 return
             if type(msg) is _Supervise:
-                self._supervise_sync(msg.failure)
+                _drive_sync(self._supervise_steps(msg.failure))
                 continue
             if self.state != "running":
                 self.host.refuse(msg, self._refusal())
                 continue
-            self._handle_sync(msg)
+            _drive_sync(self._handle_steps(msg, False))
             del msg  # let received buffers go back to the pool before the next message
 
+    async def _run_async(self) -> None:
+        self._construct()
+        q = self._aqueue
+        while True:
+            msg = await q.get()
+            if msg is _STOP:
+                await _drive_async(self._cleanup_steps(None))
+                return
+            if type(msg) is _Supervise:
+                await _drive_async(self._supervise_steps(msg.failure))
+                continue
+            if self.state != "running":
+                self.host.refuse(msg, self._refusal())
+                continue
+            entry = self.table.by_name.get(msg.endpoint)
+            if entry is not None and entry[0].concurrent:
+                asyncio.get_running_loop().create_task(_drive_async(self._handle_steps(msg, True)))
+            else:
+                await _drive_async(self._handle_steps(msg, True))
+            del msg
+
+    # -- handlers (written once; see the module docstring) -----------------------------------
     def _construct(self) -> None:
         token = set_context(Context(self.instance, self.rank))
         try:
@@ -169,11 +249,11 @@ class ActorInstance:
     def _impl(self, name: str) -> tuple[EndpointSpec, Any]:
         entry = self.table.by_name.get(name)
         if entry is None:
+            if name == INIT_PROBE:
+                return _INIT_SPEC, _initialized
             fn = getattr(self.obj, name, None) if not name.startswith("_") else None
             if fn is None or not callable(fn):
                 raise _BadInput(f"{self.cls.__qualname__} has no endpoint {name!r}")
-            from .endpoint import EndpointSpec
-
             return EndpointSpec(name=name, py_name=name), fn
         bound = self._bound.get(name)
         if bound is None:
@@ -192,70 +272,7 @@ class ActorInstance:
             args = (msg.port(spec), *args)
         return spec, fn, tuple(args), kwargs
 
-    def _handle_sync(self, msg: Msg) -> None:
-        token = set_context(Context(self.instance, msg.message_rank()))
-        spec: EndpointSpec | None = None
-        try:
-            try:
-                spec, fn, args, kwargs = self._prepare(msg)
-                if spec.stream:
-                    for item in fn(*args, **kwargs):
-                        self.host.reply(msg, spec, item, None, last=False)
-                    self.host.reply_end(msg, spec)
-                else:
-                    result = fn(*args, **kwargs)
-                    if inspect.isawaitable(result):
-                        result = asyncio.run(_await(result))
-                    if not spec.explicit_response_port:
-                        self.host.reply(msg, spec, result, None, last=True)
-            except Exception as exc:
-                self._handler_raised(msg, spec, exc)
-            except BaseException as exc:
-                self._proc_fails(exc, msg)
-        finally:
-            reset_context(token)
-
-    def _supervise_sync(self, failure: MeshFailure) -> None:
-        if self.state != "running" or self.obj is None:
-            self._escalate(failure, None)
-            return
-        token = set_context(Context(self.instance, self.rank))
-        try:
-            try:
-                handled = self.obj.__supervise__(failure)
-                if inspect.isawaitable(handled):
-                    handled = asyncio.run(_await(handled))
-            except Exception as exc:
-                self._fail(exc, "__supervise__", chained=[failure])
-                return
-            if handled is not True:
-                self._escalate(failure, None)
-        finally:
-            reset_context(token)
-
-    # -- async actors ---------------------------------------------------------------------------
-    async def _run_async(self) -> None:
-        self._construct()
-        q = self._aqueue
-        while True:
-            msg = await q.get()
-            if msg is _STOP:
-                await self._acleanup(None)
-                return
-            if type(msg) is _Supervise:
-                await self._supervise_async(msg.failure)
-                continue
-            if self.state != "running":
-                self.host.refuse(msg, self._refusal())
-                continue
-            entry = self.table.by_name.get(msg.endpoint)
-            if entry is not None and entry[0].concurrent:
-                asyncio.get_running_loop().create_task(self._handle_async(msg))
-            else:
-                await self._handle_async(msg)
-            del msg
-
-    async def _handle_async(self, msg: Msg) -> None:
+    def _handle_steps(self, msg: Msg, on_loop: bool) -> Steps:
         token = set_context(Context(self.instance, msg.message_rank()))
         spec: EndpointSpec | None = None
         try:
@@ -264,7 +281,14 @@ class ActorInstance:
                 if spec.stream:
                     gen = fn(*args, **kwargs)
                     if inspect.isasyncgen(gen):
-                        async for item in gen:
+                        if not on_loop:
+                            raise TypeError(f"endpoint {msg.endpoint!r} of a sync actor returned an async generator")
+                        it = gen.__aiter__()
+                        while True:
+                            try:
+                                item = yield it.__anext__()
+                            except StopAsyncIteration:
+                                break
                             self.host.reply(msg, spec, item, None, last=False)
                     else:
                         for item in gen:
@@ -273,7 +297,7 @@ class ActorInstance:
                 else:
                     result = fn(*args, **kwargs)
                     if inspect.isawaitable(result):
-                        result = await result
+                        result = yield result
                     if not spec.explicit_response_port:
                         self.host.reply(msg, spec, result, None, last=True)
             except Exception as exc:
@@ -285,7 +309,7 @@ class ActorInstance:
         finally:
             reset_context(token)
 
-    async def _supervise_async(self, failure: MeshFailure) -> None:
+    def _supervise_steps(self, failure: MeshFailure) -> Steps:
         if self.state != "running" or self.obj is None:
             self._escalate(failure, None)
             return
@@ -294,7 +318,7 @@ class ActorInstance:
             try:
                 handled = self.obj.__supervise__(failure)
                 if inspect.isawaitable(handled):
-                    handled = await handled
+                    handled = yield handled
             except Exception as exc:
                 self._fail(exc, "__supervise__", chained=[failure])
                 return
@@ -302,6 +326,24 @@ class ActorInstance:
                 self._escalate(failure, None)
         finally:
             reset_context(token)
+
+    def _cleanup_steps(self, exc: BaseException | None) -> Steps:
+        for f in self.host.supervisor.stop_owned_by(self):
+            try:
+                yield _WaitFuture(f, _OWNED_STOP_TIMEOUT_S)
+            except Exception as e:
+                log.warning("stopping a mesh owned by %s: %s", self.display, e)
+        if self.obj is not None and self.state == "running":
+            token = set_context(Context(self.instance, self.rank))
+            try:
+                r = self.obj.__cleanup__(exc)
+                if inspect.isawaitable(r):
+                    yield r
+            except Exception:
+                log.exception("__cleanup__ of %s raised", self.display)
+            finally:
+                reset_context(token)
+        self._stopped()
 
     # -- the failure policy ---------------------------------------------------------------------
     def _handler_raised(self, msg: Msg, spec: EndpointSpec | None, exc: Exception) -> None:
@@ -352,52 +394,13 @@ class ActorInstance:
         return SupervisionError(f"actor {self.display} failed: {self.failure}")
 
     # -- stopping -------------------------------------------------------------------------------
-    def _stop_owned(self) -> list[Any]:
-        from .runtime import get_runtime
-
-        return get_runtime().supervisor.stop_owned_by(self)
-
-    def _cleanup(self, exc: BaseException | None) -> None:
-        for f in self._stop_owned():
-            try:
-                f.get(10.0)
-            except Exception as e:
-                log.warning("stopping a mesh owned by %s: %s", self.display, e)
-        if self.obj is not None and self.state == "running":
-            token = set_context(Context(self.instance, self.rank))
-            try:
-                r = self.obj.__cleanup__(exc)
-                if inspect.isawaitable(r):
-                    asyncio.run(_await(r))
-            except Exception:
-                log.exception("__cleanup__ of %s raised", self.display)
-            finally:
-                reset_context(token)
-        self._stopped()
-
-    async def _acleanup(self, exc: BaseException | None) -> None:
-        for f in self._stop_owned():
-            try:
-                await asyncio.wait_for(_await(f), 10.0)
-            except Exception as e:
-                log.warning("stopping a mesh owned by %s: %s", self.display, e)
-        if self.obj is not None and self.state == "running":
-            token = set_context(Context(self.instance, self.rank))
-            try:
-                r = self.obj.__cleanup__(exc)
-                if inspect.isawaitable(r):
-                    await r
-            except Exception:
-                log.exception("__cleanup__ of %s raised", self.display)
-            finally:
-                reset_context(token)
-        self._stopped()
-
     def _stopped(self) -> None:
         if self.state in ("running", "starting"):
             self.state = "stopped"
         self.stopped.set()
-        self.host.actor_stopped(self)
+        cb = self.on_stopped
+        if cb is not None:
+            cb()
         self._drain()
 
     def _drain(self) -> None:
@@ -417,7 +420,15 @@ class ActorInstance:
                 self.host.refuse(msg, self._refusal())
 
 
-async def _await(aw: Any) -> Any:
+_INIT_SPEC = EndpointSpec(name=INIT_PROBE, py_name=INIT_PROBE)
+
+
+def _initialized() -> None:
+    """The reserved endpoint: reached only once ``__init__`` has run."""
+    return None
+
+
+async def _await(aw: Awaitable[Any] | Future[Any]) -> Any:
     return await aw
 
 

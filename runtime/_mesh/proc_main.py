@@ -1,8 +1,10 @@
 """Entry point of a proc process: ``python -m monarch._mesh.proc_main --fd N --owner ADDR``.
 
-The listening socket is inherited from the parent (already bound, so the parent could connect
-and queue messages before this process started). The proc exits when its owner's connection
-closes (the owner died or stopped it), so a client killed with SIGKILL leaves no procs behind.
+The listening socket is inherited from the parent (already bound, and the parent connected to it
+before this process started, so the first link this proc accepts is its owner's). The proc exits
+when that link closes (the owner died or stopped it), so a client killed with SIGKILL leaves no
+procs behind. A heartbeat thread tells the owner every ``peer_timeout_s / 4`` that this process
+is alive, so a stopped (SIGSTOP) or frozen proc is noticed within ``peer_timeout_s``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
+
+# how long an exiting proc waits for its actors' __cleanup__, in seconds
+_CLEANUP_TIMEOUT_S = 2.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,11 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--owner", required=True)
     parser.add_argument("--name", default="proc")
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("MONARCH_LOG_LEVEL", "WARNING"), format=f"[{ns.name} %(levelname)s] %(message)s")
 
     from .._core.future import loop_thread_marker
-    from .runtime import Runtime, _new_loop, _token_from_env, set_runtime
+    from .._transport.messages import ControlOp
+    from . import current
+    from .runtime import Runtime, new_loop, settings_from_config
 
+    settings, token = settings_from_config()
+    from .. import config
+
+    logging.basicConfig(level=config.get_global_config().log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
     boot = os.environ.pop("MONARCH_BOOTSTRAP", None)
     if boot:
         import base64
@@ -34,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
         cloudpickle.loads(base64.b64decode(boot))()
 
-    loop = _new_loop()
+    loop = new_loop()
     asyncio.set_event_loop(loop)
     loop_thread_marker.active = True
     lsock = socket.socket(fileno=ns.fd)
@@ -44,19 +56,20 @@ def main(argv: list[str] | None = None) -> None:
         name=ns.name,
         runtime_dir=os.environ.get("MONARCH_RUNTIME_DIR", "/tmp"),
         owns_dir=False,
-        token=_token_from_env(),
+        token=token,
         parent_addr=ns.owner,
+        settings=settings,
     )
-    set_runtime(rt)
+    current.install(rt)
     owner = ns.owner
-    exiting = [False]
+    exiting = threading.Event()
 
     def finish(code: int) -> None:
-        if exiting[0]:
+        if exiting.is_set():
             return
-        exiting[0] = True
+        exiting.set()
         # stop owned procs first, then leave without running interpreter teardown in threads
-        alive = [a for a, h in rt.children.items() if not h.exited.is_set()]
+        alive = rt.procs.alive()
         if alive:
             try:
                 rt.stop_processes(alive, 2.0)
@@ -66,31 +79,36 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.flush()
         os._exit(code)
 
-    def owner_gone(origin: str) -> None:
-        if origin == owner:
-            finish(0)
-
     def on_exit(env: object, bufs: object) -> None:
-        # stop every actor (runs __cleanup__), then exit
+        # stop every actor (runs __cleanup__), then exit once all stopped (bounded)
         actors = [a for m in rt.host.meshes.values() for a in m.values() if not a.stopped.is_set()]
         for a in actors:
             a.stop()
 
-        async def wait_and_exit() -> None:
-            for _ in range(200):
-                if all(a.stopped.is_set() for a in actors):
-                    break
-                await asyncio.sleep(0.01)
+        def wait_and_exit() -> None:
+            deadline = time.monotonic() + _CLEANUP_TIMEOUT_S
+            for a in actors:
+                a.stopped.wait(max(0.0, deadline - time.monotonic()))
             finish(0)
 
-        loop.create_task(wait_and_exit())
+        threading.Thread(target=wait_and_exit, name="monarch proc exit", daemon=True).start()
 
-    def proc_fails(cause: str) -> None:
-        loop.call_soon_threadsafe(finish, 1)
+    def heartbeat() -> None:
+        interval = settings.heartbeat_interval_s
+        if interval is None:
+            return
+        while True:
+            try:
+                rt.router.send_control(owner, ControlOp.HEARTBEAT, sequenced=False)
+            except Exception:
+                return  # the owner is gone: owner_lost ends this process
+            if exiting.wait(interval):
+                return
 
-    rt.router.on_incoming_closed.append(owner_gone)
-    rt.router.control["exit"] = on_exit
-    rt.host.on_proc_fails = proc_fails
+    rt.router.on_owner_lost(lambda: finish(0))
+    rt.router.handle_control(ControlOp.EXIT, on_exit)
+    rt.on_proc_fails.append(lambda cause: loop.call_soon_threadsafe(finish, 1))
+    threading.Thread(target=heartbeat, name="monarch heartbeat", daemon=True).start()
     try:
         loop.run_forever()
     finally:

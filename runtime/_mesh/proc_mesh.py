@@ -7,13 +7,21 @@ Semantics follow Meta Monarch's ``this_host().spawn_procs(per_host={...})`` and
 
 from __future__ import annotations
 
+import base64
 import math
+import os
 from typing import Any, TypeVar, overload
 
+import cloudpickle
+
+from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import Extent, MeshTrait, Shape
 from .actor import TypedActor, validate_actor_class
-from .actor_mesh import ActorMesh, MeshRef
+from .actor_mesh import ActorMesh
+from .context import context
+from .current import current_runtime
+from .supervision import current_owner
 
 __all__ = ["HostMesh", "ProcMesh", "hosts_from_config", "this_host", "this_proc"]
 
@@ -70,51 +78,44 @@ class ProcMesh(MeshTrait):
             TypeError: ``cls`` is not a spawnable actor class (abstract, mixed sync/async).
             SupervisionError: this proc mesh was stopped.
         """
-        from .._core.errors import SupervisionError
-        from .runtime import get_runtime
-
         if not isinstance(name, str):
             raise TypeError(f"spawn(name, cls, ...): name must be a str, got {type(name).__name__}")
         validate_actor_class(cls)
         if self._stopped:
             raise SupervisionError("cannot spawn on a stopped ProcMesh")
-        rt = get_runtime()
+        rt = current_runtime()
         ranks = self._shape.ranks()
         addrs = [self._addrs[r] for r in ranks]
-        extent = self._shape.extent
-        mesh_id = rt.spawn_actors(name, cls, args, kwargs, addrs, extent)
-        ref = MeshRef(mesh_id, name, tuple(addrs), Shape(list(extent.labels), 0, list(extent.sizes)), cls, rt.router.addr)
-        rec = rt.supervisor.owned.get(mesh_id)
-        if rec is not None:
-            rec.ref = ref
+        ref = rt.spawn_actors(name, cls, args, kwargs, addrs, self._shape.extent, current_owner())
         mesh_cls = getattr(cls, "__monarch_mesh__", None) or ActorMesh
         return mesh_cls(ref)
 
     def stop(self) -> Future[None]:
         """Stop every proc of this mesh (their actors run ``__cleanup__``); completes when all
         processes have exited. Procs that do not exit within 5 s are killed."""
-        from .runtime import get_runtime
-
         self._stopped = True
         if not self._owned:
             return Future.completed(None)
-        return get_runtime().stop_processes(sorted(set(self._addrs)))
+        return current_runtime().stop_processes(sorted(set(self._addrs)))
 
     async def logging_option(
         self, stream_to_client: bool = True, aggregate_window_sec: float | None = 3, level: int | None = None
     ) -> None:
-        """Configure log forwarding (Monarch's ``logging_option``).
+        """Configure log forwarding (Monarch's ``logging_option``): NOT IMPLEMENTED YET.
 
-        Procs on this host write straight to the client's stdout/stderr (they inherit them), so
-        streaming is always on here; windowed aggregation of similar lines is not implemented
-        and the arguments are accepted for compatibility.
+        Log forwarding and windowed aggregation are not built (they come with multi-host
+        support); the arguments are accepted for compatibility with Monarch programs and have no
+        effect. Procs on this host inherit the client's stdout/stderr, so their output reaches the
+        client's terminal as it is written, unaggregated and unfiltered.
         """
         return None
 
     @property
     def initialized(self) -> Future[None]:
-        """Completes when the procs are up (spawning is non-blocking; messages queue)."""
-        return Future.completed(None)
+        """Completes when every proc of this mesh has started and answered (spawning itself is
+        non-blocking: messages sent before then queue). Fails with ``SupervisionError`` when a
+        proc died first."""
+        return current_runtime().procs_ready(sorted(set(self._addrs[r] for r in self._shape.ranks())))
 
     async def __aenter__(self) -> ProcMesh:
         return self
@@ -167,8 +168,6 @@ class HostMesh(MeshTrait):
         Raises:
             ValueError: a dimension label clashes with the host mesh's, or a size is invalid.
         """
-        from .runtime import get_runtime
-
         per_host = dict(per_host or {})
         clash = set(per_host) & set(self._shape.labels)
         if clash:
@@ -182,18 +181,13 @@ class HostMesh(MeshTrait):
         nproc = n if processes is None else max(1, min(int(processes), n))
         extra = dict(env or {})
         if bootstrap is not None:
-            import base64
-
-            import cloudpickle
-
             extra["MONARCH_BOOTSTRAP"] = base64.b64encode(cloudpickle.dumps(bootstrap)).decode()
-        handles = get_runtime().spawn_processes(nproc, name, extra)
+        rt = current_runtime()
+        handles = rt.procs.spawn(nproc, name, extra)
         per = -(-n // nproc)
         addrs = [handles[i // per].addr for i in range(n)]
         mesh = ProcMesh(addrs, Shape(labels, 0, sizes), self)
-        from .supervision import current_owner
-
-        get_runtime().supervisor.register_procs(current_owner(), mesh)
+        rt.supervisor.register_procs(current_owner(), mesh)
         return mesh
 
 
@@ -210,8 +204,6 @@ def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:
     Raises:
         ValueError: the variable is neither a count nor a list.
     """
-    import os
-
     raw = os.environ.get(name, "").strip()
     if not raw:
         hosts = ["local"]
@@ -231,8 +223,6 @@ def this_host() -> HostMesh:
 
 def this_proc() -> ProcMesh:
     """The proc this code runs on: the client's own process at the root, else the actor's."""
-    from .context import context
-
     return context().actor_instance.proc  # type: ignore[no-any-return]
 
 

@@ -1,47 +1,73 @@
-"""The per-process message hub: connections, per-origin FIFO, ports, local actors, cast trees.
+"""The per-process message hub: links to peers, per-origin FIFO, ports, liveness.
 
 Every process of a job (the client and every proc) has one :class:`Router`. It listens on one
-address, dials peers lazily, keeps one outgoing connection per peer, and on its event-loop thread
-dispatches received frames: calls to local actors (after forwarding the cast further down its
-tree), results to ports, control operations to handlers.
+address, dials peers lazily, keeps one outgoing link per peer, and on its event-loop thread
+dispatches received frames: calls to the actor host, results to ports (sinks), control operations
+to the handlers registered for them. It is the one source of truth for which peers are alive.
 
 Ordering: every message from an origin process to a destination process carries a sequence
 number fixed at the origin, so casts that travel through forwarders are delivered in the origin's
-order (per-sender FIFO, as Monarch guarantees); a frame that arrives early waits for the gap.
+order (per-sender FIFO, as Monarch guarantees); a frame that arrives early waits for the gap. When
+a forwarder dies, the origin tells each destination below it which sequence numbers travelled
+through it (:data:`ControlOp.SKIP`), so healthy ranks never wait for a message that died with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .._core.errors import ConnectError, SupervisionError
-from .._transport.channel import Connection, Listener, dial
-from .._transport.frame import Envelope, EnvelopeTemplate, decode_envelope, encode_frame, frame_iov
+from .._transport.channel import Connection, Listener, _tune, dial
+from .._transport.frame import Envelope, EnvelopeTemplate, encode_frame, frame_iov
+from .._transport.messages import ControlOp, Kind
+from .._transport.pickle_codec import dumps, loads
 
-__all__ = ["Router", "Sink"]
+__all__ = ["Outgoing", "Router", "RouterLimits", "Sink", "TemplateMessage"]
 
 log = logging.getLogger("monarch.router")
 
-_MAX_ENVELOPE_BYTES = 64 << 20
-_MAX_FRAME_BYTES = 1 << 40
+Handler = Callable[[Any, list[memoryview]], None]
 
-FLAG_STREAM = 1
-FLAG_PORT = 2
+
+@dataclass(frozen=True)
+class RouterLimits:
+    """Bounds on what peers may make this process hold.
+
+    Attributes:
+        max_envelope_bytes: largest envelope accepted (bigger: the link is closed).
+        max_frame_bytes: largest frame (envelope + out-of-band buffers) accepted.
+        max_held_frames: frames held per origin while waiting for a sequence gap; beyond it the
+            link that brought the next one is closed (a peer cannot make us hold unbounded data).
+        max_held_bytes: the same bound in bytes of held payload and buffers.
+        peer_timeout_s: a watched child that sends no heartbeat for this long is declared hung,
+            reported as failed and killed. None disables the check.
+        start_timeout_s: a watched child that sends no first heartbeat this long after it was
+            started is declared hung the same way (start-up imports take longer than beats).
+        forwarded_seq_window: per forwarder, how many (destination, seq) pairs of the latest casts
+            sent through it are remembered so they can be skipped at the destinations if it dies.
+    """
+
+    max_envelope_bytes: int = 64 << 20
+    max_frame_bytes: int = 1 << 40
+    max_held_frames: int = 65536
+    max_held_bytes: int = 1 << 30
+    peer_timeout_s: float | None = 3.0
+    start_timeout_s: float = 30.0
+    forwarded_seq_window: int = 4096
 
 
 class Sink:
-    """Where results addressed to a local port go. ``deliver`` may run on any thread.
-
-    ``expect`` maps peer addresses to the result positions still awaited from them, so the
-    router can fail those positions when the peer dies.
-    """
+    """Where results addressed to a local port go. ``deliver`` runs on the loop thread."""
 
     def deliver(self, env: Any, bufs: list[memoryview]) -> None:
         raise NotImplementedError
@@ -53,6 +79,43 @@ class Sink:
         return False
 
 
+class Outgoing(Protocol):
+    """A message ready to encode: an :class:`Envelope`, or a :class:`TemplateMessage`."""
+
+    def frame(self, seq: int, lengths: list[int], shm: list[int] | None) -> Any: ...
+
+    def envelope(self) -> Any: ...
+
+
+class TemplateMessage:
+    """A call built from a pre-encoded template (the calls of one endpoint to one slice)."""
+
+    __slots__ = ("base", "payload", "reply_port", "template")
+
+    def __init__(self, template: EnvelopeTemplate, base: Any, reply_port: int, payload: Any) -> None:
+        self.template = template
+        self.base = base
+        self.reply_port = reply_port
+        self.payload = payload
+
+    def frame(self, seq: int, lengths: list[int], shm: list[int] | None) -> Any:
+        return self.template.encode(seq, self.reply_port, self.payload, lengths, shm)
+
+    def envelope(self) -> Any:
+        env = self.base.copy()
+        env.replyPort = self.reply_port
+        env.payload = self.payload
+        return env
+
+
+def _frame_of_envelope(env: Any, seq: int, lengths: list[int], shm: list[int] | None) -> Any:
+    env.seq = seq
+    if lengths or env.buffers:
+        env.buffers = lengths
+    env.shm = shm or ()
+    return env.to_bytes()
+
+
 class Router:
     """One per process; see the module docstring.
 
@@ -61,6 +124,7 @@ class Router:
         listen: a bound listening socket, or an address to bind.
         token: cluster token for TCP peers (None: TCP peers are refused).
         name: a readable name of this process, for errors (``client``, ``trainers/3``).
+        limits: bounds on peers (see :class:`RouterLimits`).
     """
 
     def __init__(
@@ -70,10 +134,12 @@ class Router:
         *,
         token: bytes | None,
         name: str,
+        limits: RouterLimits | None = None,
     ) -> None:
         self.loop = loop
         self.token = token
         self.name = name
+        self.limits = limits or RouterLimits()
         self.pid = os.getpid()
         if isinstance(listen, str):
             self.listener = Listener(loop, self._accepted, addr=listen, token=token)
@@ -83,42 +149,77 @@ class Router:
         self._lock = threading.Lock()
         self._out: dict[str, Connection] = {}
         self._incoming: set[Connection] = set()
+        self._first_incoming: Connection | None = None
         self._dead: dict[str, str] = {}
         self._seq_out: dict[str, int] = {}
         self._seq_in: dict[str, int] = {}
         self._held: dict[str, dict[int, tuple[Any, list[memoryview]]]] = {}
+        self._held_bytes: dict[str, int] = {}
+        self._skip: dict[str, set[int]] = {}
+        self._via: dict[str, collections.deque[tuple[str, int]]] = {}
         self._port_ids = itertools.count(1)
         self.sinks: dict[int, Sink] = {}
-        self.watched: set[str] = set()
-        # set by the layer above
-        self.on_call: Callable[[Any, list[memoryview]], None] = lambda env, bufs: None
-        self.control: dict[str, Callable[[Any, list[memoryview]], None]] = {}
-        self.on_peer_lost: list[Callable[[str, str], None]] = []
-        self.on_incoming_closed: list[Callable[[str], None]] = []
+        # child address -> (monotonic time of its last heartbeat or start, has it beaten yet)
+        self._watched: dict[str, tuple[float, bool]] = {}
+        self._on_call: Handler = lambda env, bufs: None
+        self._control: dict[str, Handler] = {ControlOp.SKIP: self._on_skip, ControlOp.HEARTBEAT: self._on_heartbeat}
+        self._on_peer_lost: list[Callable[[str, str], None]] = []
+        self._on_owner_lost: list[Callable[[], None]] = []
+        self._on_hung: Callable[[str, str], None] | None = None
+        self._closed = False
 
-    # -- connections -----------------------------------------------------------------------
+    # -- wiring (by the composition root) ------------------------------------------------------
+    def set_call_handler(self, handler: Handler) -> None:
+        """Where calls and casts to local actors go (the actor host)."""
+        self._on_call = handler
+
+    def handle_control(self, op: ControlOp, handler: Handler) -> None:
+        """Run ``handler(env, bufs)`` on the loop thread for control envelopes naming ``op``."""
+        self._control[op] = handler
+
+    def on_peer_lost(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(addr, reason)`` (loop thread) when a peer is declared dead."""
+        self._on_peer_lost.append(callback)
+
+    def on_owner_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the first link accepted by this process closes.
+
+        A proc's parent connects to the proc's listening socket before the proc starts, so that
+        link is the owner's; no other peer can end it by claiming the owner's address.
+        """
+        self._on_owner_lost.append(callback)
+
+    def on_hung(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(addr, reason)`` when a watched child stops sending heartbeats."""
+        self._on_hung = callback
+
+    # -- links ---------------------------------------------------------------------------------
     def _accepted(self, sock: socket.socket, peer: str) -> None:
-        conn = Connection(
+        conn = self._link(sock, self._incoming_closed, peer)
+        self._incoming.add(conn)
+        if self._first_incoming is None:
+            self._first_incoming = conn
+        conn.start_reading()
+
+    def _link(self, sock: socket.socket, on_close: Callable[[Connection, BaseException | None], None], peer: str) -> Connection:
+        return Connection(
             sock,
             self.loop,
             self._on_frame,
-            self._incoming_closed,
-            max_envelope_bytes=_MAX_ENVELOPE_BYTES,
-            max_frame_bytes=_MAX_FRAME_BYTES,
+            on_close,
+            max_envelope_bytes=self.limits.max_envelope_bytes,
+            max_frame_bytes=self.limits.max_frame_bytes,
             peer=peer,
         )
-        self._incoming.add(conn)
-        conn.start_reading()
 
     def _incoming_closed(self, conn: Connection, exc: BaseException | None) -> None:
         self._incoming.discard(conn)
-        origin = conn.state.get("origin")
-        if origin:
-            for cb in list(self.on_incoming_closed):
-                cb(origin)
+        if conn is self._first_incoming:
+            for cb in list(self._on_owner_lost):
+                cb()
 
     def connection(self, addr: str) -> Connection:
-        """The outgoing connection to ``addr``, dialled on first use (any thread).
+        """The outgoing link to ``addr``, dialled on first use (any thread).
 
         Raises:
             SupervisionError: the peer is known to be dead.
@@ -134,46 +235,27 @@ class Router:
             if addr in self._dead:
                 raise SupervisionError(f"proc at {addr} is gone: {self._dead[addr]}")
             sock = dial(addr, self.token)
-            conn = Connection(
-                sock,
-                self.loop,
-                self._on_frame,
-                self._outgoing_closed,
-                max_envelope_bytes=_MAX_ENVELOPE_BYTES,
-                max_frame_bytes=_MAX_FRAME_BYTES,
-                peer=addr,
-            )
-            conn.state["addr"] = addr
-            hello = Envelope.new_message()
-            hello.kind = "hello"
-            hello.origin = self.addr
-            conn.send(encode_frame(hello, []))
-            self._out[addr] = conn
+            conn = self._outgoing(addr, sock)
         self.call_on_loop(conn.start_reading)
         return conn
 
     def adopt(self, addr: str, sock: socket.socket) -> Connection:
-        """Use an already-connected socket as the outgoing connection to ``addr``."""
-        from .._transport.channel import _tune
-
+        """Use an already-connected socket as the outgoing link to ``addr``."""
         _tune(sock)
         with self._lock:
-            conn = Connection(
-                sock,
-                self.loop,
-                self._on_frame,
-                self._outgoing_closed,
-                max_envelope_bytes=_MAX_ENVELOPE_BYTES,
-                max_frame_bytes=_MAX_FRAME_BYTES,
-                peer=addr,
-            )
-            conn.state["addr"] = addr
-            hello = Envelope.new_message()
-            hello.kind = "hello"
-            hello.origin = self.addr
-            conn.send(encode_frame(hello, []))
-            self._out[addr] = conn
+            conn = self._outgoing(addr, sock)
         self.call_on_loop(conn.start_reading)
+        return conn
+
+    def _outgoing(self, addr: str, sock: socket.socket) -> Connection:
+        """Make the link (lock held) and introduce ourselves on it."""
+        conn = self._link(sock, self._outgoing_closed, addr)
+        conn.state["addr"] = addr
+        hello = Envelope.new_message()
+        hello.kind = Kind.HELLO
+        hello.origin = self.addr
+        conn.send(encode_frame(hello, []))
+        self._out[addr] = conn
         return conn
 
     def _outgoing_closed(self, conn: Connection, exc: BaseException | None) -> None:
@@ -181,17 +263,49 @@ class Router:
         with self._lock:
             if self._out.get(addr) is conn:
                 del self._out[addr]
-        if addr and addr not in self._dead:
+        if addr and addr not in self._dead and not self._closed:
             reason = f"connection lost{': ' + str(exc) if exc else ''}"
-            if addr in self.watched:
-                # a child we watch through its pidfd: its exit status arrives within
+            if addr in self._watched:
+                # a child watched through its pidfd: its exit status arrives within
                 # milliseconds and names the cause; fall back to EOF if it does not
                 self.loop.call_later(0.25, self.mark_dead, addr, reason)
             else:
                 self.mark_dead(addr, reason)
 
+    # -- liveness --------------------------------------------------------------------------------
+    def watch(self, addr: str) -> None:
+        """Watch the child at ``addr``: it must send heartbeats (loop thread)."""
+        first = not self._watched
+        self._watched[addr] = (time.monotonic(), False)
+        if first and self.limits.peer_timeout_s is not None:
+            self.loop.call_later(self.limits.peer_timeout_s / 4, self._check_heartbeats)
+
+    def _on_heartbeat(self, env: Any, bufs: list[memoryview]) -> None:
+        if env.origin in self._watched:
+            self._watched[env.origin] = (time.monotonic(), True)
+
+    def _check_heartbeats(self) -> None:
+        timeout_s = self.limits.peer_timeout_s
+        if timeout_s is None or self._closed:
+            return
+        now = time.monotonic()
+        for addr, (seen, beating) in list(self._watched.items()):
+            limit = timeout_s if beating else max(timeout_s, self.limits.start_timeout_s)
+            if addr in self._dead:
+                del self._watched[addr]
+            elif now - seen > limit:
+                del self._watched[addr]
+                what = "heartbeat" if beating else "heartbeat since it was started"
+                reason = f"hung: no {what} for {now - seen:.1f} s (stopped or frozen; limit {limit} s)"
+                log.error("proc at %s %s", addr, reason)
+                self.mark_dead(addr, reason)
+                if self._on_hung is not None:
+                    self._on_hung(addr, reason)
+        if self._watched:
+            self.loop.call_later(timeout_s / 4, self._check_heartbeats)
+
     def mark_dead(self, addr: str, reason: str) -> None:
-        """Record that the proc at ``addr`` is gone and fail everything awaiting it."""
+        """Record that the proc at ``addr`` is gone and fail everything awaiting it (loop thread)."""
         with self._lock:
             if addr in self._dead:
                 if reason and "connection lost" in self._dead[addr]:
@@ -199,105 +313,89 @@ class Router:
                 return
             self._dead[addr] = reason
             conn = self._out.pop(addr, None)
+            self._watched.pop(addr, None)
+            self._seq_out.pop(addr, None)
+            via = self._via.pop(addr, None)
         if conn is not None:
             conn.close(None)
+        if via:
+            self._skip_lost(via)
         for sink in list(self.sinks.values()):
             if sink.waits_on(addr):
                 sink.peer_lost(addr, reason)
-        for cb in list(self.on_peer_lost):
+        for cb in list(self._on_peer_lost):
             cb(addr, reason)
 
     def dead_reason(self, addr: str) -> str | None:
+        """Why the peer at ``addr`` is dead, or None while it is believed alive."""
         return self._dead.get(addr)
 
     # -- sending -------------------------------------------------------------------------------
     def next_seq(self, addr: str) -> int:
+        """Reserve the next sequence number from this origin to ``addr`` (cast trees)."""
         with self._lock:
             n = self._seq_out.get(addr, 0) + 1
             self._seq_out[addr] = n
             return n
 
-    def send(self, addr: str, env: Any, bufs: list[Any], *, sequenced: bool = True) -> None:
-        """Send one envelope (``env.buffers`` is filled in here) to ``addr`` from any thread.
+    def forwarded(self, forwarder: str, dest: str, seq: int) -> None:
+        """Remember that message ``seq`` to ``dest`` travels through ``forwarder``."""
+        with self._lock:
+            via = self._via.get(forwarder)
+            if via is None:
+                via = self._via[forwarder] = collections.deque(maxlen=self.limits.forwarded_seq_window)
+            via.append((dest, seq))
+
+    def send(self, addr: str, msg: Any, bufs: list[Any], *, sequenced: bool = True, seq: int = 0) -> None:
+        """Send one message to ``addr`` from any thread: the one send path.
+
+        Args:
+            addr: the destination process.
+            msg: an :class:`Envelope`, or a :class:`TemplateMessage`.
+            bufs: out-of-band buffers sent after the envelope (large ones by shared memory).
+            sequenced: give it the next sequence number to ``addr`` (per-sender FIFO).
+            seq: a sequence number fixed by the caller (cast trees); overrides ``sequenced``.
 
         Raises:
             SupervisionError: the destination is known dead.
             ConnectError: it cannot be reached.
         """
-        if bufs:
-            env.buffers = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs]
-        env.origin = self.addr
         if addr == self.addr:
-            if sequenced:
-                env.seq = 0
-            env.shm = ()
-            data = encode_frame(env, bufs)
-            self.call_on_loop(self._local_frame, data)
+            env = msg.envelope() if type(msg) is TemplateMessage else msg.copy()
+            env.origin = self.addr
+            env.seq = 0
+            self.call_on_loop(self._dispatch, env, _local_buffers(bufs))
             return
-        conn = self._out.get(addr)
-        if conn is None or conn.closed:
-            conn = self.connection(addr)
-        if bufs:
-            bufs = _share(conn, env, bufs)
-        if sequenced:
-            with self._lock:
-                n = self._seq_out.get(addr, 0) + 1
-                self._seq_out[addr] = n
-                env.seq = n
-                conn.send(encode_frame(env, bufs))
-        else:
-            conn.send(encode_frame(env, bufs))
-
-    def send_template(self, addr: str, tpl: EnvelopeTemplate, reply_port: int, payload: Any, bufs: list[Any]) -> None:
-        """Send a sequenced message built from ``tpl`` (which carries this router's address as
-        ``origin``) with its variable parts, from any thread.
-
-        Raises:
-            SupervisionError: the destination is known dead.
-            ConnectError: it cannot be reached.
-        """
         lengths = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs] if bufs else []
-        if addr == self.addr:
-            self.call_on_loop(self._local_frame, frame_iov(tpl.encode(0, reply_port, payload, lengths), bufs))
-            return
+        encode = msg.frame if type(msg) is TemplateMessage else _bind_envelope(msg)
         conn = self._out.get(addr)
         if conn is None or conn.closed:
             conn = self.connection(addr)
         shm = conn.share(bufs) if bufs else None
-        if shm:
-            bufs = [b for b, s in zip(bufs, shm) if not s]
+        inline = [b for b, s in zip(bufs, shm) if not s] if shm else bufs
+        if seq or not sequenced:
+            conn.send(frame_iov(encode(seq, lengths, shm), inline))
+            return
         with self._lock:
             n = self._seq_out.get(addr, 0) + 1
             self._seq_out[addr] = n
-            conn.send(frame_iov(tpl.encode(n, reply_port, payload, lengths, shm), bufs))
+            conn.send(frame_iov(encode(n, lengths, shm), inline))
 
-    def send_presequenced(self, addr: str, env: Any, bufs: list[Any]) -> None:
-        """Send an envelope whose ``seq`` the caller fixed (cast trees)."""
-        if bufs and len(env.buffers) != len(bufs):
-            lst = env.init("buffers", len(bufs))
-            for i, b in enumerate(bufs):
-                lst[i] = memoryview(b).nbytes
-        if addr == self.addr:
-            env.seq = 0
-            env.shm = ()
-            self.call_on_loop(self._local_frame, encode_frame(env, bufs))
-            return
-        conn = self.connection(addr)
-        if bufs:
-            bufs = _share(conn, env, bufs)
-        conn.send(encode_frame(env, bufs))
-
-    def _local_frame(self, iov: list[Any]) -> None:
-        env = decode_envelope(bytes(iov[0]))
-        bufs: list[memoryview] = []
-        i = 1
-        for n in env.buffers:
-            b = memoryview(iov[i]).cast("B")
-            bufs.append(memoryview(bytearray(b)) if b.readonly else b)
-            i += 1
-            if n & 7:
-                i += 1
-        self._dispatch(env, bufs)
+    def send_control(
+        self, addr: str, op: ControlOp, *, actor: str = "", payload: Any = b"", bufs: list[Any] | None = None,
+        reply_port: int = 0, kind: Kind = Kind.CONTROL, sequenced: bool = True,
+    ) -> None:
+        """Send a runtime control operation ``op`` to ``addr`` (see :meth:`send` for errors)."""
+        env = Envelope.new_message()
+        env.kind = kind
+        env.endpoint = op
+        env.actor = actor
+        env.payload = payload
+        env.origin = self.addr
+        if reply_port:
+            env.replyAddr = self.addr
+            env.replyPort = reply_port
+        self.send(addr, env, bufs or [], sequenced=sequenced)
 
     def call_on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop thread (at once when already there)."""
@@ -311,6 +409,7 @@ class Router:
 
     # -- ports ---------------------------------------------------------------------------------
     def new_port(self, sink: Sink) -> int:
+        """Register ``sink`` under a new port id of this process."""
         pid = next(self._port_ids)
         self.sinks[pid] = sink
         return pid
@@ -326,54 +425,125 @@ class Router:
             expected = self._seq_in.get(origin, 1)
             if seq != expected:
                 if seq > expected:
-                    self._held.setdefault(origin, {})[seq] = (env, bufs)
+                    self._hold(conn, origin, seq, env, bufs)
                 return
             self._seq_in[origin] = seq + 1
             self._dispatch(env, bufs)
-            held = self._held.get(origin)
-            if held:
-                nxt = seq + 1
-                while nxt in held:
-                    e, b = held.pop(nxt)
-                    self._seq_in[origin] = nxt + 1
-                    self._dispatch(e, b)
-                    nxt += 1
+            if origin in self._held or origin in self._skip:
+                self._release(origin)
             return
-        if env.kind == "hello":
-            conn.state["origin"] = env.origin
+        if env.kind == Kind.HELLO:
+            if "origin" not in conn.state:
+                conn.state["origin"] = env.origin
             return
         self._dispatch(env, bufs)
 
+    def _hold(self, conn: Connection, origin: str, seq: int, env: Any, bufs: list[memoryview]) -> None:
+        held = self._held.setdefault(origin, {})
+        size = len(env.payload) + sum(b.nbytes for b in bufs)
+        total = self._held_bytes.get(origin, 0) + size
+        if len(held) >= self.limits.max_held_frames or total > self.limits.max_held_bytes:
+            log.error(
+                "closing the link from %s: %d frames (%d bytes) from origin %s wait for sequence %d",
+                conn.peer or "peer", len(held), total, origin, self._seq_in.get(origin, 1),
+            )
+            conn.close(None)
+            return
+        held[seq] = (env, bufs)
+        self._held_bytes[origin] = total
+
+    def _release(self, origin: str) -> None:
+        """Deliver the held frames (and pass skipped numbers) that are now in sequence."""
+        held = self._held.get(origin, {})
+        skip = self._skip.get(origin, set())
+        nxt = self._seq_in.get(origin, 1)
+        while True:
+            if nxt in held:
+                e, b = held.pop(nxt)
+                self._held_bytes[origin] = self._held_bytes.get(origin, 0) - len(e.payload) - sum(x.nbytes for x in b)
+                self._seq_in[origin] = nxt + 1
+                self._dispatch(e, b)
+            elif nxt in skip:
+                skip.discard(nxt)
+                self._seq_in[origin] = nxt + 1
+            else:
+                break
+            nxt += 1
+        if not held:
+            self._held.pop(origin, None)
+            self._held_bytes.pop(origin, None)
+        for s in [s for s in skip if s < nxt]:
+            skip.discard(s)
+        if not skip:
+            self._skip.pop(origin, None)
+
+    def _skip_lost(self, via: collections.deque[tuple[str, int]]) -> None:
+        """A forwarder died: tell each destination below it which numbers it will never see."""
+        by_dest: dict[str, list[int]] = {}
+        for dest, seq in via:
+            by_dest.setdefault(dest, []).append(seq)
+        for dest, seqs in by_dest.items():
+            if dest in self._dead:
+                continue
+            if dest == self.addr:
+                continue
+            try:
+                payload, _ = dumps(seqs)
+                self.send_control(dest, ControlOp.SKIP, payload=payload, sequenced=False)
+            except Exception as exc:
+                log.warning("cannot tell %s to skip messages lost with a forwarder: %s", dest, exc)
+
+    def _on_skip(self, env: Any, bufs: list[memoryview]) -> None:
+        origin = env.origin
+        try:
+            seqs = loads(env.payload, bufs)
+            wanted = {int(s) for s in seqs}
+        except Exception as exc:
+            log.error("bad skip list from %s: %s", origin, exc)
+            return
+        expected = self._seq_in.get(origin, 1)
+        wanted = {s for s in wanted if s >= expected}
+        if wanted:
+            self._skip.setdefault(origin, set()).update(wanted)
+            self._release(origin)
+
     def _dispatch(self, env: Any, bufs: list[memoryview]) -> None:
         kind = env.kind
-        if kind == "call":
-            self.on_call(env, bufs)
-        elif kind == "reply" or kind == "port":
+        if kind == Kind.CALL:
+            self._on_call(env, bufs)
+        elif kind == Kind.REPLY or kind == Kind.PORT:
             sink = self.sinks.get(env.port)
             if sink is not None:
                 sink.deliver(env, bufs)
-        elif kind == "control" or kind == "supervision":
-            handler = self.control.get(env.endpoint)
+        elif kind == Kind.CONTROL or kind == Kind.SUPERVISION:
+            handler = self._control.get(env.endpoint)
             if handler is None:
                 log.error("unknown control operation %r from %s", env.endpoint, env.origin)
             else:
                 handler(env, bufs)
 
     def close(self) -> None:
-        """Close the listener and every connection; call on the loop thread."""
+        """Close the listener and every link; call on the loop thread."""
+        self._closed = True
         self.listener.close()
         for conn in list(self._out.values()) + list(self._incoming):
             conn.close(None)
 
     def __repr__(self) -> str:
-        return f"<Router {self.name!r} addr={self.addr!r} peers={len(self._out)} ports={len(self.sinks)}>"
+        return f"<Router {self.name!r} addr={self.addr!r} peers={len(self._out)} ports={len(self.sinks)} dead={len(self._dead)}>"
 
 
-def _share(conn: Connection, env: Any, bufs: list[Any]) -> list[Any]:
-    """Put the large buffers in shared memory when ``conn`` can; returns those still inline."""
-    shm = conn.share(bufs)
-    env.shm = shm or ()
-    return [b for b, s in zip(bufs, shm) if not s] if shm else bufs
+def _bind_envelope(env: Any) -> Callable[[int, list[int], list[int] | None], Any]:
+    return lambda seq, lengths, shm: _frame_of_envelope(env, seq, lengths, shm)
+
+
+def _local_buffers(bufs: list[Any]) -> list[memoryview]:
+    """Buffers for an in-process delivery: writable views (read-only ones are copied)."""
+    out = []
+    for b in bufs:
+        mv = (b if type(b) is memoryview else memoryview(b)).cast("B")
+        out.append(memoryview(bytearray(mv)) if mv.readonly else mv)
+    return out
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -383,4 +553,4 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-__all__ += ["FLAG_PORT", "FLAG_STREAM", "ConnectError"]
+__all__ += ["ConnectError"]

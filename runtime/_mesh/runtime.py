@@ -1,87 +1,91 @@
-"""The process-global runtime: event loop, router, actor host, and the OS processes it owns.
+"""The composition root: the only place that builds a process's runtime and wires its parts.
 
-In the client the event loop runs on a daemon thread started on first use; in a proc it is the
-main thread (see ``proc_main``). Procs are OS processes started with their listening socket
-already bound by the parent, so the parent can queue messages before the child has even started
-(spawning never blocks); the parent watches each child through a pidfd (event-driven exit
-detection, with the exit status) and through connection loss.
+A :class:`Runtime` owns the event loop's collaborators and passes each its dependencies by
+constructor: the :class:`~monarch._mesh.router.Router` (links, FIFO, ports, liveness), the
+:class:`~monarch._mesh.procs.ProcManager` (child OS processes), the
+:class:`~monarch._mesh.supervision.Supervisor` (ownership tree) and the
+:class:`~monarch._mesh.hosting.ActorHost` (local actors). Nothing below it looks up a global; the
+user-facing objects find their process's runtime through :mod:`monarch._mesh.current`.
+
+In the client the event loop runs on a daemon thread started on first use
+(:func:`start_client_runtime`); in a proc it is the main thread (see ``proc_main``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import itertools
 import logging
 import os
+import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._core.errors import SupervisionError
+from .._core.failure import MeshFailure
 from .._core.future import Future, loop_thread_marker
-from .._core.shape import Extent, Shape
-from .._transport.frame import Envelope
+from .._core.shape import Extent, Point, Shape
+from .._transport.codec import Codec
+from .._transport.messages import ControlOp
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
-from .context import _current
+from . import current
+from .actor_mesh import ActorMesh, MeshRef
+from .context import EMPTY_EXTENT, Context, Instance
+from .endpoint import INIT_PROBE, EndpointSpec
 from .hosting import ActorHost, pickle_spawn
-from .port import OneSink
-from .router import Router
+from .port import Port
+from .proc_mesh import ProcMesh
+from .procs import ProcManager
+from .router import Router, RouterLimits
+from .sinks import OneSink, ValueMeshSink
+from .supervision import Supervisor, fault_hooks
 
-__all__ = ["ProcHandle", "Runtime", "get_runtime", "proc_default_context"]
+__all__ = ["Runtime", "RuntimeSettings", "new_loop", "start_client_runtime"]
 
 log = logging.getLogger("monarch.runtime")
 
-_runtime: Runtime | None = None
-_runtime_lock = threading.Lock()
+# every actor answers this reserved endpoint once its __init__ ran (ActorMesh.initialized)
+_INIT_SPEC = EndpointSpec(name=INIT_PROBE, py_name=INIT_PROBE)
 
 
-@dataclass
-class ProcHandle:
-    """An OS process this runtime started."""
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Everything a runtime is configured with, resolved once from ``monarch.config``.
 
-    addr: str
-    pid: int
-    name: str
-    popen: subprocess.Popen[bytes] | None = None
-    pidfd: int = -1
-    exit_reason: str | None = None
-    exited: threading.Event = field(default_factory=threading.Event)
+    Attributes:
+        limits: bounds on what peers may make this process hold, and the liveness bound.
+        use_fork_server: fork procs from a pre-imported fork server (root client only).
+        proc_stop_timeout_s: how long a stopped proc may take to exit before SIGKILL, seconds.
+        heartbeat_interval_s: how often a proc tells its owner it is alive, seconds (None: never).
+        child_env: the environment every child proc gets (the job's configuration, propagated).
+    """
 
-
-def describe_status(status: int) -> str:
-    """``killed by signal 9 (SIGKILL)`` / ``exited with status 1`` from a wait status."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "?"
-        return f"killed by signal {sig} ({name})"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"ended (wait status {status})"
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:  # uvloop is optional off Linux
-        return asyncio.new_event_loop()
+    limits: RouterLimits = field(default_factory=RouterLimits)
+    use_fork_server: bool = True
+    proc_stop_timeout_s: float = 5.0
+    heartbeat_interval_s: float | None = 0.75
+    child_env: dict[str, str] = field(default_factory=dict)
 
 
 class Runtime:
-    """One per process. Use :func:`get_runtime`."""
+    """One per process; built by :func:`start_client_runtime` or ``proc_main``.
+
+    Args:
+        loop: this process's event loop.
+        listen: a bound listening socket (a proc's, from its parent) or an address to bind.
+        name: readable name of this process (``client``, ``trainers/3``).
+        runtime_dir: the job's private folder for Unix sockets.
+        owns_dir: remove ``runtime_dir`` at shutdown (the root client).
+        token: the job's cluster token (authenticates peers).
+        parent_addr: the owner of this proc; None at the root.
+        settings: see :class:`RuntimeSettings`.
+    """
 
     def __init__(
         self,
@@ -93,154 +97,60 @@ class Runtime:
         owns_dir: bool,
         token: bytes | None,
         parent_addr: str | None = None,
+        settings: RuntimeSettings | None = None,
     ) -> None:
+        self.settings = settings or RuntimeSettings()
         self.loop = loop
         self.name = name
         self.runtime_dir = runtime_dir
         self.owns_dir = owns_dir
         self.token = token
-        self.router = Router(loop, listen, token=token, name=name)
-        self.host = ActorHost(self.router, self.this_proc_mesh)
-        self.children: dict[str, ProcHandle] = {}
-        self._names = itertools.count()
-        self._this_proc: Any = None
-        self._closed = False
+        self.parent_addr = parent_addr
         self.loop_thread: threading.Thread | None = None
-        self._zygote: Any = None
-        self._zygote_ready = threading.Event()
-        from .supervision import Supervisor
+        self.exit_status: int | None = None  # set when an unhandled failure must end the client
+        self._closed = False
+        self._shutdown_done = threading.Event()
+        self._this_proc: ProcMesh | None = None
+        child_env = dict(self.settings.child_env)
+        child_env["MONARCH_RUNTIME_DIR"] = runtime_dir
+        if token is not None:
+            child_env["MONARCH_CLUSTER_TOKEN"] = token.decode()
+        self.router = Router(loop, listen, token=token, name=name, limits=self.settings.limits)
+        self.procs = ProcManager(
+            self.router,
+            runtime_dir=runtime_dir,
+            child_env=child_env,
+            use_fork_server=self.settings.use_fork_server and parent_addr is None,
+        )
+        self.supervisor = Supervisor(
+            self.router,
+            parent_addr=parent_addr,
+            pid_of=self.procs.pid_of,
+            on_unhandled=self._unhandled,
+            stop_mesh=self.stop_actor_mesh,
+        )
+        self.host = ActorHost(
+            self.router,
+            self.supervisor,
+            proc_mesh_factory=self.this_proc_mesh,
+            port_factory=_response_port,
+            on_proc_fails=self._proc_fails,
+        )
+        self.router.on_hung(self._hung)
+        self.router.handle_control(ControlOp.PING, self._on_ping)
+        inst = Instance(Point(0, EMPTY_EXTENT), f"{name}[0]", name, self.router.addr, os.getpid())
+        inst._proc = self.this_proc_mesh()
+        self.root_context = Context(inst, Point(0, EMPTY_EXTENT))
+        self.on_proc_fails: list[Any] = []
 
-        self.supervisor = Supervisor(self, parent_addr)
+    def __repr__(self) -> str:
+        return f"<Runtime {self.name!r} addr={self.router.addr!r} children={len(self.procs.children)} closed={self._closed}>"
 
-    # -- naming --------------------------------------------------------------------------------
-    def sender_name(self) -> str:
-        """A readable name of the sender for envelopes: the running actor's id, else this process."""
-        ctx = _current.get()
-        return ctx.actor_instance.actor_id if ctx is not None else self.name
-
-    def unusable(self, ref: Any, ranks: list[int]) -> str | None:
-        """Why calls to ``ranks`` of the mesh ``ref`` cannot be made (failed, stopped), or None."""
-        return self.supervisor.unusable(ref, ranks)
-
-    def this_proc_mesh(self) -> Any:
+    def this_proc_mesh(self) -> ProcMesh:
         """A one-point ProcMesh for this very process (``this_proc()``)."""
         if self._this_proc is None:
-            from .proc_mesh import ProcMesh
-
             self._this_proc = ProcMesh([self.router.addr], Shape([], 0, [], []), None, owned=False)
         return self._this_proc
-
-    # -- processes ---------------------------------------------------------------------------
-    def spawn_processes(self, n: int, name: str, env: dict[str, str] | None = None) -> list[ProcHandle]:
-        """Start ``n`` proc processes (non-blocking: they are reachable at once).
-
-        Raises:
-            OSError: the OS refused to start a process.
-        """
-        handles = []
-        child_env = dict(os.environ)
-        child_env.update(env or {})
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        child_env["MONARCH_RUNTIME_DIR"] = self.runtime_dir
-        if self.token is not None:
-            child_env["MONARCH_CLUSTER_TOKEN"] = self.token.decode()
-        for _ in range(n):
-            k = next(self._names)
-            path = os.path.join(self.runtime_dir, f"{os.getpid()}-{k}.sock")
-            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            lsock.bind(path)
-            lsock.listen(512)
-            addr = "unix:" + path
-            cmd = [
-                sys.executable,
-                "-m",
-                "monarch._mesh.proc_main",
-                "--fd",
-                str(lsock.fileno()),
-                "--owner",
-                self.router.addr,
-                "--name",
-                f"{name}/{k}",
-            ]
-            zygote = self._get_zygote()
-            popen: subprocess.Popen[bytes] | None = None
-            if zygote is not None:
-                try:
-                    pid = zygote.spawn([a if a != str(lsock.fileno()) else "{fd}" for a in cmd[3:]], child_env, os.getcwd(), lsock.fileno())
-                except OSError:
-                    zygote = None
-            if zygote is None:
-                popen = subprocess.Popen(cmd, pass_fds=[lsock.fileno()], env=child_env, cwd=os.getcwd())
-                pid = popen.pid
-            h = ProcHandle(addr, pid, f"{name}/{k}", popen)
-            # connect before closing our copy: the connection waits in the child's backlog
-            csock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            csock.connect(path)
-            lsock.close()
-            self.children[addr] = h
-            self.router.adopt(addr, csock)
-            try:
-                h.pidfd = os.pidfd_open(pid)
-                self.router.call_on_loop(self._watch, h)
-            except OSError:
-                h.pidfd = -1
-            handles.append(h)
-        return handles
-
-    def start_zygote(self) -> None:
-        """Start the fork server in the background (root client only; MONARCH_ZYGOTE=0 disables)."""
-        if os.environ.get("MONARCH_ZYGOTE", "1") == "0" or self.name != "client":
-            self._zygote_ready.set()
-            return
-
-        def start() -> None:
-            try:
-                from .zygote import ZygoteClient
-
-                self._zygote = ZygoteClient(lambda pid, status: None)
-            except Exception as exc:
-                log.warning("no zygote, procs start from scratch: %s", exc)
-            finally:
-                self._zygote_ready.set()
-
-        threading.Thread(target=start, name="monarch zygote start", daemon=True).start()
-
-    def _get_zygote(self) -> Any:
-        if self.name != "client":
-            return None  # procs spawn their own procs directly; only the root client has a zygote
-        self._zygote_ready.wait(10.0)
-        return self._zygote
-
-    def _watch(self, h: ProcHandle) -> None:
-        self.router.watched.add(h.addr)
-        self.loop.add_reader(h.pidfd, self._child_exited, h)
-
-    def _child_exited(self, h: ProcHandle) -> None:
-        try:
-            self.loop.remove_reader(h.pidfd)
-        except (OSError, ValueError):
-            pass
-        status = None
-        if h.popen is not None:
-            try:
-                _, st = os.waitpid(h.pid, os.WNOHANG)
-                if _:
-                    status = st
-                    h.popen.returncode = os.waitstatus_to_exitcode(st)
-            except ChildProcessError:
-                pass
-        elif self._zygote is not None:
-            # not our child: the zygote reaps it and reports the status
-            deadline = time.monotonic() + 0.05
-            while h.pid not in self._zygote.exits and time.monotonic() < deadline:
-                time.sleep(0.001)
-            status = self._zygote.exits.pop(h.pid, None)
-        os.close(h.pidfd)
-        h.pidfd = -1
-        reason = describe_status(status) if status is not None else "exited"
-        h.exit_reason = f"proc {h.name} (pid {h.pid}) {reason}"
-        h.exited.set()
-        self.router.mark_dead(h.addr, h.exit_reason)
 
     # -- actors --------------------------------------------------------------------------------
     def spawn_actors(
@@ -251,47 +161,53 @@ class Runtime:
         kwargs: dict[str, Any],
         addrs: list[str],
         extent: Extent,
-    ) -> str:
-        """Ask each process in ``addrs`` (one entry per spawn rank) to create its actors."""
+        owner: Any,
+    ) -> MeshRef:
+        """Ask each process in ``addrs`` (one entry per spawn rank) to create its actors.
+
+        Returns:
+            The new mesh's reference, already registered with its owner's supervisor record.
+        """
         mesh_id = f"{name}-{uuid.uuid4().hex[:10]}"
+        ref = MeshRef(mesh_id, name, tuple(addrs), Shape(list(extent.labels), 0, list(extent.sizes)), cls, self.router.addr)
+        self.supervisor.register(ref, owner)
         by_addr: dict[str, list[int]] = {}
         for r, a in enumerate(addrs):
             by_addr.setdefault(a, []).append(r)
-        owner = self.router.addr
-        from .supervision import current_owner
-
-        self.supervisor.register(mesh_id, name, addrs, current_owner())
+        me = self.router.addr
         for a, ranks in by_addr.items():
-            if a == self.router.addr:
-                self.router.call_on_loop(
-                    self.host.spawn_local, mesh_id, name, cls, args, kwargs, ranks, extent, owner
-                )
+            if a == me:
+                self.router.call_on_loop(self.host.spawn_local, mesh_id, name, cls, args, kwargs, ranks, extent, me)
                 continue
-            payload, bufs = pickle_spawn(mesh_id, name, cls, args, kwargs, ranks, extent, owner)
-            env = Envelope.new_message()
-            env.kind = "control"
-            env.endpoint = "spawn"
-            env.actor = mesh_id
-            env.payload = payload
-            self.router.send(a, env, bufs)
-        return mesh_id
+            payload, bufs = pickle_spawn(mesh_id, name, cls, args, kwargs, ranks, extent, me)
+            self.router.send_control(a, ControlOp.SPAWN, actor=mesh_id, payload=payload, bufs=bufs)
+        return ref
 
-    def stop_actor_mesh(self, ref: Any) -> Future[None]:
+    def actors_initialized(self, ref: MeshRef, shape: Shape) -> Future[None]:
+        """A future that completes when every actor of ``shape`` ran ``__init__`` (see
+        ``ActorMesh.initialized``)."""
+        probe = ActorMesh(ref, shape)._invoke(_INIT_SPEC, "call", (), {})
+        out: Future[None] = Future()
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception(0)
+            if exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(None)
+
+        probe.add_done_callback(done)
+        return out
+
+    def stop_actor_mesh(self, ref: MeshRef) -> Future[None]:
         """Stop every actor of a spawn; the future completes when all have stopped."""
-        addrs = sorted(set(ref.addrs))
         futures: list[Future[Any]] = []
-        for a in addrs:
+        for a in sorted(set(ref.addrs)):
             if self.router.dead_reason(a):
                 continue
             sink = OneSink(self.router, PICKLE_CODEC, {a: {0}})
-            env = Envelope.new_message()
-            env.kind = "control"
-            env.endpoint = "stop_mesh"
-            env.actor = ref.mesh_id
-            env.replyAddr = self.router.addr
-            env.replyPort = sink.port
             try:
-                self.router.send(a, env, [])
+                self.router.send_control(a, ControlOp.STOP_MESH, actor=ref.mesh_id, reply_port=sink.port)
             except Exception:
                 self.router.close_port(sink.port)
                 continue
@@ -299,79 +215,113 @@ class Runtime:
         self.supervisor.mark_stopped(ref.mesh_id)
         return _all(futures)
 
-    def stop_processes(self, addrs: list[str], timeout_s: float = 5.0) -> Future[None]:
-        """Ask procs to exit (actors run ``__cleanup__``), then kill what is left after
-        ``timeout_s``. The future completes when every one has exited."""
-        handles = [self.children[a] for a in addrs if a in self.children]
-        self.supervisor.expect_exit(addrs)
-        for h in handles:
-            if h.exited.is_set():
-                continue
-            env = Envelope.new_message()
-            env.kind = "control"
-            env.endpoint = "exit"
+    # -- procs ---------------------------------------------------------------------------------
+    def procs_ready(self, addrs: list[str]) -> Future[None]:
+        """A future that completes when every proc in ``addrs`` answered (``ProcMesh.initialized``)."""
+        sink = ValueMeshSink(self.router, PICKLE_CODEC, {a: {i} for i, a in enumerate(addrs)}, Shape(["procs"], 0, [len(addrs)]))
+        for i, a in enumerate(addrs):
             try:
-                self.router.send(h.addr, env, [])
+                payload, _ = dumps(i)
+                self.router.send_control(a, ControlOp.PING, payload=payload, reply_port=sink.port)
+            except Exception as exc:
+                sink.peer_lost(a, str(exc))
+        out: Future[None] = Future()
+        sink.future.add_done_callback(lambda f: out.set_exception(e) if (e := f.exception(0)) else out.set_result(None))
+        return out
+
+    def _on_ping(self, env: Any, bufs: list[memoryview]) -> None:
+        if env.replyAddr:
+            try:
+                pos = int(PICKLE_CODEC.decode_result(memoryview(env.payload), []))
             except Exception:
+                pos = 0
+            self.host._send_part(env.replyAddr, env.replyPort, pos, False, dumps(None)[0], [], True)
+
+    def stop_processes(self, addrs: list[str], timeout_s: float | None = None) -> Future[None]:
+        """Ask procs to exit (actors run ``__cleanup__``), then kill what is left after
+        ``timeout_s`` (default: the configured ``proc_stop_timeout_s``). The future completes
+        when every one has exited."""
+        t = self.settings.proc_stop_timeout_s if timeout_s is None else timeout_s
+        return self.procs.stop(addrs, t, self.supervisor.expect_exit)
+
+    def _hung(self, addr: str, reason: str) -> None:
+        """A child stopped sending heartbeats: it has been reported failed; make sure it is gone."""
+        h = self.procs.children.get(addr)
+        if h is not None and not h.exited.is_set():
+            try:
+                os.kill(h.pid, 9)
+            except ProcessLookupError:
                 pass
-        fut: Future[None] = Future()
 
-        def waiter() -> None:
-            deadline = time.monotonic() + timeout_s
-            for h in handles:
-                if not h.exited.wait(max(0.0, deadline - time.monotonic())):
-                    _kill(h)
-                    h.exited.wait(2.0)
-                if h.popen is not None:
-                    try:
-                        h.popen.wait(timeout=2.0)
-                    except subprocess.TimeoutExpired:
-                        _kill(h)
-                elif not h.exited.is_set():
-                    _kill(h)
-            fut.set_result(None)
+    # -- failures ----------------------------------------------------------------------------------
+    def _unhandled(self, failure: MeshFailure) -> None:
+        """At the root: a failure nobody handled goes to ``monarch.actor.unhandled_fault_hook``."""
+        try:
+            fault_hooks.unhandled(failure)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+            self.fail_process(code)
+        except Exception:
+            log.exception("unhandled_fault_hook raised")
 
-        threading.Thread(target=waiter, name="monarch proc stopper", daemon=True).start()
-        return fut
+    def fail_process(self, status: int) -> None:
+        """End this client with ``status`` once every proc is stopped (any thread).
+
+        Also when the main thread is already leaving: the exit handler sees :attr:`exit_status`
+        and exits with it instead of 0.
+        """
+        self.exit_status = status
+
+        def leave() -> None:
+            try:
+                self.shutdown()
+            finally:
+                os._exit(status)
+
+        threading.Thread(target=leave, name="monarch fault exit", daemon=True).start()
+
+    def _proc_fails(self, cause: str) -> None:
+        for cb in list(self.on_proc_fails):
+            cb(cause)
 
     # -- shutdown --------------------------------------------------------------------------------
     def shutdown(self, timeout_s: float = 3.0) -> None:
-        """Stop every owned proc and the event loop (idempotent; runs at interpreter exit)."""
+        """Stop every owned proc and the event loop; idempotent, and a second caller waits for
+        the first to finish (bounded by ``timeout_s`` + 10 s). Runs at interpreter exit."""
         if self._closed:
+            self._shutdown_done.wait(timeout_s + 10.0)
             return
         self._closed = True
-        alive = [a for a, h in self.children.items() if not h.exited.is_set()]
-        if alive:
-            try:
-                self.stop_processes(alive, timeout_s).get(timeout_s + 5.0)
-            except Exception:
-                for a in alive:
-                    _kill(self.children[a])
-        if self.loop_thread is not None and self.loop.is_running():
-            done = threading.Event()
+        try:
+            alive = self.procs.alive()
+            if alive:
+                try:
+                    self.stop_processes(alive, timeout_s).get(timeout_s + 5.0)
+                except Exception:
+                    self.procs.kill_all()
+            if self.loop_thread is not None and self.loop.is_running():
+                done = threading.Event()
 
-            def stop() -> None:
-                self.router.close()
-                self.loop.stop()
-                done.set()
+                def stop() -> None:
+                    self.router.close()
+                    self.loop.stop()
+                    done.set()
 
-            try:
-                self.loop.call_soon_threadsafe(stop)
-                done.wait(2.0)
-                self.loop_thread.join(2.0)
-            except RuntimeError:
-                pass
-        if self._zygote is not None:
-            self._zygote.close()
-        if self.owns_dir:
-            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+                try:
+                    self.loop.call_soon_threadsafe(stop)
+                    done.wait(2.0)
+                    self.loop_thread.join(2.0)
+                except RuntimeError:
+                    pass
+            self.procs.close()
+            if self.owns_dir:
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        finally:
+            self._shutdown_done.set()
 
 
-def _kill(h: ProcHandle) -> None:
-    try:
-        os.kill(h.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _response_port(addr: str, port: int, rank: int, codec: Codec | None) -> Port[Any]:
+    return Port(addr, port, rank, codec, once=True)
 
 
 def _all(futures: list[Future[Any]]) -> Future[None]:
@@ -394,32 +344,53 @@ def _all(futures: list[Future[Any]]) -> Future[None]:
     return out
 
 
-def _token_from_env() -> bytes | None:
-    tok = os.environ.get("MONARCH_CLUSTER_TOKEN")
-    return tok.encode() if tok else None
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when installed."""
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional off Linux
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
-def get_runtime() -> Runtime:
-    """This process's runtime; in the client it is created (with its loop thread) on first use."""
-    global _runtime
-    rt = _runtime
-    if rt is not None:
-        return rt
-    with _runtime_lock:
-        if _runtime is None:
-            _runtime = _start_client_runtime()
-        return _runtime
+def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
+    """This process's :class:`RuntimeSettings` and cluster token, from ``monarch.config``."""
+    # monarch.config (pydantic-settings) costs ~0.1 s to import: only processes that start a
+    # runtime pay it, when they start it, not every ``import monarch.actor``
+    from .. import config
+
+    cfg = config.get_global_config()
+    limits = RouterLimits(
+        max_envelope_bytes=cfg.max_envelope_bytes,
+        max_frame_bytes=cfg.max_frame_bytes,
+        max_held_frames=cfg.max_held_frames,
+        max_held_bytes=cfg.max_held_bytes,
+        peer_timeout_s=cfg.peer_timeout_s,
+        start_timeout_s=cfg.spawn_timeout_s,
+    )
+    settings = RuntimeSettings(
+        limits=limits,
+        use_fork_server=cfg.zygote,
+        proc_stop_timeout_s=cfg.proc_stop_timeout_s,
+        heartbeat_interval_s=cfg.peer_timeout_s / 4 if cfg.peer_timeout_s else None,
+        child_env={k: v for k, v in config.to_env(cfg).items() if k != "MONARCH_CLUSTER_TOKEN"},
+    )
+    token = cfg.cluster_token.get_secret_value().encode() if cfg.cluster_token is not None else None
+    return settings, token
 
 
-def set_runtime(rt: Runtime) -> None:
-    global _runtime
-    _runtime = rt
+def start_client_runtime() -> Runtime:
+    """Start the root client's runtime: a private runtime folder, the loop on a daemon thread.
 
-
-def _start_client_runtime() -> Runtime:
+    Raises:
+        SupervisionError: the loop thread did not come up within 10 s.
+    """
+    settings, token = settings_from_config()
+    if token is None:
+        token = secrets.token_hex(32).encode()  # this job's own: every child gets it
     runtime_dir = tempfile.mkdtemp(prefix="monarch-")
     os.chmod(runtime_dir, 0o700)
-    loop = _new_loop()
+    loop = new_loop()
     path = os.path.join(runtime_dir, "client.sock")
     ready = threading.Event()
     holder: list[Runtime] = []
@@ -429,7 +400,7 @@ def _start_client_runtime() -> Runtime:
         asyncio.set_event_loop(loop)
         loop_thread_marker.active = True
         try:
-            rt = Runtime(loop, "unix:" + path, name="client", runtime_dir=runtime_dir, owns_dir=True, token=_token_from_env())
+            rt = Runtime(loop, "unix:" + path, name="client", runtime_dir=runtime_dir, owns_dir=True, token=token, settings=settings)
             holder.append(rt)
         except BaseException as exc:
             errors.append(exc)
@@ -445,19 +416,22 @@ def _start_client_runtime() -> Runtime:
     thread.start()
     ready.wait(10.0)
     if errors:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
         raise errors[0]
     if not holder:
         raise SupervisionError("the client runtime did not start within 10 s")
     rt = holder[0]
     rt.loop_thread = thread
-    rt.start_zygote()
-    atexit.register(rt.shutdown)
+    atexit.register(_at_exit, rt)
     return rt
 
 
-def proc_default_context() -> Any:
-    """In a proc outside any handler (e.g. a background thread), the proc's own context."""
-    return None
+def _at_exit(rt: Runtime) -> None:
+    rt.shutdown()
+    if rt.exit_status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rt.exit_status)
 
 
-__all__ += ["describe_status", "dumps", "set_runtime"]
+current.install_starter(start_client_runtime)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Generic, TypeVar
 
 from .._core.future import Future
-from .port import StreamSink
+from .sinks import StreamSink
 
 __all__ = ["Stream"]
 

@@ -11,47 +11,53 @@ mailbox, on its own thread or loop, in order with its messages):
 - raising: the owner fails with the new exception; the original failure is chained.
 
 At the root (the client) an unhandled failure goes to ``monarch.actor.unhandled_fault_hook``,
-whose default prints one readable report and exits the client with status 1. Failures are
-rank-scoped: calls to ranks that did not fail keep working.
+whose default prints one readable report and raises ``SystemExit(1)``: the runtime then stops
+every proc and exits the client with that status. Failures are rank-scoped: calls to ranks that
+did not fail keep working.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._core.failure import MeshFailure
-from .._transport.frame import Envelope
+from .._transport.messages import ControlOp, Kind
 from .._transport.pickle_codec import dumps, loads
+from .context import _current
+from .router import Router
 
-__all__ = ["OwnedMesh", "Supervisor", "default_unhandled_fault_hook"]
+__all__ = ["FaultHooks", "OwnedMesh", "Supervisor", "current_owner", "default_unhandled_fault_hook", "fault_hooks"]
 
 log = logging.getLogger("monarch.supervision")
 
 
 def default_unhandled_fault_hook(failure: MeshFailure) -> None:
-    """Print a readable report of ``failure`` to stderr and exit the client with status 1.
+    """Print a readable report of ``failure`` to stderr and raise ``SystemExit(1)``.
 
-    Runs in the client on its runtime thread; the exit happens on a separate thread after the
-    client's procs have been stopped, so nothing is left behind.
+    Runs in the client on its runtime thread. The runtime turns the ``SystemExit`` into
+    stopping every proc and exiting the client with its status (also when ``main()`` is
+    already returning), so nothing is left behind.
     """
     sys.stderr.write("\n*** monarch: unhandled actor failure ***\n" + failure.report() + "\n")
     sys.stderr.flush()
+    raise SystemExit(1)
 
-    def leave() -> None:
-        from .runtime import get_runtime
 
-        try:
-            get_runtime().shutdown(2.0)
-        finally:
-            os._exit(1)
+class FaultHooks:
+    """Where ``monarch.actor.unhandled_fault_hook`` is kept (that module attribute reads and
+    writes :attr:`unhandled` here)."""
 
-    threading.Thread(target=leave, name="monarch fault exit", daemon=True).start()
+    def __init__(self) -> None:
+        self.unhandled: Callable[[MeshFailure], None] = default_unhandled_fault_hook
+
+
+fault_hooks = FaultHooks()
 
 
 @dataclass
@@ -68,25 +74,49 @@ class OwnedMesh:
 
 
 class Supervisor:
-    """Per-process supervision state (see the module docstring)."""
+    """Per-process supervision state (see the module docstring).
 
-    def __init__(self, rt: Any, parent_addr: str | None) -> None:
-        self.rt = rt
+    Args:
+        router: this process's router (failure reports travel through it; peer loss comes from it).
+        parent_addr: where failures with no local owner go (a proc's owner); None at the root.
+        pid_of: the pid of a child proc by address (for reports).
+        on_unhandled: at the root, called with a failure nobody handled.
+        stop_mesh: stops an actor mesh by its ``MeshRef`` (returns a Future).
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        parent_addr: str | None,
+        pid_of: Callable[[str], int],
+        on_unhandled: Callable[[MeshFailure], None],
+        stop_mesh: Callable[[Any], Any],
+    ) -> None:
+        self.router = router
         self.parent_addr = parent_addr
+        self._pid_of = pid_of
+        self._on_unhandled = on_unhandled
+        self._stop_mesh = stop_mesh
         self.owned: dict[str, OwnedMesh] = {}
         self.owned_procs: dict[int, list[Any]] = {}  # id(owner ActorInstance) -> ProcMeshes
         self.remote_failed: dict[str, dict[int, str]] = {}
         self.expected_exits: set[str] = set()
         self.lock = threading.Lock()
         self.hostname = socket.gethostname()
-        rt.router.control["failure"] = self._on_failure_message
-        rt.router.on_peer_lost.append(self._peer_lost)
+        router.handle_control(ControlOp.FAILURE, self._on_failure_message)
+        router.on_peer_lost(self._peer_lost)
+
+    def __repr__(self) -> str:
+        failed = sum(1 for r in self.owned.values() if r.failed)
+        return f"<Supervisor owned={len(self.owned)} failed={failed} parent={self.parent_addr!r}>"
 
     # -- records ---------------------------------------------------------------------------
-    def register(self, mesh_id: str, name: str, addrs: list[str], owner: Any) -> OwnedMesh:
-        rec = OwnedMesh(mesh_id, name, tuple(addrs), owner)
+    def register(self, ref: Any, owner: Any) -> OwnedMesh:
+        """Record that ``owner`` (an ActorInstance, or None for this process) spawned ``ref``."""
+        rec = OwnedMesh(ref.mesh_id, ref.name, tuple(ref.addrs), owner, ref)
         with self.lock:
-            self.owned[mesh_id] = rec
+            self.owned[ref.mesh_id] = rec
         return rec
 
     def register_procs(self, owner: Any, proc_mesh: Any) -> None:
@@ -108,15 +138,19 @@ class Supervisor:
 
     # -- failures ----------------------------------------------------------------------------
     def _on_failure_message(self, env: Any, bufs: list[memoryview]) -> None:
-        failure: MeshFailure = loads(env.payload, bufs)
+        try:
+            failure = loads(env.payload, bufs)
+        except Exception as exc:
+            log.error("undecodable failure report from %s: %s", env.origin, exc)
+            return
+        if not isinstance(failure, MeshFailure):
+            log.error("bad failure report from %s: %r", env.origin, type(failure))
+            return
         self.deliver(env.actor, failure)
 
     def _peer_lost(self, addr: str, reason: str) -> None:
         """A proc died: every owned mesh with ranks there has failed (rank-scoped)."""
-        pid = 0
-        child = self.rt.children.get(addr)
-        if child is not None:
-            pid = child.pid
+        pid = self._pid_of(addr)
         stopping = addr in self.expected_exits
         for rec in list(self.owned.values()):
             if rec.stopped:
@@ -139,6 +173,8 @@ class Supervisor:
                 actor=f"{rec.name}[{ranks[0]}]",
             )
             self.deliver(rec.mesh_id, failure)
+        with self.lock:
+            self.expected_exits.discard(addr)
 
     def deliver(self, mesh_id: str, failure: MeshFailure) -> None:
         """Record ``failure`` of an owned mesh and hand it to the mesh's owner (any thread)."""
@@ -149,7 +185,7 @@ class Supervisor:
             if self.parent_addr:
                 self.report(self.parent_addr, mesh_id, failure)
             else:
-                self.root_hook(failure)
+                self._on_unhandled(failure)
             return
         with self.lock:
             if rec.stopped:
@@ -162,27 +198,13 @@ class Supervisor:
         elif self.parent_addr:
             self.report(self.parent_addr, mesh_id, failure)
         else:
-            self.root_hook(failure)
-
-    def root_hook(self, failure: MeshFailure) -> None:
-        from .. import actor as public
-
-        hook = getattr(public, "unhandled_fault_hook", default_unhandled_fault_hook)
-        try:
-            hook(failure)
-        except Exception:
-            log.exception("unhandled_fault_hook raised")
+            self._on_unhandled(failure)
 
     def report(self, addr: str, mesh_id: str, failure: MeshFailure) -> None:
         """Send ``failure`` of ``mesh_id`` to the process that owns it."""
-        env = Envelope.new_message()
-        env.kind = "supervision"
-        env.endpoint = "failure"
-        env.actor = mesh_id
         payload, bufs = dumps(failure)
-        env.payload = payload
         try:
-            self.rt.router.send(addr, env, bufs)
+            self.router.send_control(addr, ControlOp.FAILURE, actor=mesh_id, payload=payload, bufs=bufs, kind=Kind.SUPERVISION)
         except Exception as exc:
             log.error("cannot report the failure of %s to its owner at %s: %s", failure.actor, addr, exc)
 
@@ -193,6 +215,7 @@ class Supervisor:
             self.expected_exits.update(addrs)
 
     def mark_stopped(self, mesh_id: str) -> None:
+        """The mesh was stopped on purpose: later calls fail, its end is not a failure."""
         rec = self.owned.get(mesh_id)
         if rec is not None:
             rec.stopped = True
@@ -204,18 +227,16 @@ class Supervisor:
             procs = list(self.owned_procs.pop(id(owner), []))
         return meshes, procs
 
-    def stop_owned_by(self, owner: Any, timeout_s: float = 10.0) -> list[Any]:
+    def stop_owned_by(self, owner: Any) -> list[Any]:
         """Start stopping everything ``owner`` owns; returns the futures to wait on."""
         meshes, procs = self.owned_by(owner)
-        futures = [self.rt.stop_actor_mesh(r.ref) for r in meshes if r.ref is not None]
+        futures = [self._stop_mesh(r.ref) for r in meshes if r.ref is not None]
         futures += [p.stop() for p in procs]
         return futures
 
 
 def current_owner() -> Any:
     """The ActorInstance running the current handler, or None (client / no actor)."""
-    from .context import _current
-
     ctx = _current.get()
     if ctx is None:
         return None

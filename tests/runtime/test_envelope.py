@@ -184,7 +184,7 @@ def test_shared_memory_segments_are_reused_after_the_receiver_drops_its_view() -
     pm = this_host().spawn_procs(per_host={"procs": 1})
     try:
         echo = pm.spawn("echo_shm", Counter)
-        from monarch._mesh.runtime import get_runtime
+        from monarch._mesh.current import current_runtime as get_runtime
 
         rt = get_runtime()
         for i in range(6):

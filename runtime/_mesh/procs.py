@@ -1,0 +1,299 @@
+"""The OS processes a runtime starts: spawning procs, watching them die, stopping them.
+
+Procs are started with their listening socket already bound by the parent, and the parent
+connects to it before the child runs, so messages can be queued before the child has even
+started (spawning never blocks). In the root client, procs are forked from a pre-imported fork
+server (:mod:`monarch._mesh.zygote`) started lazily at the first spawn; elsewhere they are started
+with a fresh interpreter. Each child is watched through a pidfd on the event loop (event-driven
+exit detection); its exit status names the cause (``killed by signal 9 (SIGKILL)``) and goes to
+the router, the one source of truth for which peers are alive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .._core.future import Future
+from .._transport.messages import ControlOp, Kind
+from .router import Router
+
+if TYPE_CHECKING:
+    from .zygote import ZygoteClient
+
+__all__ = ["ProcHandle", "ProcManager", "describe_status"]
+
+log = logging.getLogger("monarch.procs")
+
+# after a pidfd reports an exit, how long to wait for the fork server's exit status
+_STATUS_GRACE_S = 0.25
+
+
+@dataclass
+class ProcHandle:
+    """An OS process this runtime started."""
+
+    addr: str
+    pid: int
+    name: str
+    popen: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    exit_reason: str | None = None
+    exited: threading.Event = field(default_factory=threading.Event)
+
+    def __repr__(self) -> str:
+        state = self.exit_reason or "running"
+        return f"<ProcHandle {self.name} pid={self.pid} {state}>"
+
+
+def describe_status(status: int) -> str:
+    """``killed by signal 9 (SIGKILL)`` / ``exited with status 1`` from a wait status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "?"
+        return f"killed by signal {sig} ({name})"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"ended (wait status {status})"
+
+
+class ProcManager:
+    """Starts, watches and stops the procs of one runtime.
+
+    Args:
+        router: this process's router (connections to the children, liveness).
+        runtime_dir: the job's private folder for Unix sockets.
+        child_env: environment variables every child gets on top of this process's (the job's
+            configuration, the runtime folder, the cluster token).
+        use_fork_server: fork children from a pre-imported fork server (root client only).
+    """
+
+    def __init__(self, router: Router, *, runtime_dir: str, child_env: dict[str, str], use_fork_server: bool) -> None:
+        self.router = router
+        self.runtime_dir = runtime_dir
+        self.child_env = dict(child_env)
+        self.use_fork_server = use_fork_server
+        self.children: dict[str, ProcHandle] = {}
+        self._names = itertools.count()
+        self._zygote: ZygoteClient | None = None
+        self._zygote_failed = False
+        self._zygote_lock = threading.Lock()
+        self._awaiting_status: dict[int, ProcHandle] = {}
+        self._statuses: dict[int, int] = {}
+        self._status_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        alive = sum(1 for h in self.children.values() if not h.exited.is_set())
+        return f"<ProcManager children={len(self.children)} alive={alive}>"
+
+    def pid_of(self, addr: str) -> int:
+        """The pid of the child at ``addr`` (0 when it is not our child)."""
+        h = self.children.get(addr)
+        return h.pid if h is not None else 0
+
+    # -- spawning ------------------------------------------------------------------------------
+    def spawn(self, n: int, name: str, env: dict[str, str] | None = None) -> list[ProcHandle]:
+        """Start ``n`` procs (non-blocking: they are reachable at once).
+
+        Args:
+            n: how many OS processes.
+            name: prefix of their names (``name/0``, ``name/1``, ...).
+            env: extra environment variables for these procs.
+
+        Raises:
+            OSError: the OS refused to start a process.
+        """
+        child_env = dict(os.environ)
+        child_env.update(self.child_env)
+        child_env.update(env or {})
+        child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        handles = []
+        for _ in range(n):
+            k = next(self._names)
+            path = os.path.join(self.runtime_dir, f"{os.getpid()}-{k}.sock")
+            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                lsock.bind(path)
+                lsock.listen(512)
+                argv = ["--fd", "{fd}", "--owner", self.router.addr, "--name", f"{name}/{k}"]
+                pid, popen = self._start(argv, child_env, lsock.fileno())
+                h = ProcHandle("unix:" + path, pid, f"{name}/{k}", popen)
+                # connect before closing our copy: the connection waits in the child's backlog,
+                # so it is the first the child accepts (the child's owner link)
+                csock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                csock.connect(path)
+            finally:
+                lsock.close()
+            self.children[h.addr] = h
+            self.router.adopt(h.addr, csock)
+            try:
+                h.pidfd = os.pidfd_open(pid)
+            except OSError:
+                h.pidfd = -1
+            else:
+                self.router.call_on_loop(self._watch, h)
+            handles.append(h)
+        return handles
+
+    def _start(self, argv: list[str], env: dict[str, str], fd: int) -> tuple[int, subprocess.Popen[bytes] | None]:
+        zygote = self._fork_server()
+        if zygote is not None:
+            try:
+                return zygote.spawn(argv, env, os.getcwd(), fd), None
+            except OSError as exc:
+                log.warning("fork server failed, starting procs from scratch: %s", exc)
+                self._zygote_failed = True
+        cmd = [sys.executable, "-m", "monarch._mesh.proc_main", *[a if a != "{fd}" else str(fd) for a in argv]]
+        popen = subprocess.Popen(cmd, pass_fds=[fd], env=env, cwd=os.getcwd())
+        return popen.pid, popen
+
+    def _fork_server(self) -> ZygoteClient | None:
+        """The fork server, started on first use (never at import)."""
+        if not self.use_fork_server or self._zygote_failed:
+            return None
+        with self._zygote_lock:
+            if self._zygote is None and not self._zygote_failed:
+                try:
+                    from .zygote import ZygoteClient
+
+                    self._zygote = ZygoteClient(self._fork_server_exit)
+                except Exception as exc:
+                    log.warning("no fork server, procs start from scratch: %s", exc)
+                    self._zygote_failed = True
+            return self._zygote
+
+    # -- exits -----------------------------------------------------------------------------------
+    def _watch(self, h: ProcHandle) -> None:
+        self.router.watch(h.addr)
+        self.router.loop.add_reader(h.pidfd, self._child_exited, h)
+
+    def _fork_server_exit(self, pid: int, status: int) -> None:
+        """The fork server reaped ``pid`` (its reader thread)."""
+        with self._status_lock:
+            h = self._awaiting_status.pop(pid, None)
+            if h is None:
+                self._statuses[pid] = status
+                return
+        self.router.call_on_loop(self._finish_exit, h, status)
+
+    def _child_exited(self, h: ProcHandle) -> None:
+        """The pidfd of ``h`` became readable: the process ended (loop thread)."""
+        try:
+            self.router.loop.remove_reader(h.pidfd)
+        except (OSError, ValueError):
+            pass
+        os.close(h.pidfd)
+        h.pidfd = -1
+        if h.popen is not None:
+            status = None
+            try:
+                got, st = os.waitpid(h.pid, os.WNOHANG)
+                if got:
+                    status = st
+                    h.popen.returncode = os.waitstatus_to_exitcode(st)
+            except ChildProcessError:
+                pass
+            self._finish_exit(h, status)
+            return
+        # forked by the fork server, which reaps it and reports the status on its own thread
+        with self._status_lock:
+            status = self._statuses.pop(h.pid, None)
+            if status is None:
+                self._awaiting_status[h.pid] = h
+        if status is not None:
+            self._finish_exit(h, status)
+        else:
+            self.router.loop.call_later(_STATUS_GRACE_S, self._status_timeout, h)
+
+    def _status_timeout(self, h: ProcHandle) -> None:
+        with self._status_lock:
+            if self._awaiting_status.pop(h.pid, None) is None:
+                return
+        self._finish_exit(h, None)
+
+    def _finish_exit(self, h: ProcHandle, status: int | None) -> None:
+        if h.exited.is_set():
+            return
+        reason = describe_status(status) if status is not None else "exited"
+        h.exit_reason = f"proc {h.name} (pid {h.pid}) {reason}"
+        h.exited.set()
+        self.router.mark_dead(h.addr, h.exit_reason)
+
+    # -- stopping ----------------------------------------------------------------------------------
+    def stop(self, addrs: list[str], timeout_s: float, on_expected_exit: Callable[[list[str]], None]) -> Future[None]:
+        """Ask procs to exit (their actors run ``__cleanup__``), then kill what is left after
+        ``timeout_s`` seconds. The future completes when every one has exited.
+
+        Args:
+            addrs: the procs to stop (addresses not started here are ignored).
+            timeout_s: grace period before SIGKILL, in seconds.
+            on_expected_exit: told first which procs are about to exit on purpose.
+        """
+        handles = [self.children[a] for a in addrs if a in self.children]
+        on_expected_exit([h.addr for h in handles])
+        for h in handles:
+            if h.exited.is_set():
+                continue
+            try:
+                self.router.send_control(h.addr, ControlOp.EXIT)
+            except Exception:
+                pass
+        fut: Future[None] = Future()
+
+        def waiter() -> None:
+            for h in handles:
+                if not h.exited.wait(timeout_s):
+                    _kill(h)
+                    h.exited.wait(2.0)
+                if h.popen is not None:
+                    try:
+                        h.popen.wait(timeout=2.0)
+                    except subprocess.TimeoutExpired:
+                        _kill(h)
+                elif not h.exited.is_set():
+                    _kill(h)
+            fut.set_result(None)
+
+        if all(h.exited.is_set() for h in handles):
+            fut.set_result(None)
+        else:
+            threading.Thread(target=waiter, name="monarch proc stopper", daemon=True).start()
+        return fut
+
+    def alive(self) -> list[str]:
+        """Addresses of the children that have not exited."""
+        return [a for a, h in self.children.items() if not h.exited.is_set()]
+
+    def kill_all(self) -> None:
+        """SIGKILL every child still running."""
+        for h in self.children.values():
+            if not h.exited.is_set():
+                _kill(h)
+
+    def close(self) -> None:
+        """Close the fork server (after the children were stopped)."""
+        z, self._zygote = self._zygote, None
+        if z is not None:
+            z.close()
+
+
+def _kill(h: ProcHandle) -> None:
+    try:
+        os.kill(h.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+__all__ += ["Kind"]
