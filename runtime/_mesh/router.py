@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._core.errors import ConnectError, SupervisionError
-from .._transport.channel import Connection, Listener, _tune, dial
+from .._transport.base import CloseHandler, FrameHandler, Link, Transport
 from .._transport.frame import Envelope, EnvelopeTemplate, encode_frame, frame_iov
 from .._transport.messages import ControlOp, Kind
 from .._transport.pickle_codec import dumps, loads
@@ -37,6 +37,7 @@ __all__ = ["Outgoing", "Router", "RouterLimits", "Sink", "TemplateMessage"]
 log = logging.getLogger("monarch.router")
 
 Handler = Callable[[Any, list[memoryview]], None]
+TransportFactory = Callable[[FrameHandler, CloseHandler], Transport]
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,10 @@ class Router:
     """One per process; see the module docstring.
 
     Args:
-        loop: the process's event loop (runs on :attr:`loop_thread`).
+        loop: the process's event loop; build the router on its thread.
         listen: a bound listening socket, or an address to bind.
-        token: cluster token for TCP peers (None: TCP peers are refused).
+        transport: makes the transport (``SocketTransport``, or ``monarch.testing``'s in-memory
+            one) given the router's frame and close handlers.
         name: a readable name of this process, for errors (``client``, ``trainers/3``).
         limits: bounds on peers (see :class:`RouterLimits`).
     """
@@ -132,24 +134,21 @@ class Router:
         loop: asyncio.AbstractEventLoop,
         listen: socket.socket | str,
         *,
-        token: bytes | None,
+        transport: TransportFactory,
         name: str,
         limits: RouterLimits | None = None,
     ) -> None:
         self.loop = loop
-        self.token = token
         self.name = name
         self.limits = limits or RouterLimits()
         self.pid = os.getpid()
-        if isinstance(listen, str):
-            self.listener = Listener(loop, self._accepted, addr=listen, token=token)
-        else:
-            self.listener = Listener(loop, self._accepted, sock=listen, token=token)
+        self.transport = transport(self._on_frame, self._link_closed)
+        self.listener = self.transport.listen(listen, self._accepted)
         self.addr = self.listener.address
         self._lock = threading.Lock()
-        self._out: dict[str, Connection] = {}
-        self._incoming: set[Connection] = set()
-        self._first_incoming: Connection | None = None
+        self._out: dict[str, Link] = {}
+        self._incoming: set[Link] = set()
+        self._first_incoming: Link | None = None
         self._dead: dict[str, str] = {}
         self._seq_out: dict[str, int] = {}
         self._seq_in: dict[str, int] = {}
@@ -194,36 +193,28 @@ class Router:
         self._on_hung = callback
 
     # -- links ---------------------------------------------------------------------------------
-    def _accepted(self, sock: socket.socket, peer: str) -> None:
-        conn = self._link(sock, self._incoming_closed, peer)
-        self._incoming.add(conn)
+    def _accepted(self, link: Link) -> None:
+        self._incoming.add(link)
         if self._first_incoming is None:
-            self._first_incoming = conn
-        conn.start_reading()
+            self._first_incoming = link
 
-    def _link(self, sock: socket.socket, on_close: Callable[[Connection, BaseException | None], None], peer: str) -> Connection:
-        return Connection(
-            sock,
-            self.loop,
-            self._on_frame,
-            on_close,
-            max_envelope_bytes=self.limits.max_envelope_bytes,
-            max_frame_bytes=self.limits.max_frame_bytes,
-            peer=peer,
-        )
-
-    def _incoming_closed(self, conn: Connection, exc: BaseException | None) -> None:
-        self._incoming.discard(conn)
-        if conn is self._first_incoming:
+    def _link_closed(self, link: Link, exc: BaseException | None) -> None:
+        if link.outgoing:
+            self._outgoing_closed(link, exc)
+            return
+        self._incoming.discard(link)
+        if link is self._first_incoming:
             for cb in list(self._on_owner_lost):
                 cb()
 
-    def connection(self, addr: str) -> Connection:
-        """The outgoing link to ``addr``, dialled on first use (any thread).
+    def connection(self, addr: str) -> Link:
+        """The outgoing link to ``addr``, made on first use (any thread; never blocks: the
+        transport dials in the background and queues what is sent meanwhile; a failure to
+        connect declares ``addr`` dead, which fails what awaited it).
 
         Raises:
             SupervisionError: the peer is known to be dead.
-            ConnectError: it cannot be reached.
+            ValueError: ``addr`` is malformed.
         """
         conn = self._out.get(addr)
         if conn is not None and not conn.closed:
@@ -234,22 +225,15 @@ class Router:
                 return conn
             if addr in self._dead:
                 raise SupervisionError(f"proc at {addr} is gone: {self._dead[addr]}")
-            sock = dial(addr, self.token)
-            conn = self._outgoing(addr, sock)
-        self.call_on_loop(conn.start_reading)
-        return conn
+            return self._outgoing(addr, self.transport.connect(addr))
 
-    def adopt(self, addr: str, sock: socket.socket) -> Connection:
+    def adopt(self, addr: str, sock: socket.socket) -> Link:
         """Use an already-connected socket as the outgoing link to ``addr``."""
-        _tune(sock)
         with self._lock:
-            conn = self._outgoing(addr, sock)
-        self.call_on_loop(conn.start_reading)
-        return conn
+            return self._outgoing(addr, self.transport.adopt(addr, sock))
 
-    def _outgoing(self, addr: str, sock: socket.socket) -> Connection:
-        """Make the link (lock held) and introduce ourselves on it."""
-        conn = self._link(sock, self._outgoing_closed, addr)
+    def _outgoing(self, addr: str, conn: Link) -> Link:
+        """Register the link (lock held) and introduce ourselves on it."""
         conn.state["addr"] = addr
         hello = Envelope.new_message()
         hello.kind = Kind.HELLO
@@ -258,7 +242,7 @@ class Router:
         self._out[addr] = conn
         return conn
 
-    def _outgoing_closed(self, conn: Connection, exc: BaseException | None) -> None:
+    def _outgoing_closed(self, conn: Link, exc: BaseException | None) -> None:
         addr = conn.state.get("addr", "")
         with self._lock:
             if self._out.get(addr) is conn:
@@ -418,7 +402,7 @@ class Router:
         self.sinks.pop(port, None)
 
     # -- receiving -----------------------------------------------------------------------------
-    def _on_frame(self, conn: Connection, env: Any, bufs: list[memoryview]) -> None:
+    def _on_frame(self, conn: Link, env: Any, bufs: list[memoryview]) -> None:
         seq = env.seq
         if seq:
             origin = env.origin
@@ -438,7 +422,7 @@ class Router:
             return
         self._dispatch(env, bufs)
 
-    def _hold(self, conn: Connection, origin: str, seq: int, env: Any, bufs: list[memoryview]) -> None:
+    def _hold(self, conn: Link, origin: str, seq: int, env: Any, bufs: list[memoryview]) -> None:
         held = self._held.setdefault(origin, {})
         size = len(env.payload) + sum(b.nbytes for b in bufs)
         total = self._held_bytes.get(origin, 0) + size
@@ -525,9 +509,7 @@ class Router:
     def close(self) -> None:
         """Close the listener and every link; call on the loop thread."""
         self._closed = True
-        self.listener.close()
-        for conn in list(self._out.values()) + list(self._incoming):
-            conn.close(None)
+        self.transport.close()
 
     def __repr__(self) -> str:
         return f"<Router {self.name!r} addr={self.addr!r} peers={len(self._out)} ports={len(self.sinks)} dead={len(self._dead)}>"

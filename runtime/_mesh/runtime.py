@@ -31,9 +31,11 @@ from .._core.errors import SupervisionError
 from .._core.failure import MeshFailure
 from .._core.future import Future, loop_thread_marker
 from .._core.shape import Extent, Point, Shape
+from .._transport.base import CloseHandler, FrameHandler, Transport, TransportSettings
 from .._transport.codec import Codec
 from .._transport.messages import ControlOp
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
+from .._transport.sockets import SocketTransport
 from . import current
 from .actor_mesh import ActorMesh, MeshRef
 from .context import EMPTY_EXTENT, Context, Instance
@@ -42,7 +44,7 @@ from .hosting import ActorHost, pickle_spawn
 from .port import Port
 from .proc_mesh import ProcMesh
 from .procs import ProcManager
-from .router import Router, RouterLimits
+from .router import Router, RouterLimits, TransportFactory
 from .sinks import OneSink, ValueMeshSink
 from .supervision import Supervisor, fault_hooks
 
@@ -59,6 +61,7 @@ class RuntimeSettings:
     """Everything a runtime is configured with, resolved once from ``monarch.config``.
 
     Attributes:
+        transport: the socket transport's limits and timeouts.
         limits: bounds on what peers may make this process hold, and the liveness bound.
         use_fork_server: fork procs from a pre-imported fork server (root client only).
         proc_stop_timeout_s: how long a stopped proc may take to exit before SIGKILL, seconds.
@@ -66,6 +69,7 @@ class RuntimeSettings:
         child_env: the environment every child proc gets (the job's configuration, propagated).
     """
 
+    transport: TransportSettings = field(default_factory=TransportSettings)
     limits: RouterLimits = field(default_factory=RouterLimits)
     use_fork_server: bool = True
     proc_stop_timeout_s: float = 5.0
@@ -85,6 +89,7 @@ class Runtime:
         token: the job's cluster token (authenticates peers).
         parent_addr: the owner of this proc; None at the root.
         settings: see :class:`RuntimeSettings`.
+        transport: makes the transport from the router's handlers; None: the socket transport.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class Runtime:
         token: bytes | None,
         parent_addr: str | None = None,
         settings: RuntimeSettings | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
         self.loop = loop
@@ -115,7 +121,9 @@ class Runtime:
         child_env["MONARCH_RUNTIME_DIR"] = runtime_dir
         if token is not None:
             child_env["MONARCH_CLUSTER_TOKEN"] = token.decode()
-        self.router = Router(loop, listen, token=token, name=name, limits=self.settings.limits)
+        if transport is None:
+            transport = _socket_transport(loop, token, self.settings.transport)
+        self.router = Router(loop, listen, transport=transport, name=name, limits=self.settings.limits)
         self.procs = ProcManager(
             self.router,
             runtime_dir=runtime_dir,
@@ -320,6 +328,13 @@ class Runtime:
             self._shutdown_done.set()
 
 
+def _socket_transport(loop: asyncio.AbstractEventLoop, token: bytes | None, settings: TransportSettings) -> TransportFactory:
+    def make(on_frame: FrameHandler, on_close: CloseHandler) -> Transport:
+        return SocketTransport(loop, on_frame, on_close, token=token, settings=settings)
+
+    return make
+
+
 def _response_port(addr: str, port: int, rank: int, codec: Codec | None) -> Port[Any]:
     return Port(addr, port, rank, codec, once=True)
 
@@ -368,7 +383,18 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
         peer_timeout_s=cfg.peer_timeout_s,
         start_timeout_s=cfg.spawn_timeout_s,
     )
+    transport = TransportSettings(
+        peer_timeout_s=cfg.peer_timeout_s,
+        connect_timeout_s=cfg.connect_timeout_s,
+        max_envelope_bytes=cfg.max_envelope_bytes,
+        max_frame_bytes=cfg.max_frame_bytes,
+        max_connections=cfg.max_connections,
+        shm_enabled=cfg.shm,
+        shm_min_bytes=cfg.shm_min_bytes,
+        shm_link_max_bytes=cfg.shm_pool_max_bytes,
+    )
     settings = RuntimeSettings(
+        transport=transport,
         limits=limits,
         use_fork_server=cfg.zygote,
         proc_stop_timeout_s=cfg.proc_stop_timeout_s,
