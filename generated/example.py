@@ -500,68 +500,75 @@ DEFAULT_ROUNDS: int = 3
 
 
 _WORKER_TRAIN = stubs.idl_endpoint(
-    "train",
-    "train",
-    0,
-    _WorkerTrainParams,
-    _WorkerTrainResults,
-    "single",
+    name="train",
+    py_name="train",
+    interface_id=0xc99a102ce9cbb8de,
+    ordinal=0,
+    params=_WorkerTrainParams,
+    results=_WorkerTrainResults,
+    result_kind="single",
 )
 
 _WORKER_REPORT = stubs.idl_endpoint(
-    "report",
-    "report",
-    1,
-    _WorkerReportParams,
-    Report,
-    "struct",
+    name="report",
+    py_name="report",
+    interface_id=0xc99a102ce9cbb8de,
+    ordinal=1,
+    params=_WorkerReportParams,
+    results=Report,
+    result_kind="struct",
 )
 
 _WORKER_PROGRESS = stubs.idl_endpoint(
-    "progress",
-    "progress",
-    2,
-    _WorkerProgressParams,
-    WorkerProgressResult,
-    "struct",
+    name="progress",
+    py_name="progress",
+    interface_id=0xc99a102ce9cbb8de,
+    ordinal=2,
+    params=_WorkerProgressParams,
+    results=WorkerProgressResult,
+    result_kind="struct",
     stream=True,
 )
 
 _WORKER_SET_COORDINATOR = stubs.idl_endpoint(
-    "setCoordinator",
-    "set_coordinator",
-    3,
-    _WorkerSetCoordinatorParams,
-    _WorkerSetCoordinatorResults,
-    "none",
+    name="setCoordinator",
+    py_name="set_coordinator",
+    interface_id=0xc99a102ce9cbb8de,
+    ordinal=3,
+    params=_WorkerSetCoordinatorParams,
+    results=_WorkerSetCoordinatorResults,
+    result_kind="none",
 )
 
 _WORKER_ECHO_BLOB = stubs.idl_endpoint(
-    "echoBlob",
-    "echo_blob",
-    4,
-    _WorkerEchoBlobParams,
-    _WorkerEchoBlobResults,
-    "single",
+    name="echoBlob",
+    py_name="echo_blob",
+    interface_id=0xc99a102ce9cbb8de,
+    ordinal=4,
+    params=_WorkerEchoBlobParams,
+    results=_WorkerEchoBlobResults,
+    result_kind="single",
     timeout_s=30.0,
 )
 
 _COORDINATOR_REGISTER = stubs.idl_endpoint(
-    "register",
-    "register",
-    0,
-    _CoordinatorRegisterParams,
-    _CoordinatorRegisterResults,
-    "single",
+    name="register",
+    py_name="register",
+    interface_id=0x8bc5be9f44de84dd,
+    ordinal=0,
+    params=_CoordinatorRegisterParams,
+    results=_CoordinatorRegisterResults,
+    result_kind="single",
 )
 
 _COORDINATOR_COLLECT = stubs.idl_endpoint(
-    "collect",
-    "collect",
-    1,
-    _CoordinatorCollectParams,
-    CoordinatorCollectResult,
-    "struct",
+    name="collect",
+    py_name="collect",
+    interface_id=0x8bc5be9f44de84dd,
+    ordinal=1,
+    params=_CoordinatorCollectParams,
+    results=CoordinatorCollectResult,
+    result_kind="struct",
 )
 
 

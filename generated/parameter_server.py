@@ -172,30 +172,33 @@ class _WorkerWorkResults(stubs.Struct):
 
 
 _PARAMETER_SERVER_PULL = stubs.idl_endpoint(
-    "pull",
-    "pull",
-    0,
-    _ParameterServerPullParams,
-    Versioned,
-    "struct",
+    name="pull",
+    py_name="pull",
+    interface_id=0xa79df8a403b2c533,
+    ordinal=0,
+    params=_ParameterServerPullParams,
+    results=Versioned,
+    result_kind="struct",
 )
 
 _PARAMETER_SERVER_PUSH = stubs.idl_endpoint(
-    "push",
-    "push",
-    1,
-    _ParameterServerPushParams,
-    _ParameterServerPushResults,
-    "single",
+    name="push",
+    py_name="push",
+    interface_id=0xa79df8a403b2c533,
+    ordinal=1,
+    params=_ParameterServerPushParams,
+    results=_ParameterServerPushResults,
+    result_kind="single",
 )
 
 _WORKER_WORK = stubs.idl_endpoint(
-    "work",
-    "work",
-    0,
-    _WorkerWorkParams,
-    _WorkerWorkResults,
-    "single",
+    name="work",
+    py_name="work",
+    interface_id=0x9725f7f049179326,
+    ordinal=0,
+    params=_WorkerWorkParams,
+    results=_WorkerWorkResults,
+    result_kind="single",
 )
 
 

@@ -248,48 +248,53 @@ class _WorkerStepResults(stubs.Struct):
 
 
 _PARAMETER_SERVER_WEIGHTS = stubs.idl_endpoint(
-    "weights",
-    "weights",
-    0,
-    _ParameterServerWeightsParams,
-    Weights,
-    "struct",
+    name="weights",
+    py_name="weights",
+    interface_id=0x9cccf475ed233d81,
+    ordinal=0,
+    params=_ParameterServerWeightsParams,
+    results=Weights,
+    result_kind="struct",
 )
 
 _PARAMETER_SERVER_PUSH_GRADIENTS = stubs.idl_endpoint(
-    "pushGradients",
-    "push_gradients",
-    1,
-    _ParameterServerPushGradientsParams,
-    _ParameterServerPushGradientsResults,
-    "none",
+    name="pushGradients",
+    py_name="push_gradients",
+    interface_id=0x9cccf475ed233d81,
+    ordinal=1,
+    params=_ParameterServerPushGradientsParams,
+    results=_ParameterServerPushGradientsResults,
+    result_kind="none",
 )
 
 _PARAMETER_SERVER_APPLY = stubs.idl_endpoint(
-    "apply",
-    "apply",
-    2,
-    _ParameterServerApplyParams,
-    _ParameterServerApplyResults,
-    "single",
+    name="apply",
+    py_name="apply",
+    interface_id=0x9cccf475ed233d81,
+    ordinal=2,
+    params=_ParameterServerApplyParams,
+    results=_ParameterServerApplyResults,
+    result_kind="single",
 )
 
 _PARAMETER_SERVER_ACCURACY = stubs.idl_endpoint(
-    "accuracy",
-    "accuracy",
-    3,
-    _ParameterServerAccuracyParams,
-    _ParameterServerAccuracyResults,
-    "single",
+    name="accuracy",
+    py_name="accuracy",
+    interface_id=0x9cccf475ed233d81,
+    ordinal=3,
+    params=_ParameterServerAccuracyParams,
+    results=_ParameterServerAccuracyResults,
+    result_kind="single",
 )
 
 _WORKER_STEP = stubs.idl_endpoint(
-    "step",
-    "step",
-    0,
-    _WorkerStepParams,
-    _WorkerStepResults,
-    "single",
+    name="step",
+    py_name="step",
+    interface_id=0xf59a5491905d7a3d,
+    ordinal=0,
+    params=_WorkerStepParams,
+    results=_WorkerStepResults,
+    result_kind="single",
 )
 
 

@@ -181,30 +181,33 @@ class _PlayerHitResults(stubs.Struct):
 
 
 _PLAYER_SET_OPPONENTS = stubs.idl_endpoint(
-    "setOpponents",
-    "set_opponents",
-    0,
-    _PlayerSetOpponentsParams,
-    _PlayerSetOpponentsResults,
-    "none",
+    name="setOpponents",
+    py_name="set_opponents",
+    interface_id=0xd993b4d79e32538a,
+    ordinal=0,
+    params=_PlayerSetOpponentsParams,
+    results=_PlayerSetOpponentsResults,
+    result_kind="none",
 )
 
 _PLAYER_SERVE = stubs.idl_endpoint(
-    "serve",
-    "serve",
-    1,
-    _PlayerServeParams,
-    _PlayerServeResults,
-    "single",
+    name="serve",
+    py_name="serve",
+    interface_id=0xd993b4d79e32538a,
+    ordinal=1,
+    params=_PlayerServeParams,
+    results=_PlayerServeResults,
+    result_kind="single",
 )
 
 _PLAYER_HIT = stubs.idl_endpoint(
-    "hit",
-    "hit",
-    2,
-    _PlayerHitParams,
-    _PlayerHitResults,
-    "single",
+    name="hit",
+    py_name="hit",
+    interface_id=0xd993b4d79e32538a,
+    ordinal=2,
+    params=_PlayerHitParams,
+    results=_PlayerHitResults,
+    result_kind="single",
 )
 
 

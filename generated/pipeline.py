@@ -215,39 +215,43 @@ class _StageDrainResults(stubs.Struct):
 
 
 _STAGE_CONNECT = stubs.idl_endpoint(
-    "connect",
-    "connect",
-    0,
-    _StageConnectParams,
-    _StageConnectResults,
-    "none",
+    name="connect",
+    py_name="connect",
+    interface_id=0xc3a098f89f0dfdc9,
+    ordinal=0,
+    params=_StageConnectParams,
+    results=_StageConnectResults,
+    result_kind="none",
 )
 
 _STAGE_PUSH = stubs.idl_endpoint(
-    "push",
-    "push",
-    1,
-    _StagePushParams,
-    _StagePushResults,
-    "none",
+    name="push",
+    py_name="push",
+    interface_id=0xc3a098f89f0dfdc9,
+    ordinal=1,
+    params=_StagePushParams,
+    results=_StagePushResults,
+    result_kind="none",
 )
 
 _STAGE_FLUSH = stubs.idl_endpoint(
-    "flush",
-    "flush",
-    2,
-    _StageFlushParams,
-    _StageFlushResults,
-    "single",
+    name="flush",
+    py_name="flush",
+    interface_id=0xc3a098f89f0dfdc9,
+    ordinal=2,
+    params=_StageFlushParams,
+    results=_StageFlushResults,
+    result_kind="single",
 )
 
 _STAGE_DRAIN = stubs.idl_endpoint(
-    "drain",
-    "drain",
-    3,
-    _StageDrainParams,
-    _StageDrainResults,
-    "single",
+    name="drain",
+    py_name="drain",
+    interface_id=0xc3a098f89f0dfdc9,
+    ordinal=3,
+    params=_StageDrainParams,
+    results=_StageDrainResults,
+    result_kind="single",
 )
 
 

@@ -524,103 +524,114 @@ class _TrainerFitParams(stubs.Struct):
 
 
 _DATA_LOADER_BATCH = stubs.idl_endpoint(
-    "batch",
-    "batch",
-    0,
-    _DataLoaderBatchParams,
-    Batch,
-    "struct",
+    name="batch",
+    py_name="batch",
+    interface_id=0xc65dbb88ef8d63bb,
+    ordinal=0,
+    params=_DataLoaderBatchParams,
+    results=Batch,
+    result_kind="struct",
 )
 
 _DATA_LOADER_SHARD_SIZE = stubs.idl_endpoint(
-    "shardSize",
-    "shard_size",
-    1,
-    _DataLoaderShardSizeParams,
-    _DataLoaderShardSizeResults,
-    "single",
+    name="shardSize",
+    py_name="shard_size",
+    interface_id=0xc65dbb88ef8d63bb,
+    ordinal=1,
+    params=_DataLoaderShardSizeParams,
+    results=_DataLoaderShardSizeResults,
+    result_kind="single",
 )
 
 _GRADIENT_REDUCER_ALL_REDUCE = stubs.idl_endpoint(
-    "allReduce",
-    "all_reduce",
-    0,
-    _GradientReducerAllReduceParams,
-    _GradientReducerAllReduceResults,
-    "single",
+    name="allReduce",
+    py_name="all_reduce",
+    interface_id=0xb77a28323f80973b,
+    ordinal=0,
+    params=_GradientReducerAllReduceParams,
+    results=_GradientReducerAllReduceResults,
+    result_kind="single",
     explicit_response_port=True,
 )
 
 _TRAINER_CONNECT = stubs.idl_endpoint(
-    "connect",
-    "connect",
-    0,
-    _TrainerConnectParams,
-    _TrainerConnectResults,
-    "none",
+    name="connect",
+    py_name="connect",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=0,
+    params=_TrainerConnectParams,
+    results=_TrainerConnectResults,
+    result_kind="none",
 )
 
 _TRAINER_TRAIN = stubs.idl_endpoint(
-    "train",
-    "train",
-    1,
-    _TrainerTrainParams,
-    _TrainerTrainResults,
-    "single",
+    name="train",
+    py_name="train",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=1,
+    params=_TrainerTrainParams,
+    results=_TrainerTrainResults,
+    result_kind="single",
 )
 
 _TRAINER_GRADIENTS = stubs.idl_endpoint(
-    "gradients",
-    "gradients",
-    2,
-    _TrainerGradientsParams,
-    _TrainerGradientsResults,
-    "single",
+    name="gradients",
+    py_name="gradients",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=2,
+    params=_TrainerGradientsParams,
+    results=_TrainerGradientsResults,
+    result_kind="single",
 )
 
 _TRAINER_APPLY_GRADIENTS = stubs.idl_endpoint(
-    "applyGradients",
-    "apply_gradients",
-    3,
-    _TrainerApplyGradientsParams,
-    _TrainerApplyGradientsResults,
-    "none",
+    name="applyGradients",
+    py_name="apply_gradients",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=3,
+    params=_TrainerApplyGradientsParams,
+    results=_TrainerApplyGradientsResults,
+    result_kind="none",
 )
 
 _TRAINER_WEIGHTS = stubs.idl_endpoint(
-    "weights",
-    "weights",
-    4,
-    _TrainerWeightsParams,
-    _TrainerWeightsResults,
-    "single",
+    name="weights",
+    py_name="weights",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=4,
+    params=_TrainerWeightsParams,
+    results=_TrainerWeightsResults,
+    result_kind="single",
 )
 
 _TRAINER_SET_WEIGHTS = stubs.idl_endpoint(
-    "setWeights",
-    "set_weights",
-    5,
-    _TrainerSetWeightsParams,
-    _TrainerSetWeightsResults,
-    "none",
+    name="setWeights",
+    py_name="set_weights",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=5,
+    params=_TrainerSetWeightsParams,
+    results=_TrainerSetWeightsResults,
+    result_kind="none",
 )
 
 _TRAINER_EVALUATE = stubs.idl_endpoint(
-    "evaluate",
-    "evaluate",
-    6,
-    _TrainerEvaluateParams,
-    TrainerEvaluateResult,
-    "struct",
+    name="evaluate",
+    py_name="evaluate",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=6,
+    params=_TrainerEvaluateParams,
+    results=TrainerEvaluateResult,
+    result_kind="struct",
 )
 
 _TRAINER_FIT = stubs.idl_endpoint(
-    "fit",
-    "fit",
-    7,
-    _TrainerFitParams,
-    Progress,
-    "struct",
+    name="fit",
+    py_name="fit",
+    interface_id=0x95eaeb1ce8fe3203,
+    ordinal=7,
+    params=_TrainerFitParams,
+    results=Progress,
+    result_kind="struct",
     stream=True,
 )
 

@@ -30,6 +30,10 @@ ANN_ERP = 0xFB5083D12E7CA306
 ANN_TENSOR = 0xF33542792C80FC6A
 NO_DISCRIMINANT = 0xFFFF
 RDMA_ALIAS = "_rdma"  # how generated modules name monarch.rdma
+ANY_POINTER_DOC = (
+    "AnyPointer: any generated struct. A received value is a stubs.Struct view of unknown\n"
+    "type: read it with SomeStruct.from_any(value)."
+)
 _INTS = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
 
 
@@ -39,6 +43,7 @@ class _Type:
     init: str  # __init__ parameter annotation
     default: str | None  # __init__ default
     expr: str  # runtime type expression
+    enum_id: int = 0  # the enum's node id, for enum types
 
 
 class _Builder:
@@ -56,6 +61,9 @@ class _Builder:
         self.uses_torch = False
         self.internal: list[ir.Struct] = []
         self.actor_names: dict[int, str] = {}
+        # generic parameter (scope id, index) -> its bound type, while mapping a branded use
+        self.subst: dict[tuple[int, int], _Type] = {}
+        self.late_consts: list[ir.Const] = []
 
     # -- locations -------------------------------------------------------------------------
     def error(self, where: tuple[str, ...], message: str) -> SchemaError:
@@ -139,8 +147,8 @@ class _Builder:
             return _Type(f"Sequence[{e.attr}]", f"Sequence[{e.attr}]", "()", f"List({e.expr})")
         if kind == "enum":
             name = self.ref(body["typeId"])
-            first = self.nodes[body["typeId"]]["enum"]["enumerants"][0]["name"]
-            return _Type(name, name, f"{name}.{first}", f"Enum({name})")
+            first = self.enumerant_names(body["typeId"])[0]
+            return _Type(name, name, f"{name}.{first}", f"Enum({name})", body["typeId"])
         if kind == "interface":
             iname = self.schema_path(body["typeId"])[-1]
             raise self.error(
@@ -149,10 +157,10 @@ class _Builder:
         if kind == "anyPointer":
             param = body.get("parameter") if body else None
             if param is None:
-                raise self.error(
-                    where,
-                    "AnyPointer and capabilities are not supported; use a struct, Data or a generic parameter",
-                )
+                return self.any_pointer(body or {}, where)
+            bound = self.subst.get((int(param["scopeId"]), int(param["parameterIndex"])))
+            if bound is not None:
+                return bound
             scope_node = self.nodes[param["scopeId"]]
             name = scope_node["parameters"][param["parameterIndex"]]["name"]
             self.typevars.add(name)
@@ -160,6 +168,34 @@ class _Builder:
         if kind == "struct":
             return self.map_struct(body, where, scope, method)
         raise self.error(where, f"unsupported type {kind}")
+
+    def any_pointer(self, body: dict[str, Any], where: tuple[str, ...]) -> _Type:
+        """``AnyPointer``/``AnyStruct``: any generated struct (``stubs.Struct``).
+
+        A received value is an untyped view; ``SomeStruct.from_any(value)`` reads it as that
+        struct. ``AnyList``, ``Capability`` and implicit method parameters have no mapping.
+        """
+        which = next(iter(body.get("unconstrained") or {"anyKind": None}))
+        if "implicitMethodParameter" in body:
+            raise self.error(where, "generic methods are not supported")
+        if which not in ("anyKind", "struct"):
+            kind = {"list": "AnyList", "capability": "Capability"}.get(which, which)
+            raise self.error(
+                where,
+                f"{kind} is not supported; use AnyPointer or AnyStruct (any struct), "
+                "List(T) or M.ActorRef(T)",
+            )
+        return _Type("stubs.Struct", "stubs.Struct | None", "None", "AnyStruct")
+
+    def bindings(self, brand: dict[str, Any] | None, where: tuple[str, ...]) -> dict[tuple[int, int], _Type]:
+        """Generic parameter (scope id, index) -> bound type, from a ``Brand``."""
+        out: dict[tuple[int, int], _Type] = {}
+        for s in (brand or {}).get("scopes") or []:
+            for i, bnd in enumerate(s.get("bind") or []):
+                t = bnd.get("type") if isinstance(bnd, dict) else None
+                if t:
+                    out[(int(s["scopeId"]), i)] = self.map_type(t, where, {}, method=True)
+        return out
 
     def map_struct(
         self, body: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any], method: bool
@@ -273,6 +309,9 @@ class _Builder:
                 init, default = f"{init} | None", "None"
             if required and not in_union and not (f.get("slot") or {}).get("hadExplicitDefault"):
                 init, default = t.init.removesuffix(" | None"), None
+            doc = self.doc(fwhere)
+            if t.expr == "AnyStruct":
+                doc = (doc + "\n\n" if doc else "") + ANY_POINTER_DOC
             out.append(
                 ir.Field(
                     name=py,
@@ -282,7 +321,7 @@ class _Builder:
                     init_default=default,
                     expr=t.expr,
                     in_union=in_union,
-                    doc=self.doc(fwhere),
+                    doc=doc,
                 )
             )
         return out
@@ -306,17 +345,15 @@ class _Builder:
 
             return _Type(t.attr, t.init, repr(base64.b64decode(v["$bytes"])), t.expr)
         if kind == "enum":
-            enum_name = t.attr
-            enumerant = self.enumerant_name(t, int(v))
-            return _Type(t.attr, t.init, f"{enum_name}.{enumerant}", t.expr)
+            enumerant = self.enumerant_names(t.enum_id)[int(v)]
+            return _Type(t.attr, t.init, f"{t.attr}.{enumerant}", t.expr, t.enum_id)
         # struct/list defaults live in the schema: unset means "the schema's default"
         return _Type(t.attr, f"{t.init} | None" if "None" not in t.init else t.init, "None", t.expr)
 
-    def enumerant_name(self, t: _Type, value: int) -> str:
-        for node in self.nodes.values():
-            if "enum" in node and t.attr.endswith(self.py_qualname(int(node["id"]))):
-                return str(node["enum"]["enumerants"][value]["name"])
-        return str(value)
+    def enumerant_names(self, enum_id: int) -> list[str]:
+        """The Python member names of an enum, by value: the one place enumerants are renamed
+        (members, defaults and constants all use it)."""
+        return [escape_enumerant(e["name"]) for e in self.nodes[enum_id]["enum"]["enumerants"]]
 
     def struct(
         self,
@@ -340,6 +377,14 @@ class _Builder:
         if params:
             self.typing.add("Generic")
         short = name or self.py_qualname(node_id).rsplit(".", 1)[-1]
+        consts: list[ir.Const] = []
+        for n in node.get("nestedNodes") or []:
+            child = self.nodes.get(n["id"])
+            if child is not None and "const" in child:
+                consts.append(const(self, n["id"], child, owner=self.py_qualname(node_id)))
+        if consts:
+            self.typing.add("ClassVar")
+            self.late_consts.extend(consts)
         return ir.Struct(
             name=short,
             qualname=name or self.py_qualname(node_id),
@@ -349,16 +394,16 @@ class _Builder:
             union_literal=", ".join(f'"{n}"' for n in union),
             nested_enums=enums,
             nested_structs=structs,
+            consts=consts,
             doc=doc if doc is not None else (self.doc(where) or f"The {'.'.join(where)} struct."),
         )
 
     def enum(self, node_id: int) -> ir.Enum:
         node = self.nodes[node_id]
         where = self.schema_path(node_id)
+        names = self.enumerant_names(node_id)
         members = [
-            ir.Enumerant(
-                name=escape_enumerant(e["name"]), value=i, doc=self.doc((*where, e["name"]))
-            )
+            ir.Enumerant(name=names[i], value=i, doc=self.doc((*where, e["name"])))
             for i, e in enumerate(node["enum"]["enumerants"])
         ]
         return ir.Enum(
@@ -422,6 +467,7 @@ def build_module(loaded: Loaded, path: str, module_names: dict[int, str]) -> ir.
         child = b.nodes.get(n["id"])
         if child is not None and "const" in child:
             consts.append(const(b, n["id"], child))
+    consts += b.late_consts
     interfaces = build_interfaces(b, file_node)
     return ir.Module(
         source=PurePath(path).as_posix(),
@@ -442,37 +488,85 @@ def build_module(loaded: Loaded, path: str, module_names: dict[int, str]) -> ir.
     )
 
 
-def const(b: _Builder, node_id: int, node: dict[str, Any]) -> ir.Const:
+def const(b: _Builder, node_id: int, node: dict[str, Any], owner: str = "") -> ir.Const:
+    """A schema constant: its annotation and its value as a Python expression.
+
+    ``owner`` is the qualified class name of the struct a nested constant belongs to ("" at file
+    scope); nested constants become class attributes, assigned after every class is defined.
+    """
     where = b.schema_path(node_id)
     t = node["const"]["type"]
-    kind = next(iter(t))
     value: Any = b.loaded.consts.get(node_id)
     name = constant_name(where[-1])
-    if kind in _INTS or kind in ("bool", "float32", "float64", "text", "data", "enum"):
-        mapped = b.map_type(t, where, node)
+    kind = next(iter(t))
+    if kind == "list":  # a tuple: constants are immutable
+        elem = b.map_type(t["list"]["elementType"], where, node, method=True)
+        annotation = f"tuple[{elem.attr}, ...]"
+    else:
+        annotation = "bytes" if kind == "data" else b.map_type(t, where, node, method=True).attr
+    return ir.Const(
+        name=name,
+        owner=owner,
+        annotation=annotation,
+        value=value_source(b, t, value, where),
+        doc=b.doc(where),
+    )
+
+
+def value_source(b: _Builder, t: dict[str, Any], v: Any, where: tuple[str, ...]) -> str:
+    """A Python expression for a schema value ``v`` (as extracted: JSON) of type ``t``.
+
+    Raises:
+        SchemaError: the type has no constant form (tensors, actor references, AnyPointer...).
+    """
+    kind, body = next(iter(t.items()))
+    if kind == "void":
+        return "None"
+    if kind in _INTS or kind in ("bool", "float32", "float64", "text", "data"):
         if kind == "data":
             import base64
 
-            text = repr(base64.b64decode(value["$bytes"]))
-            mapped = _Type("bytes", "bytes", None, "Data")
+            return repr(base64.b64decode(v["$bytes"])) if v is not None else 'b""'
+        if v is None:
+            return '""' if kind == "text" else "0"
+        return b.with_default(_Type("", "", None, ""), kind, {kind: v}, False).default or "None"
+    if kind == "enum":
+        names = b.enumerant_names(body["typeId"])
+        index = _enumerant_index(b, body["typeId"], v)
+        return f"{b.ref(body['typeId'])}.{names[index]}"
+    if kind == "list":
+        items = [value_source(b, body["elementType"], x, where) for x in v or []]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if kind == "struct" and b.actor_file_name(body["typeId"]) is None and not b.brand_args(
+        body, body["typeId"]
+    ):
+        return _struct_source(b, body["typeId"], v or {}, where)
+    what = "a generic struct" if kind == "struct" and b.brand_args(body, body["typeId"]) else kind
+    if kind == "struct" and b.actor_file_name(body["typeId"]):
+        what = "M." + str(b.actor_file_name(body["typeId"]))
+    raise b.error(where, f"a constant cannot hold {what} (constants hold plain schema values)")
+
+
+def _enumerant_index(b: _Builder, enum_id: int, v: Any) -> int:
+    if isinstance(v, int):
+        return v
+    wire = [e["name"] for e in b.nodes[enum_id]["enum"]["enumerants"]]
+    return wire.index(str(v))
+
+
+def _struct_source(b: _Builder, struct_id: int, v: dict[str, Any], where: tuple[str, ...]) -> str:
+    node = b.nodes[struct_id]
+    if node.get("parameters"):
+        raise b.error(where, "a constant cannot hold a generic struct")
+    args: list[str] = []
+    for f in node["struct"].get("fields") or []:
+        wire = f["name"]
+        if wire not in v:
+            continue
+        py = member_name(wire, RESERVED_STRUCT)
+        if "group" in f:
+            text = _struct_source(b, int(f["group"]["typeId"]), v[wire] or {}, where)
         else:
-            mapped = b.with_default(mapped, kind, {kind: value}, False)
-            text = mapped.default or "None"
-        return ir.Const(name=name, annotation=mapped.attr, value=text, doc=b.doc(where))
-    if kind == "list" and isinstance(value, list):
-        elem = next(iter(t["list"]["elementType"]))
-        if elem in _INTS or elem in ("bool", "float32", "float64", "text"):
-            e = b.map_type(t["list"]["elementType"], where, node)
-            items = ", ".join(
-                b.with_default(e, elem, {elem: x}, False).default or "None" for x in value
-            )
-            return ir.Const(
-                name=name,
-                annotation=f"tuple[{e.attr}, ...]",
-                value=f"({items}{',' if len(value) == 1 else ''})",
-                doc=b.doc(where),
-            )
-    raise b.error(
-        where,
-        f"constants of type {kind} are not supported (use a primitive, Text, Data, an enum or a list of primitives)",
-    )
+            text = value_source(b, f["slot"]["type"], v[wire], where)
+        args.append(f"{py}={text}")
+    return f"{b.ref(struct_id)}({', '.join(args)})"

@@ -149,7 +149,20 @@ def method(
         )
     else:
         pclass = b.ref(m["paramStructType"])
-    pfields = b.fields(pnode, where, required=implicit_params, method=True)
+    # a named (possibly generic) params struct: its parameters' types are the brand's bindings
+    b.subst = b.bindings(m.get("paramBrand"), where)
+    try:
+        pfields = b.fields(pnode, where, required=implicit_params, method=True)
+    finally:
+        b.subst = {}
+    star = next(
+        (
+            i
+            for i, f in enumerate(pfields)
+            if f.init_default is None and any(g.init_default is not None for g in pfields[:i])
+        ),
+        -1,
+    )
     params = [
         ir.Param(
             name=f.name,
@@ -158,12 +171,16 @@ def method(
             if f.init_default is None
             else f.init_annotation,
             default=f.init_default,
+            keyword_only=i == star,
         )
-        for f in pfields
+        for i, f in enumerate(pfields)
     ]
     rfields = b.fields(rnode, where, method=True)
     if rnode["scopeId"] != 0:
-        rclass, kind, result = b.ref(m["resultStructType"]), "struct", b.ref(m["resultStructType"])
+        # a named struct as the direct result: generic ones keep their type arguments
+        rclass, kind = b.ref(m["resultStructType"]), "struct"
+        brand = {"typeId": m["resultStructType"], "brand": m.get("resultBrand")}
+        result = b.map_struct(brand, where, rnode, True).attr
     else:
         if len(rfields) >= 2:
             rclass = base + "Result"
@@ -195,6 +212,7 @@ def method(
     return ir.Method(
         name=py,
         wire=m["name"],
+        interface_id=hex(iid),
         ordinal=index,
         spec=spec,
         params=params,

@@ -59,14 +59,72 @@ def generate(paths: list[str], import_dirs: list[str]) -> list[Output]:
         )
     loaded = load(paths, import_dirs)
     by_file = {loaded.file_id(p): n for p, n in zip(paths, names)}
+    by_path = {os.path.realpath(p): n for p, n in zip(paths, names)}
     outputs: list[Output] = []
     for path, name in zip(paths, names):
         module = build_module(loaded, path, by_file)
         outputs.append(Output(f"{name}.py", render_module(module).encode()))
-        outputs.append(Output(f"{name}.capnp", Path(path).read_bytes()))
+        copy = schema_copy(path, loaded.sources[path].imports, by_path, import_dirs)
+        outputs.append(Output(f"{name}.capnp", copy))
     outputs.append(Output("__init__.py", _INIT.encode(), only_if_missing=True))
     outputs.append(Output("py.typed", b"", only_if_missing=True))
     return outputs
+
+
+def schema_copy(
+    path: str,
+    imports: list[tuple[str, int, int]],
+    generated: dict[str, str],
+    import_dirs: list[str],
+) -> bytes:
+    """The schema file as shipped next to its module: imports of generated schemas point at
+    their copies in the same folder (``import "../common/units.capnp"`` -> ``"units.capnp"``).
+
+    Only import strings change; file and node ids, and so the wire, stay the same.
+
+    Args:
+        path: the schema, as named on the command line.
+        imports: ``(import string, line, column)`` of its imports (see :mod:`.source`).
+        generated: real path -> module name of every schema generated in this run.
+        import_dirs: ``-I`` directories.
+
+    Raises:
+        GenerationError: an import is neither generated in this run nor one of the standard
+            schemas (``/monarch/...``, ``/capnp/...``), so the module could not load it.
+    """
+    from .load import standard_imports
+
+    data = Path(path).read_bytes()
+    lines = data.decode("utf-8").split("\n")
+    std = standard_imports()
+    for target, line, col in sorted(imports, key=lambda t: (t[1], -t[2])):
+        standard = False
+        resolved = None
+        if target.startswith("/"):
+            for d in [*std, *import_dirs]:
+                f = os.path.join(d, target.lstrip("/"))
+                if os.path.isfile(f):
+                    resolved, standard = os.path.realpath(f), d in std
+                    break
+        else:
+            f = os.path.join(os.path.dirname(path), target)
+            resolved = os.path.realpath(f) if os.path.isfile(f) else None
+        if resolved is None:
+            continue  # the parser already accepted the schema: unreachable in practice
+        module = generated.get(resolved)
+        if module is None:
+            if standard:
+                continue
+            raise GenerationError(
+                f"{path}:{line}:{col}: imports {target!r}, which is not generated in this run; "
+                "pass it to monarch-gen too (the generated module loads it at run time)"
+            )
+        text = lines[line - 1]
+        start = col  # col is the opening quote (1-based): the string starts after it
+        end = start + len(target)
+        if text[start:end] == target:
+            lines[line - 1] = text[:start] + f"{module}.capnp" + text[end:]
+    return "\n".join(lines).encode("utf-8")
 
 
 def check(outputs: list[Output], outdir: Path) -> list[str]:

@@ -76,6 +76,7 @@ class Struct(_Model):
         fields: in ordinal order, union members in discriminant order.
         union_members: Python names of the unnamed union's members ("" when none).
         nested_enums / nested_structs: nested types (groups included), in schema order.
+        consts: constants declared in the struct (class attributes, assigned after the classes).
         doc: doc comment, or a generated description.
     """
 
@@ -87,11 +88,22 @@ class Struct(_Model):
     union_literal: str
     nested_enums: list[Enum]
     nested_structs: list[Struct]
+    consts: list[Const]
     doc: str
 
 
 class Const(_Model):
+    """A schema constant.
+
+    Attributes:
+        name: Python name (UPPER_SNAKE).
+        owner: qualified class of the struct a nested constant belongs to; "" at file scope.
+        annotation: Python type.
+        value: Python expression of the value.
+    """
+
     name: str
+    owner: str
     annotation: str
     value: str
     doc: str
@@ -105,6 +117,10 @@ class Param(_Model):
     annotation: str
     call_annotation: str
     default: str | None
+    keyword_only: bool
+    """First of the keyword-only parameters: a required one after one with a default (Python
+    allows that only after ``*``); the template prints ``*`` before it. Same rule as
+    ``monarch._idl._codec``."""
 
 
 class Method(_Model):
@@ -113,6 +129,7 @@ class Method(_Model):
     Attributes:
         name: Python method name.
         wire: the schema's method name.
+        interface_id: the interface's node id, as hex source text.
         ordinal: method index in its interface.
         spec: name of the module-level ``EndpointSpec`` constant.
         params: Python parameters (after ``self`` and the port).
@@ -125,6 +142,7 @@ class Method(_Model):
 
     name: str
     wire: str
+    interface_id: str
     ordinal: int
     spec: str
     params: list[Param]

@@ -19,7 +19,7 @@ from monarch._core.errors import SchemaError
 
 from .source import SourceInfo, scan
 
-__all__ = ["Loaded", "load"]
+__all__ = ["Loaded", "load", "standard_imports"]
 
 _FAILED = re.compile(r"(?P<file>[^\s:][^:\n]*?):(?P<line>\d+): failed: (?P<msg>[^\n]*)")
 
@@ -49,10 +49,20 @@ class Loaded:
         return self.files[path]
 
 
-def _installed_idl() -> str:
+def standard_imports() -> list[str]:
+    """Roots of ``/monarch/...`` and of Cap'n Proto's own ``/capnp/...`` schemas (pycapnp ships
+    ``capnp/c++.capnp``), the same as ``monarch._idl._schema.standard_import_paths`` gives
+    generated code at run time (not imported here: it would load the whole runtime)."""
+    import importlib.util
     from importlib import resources
 
-    return str(resources.files("monarch.idl"))
+    out = [str(resources.files("monarch.idl"))]
+    spec = importlib.util.find_spec("capnp")
+    if spec is not None and spec.origin:
+        std = Path(spec.origin).resolve().parent.parent
+        if (std / "capnp" / "c++.capnp").is_file():
+            out.append(str(std))
+    return out
 
 
 def _locate(path: str, line0: int, message: str) -> tuple[int, int]:
@@ -117,7 +127,7 @@ def load(paths: list[str], import_dirs: list[str]) -> Loaded:
     for p in paths:
         if not Path(p).is_file():
             raise SchemaError(p, 0, 0, "no such schema file")
-    imports = [_installed_idl(), *import_dirs]
+    imports = [*standard_imports(), *import_dirs]
     request = json.dumps({"paths": paths, "imports": imports})
     proc = subprocess.run(
         [sys.executable, "-m", "monarch.generator._extract", request],

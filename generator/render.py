@@ -75,7 +75,8 @@ def _format(source: str) -> str:
 
 
 def _exports(m: ir.Module) -> list[str]:
-    names = [e.name for e in m.enums] + [s.name for s in m.structs] + [c.name for c in m.consts]
+    names = [e.name for e in m.enums] + [s.name for s in m.structs]
+    names += [c.name for c in m.consts if not c.owner]
     names += [s.name for s in m.internal_structs if not s.name.startswith("_")]
     for i in m.interfaces:
         names += [i.name, i.mesh]

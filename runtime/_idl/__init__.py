@@ -7,11 +7,12 @@ never jinja2, and torch only lazily when a tensor field is touched.
 from ._adapters import StructAdapter, get_adapter, register_adapter
 from ._codec import CapnpCodec, idl_endpoint, implements, remote
 from ._schema import LoadedSchema, idl_import_path, load_schema
-from ._struct import Struct, StructInfo, Which, struct_class
+from ._struct import AnyStruct, Struct, StructInfo, Which, struct_class
 from ._types import OOB_THRESHOLD_BYTES
 
 __all__ = [
     "OOB_THRESHOLD_BYTES",
+    "AnyStruct",
     "CapnpCodec",
     "LoadedSchema",
     "Struct",

@@ -13,6 +13,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from .._mesh.endpoint import EndpointProperty, EndpointSpec
 from .._transport.codec import ENCODING_CAPNP, Encoded
+from ._schema import method_modules
 from ._struct import Struct
 
 __all__ = ["CapnpCodec", "idl_endpoint", "implements", "remote"]
@@ -38,13 +39,24 @@ class CapnpCodec:
     encoding = ENCODING_CAPNP
 
     def __init__(
-        self, params: type[Struct], results: type[Struct], result_kind: ResultKind
+        self,
+        params: type[Struct],
+        results: type[Struct],
+        result_kind: ResultKind,
+        method: tuple[int, int] | None = None,
     ) -> None:
         self.params = params
         self.results = results
         self.result_kind = result_kind
+        self.method = method
+        self._pmod: Any = None
+        self._rmod: Any = None
+        if method is not None:
+            self._pmod, self._rmod = method_modules(*method)
         self.param_names = tuple(py for py, _, _, _ in params.__capnp__.fields)
         self.result_names = tuple(py for py, _, _, _ in results.__capnp__.fields)
+        # parameters after a required one that follows a defaulted one are keyword-only
+        self.n_positional = _positional_count(params)
 
     def encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Encoded:
         """Build the parameter message; positional arguments follow the schema's order.
@@ -52,18 +64,23 @@ class CapnpCodec:
         Raises:
             TypeError: too many positional arguments, or a value of the wrong kind.
         """
-        if len(args) > len(self.param_names):
-            raise TypeError(f"takes {len(self.param_names)} arguments, {len(args)} given")
+        if len(args) > self.n_positional:
+            raise TypeError(
+                f"takes {self.n_positional} positional arguments, {len(args)} given"
+            )
         values = dict(zip(self.param_names, args))
         values.update(kwargs)
-        return self.params(**values)._encode()
+        return self.params(**values)._encode(True, self._pmod)
 
     def decode_call(
         self, payload: memoryview, buffers: list[memoryview]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments as positional values, in the schema's order (views over the payload)."""
-        view = self.params._decode(payload, buffers)
-        return tuple(getattr(view, name) for name in self.param_names), {}
+        view = self.params._decode(payload, buffers, self._pmod)
+        names = self.param_names
+        n = self.n_positional
+        args = tuple(getattr(view, name) for name in names[:n])
+        return args, {name: getattr(view, name) for name in names[n:]}
 
     def encode_result(self, value: Any) -> Encoded:
         """Build the result message from what the endpoint returned.
@@ -72,20 +89,20 @@ class CapnpCodec:
             TypeError: a ``"struct"`` result that is not an instance of the result class.
         """
         if self.result_kind == "none":
-            return self.results()._encode()
+            return self.results()._encode(True, self._rmod)
         if self.result_kind == "single":
-            return self.results(**{self.result_names[0]: value})._encode()
+            return self.results(**{self.result_names[0]: value})._encode(True, self._rmod)
         if not isinstance(value, self.results):
             raise TypeError(
                 f"endpoint must return a {self.results.__qualname__}, got {type(value).__qualname__}"
             )
-        return value._encode()
+        return value._encode(True, self._rmod)
 
     def decode_result(self, payload: memoryview, buffers: list[memoryview]) -> Any:
         """The result value: None, the single field's value, or a result struct view."""
         if self.result_kind == "none":
             return None
-        view = self.results._decode(payload, buffers)
+        view = self.results._decode(payload, buffers, self._rmod)
         if self.result_kind == "single":
             return getattr(view, self.result_names[0])
         return view
@@ -94,13 +111,24 @@ class CapnpCodec:
         return f"<CapnpCodec {self.params.__qualname__} -> {self.results.__qualname__} ({self.result_kind})>"
 
 
+def _positional_count(params: type[Struct]) -> int:
+    """How many parameters may be passed by position: all of them, unless a required parameter
+    follows one with a default (Python allows that only as keyword-only): then those before it."""
+    seen_default = False
+    init = inspect.signature(params.__init__)
+    kw = [p for p in init.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    for i, p in enumerate(kw):
+        if p.default is inspect.Parameter.empty and seen_default:
+            return i
+        seen_default = seen_default or p.default is not inspect.Parameter.empty
+    return len(kw)
+
+
 def _signature(params: type[Struct]) -> inspect.Signature:
     init = inspect.signature(params.__init__)
-    out = [
-        p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        for p in init.parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
+    kw = [p for p in init.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    n = _positional_count(params)
+    out = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in kw[:n]] + kw[n:]
     return inspect.Signature(out)
 
 
@@ -112,6 +140,7 @@ def idl_endpoint(
     results: type[Struct],
     result_kind: ResultKind,
     *,
+    interface_id: int | None = None,
     stream: bool = False,
     explicit_response_port: bool = False,
     rref: bool = False,
@@ -127,6 +156,9 @@ def idl_endpoint(
         params: generated parameter struct class.
         results: generated result struct class.
         result_kind: see :class:`CapnpCodec`.
+        interface_id: the interface's node id; with ``ordinal`` it finds the method's branded
+            params/results in the loaded schema (generic structs as direct params or results).
+            None encodes with the classes' own (unbranded) nodes.
         stream: ``$M.stream``: the implementation yields results.
         explicit_response_port: ``$M.explicitResponsePort``: the implementation takes a port.
         rref: ``$M.rref`` (recorded in ``spec.extra``; the adverb is not generated yet).
@@ -136,7 +168,12 @@ def idl_endpoint(
     return EndpointSpec(
         name=name,
         py_name=py_name,
-        codec=CapnpCodec(params, results, result_kind),
+        codec=CapnpCodec(
+            params,
+            results,
+            result_kind,
+            None if interface_id is None else (interface_id, ordinal),
+        ),
         explicit_response_port=explicit_response_port,
         stream=stream,
         concurrent=concurrent,

@@ -15,18 +15,39 @@ from typing import Any
 
 import capnp
 
-__all__ = ["LoadedSchema", "idl_import_path", "load_schema"]
+__all__ = [
+    "LoadedSchema",
+    "idl_import_path",
+    "load_schema",
+    "method_modules",
+    "standard_import_paths",
+]
 
 _LOCK = threading.Lock()
 _PARSER: Any = None
 _LOADED: dict[tuple[str, str], LoadedSchema] = {}
 # node id -> pycapnp struct module, over every schema loaded in this process
 _STRUCTS: dict[int, Any] = {}
+# (interface id, method ordinal) -> (params module, results module), branded as the method
+# declares them: a generic struct as a method's direct params or result is bound there
+_METHODS: dict[tuple[int, int], tuple[Any, Any]] = {}
 
 
 def idl_import_path() -> str:
     """The directory that holds ``monarch/actor.capnp`` (the root for ``/monarch/...`` imports)."""
     return str(resources.files("monarch.idl"))
+
+
+def standard_import_paths() -> list[str]:
+    """Roots for ``/absolute`` imports every schema may use: monarch's own (``/monarch/...``),
+    then the one that holds Cap'n Proto's standard schemas (``/capnp/c++.capnp`` and the like:
+    pycapnp ships them inside its package), so foreign annotations such as ``$Cxx.namespace``
+    resolve and are ignored."""
+    out = [idl_import_path()]
+    std = Path(capnp.__file__).resolve().parent.parent
+    if (std / "capnp" / "c++.capnp").is_file():
+        out.append(str(std))
+    return out
 
 
 class LoadedSchema:
@@ -61,6 +82,16 @@ def struct_module(node_id: int) -> Any:
     return _STRUCTS[node_id]
 
 
+def method_modules(interface_id: int, ordinal: int) -> tuple[Any, Any]:
+    """The pycapnp struct modules of a method's params and results, with the method's brand
+    (``listing @0 () -> Page(Items)`` gets ``Page`` bound to ``Items``).
+
+    Raises:
+        KeyError: no loaded schema declares this method.
+    """
+    return _METHODS[(interface_id, ordinal)]
+
+
 def _index(module: Any) -> None:
     from capnp.lib.capnp import _StructModule
 
@@ -79,9 +110,15 @@ def _index(module: Any) -> None:
         if kind == "struct":
             walk_struct(obj.schema, node.displayName[node.displayNamePrefixLength :])
         elif kind == "interface":
-            for method in obj.schema.methods.values():
+            methods = obj.schema.methods
+            for ordinal, m in enumerate(node.interface.methods):
+                method = methods[m.name]
                 walk_struct(method.param_type, method.param_type.node.displayName)
                 walk_struct(method.result_type, method.result_type.node.displayName)
+                _METHODS[(node.id, ordinal)] = (
+                    _StructModule(method.param_type, m.name + "$Params"),
+                    _StructModule(method.result_type, m.name + "$Results"),
+                )
         for nested in node.nestedNodes:
             child = getattr(obj, nested.name, None)
             if child is not None and (hasattr(child, "schema") or hasattr(child, "_nodeSchema")):
@@ -119,7 +156,7 @@ def load_schema(module: str, filename: str) -> LoadedSchema:
             raise SchemaError(str(path), 0, 0, "schema file not found next to its generated module")
         if _PARSER is None:
             _PARSER = capnp.SchemaParser()
-        parsed = _PARSER.load(str(path), imports=[idl_import_path(), str(folder)])
+        parsed = _PARSER.load(str(path), imports=[*standard_import_paths(), str(folder)])
         loaded = LoadedSchema(parsed, filename)
         _LOADED[key] = loaded
         return loaded

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from ._schema import LoadedSchema
 from ._types import Conv, DecodeContext, EncodeContext, compile_type
 
-__all__ = ["Struct", "StructInfo", "Which", "struct_class"]
+__all__ = ["AnyStruct", "Struct", "StructInfo", "Which", "struct_class"]
 
 L = TypeVar("L", bound=str)
 S = TypeVar("S", bound="Struct")
@@ -197,7 +197,7 @@ class Struct:
         return info._default  # type: ignore[no-any-return]
 
     @classmethod
-    def _decode(cls: type[S], payload: Any, buffers: Sequence[Any]) -> S:
+    def _decode(cls: type[S], payload: Any, buffers: Sequence[Any], smod: Any = None) -> S:
         oob: dict[str, int] | None = None
         if buffers:
             directory = bytes(buffers[-1]).decode()
@@ -206,7 +206,9 @@ class Struct:
         nbytes = len(payload) if isinstance(payload, bytes) else memoryview(payload).nbytes
         # cumulative per reader: room for views to re-read the message several times
         limit = 8 * (nbytes // 8) + 8192
-        cm = cls.__capnp__.struct_module().from_bytes(payload, traversal_limit_in_words=limit)
+        if smod is None:
+            smod = cls.__capnp__.struct_module()
+        cm = smod.from_bytes(payload, traversal_limit_in_words=limit)
         reader = cm.__enter__()
         return cls._view(reader, DecodeContext(cm, payload, buffers, oob), "")
 
@@ -221,6 +223,32 @@ class Struct:
             buffers: out-of-band buffers and their directory, when the message has any.
         """
         return cls._decode(data, list(buffers))
+
+    @classmethod
+    def from_any(cls: type[S], value: Struct) -> S:
+        """Read the value of an ``AnyPointer``/``AnyStruct`` field as this struct.
+
+        Args:
+            value: what such a field holds: an :class:`AnyStruct` view (received), or an
+                instance of this class (built locally). The caller knows the type from the
+                protocol (Cap'n Proto does not carry it on the wire).
+
+        Returns:
+            A view of the pointed-to struct as ``cls`` (sharing the received message), or
+            ``value`` itself when it is already a ``cls``.
+
+        Raises:
+            TypeError: ``value`` is a struct of another class.
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, AnyStruct):
+            reader = value._ptr.as_struct(cls.__capnp__.struct_module().schema)
+            return cls._view(reader, value._ctx, value._path)  # type: ignore[arg-type]  # set with _ptr
+        raise TypeError(
+            f"{cls.__qualname__}.from_any needs an AnyStruct view or a {cls.__qualname__}, "
+            f"got {type(value).__qualname__}"
+        )
 
     # -- sending ---------------------------------------------------------------------------
     def _present(self) -> list[tuple[_Field, Any]]:
@@ -239,8 +267,11 @@ class Struct:
             conv = d.conv or d.converter()
             conv.set(b, d.wire, v, enc, path)
 
-    def _encode(self, oob: bool = True) -> tuple[bytes, list[Any]]:
+    def _encode(self, oob: bool = True, smod: Any = None) -> tuple[bytes, list[Any]]:
         """``(message bytes, out-of-band buffers + directory)``; see :mod:`monarch._idl._types`.
+
+        ``smod`` is the pycapnp struct module to build with (a method's branded params or
+        results); None uses the class's own node.
 
         Raises:
             TypeError: this is a group (a group is only ever part of its struct).
@@ -250,7 +281,7 @@ class Struct:
             raise TypeError(
                 f"{type(self).__qualname__} is a group: encode the struct that holds it"
             )
-        msg = info.struct_module().new_message()
+        msg = (smod or info.struct_module()).new_message()
         enc = EncodeContext(oob)
         self._write(msg, enc, "")
         buffers = enc.buffers
@@ -297,6 +328,31 @@ class Struct:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={_short(v)}" for k, v in self._items())
         return f"{type(self).__qualname__}({inner})"
+
+
+class AnyStruct(Struct):
+    """A received ``AnyPointer``/``AnyStruct`` value: a struct of a type the message does not
+    name. Read it with ``SomeStruct.from_any(value)``; send it on unchanged as is."""
+
+    __slots__ = ("_ptr",)
+    _ptr: Any  # the pycapnp AnyPointer reader
+
+    @classmethod
+    def _pointer(cls, ptr: Any, ctx: DecodeContext, path: str) -> AnyStruct:
+        obj = cls.__new__(cls)
+        obj._ptr = ptr
+        obj._reader = None
+        obj._ctx = ctx
+        obj._path = path
+        obj._cache = {}
+        obj._values = {}
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __repr__(self) -> str:
+        return "AnyStruct(<untyped struct: read it with SomeStruct.from_any(value)>)"
 
 
 def _equal(a: Any, b: Any) -> bool:

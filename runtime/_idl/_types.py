@@ -256,7 +256,8 @@ class _Struct(_Named):
 class _Group(_Struct):
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
         _check(v, self.cls, wire)
-        v._write(getattr(b, wire), enc, path + wire + ".")
+        # init, not get: a group that is a union member must become the active member
+        v._write(b.init(wire), enc, path + wire + ".")
 
 
 def _check(v: Any, cls: type, where: str) -> None:
@@ -321,13 +322,21 @@ class _Adapted(Conv):
 
 
 class _Param(Conv):
-    """A field typed by a generic parameter: the value's own type decides (struct, Text, Data)."""
+    """A field typed by a generic parameter: the value's own type decides (struct, Text, Data).
+
+    Where the message is branded (the parameter is bound), pycapnp hands out typed builders and
+    readers. Where it is not (a generic struct encoded as a root by itself), the field is an
+    untyped pointer: a struct is written as its own type, and read back as an untyped view
+    (:class:`monarch._idl.AnyStruct`) that ``Cls.from_any(value)`` reads as ``Cls``.
+    """
 
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
         from ._struct import Struct
 
         if isinstance(v, Struct):
-            v._write(b.init(wire), enc, path + wire + ".")
+            _set_struct_pointer(b, wire, v, enc, path)
+        elif isinstance(v, str) and _is_untyped(getattr(b, wire)):
+            getattr(b, wire).set_as_text(v)
         else:
             setattr(b, wire, v)
 
@@ -337,10 +346,54 @@ class _Param(Conv):
         v = getattr(r, wire)
         schema = getattr(v, "schema", None)
         if schema is None:
+            if _is_untyped(v):
+                from ._struct import AnyStruct
+
+                return AnyStruct._pointer(v, dec, path + wire + ".")
             return v
         from ._struct import struct_class
 
         return struct_class(schema.node.id)._view(v, dec, path + wire + ".")
+
+
+def _is_untyped(v: Any) -> bool:
+    """A pycapnp AnyPointer builder or reader (no schema of its own)."""
+    return hasattr(v, "as_struct") and not hasattr(v, "schema")
+
+
+def _set_struct_pointer(b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+    from ._struct import AnyStruct
+
+    target = getattr(b, wire)
+    if isinstance(v, AnyStruct):
+        if not _is_untyped(target):
+            raise TypeError(f"field {wire!r}: an untyped struct view needs an AnyPointer field")
+        target.set(v._ptr)
+        return
+    if _is_untyped(target):
+        v._write(target.as_struct(v.__capnp__.struct_module().schema), enc, path + wire + ".")
+    else:
+        v._write(b.init(wire), enc, path + wire + ".")
+
+
+class _AnyStruct(Conv):
+    """``AnyPointer``/``AnyStruct``: any generated struct; received as an untyped view."""
+
+    def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        from ._struct import Struct
+
+        if not isinstance(v, Struct):
+            raise TypeError(
+                f"field {wire!r} (AnyPointer) needs a generated struct, got {type(v).__qualname__}"
+            )
+        _set_struct_pointer(b, wire, v, enc, path)
+
+    def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
+        if not r._has(wire):
+            return None
+        from ._struct import AnyStruct
+
+        return AnyStruct._pointer(getattr(r, wire), dec, path + wire + ".")
 
 
 class _List(Conv):
@@ -413,7 +466,12 @@ class StructList(Sequence[Any]):
 
 _SIMPLE: dict[str, Conv] = {name: _Prim() for name in _PRIMS}
 _SIMPLE.update(
-    Void=_Void(), Data=_Data(), TensorData=_TensorData(), Tensor=_Tensor(), Param=_Param()
+    Void=_Void(),
+    Data=_Data(),
+    TensorData=_TensorData(),
+    Tensor=_Tensor(),
+    Param=_Param(),
+    AnyStruct=_AnyStruct(),
 )
 _NAMED: dict[str, type[_Named]] = {"Enum": _Enum, "Struct": _Struct, "Group": _Group, "Ref": _Ref}
 

@@ -9,13 +9,15 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from gen_cases import CASE_NAMES, CASES
-from monarch.generator.generate import generate, write
+from gen_cases import CASE_NAMES, generate_outputs
+from monarch.generator.generate import write
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update-goldens", action="store_true", help="rewrite tests/generator/cases/*/expected.py"
+        "--update-goldens",
+        action="store_true",
+        help="(re)write tests/generator/cases/*/expected*.py (also: MONARCH_UPDATE_GOLDENS=1)",
     )
 
 
@@ -33,13 +35,8 @@ def case_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every case generated into one importable package ``gencases`` (its parent is on sys.path)."""
     root = tmp_path_factory.mktemp("cases")
     pkg = root / "gencases"
-    old = Path.cwd()
-    try:
-        for name in CASE_NAMES:
-            os.chdir(CASES / name)
-            write(generate([f"{name}.capnp"], []), pkg)
-    finally:
-        os.chdir(old)
+    for name in CASE_NAMES:
+        write(generate_outputs(name), pkg)
     sys.path.insert(0, str(root))
     return pkg
 

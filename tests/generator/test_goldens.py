@@ -7,16 +7,37 @@ import sys
 from pathlib import Path
 
 import pytest
-from gen_cases import CASE_NAMES, CASES, generate_case
+from gen_cases import CASE_NAMES, CASES, generate_case, golden_path
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_generated_module_matches_golden_file(name: str, update_goldens: bool) -> None:
-    produced = generate_case(name)[f"{name}.py"]
-    expected = CASES / name / "expected.py"
-    if update_goldens or not expected.exists():
-        expected.write_bytes(produced)
-    assert produced.decode() == expected.read_text()
+    produced = {k: v for k, v in generate_case(name).items() if k.endswith(".py")}
+    produced.pop("__init__.py", None)
+    assert f"{name}.py" in produced
+    for filename, data in sorted(produced.items()):
+        expected = golden_path(name, filename.removesuffix(".py"))
+        if update_goldens:
+            expected.write_bytes(data)
+        assert expected.exists(), (
+            f"{expected} is missing: write it with `pytest --update-goldens` "
+            "(or MONARCH_UPDATE_GOLDENS=1) and review it"
+        )
+        assert data.decode() == expected.read_text(), f"{filename} differs from {expected.name}"
+
+
+def test_missing_golden_file_fails_instead_of_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gen_cases
+
+    case = tmp_path / "only_schema"
+    case.mkdir()
+    case.joinpath("only_schema.capnp").write_bytes((CASES / "enums" / "enums.capnp").read_bytes())
+    monkeypatch.setattr(gen_cases, "CASES", tmp_path)
+    with pytest.raises(AssertionError, match="is missing"):
+        test_generated_module_matches_golden_file("only_schema", update_goldens=False)
+    assert not (case / "expected.py").exists()
 
 
 def test_two_runs_give_byte_identical_output() -> None:

@@ -70,7 +70,7 @@ def strategy(expr: str, module: str, depth: int = 0) -> st.SearchStrategy[Any] |
                 int(torch.tensor(s).prod().item()) if s else 1, dtype=torch.float32
             ).reshape(s)
         )
-    if expr in ("Void", "Param") or expr.startswith("Ref("):
+    if expr in ("Void", "Param", "AnyStruct") or expr.startswith("Ref("):
         return None
     m = _CALL.match(expr)
     assert m is not None, expr

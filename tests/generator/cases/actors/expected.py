@@ -508,107 +508,118 @@ class _EvaluatorEvaluateResults(stubs.Struct):
 
 
 _TRAINER_TRAIN = stubs.idl_endpoint(
-    "train",
-    "train",
-    0,
-    _TrainerTrainParams,
-    _TrainerTrainResults,
-    "single",
+    name="train",
+    py_name="train",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=0,
+    params=_TrainerTrainParams,
+    results=_TrainerTrainResults,
+    result_kind="single",
 )
 
 _TRAINER_STATS = stubs.idl_endpoint(
-    "stats",
-    "stats",
-    1,
-    _TrainerStatsParams,
-    TrainerStatsResult,
-    "struct",
+    name="stats",
+    py_name="stats",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=1,
+    params=_TrainerStatsParams,
+    results=TrainerStatsResult,
+    result_kind="struct",
 )
 
 _TRAINER_LOSSES = stubs.idl_endpoint(
-    "losses",
-    "losses",
-    2,
-    _TrainerLossesParams,
-    _TrainerLossesResults,
-    "single",
+    name="losses",
+    py_name="losses",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=2,
+    params=_TrainerLossesParams,
+    results=_TrainerLossesResults,
+    result_kind="single",
     stream=True,
 )
 
 _TRAINER_RESET = stubs.idl_endpoint(
-    "reset",
-    "reset",
-    3,
-    _TrainerResetParams,
-    _TrainerResetResults,
-    "none",
+    name="reset",
+    py_name="reset",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=3,
+    params=_TrainerResetParams,
+    results=_TrainerResetResults,
+    result_kind="none",
 )
 
 _TRAINER_SLOW = stubs.idl_endpoint(
-    "slow",
-    "slow",
-    4,
-    _TrainerSlowParams,
-    _TrainerSlowResults,
-    "single",
+    name="slow",
+    py_name="slow",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=4,
+    params=_TrainerSlowParams,
+    results=_TrainerSlowResults,
+    result_kind="single",
     timeout_s=2.5,
     concurrent=True,
 )
 
 _TRAINER_LATER = stubs.idl_endpoint(
-    "later",
-    "later",
-    5,
-    _TrainerLaterParams,
-    _TrainerLaterResults,
-    "single",
+    name="later",
+    py_name="later",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=5,
+    params=_TrainerLaterParams,
+    results=_TrainerLaterResults,
+    result_kind="single",
     explicit_response_port=True,
 )
 
 _TRAINER_PEER = stubs.idl_endpoint(
-    "peer",
-    "peer",
-    6,
-    _TrainerPeerParams,
-    _TrainerPeerResults,
-    "single",
+    name="peer",
+    py_name="peer",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=6,
+    params=_TrainerPeerParams,
+    results=_TrainerPeerResults,
+    result_kind="single",
 )
 
 _TRAINER_SNAPSHOT = stubs.idl_endpoint(
-    "snapshot",
-    "snapshot",
-    7,
-    _TrainerSnapshotParams,
-    Config,
-    "struct",
+    name="snapshot",
+    py_name="snapshot",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=7,
+    params=_TrainerSnapshotParams,
+    results=Config,
+    result_kind="struct",
 )
 
 _TRAINER_SHARD = stubs.idl_endpoint(
-    "shard",
-    "shard",
-    8,
-    _TrainerShardParams,
-    _TrainerShardResults,
-    "single",
+    name="shard",
+    py_name="shard",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=8,
+    params=_TrainerShardParams,
+    results=_TrainerShardResults,
+    result_kind="single",
     rref=True,
 )
 
 _TRAINER_SLICE = stubs.idl_endpoint(
-    "slice",
-    "slice_",
-    9,
-    _TrainerSliceParams,
-    _TrainerSliceResults,
-    "none",
+    name="slice",
+    py_name="slice_",
+    interface_id=0xbb57a7d09a9fede0,
+    ordinal=9,
+    params=_TrainerSliceParams,
+    results=_TrainerSliceResults,
+    result_kind="none",
 )
 
 _EVALUATOR_EVALUATE = stubs.idl_endpoint(
-    "evaluate",
-    "evaluate",
-    0,
-    _EvaluatorEvaluateParams,
-    _EvaluatorEvaluateResults,
-    "single",
+    name="evaluate",
+    py_name="evaluate",
+    interface_id=0xc77b0382fe77faa5,
+    ordinal=0,
+    params=_EvaluatorEvaluateParams,
+    results=_EvaluatorEvaluateResults,
+    result_kind="single",
 )
 
 

@@ -106,21 +106,23 @@ class _DerivedExtraResults(stubs.Struct):
 
 
 _BASE_PING = stubs.idl_endpoint(
-    "ping",
-    "ping",
-    0,
-    _BasePingParams,
-    _BasePingResults,
-    "single",
+    name="ping",
+    py_name="ping",
+    interface_id=0xc16fef60917f5862,
+    ordinal=0,
+    params=_BasePingParams,
+    results=_BasePingResults,
+    result_kind="single",
 )
 
 _DERIVED_EXTRA = stubs.idl_endpoint(
-    "extra",
-    "extra",
-    0,
-    _DerivedExtraParams,
-    _DerivedExtraResults,
-    "single",
+    name="extra",
+    py_name="extra",
+    interface_id=0x8149a45af51d7b72,
+    ordinal=0,
+    params=_DerivedExtraParams,
+    results=_DerivedExtraResults,
+    result_kind="single",
 )
 
 

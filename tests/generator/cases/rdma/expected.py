@@ -162,30 +162,33 @@ class _StoreAdoptResults(stubs.Struct):
 
 
 _STORE_HANDLE = stubs.idl_endpoint(
-    "handle",
-    "handle",
-    0,
-    _StoreHandleParams,
-    _StoreHandleResults,
-    "single",
+    name="handle",
+    py_name="handle",
+    interface_id=0xd1030b7a39e27413,
+    ordinal=0,
+    params=_StoreHandleParams,
+    results=_StoreHandleResults,
+    result_kind="single",
 )
 
 _STORE_SHARD = stubs.idl_endpoint(
-    "shard",
-    "shard",
-    1,
-    _StoreShardParams,
-    Shard,
-    "struct",
+    name="shard",
+    py_name="shard",
+    interface_id=0xd1030b7a39e27413,
+    ordinal=1,
+    params=_StoreShardParams,
+    results=Shard,
+    result_kind="struct",
 )
 
 _STORE_ADOPT = stubs.idl_endpoint(
-    "adopt",
-    "adopt",
-    2,
-    _StoreAdoptParams,
-    _StoreAdoptResults,
-    "single",
+    name="adopt",
+    py_name="adopt",
+    interface_id=0xd1030b7a39e27413,
+    ordinal=2,
+    params=_StoreAdoptParams,
+    results=_StoreAdoptResults,
+    result_kind="single",
 )
 
 
