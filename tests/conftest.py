@@ -9,7 +9,11 @@ import pytest
 
 
 def _proc_mains() -> set[int]:
-    out = set()
+    """Live descendants of this test process that run monarch code: procs started from scratch
+    (``monarch._mesh.proc_main``), the fork server and the procs it forked (which show the fork
+    server's command line)."""
+    parents: dict[int, int] = {}
+    cmds: dict[int, bytes] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -21,9 +25,20 @@ def _proc_mains() -> set[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        # only procs this test process started (other runs may share the machine)
-        if b"monarch._mesh.proc_main" in cmd and fields[0] != "Z" and int(fields[1]) == os.getpid():
-            out.add(int(entry))
+        if fields[0] == "Z":
+            continue
+        parents[int(entry)] = int(fields[1])
+        cmds[int(entry)] = cmd
+    me = os.getpid()
+    out = set()
+    for pid, cmd in cmds.items():
+        if b"monarch._mesh" not in cmd:
+            continue
+        p, hops = parents.get(pid, 0), 0
+        while p and p != me and hops < 64:
+            p, hops = parents.get(p, 0), hops + 1
+        if p == me:
+            out.add(pid)
     return out
 
 

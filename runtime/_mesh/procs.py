@@ -19,23 +19,18 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .._core.future import Future
 from .._transport.messages import ControlOp, Kind
 from .router import Router
-
-if TYPE_CHECKING:
-    from .zygote import ZygoteClient
+from .zygote import GUARD_ENV, ZygoteClient, ZygoteRefused
 
 __all__ = ["ProcHandle", "ProcManager", "describe_status"]
 
 log = logging.getLogger("monarch.procs")
-
-# after a pidfd reports an exit, how long to wait for the fork server's exit status
-_STATUS_GRACE_S = 0.25
 
 
 @dataclass
@@ -90,9 +85,7 @@ class ProcManager:
         self._zygote: ZygoteClient | None = None
         self._zygote_failed = False
         self._zygote_lock = threading.Lock()
-        self._awaiting_status: dict[int, ProcHandle] = {}
-        self._statuses: dict[int, int] = {}
-        self._status_lock = threading.Lock()
+        self._by_pid: dict[int, ProcHandle] = {}  # children forked by the fork server
 
     def __repr__(self) -> str:
         alive = sum(1 for h in self.children.values() if not h.exited.is_set())
@@ -138,12 +131,16 @@ class ProcManager:
                 lsock.close()
             self.children[h.addr] = h
             self.router.adopt(h.addr, csock)
-            try:
-                h.pidfd = os.pidfd_open(pid)
-            except OSError:
-                h.pidfd = -1
+            if popen is not None:
+                # our own child: its pidfd says when it ends (the fork server reports the
+                # exits of its children itself, see _fork_server_exit)
+                try:
+                    h.pidfd = os.pidfd_open(pid)
+                except OSError:
+                    h.pidfd = -1
             else:
-                self.router.call_on_loop(self._watch, h)
+                self._by_pid[pid] = h
+            self.router.call_on_loop(self._watch, h)
             handles.append(h)
         return handles
 
@@ -152,6 +149,8 @@ class ProcManager:
         if zygote is not None:
             try:
                 return zygote.spawn(argv, env, os.getcwd(), fd), None
+            except ZygoteRefused as exc:
+                log.info("starting this proc from scratch: %s", exc)
             except OSError as exc:
                 log.warning("fork server failed, starting procs from scratch: %s", exc)
                 self._zygote_failed = True
@@ -166,38 +165,43 @@ class ProcManager:
         with self._zygote_lock:
             if self._zygote is None and not self._zygote_failed:
                 try:
-                    from .zygote import ZygoteClient
-
-                    self._zygote = ZygoteClient(self._fork_server_exit)
+                    self._zygote = ZygoteClient.start(on_exit=self._fork_server_exit, on_lost=self._fork_server_lost)
                 except Exception as exc:
-                    log.warning("no fork server, procs start from scratch: %s", exc)
+                    (log.debug if os.environ.get(GUARD_ENV) else log.warning)(
+                        "no fork server, procs start from scratch: %s", exc
+                    )
                     self._zygote_failed = True
             return self._zygote
 
     # -- exits -----------------------------------------------------------------------------------
     def _watch(self, h: ProcHandle) -> None:
         self.router.watch(h.addr)
-        self.router.loop.add_reader(h.pidfd, self._child_exited, h)
+        if h.pidfd >= 0:
+            self.router.loop.add_reader(h.pidfd, self._child_exited, h)
 
     def _fork_server_exit(self, pid: int, status: int) -> None:
         """The fork server reaped ``pid`` (its reader thread)."""
-        with self._status_lock:
-            h = self._awaiting_status.pop(pid, None)
-            if h is None:
-                self._statuses[pid] = status
-                return
-        self.router.call_on_loop(self._finish_exit, h, status)
+        h = self._by_pid.pop(pid, None)
+        if h is not None:
+            self.router.call_on_loop(self._finish_exit, h, status)
+
+    def _fork_server_lost(self, pids: list[int]) -> None:
+        """The fork server died before reporting these children (they die with it)."""
+        for pid in pids:
+            h = self._by_pid.pop(pid, None)
+            if h is not None:
+                self.router.call_on_loop(self._finish_exit, h, None)
 
     def _child_exited(self, h: ProcHandle) -> None:
-        """The pidfd of ``h`` became readable: the process ended (loop thread)."""
+        """The pidfd of our child ``h`` became readable: it ended (loop thread)."""
         try:
             self.router.loop.remove_reader(h.pidfd)
         except (OSError, ValueError):
             pass
         os.close(h.pidfd)
         h.pidfd = -1
+        status = None
         if h.popen is not None:
-            status = None
             try:
                 got, st = os.waitpid(h.pid, os.WNOHANG)
                 if got:
@@ -205,23 +209,7 @@ class ProcManager:
                     h.popen.returncode = os.waitstatus_to_exitcode(st)
             except ChildProcessError:
                 pass
-            self._finish_exit(h, status)
-            return
-        # forked by the fork server, which reaps it and reports the status on its own thread
-        with self._status_lock:
-            status = self._statuses.pop(h.pid, None)
-            if status is None:
-                self._awaiting_status[h.pid] = h
-        if status is not None:
-            self._finish_exit(h, status)
-        else:
-            self.router.loop.call_later(_STATUS_GRACE_S, self._status_timeout, h)
-
-    def _status_timeout(self, h: ProcHandle) -> None:
-        with self._status_lock:
-            if self._awaiting_status.pop(h.pid, None) is None:
-                return
-        self._finish_exit(h, None)
+        self._finish_exit(h, status)
 
     def _finish_exit(self, h: ProcHandle, status: int | None) -> None:
         if h.exited.is_set():
@@ -253,8 +241,9 @@ class ProcManager:
         fut: Future[None] = Future()
 
         def waiter() -> None:
+            deadline = time.monotonic() + timeout_s
             for h in handles:
-                if not h.exited.wait(timeout_s):
+                if not h.exited.wait(max(0.0, deadline - time.monotonic())):
                     _kill(h)
                     h.exited.wait(2.0)
                 if h.popen is not None:
