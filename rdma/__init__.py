@@ -14,6 +14,7 @@ this package registers its converter with the capnp codec (generated modules tha
 from __future__ import annotations
 
 from monarch._core.errors import RDMAError, RDMAUnavailableError
+from monarch._core.exports import publish
 
 from ._buffer import (
     RDMAAction,
@@ -42,12 +43,4 @@ __all__ = [
     "is_rdma_available",
 ]
 
-for _cls in (
-    RDMAAction,
-    RDMABuffer,
-    RDMAConfig,
-    RDMAReadTransferWarning,
-    RDMATcpFallbackWarning,
-    RDMAWriteTransferWarning,
-):
-    _cls.__module__ = __name__
+publish(globals(), __all__, __name__)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ._core.errors import ActorError, CallTimeout, MonarchError, SupervisionError
+from ._core.exports import publish
 from ._core.failure import MeshFailure
 from ._core.future import Future
 from ._core.shape import Extent, Point, Shape
@@ -189,3 +190,6 @@ def as_endpoint(not_an_endpoint: Any, *, explicit_response_port: bool = False) -
         raise TypeError(f"as_endpoint() takes a method of an actor mesh, got {not_an_endpoint!r}")
     spec = EndpointSpec(name=name, py_name=name, explicit_response_port=explicit_response_port)
     return Endpoint(mesh, spec)
+
+
+publish(globals(), [n for n in __all__ if n != "unhandled_fault_hook"], __name__)

@@ -6,8 +6,9 @@ internal layout can change without regenerating user code.
 
 from __future__ import annotations
 
-from ._core.future import Future
-from ._core.value_mesh import ValueMesh
+from ._core.exports import publish
+from ._core.future import Future as Future
+from ._core.value_mesh import ValueMesh as ValueMesh
 from ._idl import (
     CapnpCodec,
     LoadedSchema,
@@ -19,29 +20,26 @@ from ._idl import (
     load_schema,
     remote,
 )
-from ._mesh.actor import Actor, TypedActor
-from ._mesh.actor_mesh import ActorMesh
-from ._mesh.endpoint import Endpoint, EndpointProperty, EndpointSpec
-from ._mesh.port import Port, PortReceiver
-from ._mesh.stream import Stream
+from ._mesh.actor import Actor as Actor
+from ._mesh.actor import TypedActor
+from ._mesh.actor_mesh import ActorMesh as ActorMesh
+from ._mesh.endpoint import Endpoint as Endpoint
+from ._mesh.endpoint import EndpointProperty as EndpointProperty
+from ._mesh.endpoint import EndpointSpec
+from ._mesh.port import Port as Port
+from ._mesh.port import PortReceiver as PortReceiver
+from ._mesh.stream import Stream as Stream
 
+# Names listed here have this module as their home; the re-exports above (``X as X``) are the
+# public ``monarch.actor`` objects, whose home is ``monarch.actor``.
 __all__ = [
-    "Actor",
-    "ActorMesh",
     "Bytes",
     "CapnpCodec",
-    "Endpoint",
-    "EndpointProperty",
     "EndpointSpec",
-    "Future",
     "LoadedSchema",
-    "Port",
-    "PortReceiver",
-    "Stream",
     "Struct",
     "StructInfo",
     "TypedActor",
-    "ValueMesh",
     "Which",
     "idl_endpoint",
     "implements",
@@ -51,3 +49,5 @@ __all__ = [
 
 Bytes = bytes | bytearray | memoryview
 """What a ``Data`` field accepts; a received one is ``bytes`` (small) or a ``memoryview``."""
+
+publish(globals(), __all__, __name__)

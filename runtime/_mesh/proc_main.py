@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     from .runtime import Runtime, new_loop, settings_from_config
 
     settings, token = settings_from_config()
-    from .. import config
+    from ..config import get_global_config
 
-    logging.basicConfig(level=config.get_global_config().log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
+    logging.basicConfig(level=get_global_config().log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
     boot = os.environ.pop("MONARCH_BOOTSTRAP", None)
     if boot:
         import base64

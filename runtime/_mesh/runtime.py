@@ -372,9 +372,9 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
     """This process's :class:`RuntimeSettings` and cluster token, from ``monarch.config``."""
     # monarch.config (pydantic-settings) costs ~0.1 s to import: only processes that start a
     # runtime pay it, when they start it, not every ``import monarch.actor``
-    from .. import config
+    from ..config import get_global_config, to_env
 
-    cfg = config.get_global_config()
+    cfg = get_global_config()
     limits = RouterLimits(
         max_envelope_bytes=cfg.max_envelope_bytes,
         max_frame_bytes=cfg.max_frame_bytes,
@@ -399,7 +399,7 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
         use_fork_server=cfg.zygote,
         proc_stop_timeout_s=cfg.proc_stop_timeout_s,
         heartbeat_interval_s=cfg.peer_timeout_s / 4 if cfg.peer_timeout_s else None,
-        child_env={k: v for k, v in config.to_env(cfg).items() if k != "MONARCH_CLUSTER_TOKEN"},
+        child_env={k: v for k, v in to_env(cfg).items() if k != "MONARCH_CLUSTER_TOKEN"},
     )
     token = cfg.cluster_token.get_secret_value().encode() if cfg.cluster_token is not None else None
     return settings, token
