@@ -31,7 +31,6 @@ Settings come from the environment when first read and can be overridden in code
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, replace
 
@@ -71,23 +70,25 @@ class RDMAConfig:
 
 
 def _from_env() -> RDMAConfig:
-    backend = os.environ.get("MONARCH_RDMA_BACKEND", "auto").strip().lower() or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"MONARCH_RDMA_BACKEND={backend!r}: expected one of {BACKENDS}")
-    control = os.environ.get("MONARCH_RDMA_CONTROL", "auto").strip().lower() or "auto"
-    if control not in CONTROLS:
-        raise ValueError(f"MONARCH_RDMA_CONTROL={control!r}: expected one of {CONTROLS}")
+    """The RDMA settings of ``monarch.config`` (environment ``MONARCH_RDMA_*``, ``configure()``).
+
+    Raises:
+        monarch.config.ConfigError: a ``MONARCH_RDMA_*`` variable holds a bad value.
+    """
+    from monarch.config import get_global_config
+
+    cfg = get_global_config()
     return RDMAConfig(
-        backend=backend,
-        tcp_host=os.environ.get("MONARCH_RDMA_TCP_HOST", "127.0.0.1"),
-        ib_device=os.environ.get("MONARCH_RDMA_IB_DEVICE", ""),
-        ib_gid_index=int(os.environ.get("MONARCH_RDMA_IB_GID_INDEX", "-1")),
-        drop_grace_s=float(os.environ.get("MONARCH_RDMA_DROP_GRACE_S", "5")),
-        control=control,
-        tcp_max_connections=int(os.environ.get("MONARCH_RDMA_TCP_MAX_CONNECTIONS", "512")),
-        tcp_idle_timeout_s=float(os.environ.get("MONARCH_RDMA_TCP_IDLE_TIMEOUT_S", "60")),
-        tcp_max_request_bytes=int(os.environ.get("MONARCH_RDMA_TCP_MAX_REQUEST_BYTES", "65536")),
-        cma_ptracer=int(os.environ.get("MONARCH_RDMA_CMA_PTRACER", "0")),
+        backend=cfg.rdma_backend,
+        tcp_host=cfg.rdma_tcp_host,
+        ib_device=cfg.rdma_ib_device,
+        ib_gid_index=cfg.rdma_ib_gid_index,
+        drop_grace_s=cfg.rdma_drop_grace_s,
+        control=cfg.rdma_control,
+        tcp_max_connections=cfg.rdma_tcp_max_connections,
+        tcp_idle_timeout_s=cfg.rdma_tcp_idle_timeout_s,
+        tcp_max_request_bytes=cfg.rdma_tcp_max_request_bytes,
+        cma_ptracer=cfg.rdma_cma_ptracer,
     )
 
 

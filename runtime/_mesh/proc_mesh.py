@@ -204,7 +204,12 @@ def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:
     Raises:
         ValueError: the variable is neither a count nor a list.
     """
-    raw = os.environ.get(name, "").strip()
+    if name == "MONARCH_HOSTS":
+        from ..config import get_global_config  # the documented setting (configure() included)
+
+        raw = get_global_config().hosts.strip()
+    else:
+        raw = os.environ.get(name, "").strip()
     if not raw:
         hosts = ["local"]
     elif raw.isdigit():

@@ -414,7 +414,8 @@ def start_client_runtime() -> Runtime:
     settings, token = settings_from_config()
     if token is None:
         token = secrets.token_hex(32).encode()  # this job's own: every child gets it
-    runtime_dir = tempfile.mkdtemp(prefix="monarch-")
+    _remove_stale_runtime_dirs()
+    runtime_dir = tempfile.mkdtemp(prefix=f"monarch-{os.getpid()}-")
     os.chmod(runtime_dir, 0o700)
     loop = new_loop()
     path = os.path.join(runtime_dir, "client.sock")
@@ -450,6 +451,30 @@ def start_client_runtime() -> Runtime:
     rt.loop_thread = thread
     atexit.register(_at_exit, rt)
     return rt
+
+
+def _remove_stale_runtime_dirs() -> None:
+    """Remove the runtime folders of clients of this user that died without cleaning up
+    (SIGKILL): ``monarch-<pid>-*`` whose pid no longer runs."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    uid = os.getuid()
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "monarch" or not parts[1].isdigit():
+            continue
+        path = os.path.join(base, name)
+        try:
+            if os.stat(path).st_uid != uid:
+                continue
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _at_exit(rt: Runtime) -> None:
