@@ -141,15 +141,16 @@ class ValueMeshSink(_AwaitingSink):
             self.future.set_result(ValueMesh(self.shape, self.values))
 
     def peer_lost(self, addr: str, reason: str) -> None:
+        """A proc owing results died: the call fails at once, without waiting for the healthy
+        ranks (their late replies are dropped with the port)."""
         with self.lock:
             missing = self.expected.get(addr, set())
-            if self.error is None and missing:
-                self.error = SupervisionError(f"proc at {addr} failed: {reason}")
-            self.remaining -= len(missing)
+            if not missing or self.future.done():
+                return
+            self.error = SupervisionError(f"proc at {addr} failed: {reason}")
             self.expected[addr] = set()
-            finished = self.remaining <= 0
-        if finished:
-            self._finish()
+            self.remaining = 0
+        self._finish()
 
     def timeout(self, seconds: float) -> None:
         if not self.future.done():
