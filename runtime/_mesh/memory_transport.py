@@ -85,7 +85,7 @@ class MemoryLink:
         self._queued: list[bytes] = []  # sent while still connecting
         self._queued_bytes = 0
         self._inbox: deque[Any] = deque()  # bytes or _EOF, filled by the far end
-        self._accepted = not outgoing  # set by the acceptor once on_link ran
+        self._accepted = True  # an accepted end starts False until on_link ran (see _dial)
         self._drain_scheduled = False
         self._close_reported = False
         st = transport.settings
@@ -278,6 +278,7 @@ class MemoryTransport:
         self.links: set[MemoryLink] = set()
         self.listening: list[MemoryListening] = []
         self._anon = f"mem:?{next(network._ids)}"
+        network._register(self)
 
     @property
     def address(self) -> str:
@@ -395,14 +396,15 @@ class MemoryNetwork:
         """What ``Router``/``Runtime`` take as ``transport=``: a :class:`MemoryTransport` on ``loop``."""
 
         def make(on_frame: FrameHandler, on_close: CloseHandler) -> MemoryTransport:
-            t = MemoryTransport(loop, on_frame, on_close, network=self, settings=settings)
-            with self._lock:
-                self._transports.append(t)
-            return t
+            return MemoryTransport(loop, on_frame, on_close, network=self, settings=settings)
 
         return make
 
     # -- registry --------------------------------------------------------------------------------
+    def _register(self, transport: MemoryTransport) -> None:
+        with self._lock:
+            self._transports.append(transport)
+
     def _listen(self, lst: MemoryListening) -> None:
         import errno
 
