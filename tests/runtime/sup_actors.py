@@ -31,6 +31,13 @@ class Worker(Actor):
         return seconds
 
     @endpoint
+    def hold(self, started: Port[int], seconds: float) -> float:
+        """Tell ``started`` (with this proc's pid) that the call is running, then block."""
+        started.send(os.getpid())
+        time.sleep(seconds)  # the long call under test, not a synchronisation
+        return seconds
+
+    @endpoint
     def exit_proc(self) -> None:
         sys.exit(3)
 
@@ -56,7 +63,11 @@ class Worker(Actor):
 
 
 class Supervisor(Actor):
-    """Owns a child mesh; its policy decides what __supervise__ returns."""
+    """Owns a child mesh; its policy decides what __supervise__ returns.
+
+    ``wait_failure(mesh_name)`` answers, from ``__supervise__``, once a failure of that mesh has
+    arrived (at once if it already has): callers wait on that reply, not on a poll.
+    """
 
     def __init__(self, policy: str, where: str = "proc") -> None:
         self.policy = policy
@@ -67,9 +78,12 @@ class Supervisor(Actor):
             self.procs = this_host().spawn_procs(per_host={"gpus": 2})
             self.child = self.procs.spawn("child", Worker)
         self.cleaned = False
+        self.waiters: dict[str, list[Port[tuple[str, list[int], str]]]] = {}
 
     def __supervise__(self, failure: MeshFailure) -> bool:
         self.failures.append(failure)
+        for port in self.waiters.pop(failure.mesh_name, []):
+            port.send((failure.mesh_name, failure.ranks, failure.cause))
         if self.policy == "raise":
             raise RuntimeError("supervisor gave up")
         return self.policy == "handle"
@@ -81,6 +95,14 @@ class Supervisor(Actor):
     @endpoint
     def break_child(self) -> None:
         self.child.slice(**{k: 0 for k in self.child.extent}).boom.broadcast()
+
+    @endpoint(explicit_response_port=True)
+    def wait_failure(self, port: Port[tuple[str, list[int], str]], mesh_name: str) -> None:
+        for f in self.failures:
+            if f.mesh_name == mesh_name:
+                port.send((f.mesh_name, f.ranks, f.cause))
+                return
+        self.waiters.setdefault(mesh_name, []).append(port)
 
     @endpoint
     def seen(self) -> list[tuple[str, list[int], str]]:

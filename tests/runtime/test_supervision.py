@@ -7,23 +7,56 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import monarch.actor as ma
 import pytest
-from monarch.actor import ActorError, CallTimeout, MeshFailure, ProcMesh, SupervisionError
+from monarch.actor import ActorError, CallTimeout, Channel, MeshFailure, ProcMesh, SupervisionError
 from monarch.testing import proc_mesh
 
+from tests.runtime.pidwait import wait_exited
 from tests.runtime.sup_actors import Cleaner, Supervisor, Worker
 
 
+class FailureLog:
+    """The unhandled failures reported while a test runs (installed as the unhandled-fault hook);
+    :meth:`wait_for` wakes on the report itself, with a timeout."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.items: list[MeshFailure] = []
+
+    def __call__(self, failure: MeshFailure) -> None:
+        with self._cond:
+            self.items.append(failure)
+            self._cond.notify_all()
+
+    def of(self, mesh_name: str) -> list[MeshFailure]:
+        with self._cond:
+            return [f for f in self.items if f.mesh_name == mesh_name]
+
+    def wait_for(self, mesh_name: str, timeout_s: float = 10.0) -> MeshFailure:
+        """The first failure of mesh ``mesh_name``; fails the test after ``timeout_s`` s."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: any(f.mesh_name == mesh_name for f in self.items), timeout_s
+            )
+            assert ok, f"no failure of mesh {mesh_name!r} in {timeout_s} s; got {self.items}"
+            return next(f for f in self.items if f.mesh_name == mesh_name)
+
+
 @pytest.fixture
-def failures() -> list[Any]:
-    seen: list[Any] = ma._test_unhandled_failures  # type: ignore[attr-defined]
-    seen.clear()
-    return seen
+def failures() -> Iterator[FailureLog]:
+    log = FailureLog()
+    previous = ma.unhandled_fault_hook
+    ma.unhandled_fault_hook = log
+    try:
+        yield log
+    finally:
+        ma.unhandled_fault_hook = previous
 
 
 @pytest.fixture
@@ -32,21 +65,15 @@ def procs() -> Iterator[ProcMesh]:
         yield p
 
 
-def _wait(pred: Any, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def test_sigkill_during_a_call_raises_supervision_error_naming_the_signal(procs: ProcMesh, failures: list[Any]) -> None:
+def test_sigkill_during_a_call_raises_supervision_error_naming_the_signal(
+    procs: ProcMesh, failures: FailureLog
+) -> None:
     w = procs.spawn("w", Worker)
     pids = list(w.ping.call().get(timeout=10).values())
     victim = w.slice(hosts=1, gpus=0)
-    fut = victim.block.call_one(30)
-    time.sleep(0.2)
+    started_port, started = Channel[int].open()
+    fut = victim.hold.call_one(started_port, 30)
+    assert started.recv().get(timeout=10) == pids[2]  # the call is running in the victim
     t0 = time.monotonic()
     os.kill(pids[2], signal.SIGKILL)
     with pytest.raises(SupervisionError, match="killed by signal 9"):
@@ -59,41 +86,50 @@ def test_sigkill_during_a_call_raises_supervision_error_naming_the_signal(procs:
         w.ping.call().get(timeout=5)
     assert len(list(w.slice(hosts=0).ping.call().get(timeout=10).values())) == 2
     assert w.slice(hosts=1, gpus=1).ping.call_one().get(timeout=10) == pids[3]
-    assert _wait(lambda: any(isinstance(f, MeshFailure) and f.ranks == [2] for f in failures))
-    f = next(f for f in failures if f.ranks == [2])
-    assert "killed by signal 9" in f.cause and f.mesh_name == "w"
+    f = failures.wait_for("w")
+    assert isinstance(f, MeshFailure) and f.ranks == [2] and "killed by signal 9" in f.cause
 
 
-def test_sigkill_while_idle_reaches_the_owner_and_later_calls_fail_fast(procs: ProcMesh, failures: list[Any]) -> None:
+def test_sigkill_while_idle_reaches_the_owner_and_later_calls_fail_fast(
+    procs: ProcMesh, failures: FailureLog
+) -> None:
     w = procs.spawn("idle", Worker)
     pids = list(w.ping.call().get(timeout=10).values())
     os.kill(pids[0], signal.SIGKILL)
-    assert _wait(lambda: any(f.ranks == [0] for f in failures))
+    f = failures.wait_for("idle")
+    assert f.ranks == [0] and "killed by signal 9" in f.cause
     t0 = time.monotonic()
     with pytest.raises(SupervisionError, match="killed by signal 9"):
         w.slice(hosts=0, gpus=0).ping.call_one()
     assert time.monotonic() - t0 < 0.5
 
 
-def test_exception_in_broadcast_handler_fails_only_that_actor(procs: ProcMesh, failures: list[Any]) -> None:
+def test_exception_in_broadcast_handler_fails_only_that_actor(
+    procs: ProcMesh, failures: FailureLog
+) -> None:
     w = procs.spawn("bc", Worker)
     w.slice(hosts=0, gpus=1).boom.broadcast()
-    assert _wait(lambda: any(f.mesh_name == "bc" for f in failures))
-    f = next(f for f in failures if f.mesh_name == "bc")
-    assert f.ranks == [1] and "ValueError: boom in handler" in f.cause and "Traceback" in f.traceback
+    f = failures.wait_for("bc")
+    assert (
+        f.ranks == [1] and "ValueError: boom in handler" in f.cause and "Traceback" in f.traceback
+    )
     with pytest.raises(SupervisionError, match=r"bc\[1\] failed: ValueError"):
         w.slice(hosts=0, gpus=1).ping.call_one().get(timeout=5)
     assert len(list(w.slice(hosts=1).ping.call().get(timeout=10).values())) == 2
 
 
-def test_exception_in_init_fails_the_actor_and_calls_say_why(procs: ProcMesh, failures: list[Any]) -> None:
+def test_exception_in_init_fails_the_actor_and_calls_say_why(
+    procs: ProcMesh, failures: FailureLog
+) -> None:
     w = procs.spawn("badinit", Worker, True)
     with pytest.raises(SupervisionError, match="no data"):
         w.slice(hosts=0, gpus=0).ping.call_one().get(timeout=10)
-    assert _wait(lambda: any(f.mesh_name == "badinit" for f in failures))
+    assert "no data" in failures.wait_for("badinit").cause
 
 
-def test_exceptions_in_reply_adverbs_are_actor_errors_and_the_actor_survives(procs: ProcMesh, failures: list[Any]) -> None:
+def test_exceptions_in_reply_adverbs_are_actor_errors_and_the_actor_survives(
+    procs: ProcMesh, failures: FailureLog
+) -> None:
     w = procs.spawn("ok", Worker)
     one = w.slice(hosts=0, gpus=0)
     with pytest.raises(ActorError):
@@ -107,20 +143,22 @@ def test_exceptions_in_reply_adverbs_are_actor_errors_and_the_actor_survives(pro
     with pytest.raises(ActorError, match="mid-stream"):
         items[1].get()
     assert len(list(w.ping.call().get(timeout=10).values())) == 4
-    assert not [f for f in failures if getattr(f, "mesh_name", "") == "ok"]
+    assert not failures.of("ok")
 
 
-def test_explicit_response_port_endpoint_raising_fails_actor_and_caller_gets_supervision_error(procs: ProcMesh) -> None:
+def test_explicit_response_port_endpoint_raising_fails_actor_and_caller_gets_supervision_error(
+    procs: ProcMesh,
+) -> None:
     w = procs.spawn("port", Worker)
     with pytest.raises(SupervisionError, match="KeyError"):
         w.slice(hosts=0, gpus=0).bad_port.call_one().get(timeout=10)
 
 
-def test_sys_exit_in_handler_fails_the_proc(procs: ProcMesh, failures: list[Any]) -> None:
+def test_sys_exit_in_handler_fails_the_proc(procs: ProcMesh, failures: FailureLog) -> None:
     w = procs.spawn("exit", Worker)
     with pytest.raises(SupervisionError, match=r"SystemExit|exited"):
         w.slice(hosts=1, gpus=1).exit_proc.call_one().get(timeout=10)
-    assert _wait(lambda: any(getattr(f, "mesh_name", "") == "exit" for f in failures))
+    assert failures.wait_for("exit").ranks == [3]
 
 
 def test_call_timeouts_per_endpoint_and_per_call(procs: ProcMesh) -> None:
@@ -134,7 +172,7 @@ def test_call_timeouts_per_endpoint_and_per_call(procs: ProcMesh) -> None:
     assert w.slice(hosts=0, gpus=1).ping.call_one().get(timeout=5) > 0
 
 
-def test_bad_input_is_an_error_and_harms_nothing(procs: ProcMesh, failures: list[Any]) -> None:
+def test_bad_input_is_an_error_and_harms_nothing(procs: ProcMesh, failures: FailureLog) -> None:
     import threading
 
     from monarch._mesh.endpoint import Endpoint, EndpointSpec
@@ -158,7 +196,7 @@ def test_bad_input_is_an_error_and_harms_nothing(procs: ProcMesh, failures: list
     finally:
         del sys.modules["module_that_only_the_client_has"]
     assert one.ping.call_one().get(timeout=10) > 0
-    assert not [f for f in failures if getattr(f, "mesh_name", "") == "bad"]
+    assert not failures.of("bad")
 
 
 def test_malformed_frames_close_only_that_connection(procs: ProcMesh) -> None:
@@ -175,19 +213,20 @@ def test_malformed_frames_close_only_that_connection(procs: ProcMesh) -> None:
 
 
 @pytest.mark.parametrize("policy", ["handle", "escalate", "raise"])
-def test_supervise_handled_unhandled_and_raising(procs: ProcMesh, failures: list[Any], policy: str) -> None:
+def test_supervise_handled_unhandled_and_raising(
+    procs: ProcMesh, failures: FailureLog, policy: str
+) -> None:
     sup = procs.slice(hosts=0, gpus=0).spawn(f"sup_{policy}", Supervisor, policy)
     assert sup.alive.call_one().get(timeout=10)
     sup.break_child.call_one().get(timeout=10)
     if policy == "handle":
-        assert _wait(lambda: bool(sup.seen.call_one().get(timeout=5)))
-        (name, ranks, cause), = sup.seen.call_one().get(timeout=5)
+        name, ranks, cause = sup.wait_failure.call_one("child").get(timeout=10)
         assert name == "child" and ranks == [0] and "boom in handler" in cause
         assert sup.alive.call_one().get(timeout=5)
-        assert not [f for f in failures if getattr(f, "mesh_name", "") == f"sup_{policy}"]
+        assert [(n, r) for n, r, _ in sup.seen.call_one().get(timeout=5)] == [("child", [0])]
+        assert not failures.of(f"sup_{policy}")
     else:
-        assert _wait(lambda: any(getattr(f, "mesh_name", "") == f"sup_{policy}" for f in failures))
-        f = next(f for f in failures if f.mesh_name == f"sup_{policy}")
+        f = failures.wait_for(f"sup_{policy}")
         assert f.chained and f.chained[0].mesh_name == "child"
         if policy == "raise":
             assert "supervisor gave up" in f.cause
@@ -195,13 +234,14 @@ def test_supervise_handled_unhandled_and_raising(procs: ProcMesh, failures: list
             sup.alive.call_one().get(timeout=5)
 
 
-def test_nested_mesh_whose_proc_dies_is_supervised_by_its_owner(procs: ProcMesh, failures: list[Any]) -> None:
+def test_nested_mesh_whose_proc_dies_is_supervised_by_its_owner(
+    procs: ProcMesh, failures: FailureLog
+) -> None:
     sup = procs.slice(hosts=0, gpus=0).spawn("nested", Supervisor, "handle", "procs")
     pids = sup.child_pids.call_one().get(timeout=30)
     os.kill(pids[1], signal.SIGKILL)
-    assert _wait(lambda: bool(sup.seen.call_one().get(timeout=5)), 10)
-    (_name, ranks, cause), = sup.seen.call_one().get(timeout=5)
-    assert ranks == [1] and "killed by signal 9" in cause
+    name, ranks, cause = sup.wait_failure.call_one("child").get(timeout=10)
+    assert name == "child" and ranks == [1] and "killed by signal 9" in cause
     assert sup.alive.call_one().get(timeout=5)
 
 
@@ -211,17 +251,9 @@ def test_stop_runs_cleanup_and_stops_owned_meshes_first(procs: ProcMesh, tmp_pat
     grandchild = c.child_pid.call_one().get(timeout=30)
     c.stop().get(timeout=30)
     assert open(marker).read() == "cleaned"
-    assert _wait(lambda: not _alive(grandchild), 5)
+    assert wait_exited([grandchild], 5) == []
     with pytest.raises(SupervisionError, match="stopped"):
         c.child_pid.call_one().get(timeout=5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def _script(body: str) -> str:
@@ -241,10 +273,12 @@ def test_client_killed_with_sigkill_leaves_no_procs_within_2_s() -> None:
         procs = this_host().spawn_procs(per_host={"gpus": 3})
         w = procs.spawn("w", Worker)
         print(" ".join(str(p) for p in w.ping.call().get(timeout=30).values()), flush=True)
-        time.sleep(60)
+        time.sleep(60)  # an idle client, until the test SIGKILLs it
         """
     )
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         line = p.stdout.readline()  # type: ignore[union-attr]
         pids = [int(x) for x in line.split()]
@@ -252,7 +286,7 @@ def test_client_killed_with_sigkill_leaves_no_procs_within_2_s() -> None:
         os.kill(p.pid, signal.SIGKILL)
         p.wait(5)
         t0 = time.monotonic()
-        assert _wait(lambda: not any(_alive(x) for x in pids), 2.5)
+        assert wait_exited(pids, 2.5) == []
         assert time.monotonic() - t0 < 2.5
     finally:
         try:
@@ -269,11 +303,17 @@ def test_default_unhandled_fault_hook_prints_a_report_and_exits_1() -> None:
         w = procs.spawn("trainers", Worker)
         w.ping.call().get(timeout=30)
         w.slice(gpus=1).boom.broadcast()
-        time.sleep(20)
+        time.sleep(20)  # main is busy elsewhere: the default hook must end the program by itself
         print("not reached")
         """
     )
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, start_new_session=True)
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
     assert p.returncode == 1
     assert "trainers[1]" in p.stderr and "ValueError: boom in handler" in p.stderr
     assert "KeyboardInterrupt" not in p.stderr and "not reached" not in p.stdout
