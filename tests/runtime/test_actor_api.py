@@ -23,13 +23,15 @@ from monarch.testing import proc_mesh
 from tests.runtime.actors import AsyncWorker, Caller, Counter, Mixed, Sender, Seq
 
 
-@pytest.fixture(scope="module")
+# Every test gets its own procs and its own counters (each starting at 10), so no test sees
+# state another test left behind and every value can be asserted exactly.
+@pytest.fixture
 def procs() -> Iterator[ProcMesh]:
     with proc_mesh({"hosts": 2, "gpus": 2}) as p:
         yield p
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def counters(procs: ProcMesh) -> Any:
     return procs.spawn("counters", Counter, 10)
 
@@ -49,7 +51,7 @@ def test_every_actor_runs_in_its_own_os_process(counters: Any) -> None:
 def test_call_one_requires_exactly_one_actor(counters: Any) -> None:
     with pytest.raises(ValueError, match="exactly one actor"):
         counters.value.call_one()
-    assert counters.slice(hosts=1, gpus=0).value.call_one().get(timeout=10) >= 10
+    assert counters.slice(hosts=1, gpus=0).value.call_one().get(timeout=10) == 10
 
 
 def test_arguments_are_checked_before_anything_is_sent(counters: Any) -> None:
@@ -102,9 +104,11 @@ def test_explicit_response_port_answered_from_a_thread(counters: Any) -> None:
 
 
 def test_get_inside_a_sync_endpoint_works_actor_to_actor(procs: ProcMesh, counters: Any) -> None:
+    counters.slice(hosts=1, gpus=1).incr.call_one(5).get(timeout=10)
     callers = procs.spawn("callers", Caller, counters)
     vm = callers.ask.call().get(timeout=20)
-    assert all(v >= 110 for v in vm.values())
+    # each caller asked the counter at its own point: only rank 3's was incremented
+    assert list(vm.values()) == [110, 110, 110, 115]
 
 
 def test_channel_ports_travel_to_actors(counters: Any) -> None:
