@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from ._core.exports import publish
 from ._core.future import Future, loop_thread_marker
 from ._core.shape import Extent
 from ._mesh.actor_mesh import MeshRef
@@ -52,13 +53,12 @@ __all__ = [
     "MemoryNetwork",
     "MemoryRuntimes",
     "MemoryTransport",
+    "QUIET_SETTINGS",
     "leaked_procs",
     "memory_runtimes",
     "proc_mesh",
 ]
 
-for _obj in (MemoryLink, MemoryListening, MemoryNetwork, MemoryTransport):
-    _obj.__module__ = __name__
 
 
 @contextlib.contextmanager
@@ -390,3 +390,6 @@ def memory_runtimes(n: int = 2, *, settings: RuntimeSettings | None = None) -> I
     finally:
         if rts.client is not None:
             rts.close()
+
+
+publish(globals(), __all__, __name__)
