@@ -202,3 +202,63 @@ def test_shared_memory_segments_are_reused_after_the_receiver_drops_its_view() -
         assert pool.segment_count() <= 2, "segments were not reused"
     finally:
         pm.stop().get(timeout=30)
+
+
+def test_layout_derived_from_the_schema_text_matches_pycapnp() -> None:
+    from monarch._transport.layout import load_envelope_layout
+
+    structs, enums = load_envelope_layout()
+    for name, lay in structs.items():
+        node = getattr(S, name).schema.node
+        assert (lay.data_words, lay.pointer_count) == (node.struct.dataWordCount, node.struct.pointerCount), name
+        assert {f.name: f.slot.offset for f in node.struct.fields} == {n: f.offset for n, f in lay.fields.items()}, name
+    assert enums["Kind"] == tuple(S.Kind.schema.enumerants)
+
+
+def test_layout_algorithm_matches_pycapnp_on_random_structs(tmp_path: Any) -> None:
+    import random
+
+    import capnp
+    from monarch._transport.layout import parse_layout
+
+    rnd = random.Random(1234)
+    types = ["Bool", "UInt8", "Int16", "UInt32", "Float32", "UInt64", "Text", "Data", "List(UInt32)", "Inner"]
+    body = ["@0xb1e2c3d4e5f60718;", "struct Inner { x @0 :UInt8; }"]
+    for i in range(40):
+        fields = [f"  f{j} @{j} :{rnd.choice(types)};" for j in range(rnd.randint(1, 14))]
+        body.append(f"struct S{i} {{\n" + "\n".join(fields) + "\n}")
+    path = tmp_path / "rand.capnp"
+    path.write_text("\n".join(body) + "\n")
+    parser = capnp.SchemaParser()
+    mod = parser.load(str(path))
+    mine, _ = parse_layout(path.read_text(), str(path))
+    for i in range(40):
+        node = getattr(mod, f"S{i}").schema.node
+        lay = mine[f"S{i}"]
+        assert (lay.data_words, lay.pointer_count) == (node.struct.dataWordCount, node.struct.pointerCount)
+        assert {f.name: f.slot.offset for f in node.struct.fields} == {n: f.offset for n, f in lay.fields.items()}
+
+
+def test_layout_rejects_schema_features_the_codec_does_not_handle() -> None:
+    from monarch._core.errors import SchemaError
+    from monarch._transport.layout import parse_layout
+
+    with pytest.raises(SchemaError, match="unsupported"):
+        parse_layout("struct A {\n  u :union { a @0 :UInt8; b @1 :UInt16; }\n}")
+    with pytest.raises(SchemaError, match="ordinals"):
+        parse_layout("struct A { a @0 :UInt8; b @2 :UInt8; }")
+    with pytest.raises(SchemaError, match="unsupported type"):
+        parse_layout("struct A { a @0 :Mystery; }")
+
+
+def test_transport_frames_round_trip_through_pycapnp() -> None:
+    from monarch._transport.messages import Kind
+    from monarch._transport.shm import segment_frame
+
+    raw = segment_frame(Kind.SHM_SEGMENT, 7, 1 << 21)
+    with S.Envelope.from_bytes(raw) as m:
+        assert (str(m.kind), m.segment.id, m.segment.size) == ("shmSegment", 7, 1 << 21)
+    b = S.Envelope.new_message(kind="shmRetire")
+    b.init("segment").id = 9
+    env = decode_envelope(b.to_bytes())
+    assert env.kind == Kind.SHM_RETIRE and env.segment.id == 9 and env.segment.size == 0
