@@ -187,7 +187,9 @@ class _Builder:
             )
         return _Type("stubs.Struct", "stubs.Struct | None", "None", "AnyStruct")
 
-    def bindings(self, brand: dict[str, Any] | None, where: tuple[str, ...]) -> dict[tuple[int, int], _Type]:
+    def bindings(
+        self, brand: dict[str, Any] | None, where: tuple[str, ...]
+    ) -> dict[tuple[int, int], _Type]:
         """Generic parameter (scope id, index) -> bound type, from a ``Brand``."""
         out: dict[tuple[int, int], _Type] = {}
         for s in (brand or {}).get("scopes") or []:
@@ -537,8 +539,10 @@ def value_source(b: _Builder, t: dict[str, Any], v: Any, where: tuple[str, ...])
     if kind == "list":
         items = [value_source(b, body["elementType"], x, where) for x in v or []]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-    if kind == "struct" and b.actor_file_name(body["typeId"]) is None and not b.brand_args(
-        body, body["typeId"]
+    if (
+        kind == "struct"
+        and b.actor_file_name(body["typeId"]) is None
+        and not b.brand_args(body, body["typeId"])
     ):
         return _struct_source(b, body["typeId"], v or {}, where)
     what = "a generic struct" if kind == "struct" and b.brand_args(body, body["typeId"]) else kind

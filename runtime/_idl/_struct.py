@@ -193,8 +193,36 @@ class Struct:
         info = cls.__capnp__
         if info._default is None:
             smod = info.struct_module()
-            info._default = cls._decode(smod.new_message().to_bytes(), [])
+            if info.is_group:
+                info._default = cls._group_default(smod.schema)
+            else:
+                info._default = cls._decode(smod.new_message().to_bytes(), [])
         return info._default  # type: ignore[no-any-return]
+
+    @classmethod
+    def _group_default(cls: type[S], schema: Any) -> S:
+        """A group cannot be a message root: view it inside a fresh message of the struct that
+        (through its enclosing groups) holds it, made the active member where it is in a union."""
+        from ._schema import struct_module
+
+        chain: list[str] = []
+        node = schema.node
+        while node.struct.isGroup:
+            parent = struct_module(node.scopeId).schema
+            chain.insert(
+                0,
+                next(
+                    f.proto.name
+                    for f in parent.fields_list
+                    if f.proto.which() == "group" and f.proto.group.typeId == node.id
+                ),
+            )
+            node = parent.node
+        msg = struct_module(node.id).new_message()
+        b = msg
+        for wire in chain:
+            b = b.init(wire)
+        return cls._view(b.as_reader(), DecodeContext(msg, None, [], None), "")
 
     @classmethod
     def _decode(cls: type[S], payload: Any, buffers: Sequence[Any], smod: Any = None) -> S:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-from gen_cases import CASE_NAMES, generate_outputs
-from monarch.generator.generate import write
+from gen_cases import CASE_NAMES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,14 +29,15 @@ def update_goldens(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(scope="session")
-def case_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every case generated into one importable package ``gencases`` (its parent is on sys.path)."""
-    root = tmp_path_factory.mktemp("cases")
-    pkg = root / "gencases"
-    for name in CASE_NAMES:
-        write(generate_outputs(name), pkg)
-    sys.path.insert(0, str(root))
-    return pkg
+def case_package() -> Path:
+    """Every case generated into one importable package ``gencases`` (its parent is on sys.path).
+
+    The same folder the actors of spawned procs import (``case_actors.ensure_gencases``): a
+    process must load each schema file id from one path only (pycapnp aborts on duplicates).
+    """
+    from tests.generator.case_actors import ensure_gencases
+
+    return ensure_gencases() / "gencases"
 
 
 @pytest.fixture(scope="session")

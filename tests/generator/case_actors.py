@@ -1,0 +1,117 @@
+"""Implementations of actors from the golden cases, importable by spawned procs.
+
+The cases are generated into a package ``gencases`` under a fixed folder (named after the uid
+and a digest of the cases and the generator), so a spawned proc that imports this module finds
+the same package without help from the parent: :func:`ensure_gencases` generates it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parents[1]
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    for folder in (_HERE / "cases", _ROOT / "generator", _ROOT / "templates"):
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and p.suffix in (".capnp", ".args", ".py", ".jinja"):
+                h.update(p.relative_to(_ROOT).as_posix().encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_gencases() -> Path:
+    """The folder whose ``gencases`` package holds every case's module (made when missing);
+    it is put on ``sys.path``."""
+    root = Path(tempfile.gettempdir()) / f"monarch-gencases-{os.getuid()}-{_digest()}"
+    if not (root / "gencases" / "__init__.py").exists():
+        sys.path.insert(0, str(_HERE))
+        from gen_cases import CASE_NAMES, generate_outputs
+        from monarch.generator.generate import write
+
+        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+        for name in CASE_NAMES:
+            write(generate_outputs(name), tmp / "gencases")
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process made it first: theirs is identical
+            pass
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+ensure_gencases()
+
+from gencases.actor_refs import Leader, LeaderMesh, Peer, PeerMesh, Roster  # noqa: E402
+from gencases.builtin_names import Phase, Runner, Step  # noqa: E402
+from gencases.generic_results import Box, Catalog, Item, Items, Page, Shop  # noqa: E402
+
+
+class RosterLeader(Leader):
+    """Keeps the peers that joined; answers with references to itself and them."""
+
+    def __init__(self) -> None:
+        self.joined: list[PeerMesh] = []
+
+    def join(self, peer: PeerMesh) -> int:
+        self.joined.append(peer)
+        return len(self.joined)
+
+    def roster(self) -> Roster:
+        return Roster(peers=self.joined, peer=self.joined[-1] if self.joined else None)
+
+    def peers(self) -> Sequence[PeerMesh]:
+        return self.joined
+
+
+class EchoPeer(Peer):
+    """Calls the leader back through the reference it was given."""
+
+    def hello(self, leader: LeaderMesh, others: Sequence[PeerMesh]) -> int:
+        return len(others) + len(leader.peers.call_one().get(timeout=30))
+
+    def ping(self, n: int) -> int:
+        return n + 1
+
+
+class PagedShop(Shop):
+    """Answers generic results (``Page(Items)``, ``Box(Page(Items))``) from its arguments."""
+
+    def listing(self, page: int) -> Page[Items]:
+        items = Items(list_=[Item(id_=page * 10 + i, name=f"i{i}") for i in range(2)])
+        return Page(items=items, next_=f"p{page + 1}", total=2)
+
+    def boxed(self, box: Box[Item]) -> Box[Item]:
+        assert box.value is not None
+        return Box(value=Item(id_=box.value.id_ + 1, name=box.value.name))
+
+    def pages(self, pages: Sequence[Page[Items]]) -> Sequence[Page[Items]]:
+        return list(reversed(pages))
+
+    def nested(self) -> Box[Page[Items]]:
+        return Box(value=self.listing(7))
+
+    def texts(self) -> Page[str]:
+        return Page(items="all", next_="", total=1)
+
+    def catalog(self, c: Catalog) -> Catalog:
+        return Catalog(first=c.first, pages=[c.first, c.first], names=c.names)
+
+
+class EvalRunner(Runner):
+    """Builtin-named endpoints and fields, a keyword-only parameter after a defaulted one."""
+
+    def eval_(self, phase: Phase = Phase.eval_, *, id_: int) -> Phase:
+        return Phase(id_ % 4) if phase is Phase.train else phase
+
+    def print_(self, from_: Step) -> Step:
+        return Step(id_=from_.id_ + 1, type_=from_.type_ + "!", phase=from_.phase, from_=-1)

@@ -1,0 +1,185 @@
+"""Real values through the golden cases of issue 11 §1 (codec level, then on real procs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.generator import case_actors
+from tests.generator.case_actors import EchoPeer, EvalRunner, PagedShop, RosterLeader
+
+
+def _through(spec: Any, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Encode a call as a client does and decode it as the actor's proc does."""
+    payload, buffers = spec.codec.encode_call(args, kwargs)
+    return spec.codec.decode_call(memoryview(bytearray(payload)), [memoryview(b) for b in buffers])
+
+
+def _result(spec: Any, value: Any) -> Any:
+    payload, buffers = spec.codec.encode_result(value)
+    return spec.codec.decode_result(
+        memoryview(bytearray(payload)), [memoryview(b) for b in buffers]
+    )
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, ModuleType]:
+    import importlib
+
+    case_actors.ensure_gencases()
+    names = ["builtin_names", "generic_results", "nested_unions", "nested_lists", "actor_refs",
+             "struct_consts", "any_pointer", "cross_folder", "foreign_annotations"]  # fmt: skip
+    return {n: importlib.import_module(f"gencases.{n}") for n in names}
+
+
+def test_builtin_named_enumerant_default_uses_the_renamed_member(
+    cases: dict[str, ModuleType],
+) -> None:
+    m = cases["builtin_names"]
+    assert m.Step().phase is m.Phase.eval_ and m.Step().kind is m.Step.Kind.print_
+    assert m.DEFAULT_PHASE is m.Phase.eval_ and m.PHASES == (m.Phase.train, m.Phase.eval_)
+    step = m.Step.from_bytes(m.Step(id_=3, phases=[m.Phase.none, m.Phase.eval_]).to_bytes())
+    assert (step.id_, step.phase, list(step.phases)) == (
+        3,
+        m.Phase.eval_,
+        [m.Phase.none, m.Phase.eval_],
+    )
+    assert step.lambda_ == 0.5
+
+
+def test_keyword_only_parameter_after_a_defaulted_one_round_trips(
+    cases: dict[str, ModuleType],
+) -> None:
+    m = cases["builtin_names"]
+    args, kwargs = _through(m._RUNNER_EVAL, id_=9)
+    assert args == (m.Phase.eval_,) and kwargs == {"id_": 9}
+    with pytest.raises(TypeError, match="positional"):
+        m._RUNNER_EVAL.codec.encode_call((m.Phase.train, 9), {})
+
+
+def test_generic_struct_as_direct_result_keeps_its_binding(cases: dict[str, ModuleType]) -> None:
+    m = cases["generic_results"]
+    page = m.Page(items=m.Items(list_=[m.Item(id_=1, name="a")]), next_="n", total=1)
+    got = _result(m._SHOP_LISTING, page)
+    assert type(got) is m.Page and type(got.items) is m.Items
+    assert [i.id_ for i in got.items.list_] == [1] and got.next_ == "n"
+    nested = _result(m._SHOP_NESTED, m.Box(value=page))
+    assert type(nested.value) is m.Page and nested.value.items.list_[0].name == "a"
+    texts = _result(m._SHOP_TEXTS, m.Page(items="all", total=1))
+    assert texts.items == "all"
+    (box,), _ = _through(m._SHOP_BOXED, m.Box(value=m.Item(id_=5)))
+    assert box.value.id_ == 5
+
+
+def test_generic_struct_encoded_alone_reads_back_through_from_any(
+    cases: dict[str, ModuleType],
+) -> None:
+    m = cases["generic_results"]
+    page = m.Page.from_bytes(m.Page(items=m.Items(list_=[m.Item(id_=4)]), total=1).to_bytes())
+    assert m.Items.from_any(page.items).list_[0].id_ == 4
+
+
+def test_groups_and_unions_inside_unions_round_trip(cases: dict[str, ModuleType]) -> None:
+    E = cases["nested_unions"].Event
+    for event in (
+        E(id_=1, move=E.Move(dx=-1, dy=2)),
+        E(id_=2, key=E.Key(chord=E.Key.Chord(modifiers=3, code=65))),
+        E(id_=3, key=E.Key(text="q"), meta=E.Meta(source="kb", kind=E.Meta.Kind(
+            remote=E.Meta.Kind.Remote(host="h1", port=7)))),
+        E(id_=4, batch=[E(id_=5), E(id_=6, move=E.Move(dx=1))]),
+    ):  # fmt: skip
+        got = E.from_bytes(event.to_bytes())
+        assert got == event, (got, event)
+    got = E.from_bytes(E(id_=2, key=E.Key(chord=E.Key.Chord(modifiers=3, code=65))).to_bytes())
+    assert got.which() == "key" and got.key.which() == "chord" and got.key.chord.code == 65
+
+
+def test_lists_of_lists_round_trip(cases: dict[str, ModuleType]) -> None:
+    m = cases["nested_lists"]
+    grid = m.Grid(
+        ints=[[1, 2], [], [3]], texts=[["a"], ["b", "c"]], cells=[[m.Cell(v=0.5)], []],
+        colors=[[m.Color.green, m.Color.red]], cube=[[[1.0], [2.0, 3.0]]],
+        blobs=[[b"x", b""]], bools=[[True, False]],
+    )  # fmt: skip
+    got = m.Grid.from_bytes(grid.to_bytes())
+    assert got == grid
+    assert [list(r) for r in got.ints] == [[1, 2], [], [3]] and got.colors[0][0] is m.Color.green
+
+
+def test_struct_constants_are_values_of_their_struct(cases: dict[str, ModuleType]) -> None:
+    m = cases["struct_consts"]
+    assert m.DEFAULTS == m.Limits(max_items=10, name="std", mode=m.Mode.safe, tags=("a", "b"),
+                                  inner=m.Limits.Inner(ratio=0.25))  # fmt: skip
+    assert m.Limits.from_bytes(m.DEFAULTS.to_bytes()) == m.DEFAULTS
+    assert [p.max_items for p in m.PRESETS] == [1, 2] and m.PRESETS[1].mode is m.Mode.fast
+    assert m.Holder.LOCAL.name == "nested"
+
+
+def test_any_pointer_carries_any_struct_read_back_with_from_any(
+    cases: dict[str, ModuleType],
+) -> None:
+    m = cases["any_pointer"]
+    env = m.Envelope(kind="item", payload=m.Item(id_=3), body=m.Item(id_=4))
+    got = m.Envelope.from_bytes(env.to_bytes())
+    assert m.Item.from_any(got.payload).id_ == 3 and m.Item.from_any(got.body).id_ == 4
+    again = m.Envelope.from_bytes(got.to_bytes())  # a received view sends on unchanged
+    assert m.Item.from_any(again.payload).id_ == 3
+    assert m.Envelope.from_bytes(m.Envelope(kind="none").to_bytes()).payload is None
+    with pytest.raises(TypeError, match="AnyPointer"):
+        m.Envelope(payload="text").to_bytes()
+    with pytest.raises(TypeError, match="from_any"):
+        m.Item.from_any(m.Envelope())
+
+
+def test_imports_across_folders_load_and_round_trip(cases: dict[str, ModuleType]) -> None:
+    m = cases["cross_folder"]
+    units = m._m_units
+    job = m.Job(id_=m._m_ids.Id(hi=1, lo=2), budget=units.Quantity(value=2.5))
+    got = m.Job.from_bytes(job.to_bytes())
+    assert got.unit is units.Unit.bytes_ and got.budget.unit is units.Unit.seconds
+    assert (got.id_.hi, got.id_.lo, got.budget.value) == (1, 2, 2.5)
+
+
+def test_foreign_annotations_are_ignored(cases: dict[str, ModuleType]) -> None:
+    m = cases["foreign_annotations"]
+    assert m.Sample.from_bytes(m.Sample(value=-5).to_bytes()).value == -5
+
+
+@pytest.fixture(scope="module")
+def procs() -> Iterator[Any]:
+    from monarch.testing import proc_mesh
+
+    with proc_mesh({"gpus": 2}) as p:
+        yield p
+
+
+def test_actor_refs_in_lists_and_unions_on_real_procs(procs: Any) -> None:
+    leader = procs.slice(gpus=0).spawn("leader", RosterLeader)
+    peers = procs.spawn("peers", EchoPeer)
+    assert leader.join.call_one(peers).get(timeout=60) == 1
+    assert leader.join.call_one(peers.slice(gpus=1)).get(timeout=60) == 2
+    roster = leader.roster.call_one().get(timeout=60)
+    assert roster.which() == "peer" and len(roster.peers) == 2
+    assert roster.peer.ping.call_one(4).get(timeout=60) == 5  # the last to join: one rank
+    refs = leader.peers.call_one().get(timeout=60)
+    assert refs[1].ping.call_one(1).get(timeout=60) == 2
+    got = peers.slice(gpus=0).hello.call_one(leader, refs).get(timeout=60)
+    assert got == 2 + 2
+
+
+def test_generic_results_and_builtin_names_on_real_procs(procs: Any) -> None:
+    shop = procs.slice(gpus=1).spawn("shop", PagedShop)
+    page = shop.listing.call_one(3).get(timeout=60)
+    assert [i.id_ for i in page.items.list_] == [30, 31] and page.next_ == "p4"
+    assert shop.nested.call_one().get(timeout=60).value.items.list_[0].id_ == 70
+    assert shop.texts.call_one().get(timeout=60).items == "all"
+    from gencases.builtin_names import Phase, Step
+
+    runner = procs.slice(gpus=0).spawn("runner", EvalRunner)
+    assert runner.eval_.call_one(id_=2).get(timeout=60) is Phase.eval_
+    assert runner.eval_.call_one(Phase.train, id_=2).get(timeout=60) is Phase.print_
+    step = runner.print_.call_one(Step(id_=1, type_="t")).get(timeout=60)
+    assert (step.id_, step.type_, step.phase, step.from_) == (2, "t!", Phase.eval_, -1)
