@@ -48,12 +48,12 @@ from ._transport.messages import ControlOp, Kind, MessageFlags
 from ._transport.pickle_codec import PICKLE_CODEC
 
 __all__ = [
+    "QUIET_SETTINGS",
     "MemoryLink",
     "MemoryListening",
     "MemoryNetwork",
     "MemoryRuntimes",
     "MemoryTransport",
-    "QUIET_SETTINGS",
     "leaked_procs",
     "memory_runtimes",
     "proc_mesh",
@@ -345,7 +345,7 @@ class MemoryRuntimes:
             if rt.loop.is_running():
                 with contextlib.suppress(TimeoutError, RuntimeError):
                     self.on_loop(rt, _close_router, rt, timeout_s=timeout_s)
-        for addr, thread in self._threads.items():
+        for thread in self._threads.values():
             thread.join(timeout_s)
 
 

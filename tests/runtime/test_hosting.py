@@ -5,11 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from monarch._core.errors import SupervisionError
-from monarch._core.shape import Extent
+from monarch._core.shape import Extent, Shape
 from monarch._mesh.actor_mesh import MeshRef
-from monarch._core.shape import Shape
 from monarch.actor import Actor, endpoint
 from monarch.testing import memory_runtimes
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from monarch._core.errors import ActorError, SupervisionError
 from monarch._mesh.supervision import fault_hooks
 from monarch.actor import Actor, endpoint

@@ -10,8 +10,7 @@ import threading
 from typing import Any
 
 import pytest
-
-from monarch._core.errors import SupervisionError
+from monarch._core.errors import ConnectError, SupervisionError
 from monarch._mesh.router import Router, RouterLimits
 from monarch._mesh.sinks import OneSink
 from monarch._transport.frame import Envelope
@@ -170,9 +169,21 @@ def test_a_killed_peer_is_declared_dead_and_its_waiters_fail(nodes):
 def test_connecting_to_an_address_nobody_listens_on_declares_it_dead(nodes):
     a = nodes("a")
     sink = OneSink(a.router, PICKLE_CODEC, {"mem:nobody": {0}})
-    a.router.send("mem:nobody", call(1, a.addr), [])  # returns at once: the dial is background
+    # on the loop thread the dial runs after send() returned (see the race test below)
+    a.run(a.router.send, "mem:nobody", call(1, a.addr), [])
     with pytest.raises(SupervisionError, match="cannot connect to mem:nobody"):
         sink.future.get(TIMEOUT_S)
+
+
+@pytest.mark.xfail(strict=False, reason="runtime bug (a race: some runs fail): Router._outgoing sends the hello "
+                   "on a link the background dial may already have closed -> raw ConnectionResetError")
+def test_a_send_from_another_thread_to_an_unreachable_address_raises_only_documented_errors(nodes):
+    a = nodes("a")
+    for i in range(200):
+        try:
+            a.router.send(f"mem:nobody-{i}", call(1, a.addr), [])
+        except (SupervisionError, ConnectError):
+            pass  # documented: known dead / cannot be reached
 
 
 def test_a_send_to_itself_is_dispatched_on_the_loop_without_a_link(nodes):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from monarch._core.failure import MeshFailure
 from monarch._mesh.supervision import fault_hooks
 from monarch.actor import Actor, endpoint
@@ -91,7 +90,7 @@ def test_a_child_failure_reaches_the_owners_supervise_and_true_keeps_the_owner_r
 
 
 def test_supervise_returning_false_fails_the_owner_and_escalates_to_the_root_chained(rts, unhandled):
-    owner_ref, owner, child_ref = tree(rts, False)
+    _, owner, child_ref = tree(rts, False)
     rts.broadcast(child_ref, "fail", by=rts.procs[0])
     assert unhandled.event.wait(TIMEOUT_S)
     top = unhandled.seen[0]
@@ -101,7 +100,7 @@ def test_supervise_returning_false_fails_the_owner_and_escalates_to_the_root_cha
 
 
 def test_supervise_raising_fails_the_owner_with_the_new_exception_and_chains_the_original(rts, unhandled):
-    owner_ref, owner, child_ref = tree(rts, "raise")
+    _, _, child_ref = tree(rts, "raise")
     rts.broadcast(child_ref, "fail", by=rts.procs[0])
     assert unhandled.event.wait(TIMEOUT_S)
     top = unhandled.seen[0]
@@ -110,7 +109,7 @@ def test_supervise_raising_fails_the_owner_with_the_new_exception_and_chains_the
 
 
 def test_the_death_of_the_childs_proc_is_a_failure_delivered_to_its_owner(rts, unhandled):
-    owner_ref, owner, child_ref = tree(rts, True)
+    owner_ref, owner, _ = tree(rts, True)
     rts.network.kill(rts.procs[1].router.addr)
     assert owner.obj.seen.wait(TIMEOUT_S)
     failure = owner.obj.failures[0]
