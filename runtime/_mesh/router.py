@@ -238,8 +238,11 @@ class Router:
         hello = Envelope.new_message()
         hello.kind = Kind.HELLO
         hello.origin = self.addr
-        conn.send(encode_frame(hello, []))
         self._out[addr] = conn
+        try:
+            conn.send(encode_frame(hello, []))
+        except ConnectionError:
+            pass  # the dial failed already: the close handler declares ``addr`` dead
         return conn
 
     def _outgoing_closed(self, conn: Link, exc: BaseException | None) -> None:
@@ -300,6 +303,10 @@ class Router:
             self._watched.pop(addr, None)
             self._seq_out.pop(addr, None)
             via = self._via.pop(addr, None)
+            # what it sent us that still waits for a gap will never be completed by it
+            self._held.pop(addr, None)
+            self._held_bytes.pop(addr, None)
+            self._skip.pop(addr, None)
         if conn is not None:
             conn.close(None)
         if via:
@@ -357,13 +364,19 @@ class Router:
             conn = self.connection(addr)
         shm = conn.share(bufs) if bufs else None
         inline = [b for b, s in zip(bufs, shm) if not s] if shm else bufs
-        if seq or not sequenced:
-            conn.send(frame_iov(encode(seq, lengths, shm), inline))
-            return
-        with self._lock:
-            n = self._seq_out.get(addr, 0) + 1
-            self._seq_out[addr] = n
-            conn.send(frame_iov(encode(n, lengths, shm), inline))
+        try:
+            if seq or not sequenced:
+                conn.send(frame_iov(encode(seq, lengths, shm), inline))
+                return
+            with self._lock:
+                n = self._seq_out.get(addr, 0) + 1
+                self._seq_out[addr] = n
+                conn.send(frame_iov(encode(n, lengths, shm), inline))
+        except ConnectionError as exc:
+            dead = self._dead.get(addr)
+            if dead:
+                raise SupervisionError(f"proc at {addr} is gone: {dead}") from exc
+            raise ConnectError(f"cannot reach {addr}: {exc}") from exc
 
     def send_control(
         self, addr: str, op: ControlOp, *, actor: str = "", payload: Any = b"", bufs: list[Any] | None = None,

@@ -175,8 +175,6 @@ def test_connecting_to_an_address_nobody_listens_on_declares_it_dead(nodes):
         sink.future.get(TIMEOUT_S)
 
 
-@pytest.mark.xfail(strict=False, reason="runtime bug (a race: some runs fail): Router._outgoing sends the hello "
-                   "on a link the background dial may already have closed -> raw ConnectionResetError")
 def test_a_send_from_another_thread_to_an_unreachable_address_raises_only_documented_errors(nodes):
     a = nodes("a")
     for i in range(200):
