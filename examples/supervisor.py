@@ -12,6 +12,13 @@ The client spawns one ``Supervisor`` actor; everything else happens inside its e
    port the child actor fails and the failure goes to its owner, the supervisor, whose
    ``__supervise__`` records it and returns True (handled: it goes no further up).
 
+``__supervise__`` runs between the supervisor's messages, so a failure cannot reach it while the
+endpoint that caused it is still running. After each scenario whose child fails (2 and 3), the
+client waits for that child mesh's own failure: ``wait_failure(mesh_name)`` is an
+explicit-response-port endpoint that ``__supervise__`` answers when a failure of that mesh
+arrives (at once if it already has). The run fails if a failure does not arrive within 30 s,
+or if the supervisor saw any failure other than those two.
+
 Run: ``python examples/supervisor.py``.
 """
 
@@ -26,6 +33,7 @@ from monarch.actor import (
     Actor,
     ActorError,
     MeshFailure,
+    Port,
     SupervisionError,
     context,
     endpoint,
@@ -57,11 +65,23 @@ class Supervisor(Actor):
     """Owns child meshes and recovers from their failures."""
 
     def __init__(self) -> None:
-        self.failures: list[str] = []
+        self.failures: list[MeshFailure] = []
+        self.waiters: dict[str, list[Port[str]]] = {}
 
     def __supervise__(self, failure: MeshFailure) -> bool:
-        self.failures.append(str(failure))
+        self.failures.append(failure)
+        for port in self.waiters.pop(failure.mesh_name, []):
+            port.send(_describe(failure))
         return True  # handled here: do not propagate to the client
+
+    @endpoint(explicit_response_port=True)
+    def wait_failure(self, port: Port[str], mesh_name: str) -> None:
+        """Answer with the first failure of child mesh ``mesh_name`` once it has arrived."""
+        for failure in self.failures:
+            if failure.mesh_name == mesh_name:
+                port.send(_describe(failure))
+                return
+        self.waiters.setdefault(mesh_name, []).append(port)
 
     @endpoint
     def handled_error(self) -> list[str]:
@@ -80,7 +100,7 @@ class Supervisor(Actor):
     def crash_and_respawn(self) -> list[str]:
         log = []
         procs = this_host().spawn_procs(per_host={"gpus": 2})
-        children = procs.spawn("workers", Child)
+        children = procs.spawn("crashing_workers", Child)
         start = time.perf_counter()
         try:
             children.work.call(crash_rank=1).get(timeout=30)
@@ -100,42 +120,51 @@ class Supervisor(Actor):
     def fire_and_forget_failure(self) -> list[str]:
         child = this_proc().spawn("exploder", Child)
         child.explode.broadcast()
-        deadline = time.monotonic() + 10
-        while not self.failures and time.monotonic() < deadline:
-            time.sleep(0.01)  # __supervise__ runs between messages: not while this one runs
-        return []
+        # the failure reaches __supervise__ after this endpoint returns: the client waits for it
+        return ["broadcast sent; nobody waits for its answer"]
 
     @endpoint
     def failures_seen(self) -> list[str]:
-        return list(self.failures)
+        return [_describe(f) for f in self.failures]
+
+
+def _describe(failure: MeshFailure) -> str:
+    return f"{failure.mesh_name} ranks {failure.ranks}: {failure.cause}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="A supervisor of failing child meshes.")
-    parser.add_argument("--supervise", action="store_true", help="(default; kept for compatibility)")
+    parser.add_argument(
+        "--supervise", action="store_true", help="(default; kept for compatibility)"
+    )
     parser.parse_args()
 
-    scenarios = ["handled_error", "crash_and_respawn", "fire_and_forget_failure"]
+    # each scenario, and the child mesh whose failure it must cause (None: no failure)
+    scenarios = [
+        ("handled_error", None),
+        ("crash_and_respawn", "crashing_workers"),
+        ("fire_and_forget_failure", "exploder"),
+    ]
     procs = this_host().spawn_procs(per_host={"gpus": 1})
     ok = True
     try:
         supervisor = procs.spawn("supervisor", Supervisor)
-        for name in scenarios:
+        for name, failing_mesh in scenarios:
             try:
                 lines = getattr(supervisor, name).call_one().get(timeout=90)
+                if failing_mesh is not None:
+                    got = supervisor.wait_failure.call_one(failing_mesh).get(timeout=30)
+                    lines.append(f"__supervise__ got: {got}")
             except Exception as exc:
                 ok = False
                 lines = [f"FAILED: {type(exc).__name__}: {exc}"]
             for line in lines:
                 print(f"{name}: {line}")
-        deadline = time.monotonic() + 10
-        seen: list[str] = []
-        while ok and not seen and time.monotonic() < deadline:
-            seen = supervisor.failures_seen.call_one().get(timeout=30)
-            time.sleep(0.05)
-        for failure in seen:
-            print(f"__supervise__ got: {failure.splitlines()[0]}")
-        ok = ok and bool(seen)
+        seen = supervisor.failures_seen.call_one().get(timeout=30)
+        expected = [mesh for _, mesh in scenarios if mesh is not None]
+        if [line.split(" ", 1)[0] for line in seen] != expected:
+            ok = False
+            print(f"FAILED: __supervise__ saw {seen}, expected one failure of each of {expected}")
     finally:
         procs.stop().get(30)
     print(f"supervisor: {'ok' if ok else 'FAILED'}")

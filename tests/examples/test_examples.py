@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.runtime.pidwait import wait_exited
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 GENERATED_EXAMPLES = [
@@ -70,7 +72,8 @@ def run_example(script: str, *args: str, timeout_s: float = 120.0) -> str:
         deadline = time.monotonic() + 5.0
         left = _group_members(proc.pid)
         while left and time.monotonic() < deadline:
-            time.sleep(0.1)
+            # wake when they exit; then look again (one may have started another)
+            wait_exited(left, deadline - time.monotonic())
             left = _group_members(proc.pid)
         if left:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -163,18 +166,23 @@ def test_channels_producer_consumer() -> None:
 
 
 @pytest.mark.timeout(150)
-def test_supervisor_recovers_from_failing_child_meshes() -> None:
+def test_supervisor_recovers_from_failing_child_meshes_and_supervises_each_failure() -> None:
     out = run_example("supervisor.py", timeout_s=140)
+    lines = out.splitlines()
     assert "handled_error: caught ActorError: ZeroDivisionError" in out
     assert "crash_and_respawn: caught SupervisionError" in out
     assert "crash_and_respawn: respawned child mesh answered [0, 10]" in out
-    assert "supervisor: ok" in out
-
-
-@pytest.mark.timeout(150)
-def test_supervisor_receives_child_failure_in_supervise() -> None:
-    out = run_example("supervisor.py", "--supervise", timeout_s=140)
-    assert "__supervise__ got:" in out
+    # each scenario that breaks a child waits for that child's own failure in __supervise__
+    assert any(
+        x.startswith("crash_and_respawn: __supervise__ got: crashing_workers ranks [1]: ")
+        and "exited with status 3" in x
+        for x in lines
+    ), out
+    assert (
+        "fire_and_forget_failure: __supervise__ got: exploder ranks [0]: "
+        "RuntimeError: child exploded with nobody waiting for an answer" in lines
+    ), out
+    assert "FAILED" not in out and "supervisor: ok" in lines, out
 
 
 @pytest.mark.slow
