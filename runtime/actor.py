@@ -20,7 +20,7 @@ from ._core.value_mesh import ValueMesh
 from ._mesh.actor import Actor
 from ._mesh.actor_mesh import ActorMesh
 from ._mesh.context import Context, Instance, context, current_rank, current_size
-from ._mesh.endpoint import Endpoint, EndpointProperty, endpoint
+from ._mesh.endpoint import Endpoint, EndpointProperty, concurrent_endpoint, endpoint
 from ._mesh.port import Channel, Port, PortReceiver
 from ._mesh.proc_mesh import HostMesh, ProcMesh, hosts_from_config, this_host, this_proc
 from ._mesh.runtime import start_client_runtime  # noqa: F401  # installs the client runtime's starter (starts nothing)
@@ -52,6 +52,7 @@ __all__ = [
     "SupervisionError",
     "ValueMesh",
     "as_endpoint",
+    "concurrent_endpoint",
     "context",
     "current_rank",
     "current_size",

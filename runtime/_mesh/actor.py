@@ -16,7 +16,7 @@ from .endpoint import EndpointProperty, EndpointSpec
 if TYPE_CHECKING:
     from .._core.failure import MeshFailure
 
-__all__ = ["Actor", "EndpointTable", "TypedActor", "endpoint_table", "validate_actor_class"]
+__all__ = ["Actor", "EndpointTable", "MixedEndpointsError", "TypedActor", "endpoint_table", "validate_actor_class"]
 
 M = TypeVar("M")
 
@@ -57,6 +57,11 @@ class TypedActor(Actor, Generic[M]):
                     cls.__monarch_mesh__ = args[0]
 
 
+class MixedEndpointsError(TypeError, ValueError):
+    """An actor class mixes sync and async endpoints (a ``ValueError``, as in Monarch, and a
+    ``TypeError``, as it is a class definition error)."""
+
+
 class EndpointTable:
     """The endpoints of one actor class: wire name -> (spec, implementation attribute)."""
 
@@ -79,7 +84,7 @@ def endpoint_table(cls: type) -> EndpointTable:
     """Discover the endpoints of ``cls`` (cached).
 
     Raises:
-        TypeError: sync and async endpoints are mixed (rejected at spawn, as in Monarch).
+        MixedEndpointsError: sync and async endpoints are mixed (rejected at spawn, as in Monarch).
     """
     table = _TABLES.get(cls)
     if table is not None:
@@ -107,7 +112,7 @@ def endpoint_table(cls: type) -> EndpointTable:
     if is_async and not all(kinds.values()):
         sync = sorted(n for n, a in kinds.items() if not a)
         asyn = sorted(n for n, a in kinds.items() if a)
-        raise TypeError(
+        raise MixedEndpointsError(
             f"actor class {cls.__qualname__} mixes sync endpoints {sync} with async endpoints {asyn}; "
             "make them all sync or all async (as Monarch requires)"
         )

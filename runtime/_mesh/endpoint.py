@@ -23,6 +23,7 @@ __all__ = [
     "Endpoint",
     "EndpointProperty",
     "EndpointSpec",
+    "concurrent_endpoint",
     "endpoint",
 ]
 
@@ -187,6 +188,13 @@ class EndpointProperty(Generic[P, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._method(*args, **kwargs)
 
+    @property
+    def _explicit_response_port(self) -> bool:
+        """Whether the runtime answers this endpoint through a response port (explicit ports,
+        and concurrent endpoints, whose body runs as a task that answers later: Monarch's
+        attribute of the same name)."""
+        return self._spec.explicit_response_port or self._spec.concurrent
+
 
 def _make(
     fn: Callable[..., Any], *, explicit_response_port: bool, concurrent: bool = False, timeout_s: float | None = None
@@ -247,3 +255,49 @@ def endpoint(
     if method is not None:
         return _make(method, explicit_response_port=False)
     return _EndpointIfy(explicit_response_port, concurrent, timeout)
+
+
+def concurrent_endpoint(
+    method: Callable[..., Any] | None = None,
+    *,
+    propagate: Any = None,
+    explicit_response_port: bool = False,
+    instrument: bool = True,
+    timeout: float | None = None,
+) -> Any:
+    """Mark an async actor method as an endpoint whose body runs as a task (Monarch's
+    ``@concurrent_endpoint``).
+
+    The actor starts the body and goes on with its next message, so several calls may be in
+    progress at once; bodies start in the order their messages arrive (from one sender), but may
+    finish in any order. Tasks still running when the actor stops are cancelled and awaited
+    before ``__cleanup__`` runs. An exception from a body without an explicit response port goes
+    to the caller as ``ActorError`` (the actor survives); an exception escaping a body with
+    ``explicit_response_port=True`` fails the actor, as for ``@endpoint(explicit_response_port=True)``.
+
+    Args:
+        method: the method (when used bare as ``@concurrent_endpoint``).
+        propagate: the tensor engine's shape propagator; not built yet, only None is accepted.
+        explicit_response_port: the method takes a ``Port`` after ``self`` and answers on it.
+        instrument: Monarch's telemetry switch; this runtime has no per-endpoint telemetry, so
+            both values behave the same.
+        timeout: default call timeout in seconds for callers (``CallTimeout``).
+
+    Raises:
+        ValueError: ``method`` is already an ``@endpoint``, or is not an ``async def``.
+        NotImplementedError: ``propagate`` is given.
+    """
+    if propagate is not None:
+        raise NotImplementedError("concurrent_endpoint(propagate=...) needs the tensor engine, which is not built yet")
+
+    def wrap(fn: Callable[..., Any]) -> EndpointProperty[Any, Any]:
+        if isinstance(fn, EndpointProperty):
+            raise ValueError("concurrent_endpoint does not wrap @endpoint; pass endpoint options to @concurrent_endpoint")
+        target = inspect.unwrap(fn)
+        if not (inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)):
+            raise ValueError(
+                f"concurrent_endpoint can only wrap async endpoints; {getattr(fn, '__qualname__', fn)!r} is not async"
+            )
+        return _make(fn, explicit_response_port=explicit_response_port, concurrent=True, timeout_s=timeout)
+
+    return wrap if method is None else wrap(method)

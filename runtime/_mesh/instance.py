@@ -150,6 +150,7 @@ class ActorInstance:
         self.stopped = threading.Event()
         self.on_stopped: Any = None
         if self.table.is_async:
+            self._tasks: set[asyncio.Task[Any]] = set()  # bodies of concurrent endpoints
             self._aqueue: asyncio.Queue[Any] = asyncio.Queue()
             self._task = host.router.loop.create_task(self._run_async())
         else:
@@ -216,6 +217,7 @@ class ActorInstance:
         while True:
             msg = await q.get()
             if msg is _STOP:
+                await self._cancel_tasks()
                 await _drive_async(self._cleanup_steps(None))
                 return
             if type(msg) is _Supervise:
@@ -226,10 +228,20 @@ class ActorInstance:
                 continue
             entry = self.table.by_name.get(msg.endpoint)
             if entry is not None and entry[0].concurrent:
-                asyncio.get_running_loop().create_task(_drive_async(self._handle_steps(msg, True)))
+                task = asyncio.get_running_loop().create_task(_drive_async(self._handle_steps(msg, True)))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             else:
                 await _drive_async(self._handle_steps(msg, True))
             del msg
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel the bodies of concurrent endpoints still running and wait for them (bounded)."""
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_OWNED_STOP_TIMEOUT_S)
 
     # -- handlers (written once; see the module docstring) -----------------------------------
     def _construct(self) -> None:
@@ -303,6 +315,9 @@ class ActorInstance:
             except Exception as exc:
                 self._handler_raised(msg, spec, exc)
             except asyncio.CancelledError:
+                # a concurrent endpoint's body cancelled as the actor stops: its caller is told
+                if msg.reply_addr and not (spec is not None and spec.explicit_response_port):
+                    self.host.refuse(msg, SupervisionError(f"actor {self.display} was stopped while handling {msg.endpoint!r}"))
                 raise
             except BaseException as exc:
                 self._proc_fails(exc, msg)

@@ -1,0 +1,61 @@
+"""Actors for tests/runtime/test_concurrent_endpoints.py (importable by procs)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from monarch.actor import Actor, Port, concurrent_endpoint, endpoint
+
+
+class Latch(Actor):
+    """``hold`` runs as a task until ``open_when_held`` sees it started and lets it finish."""
+
+    def __init__(self, log_path: str) -> None:
+        self.log_path = log_path
+        self.held = asyncio.Event()
+        self.opened = asyncio.Event()
+        self.starts: list[int] = []
+
+    def _log(self, line: str) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    @concurrent_endpoint
+    async def hold(self, tag: int) -> int:
+        self.starts.append(tag)
+        self.held.set()
+        await self.opened.wait()
+        return tag
+
+    @endpoint
+    async def open_when_held(self) -> str:
+        await self.held.wait()
+        self.opened.set()
+        return "opened"
+
+    @endpoint
+    async def start_order(self) -> list[int]:
+        return list(self.starts)
+
+    @concurrent_endpoint(explicit_response_port=True)
+    async def forever(self, port: Port[str]) -> None:
+        port.send("running")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._log("body cancelled")
+
+    @concurrent_endpoint
+    async def fails(self) -> None:
+        raise ValueError("concurrent failure")
+
+    @concurrent_endpoint(explicit_response_port=True)
+    async def fails_on_port(self, port: Port[None]) -> None:
+        raise ValueError("escaped the port")
+
+    @endpoint
+    async def ping(self) -> str:
+        return "pong"
+
+    async def __cleanup__(self, exc: BaseException | None) -> None:
+        self._log("cleanup")
