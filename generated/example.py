@@ -155,7 +155,7 @@ class Report(stubs.Struct):
     )
 
     class Config(stubs.Struct):
-        """The config struct."""
+        """The Report.config struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(

@@ -151,4 +151,10 @@ def _walk(parser: Any, module: Any, out: dict[str, Any], options_schema: Any) ->
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RecursionError:
+        # pycapnp parsed it, but its node tree is too deep to convert (thousands of List(...))
+        first = json.loads(sys.argv[1])["paths"][0]
+        print(f"{first}:0: failed: types nested too deeply to load", file=sys.stderr)
+        sys.exit(1)

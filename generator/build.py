@@ -30,6 +30,7 @@ ANN_ERP = 0xFB5083D12E7CA306
 ANN_TENSOR = 0xF33542792C80FC6A
 NO_DISCRIMINANT = 0xFFFF
 RDMA_ALIAS = "_rdma"  # how generated modules name monarch.rdma
+MAX_LIST_DEPTH = 32  # generated annotations nest one level per list; Python parses ~200
 ANY_POINTER_DOC = (
     "AnyPointer: any generated struct. A received value is a stubs.Struct view of unknown\n"
     "type: read it with SomeStruct.from_any(value)."
@@ -70,15 +71,24 @@ class _Builder:
         d = self.source.find(where)
         return SchemaError(self.path, d.line, d.column, message)
 
+    def type_error(self, where: tuple[str, ...], message: str) -> SchemaError:
+        """An error about the type of a field or parameter, located at it and naming it."""
+        return self.error(where, f"{'.'.join(where)}: {message}")
+
     def doc(self, where: tuple[str, ...]) -> str:
         d = self.source.decls.get(where)
         return d.doc if d is not None else ""
 
     # -- names of nodes --------------------------------------------------------------------
     def schema_path(self, node_id: int) -> tuple[str, ...]:
-        """Schema names from the file scope: ``("Point", "grp")``."""
+        """Schema names from the file scope: ``("Point", "grp")``; a method's implicit params or
+        results struct is the method itself (``("Shop", "listing")``)."""
         node = self.nodes[node_id]
-        return tuple(node["displayName"][node["displayNamePrefixLength"] :].split("."))
+        qualified = node["displayName"].split(":", 1)[-1]
+        parts = qualified.split(".")
+        if "$" in parts[-1]:  # "listing$Params"
+            parts[-1] = parts[-1].split("$", 1)[0]
+        return tuple(parts)
 
     def file_of(self, node_id: int) -> int:
         node = self.nodes[node_id]
@@ -142,6 +152,15 @@ class _Builder:
         if kind == "data":
             return _Type("bytes | memoryview", "stubs.Bytes", 'b""', "Data")
         if kind == "list":
+            depth, inner = 1, body["elementType"]
+            while "list" in inner:
+                depth, inner = depth + 1, inner["list"]["elementType"]
+            if depth > MAX_LIST_DEPTH:
+                raise self.type_error(
+                    where,
+                    f"List nested {depth} deep; monarch-gen supports at most {MAX_LIST_DEPTH} "
+                    "(wrap inner lists in a struct)",
+                )
             e = self.map_type(body["elementType"], where, scope, method=True)
             self.typing.add("Sequence")
             return _Type(f"Sequence[{e.attr}]", f"Sequence[{e.attr}]", "()", f"List({e.expr})")
@@ -151,7 +170,7 @@ class _Builder:
             return _Type(name, name, f"{name}.{first}", f"Enum({name})", body["typeId"])
         if kind == "interface":
             iname = self.schema_path(body["typeId"])[-1]
-            raise self.error(
+            raise self.type_error(
                 where, f"a raw interface type ({iname}) cannot be sent; use M.ActorRef({iname})"
             )
         if kind == "anyPointer":
@@ -167,7 +186,7 @@ class _Builder:
             return _Type(name, f"{name} | None", "None", "Param")
         if kind == "struct":
             return self.map_struct(body, where, scope, method)
-        raise self.error(where, f"unsupported type {kind}")
+        raise self.type_error(where, f"unsupported type {kind}")
 
     def any_pointer(self, body: dict[str, Any], where: tuple[str, ...]) -> _Type:
         """``AnyPointer``/``AnyStruct``: any generated struct (``stubs.Struct``).
@@ -180,7 +199,7 @@ class _Builder:
             raise self.error(where, "generic methods are not supported")
         if which not in ("anyKind", "struct"):
             kind = {"list": "AnyList", "capability": "Capability"}.get(which, which)
-            raise self.error(
+            raise self.type_error(
                 where,
                 f"{kind} is not supported; use AnyPointer or AnyStruct (any struct), "
                 "List(T) or M.ActorRef(T)",
@@ -212,7 +231,7 @@ class _Builder:
             target = bound[0] if bound else {}
             iid = target.get("interface", {}).get("typeId") if isinstance(target, dict) else None
             if iid is None or not self.is_actor(iid):
-                raise self.error(where, "M.ActorRef(T) needs an $M.actor interface as T")
+                raise self.type_error(where, "M.ActorRef(T) needs an $M.actor interface as T")
             mesh = self.ref(iid, "Mesh")
             return _Type(
                 mesh if method else f"{mesh} | None", f"{mesh} | None", "None", f"Ref({mesh})"
@@ -240,7 +259,7 @@ class _Builder:
     def brand_arg(self, t: dict[str, Any], where: tuple[str, ...], scope: dict[str, Any]) -> str:
         kind = next(iter(t))
         if kind not in ("struct", "text", "data", "anyPointer"):
-            raise self.error(
+            raise self.type_error(
                 where,
                 f"generic parameters bound to {kind} are not supported (use a struct, Text or Data)",
             )
@@ -286,7 +305,9 @@ class _Builder:
                 slot = f["slot"]
                 kind = next(iter(slot["type"]))
                 if tensor and kind != "data":
-                    raise self.error(fwhere, f"$tensor applies to Data fields only, not {kind}")
+                    raise self.type_error(
+                        fwhere, f"$tensor applies to Data fields only, not {kind}"
+                    )
                 t = self.map_type(slot["type"], fwhere, node, method=method)
                 if tensor:
                     self.uses_torch = True

@@ -8,7 +8,10 @@ pycapnp aborts the interpreter on a schema error (an uncaught C++ exception), so
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -88,9 +91,74 @@ def _locate(path: str, line0: int, message: str) -> tuple[int, int]:
     return line, stripped + 1
 
 
-def _schema_error(stderr: str, paths: list[str]) -> SchemaError:
+_BLOCK_TOKEN = re.compile(
+    r"#[^\n]*|\"(?:[^\"\\\n]|\\.)*\"|[{}]|@(\d+)\b|\b(struct|interface|enum)\b"
+)
+
+
+def _first_ordinal_use(path: str, line: int, col: int) -> tuple[int, int] | None:
+    """Where the ordinal at ``line:col`` (1-based) was first used in the same struct, interface
+    or enum (groups and unions share their struct's ordinals; nested declarations do not)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    lines = text.splitlines(keepends=True)
+    if line > len(lines):
+        return None
+    end = sum(len(x) for x in lines[: line - 1]) + col - 1
+    line_end = end + len(lines[line - 1]) - (col - 1)
+    m = re.compile(r"@(\d+)").search(text, end, line_end)
+    if m is None:
+        return None
+    end = m.start()
+    ordinal = m.group(1)
+    # forward over the text before the error: per open block, its kind and its ordinal uses
+    stack: list[tuple[bool, list[int]]] = [(True, [])]
+    pending_decl = False
+    for t in _BLOCK_TOKEN.finditer(text, 0, end):
+        tok = t.group()
+        if tok.startswith(("#", '"')):
+            continue
+        if t.group(2):
+            pending_decl = True
+        elif tok == "{":
+            stack.append((pending_decl, []))
+            pending_decl = False
+        elif tok == "}":
+            own, uses = stack.pop() if len(stack) > 1 else (True, [])
+            if not own:  # a group or union: its ordinals belong to the enclosing declaration
+                stack[-1][1].extend(uses)
+        elif t.group(1) == ordinal:
+            stack[-1][1].append(t.start())
+    # the innermost open struct/interface/enum and the groups/unions open inside it
+    uses: list[int] = []
+    for own, found in reversed(stack):
+        uses.extend(found)
+        if own:
+            break
+    if not uses:
+        return None
+    first = min(uses)
+    before = text[:first]
+    return before.count("\n") + 1, first - (before.rfind("\n") + 1) + 1
+
+
+def _schema_error(stderr: str, paths: list[str], returncode: int = 1) -> SchemaError:
     m = _FAILED.search(stderr)
     if m is None:
+        if returncode < 0:
+            try:
+                sig = signal.Signals(-returncode).name
+            except ValueError:
+                sig = f"signal {-returncode}"
+            return SchemaError(
+                paths[0],
+                1,
+                1,
+                f"the schema parser (pycapnp, in a child process) crashed with {sig}; "
+                "the schema may be too deeply nested (e.g. thousands of nested List(...))",
+            )
         tail = [ln for ln in stderr.strip().splitlines() if ln.strip()]
         message = tail[-1] if tail else "schema parser failed"
         return SchemaError(paths[0], 1, 1, message.removeprefix("what():").strip())
@@ -103,6 +171,12 @@ def _schema_error(stderr: str, paths: list[str]) -> SchemaError:
             file = p
             break
     line, col = _locate(file, int(m.group("line")), msg)
+    if msg.startswith("Duplicate ordinal number"):
+        first = _first_ordinal_use(file, line, col)
+        if first is not None:
+            msg = f"{msg.rstrip('.')}: first used at {file}:{first[0]}:{first[1]}"
+    elif msg == "Not defined: M" and _lacks_actor_import(file):
+        msg += ' (add the line: using M = import "/monarch/actor.capnp";)'
     if "does not declare an ID" in msg:
         msg = (
             msg.split("  I've generated")[0]
@@ -112,6 +186,32 @@ def _schema_error(stderr: str, paths: list[str]) -> SchemaError:
         )
         line, col = 1, 1
     return SchemaError(file, line, col, msg)
+
+
+def _lacks_actor_import(path: str) -> bool:
+    try:
+        return "/monarch/actor.capnp" not in Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def _check_file(p: str) -> None:
+    """A schema path must name a readable regular file.
+
+    Raises:
+        SchemaError: it does not exist, or is a directory, FIFO, socket or device.
+    """
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise SchemaError(p, 0, 0, "no such schema file") from None
+    except OSError as exc:
+        raise SchemaError(p, 0, 0, f"cannot read schema file: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SchemaError(p, 0, 0, "is a directory, not a schema file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise SchemaError(p, 0, 0, f"is {kind}; a schema must be a regular .capnp file")
 
 
 def load(paths: list[str], import_dirs: list[str]) -> Loaded:
@@ -125,8 +225,7 @@ def load(paths: list[str], import_dirs: list[str]) -> Loaded:
         SchemaError: a schema does not parse or does not resolve (path:line:col: message).
     """
     for p in paths:
-        if not Path(p).is_file():
-            raise SchemaError(p, 0, 0, "no such schema file")
+        _check_file(p)
     imports = [*standard_imports(), *import_dirs]
     request = json.dumps({"paths": paths, "imports": imports})
     proc = subprocess.run(
@@ -136,7 +235,7 @@ def load(paths: list[str], import_dirs: list[str]) -> Loaded:
         check=False,
     )
     if proc.returncode != 0:
-        raise _schema_error(proc.stderr, paths)
+        raise _schema_error(proc.stderr, paths, proc.returncode)
     data = json.loads(proc.stdout)
     nodes = {int(k): v for k, v in data["nodes"].items()}
     files = {f["path"]: int(f["id"]) for f in data["files"] if f["requested"]}

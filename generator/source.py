@@ -3,7 +3,8 @@
 pycapnp does not expose source info (doc comments, line/column), so this module scans the text.
 It understands as much of the Cap'n Proto grammar as it needs: scopes opened by ``struct``,
 ``interface``, ``enum``, named groups and unions (unnamed unions are transparent), members
-(``name @N``), ``const`` declarations and ``import`` strings. Doc comments follow the Cap'n Proto
+(``name @N``), method parameters and results (``method.param``), ``const`` declarations and
+``import`` strings. Doc comments follow the Cap'n Proto
 convention: the comment lines right after a declaration's ``;`` or ``{``.
 """
 
@@ -123,7 +124,11 @@ def scan(text: str) -> SourceInfo:
         elif t.text in ")]":
             depth -= 1
         elif depth:
-            pass
+            # a method's parameter or result (``g @0 (foo :Foo) -> (x :Int32)``): ``method.foo``
+            if member is not None and t.kind == "ident" and nxt is not None and nxt.text == ":":
+                path = (*member[0], t.text)
+                if path not in info.decls:
+                    info.decls[path] = Decl(t.line, t.col, "")
         elif t.kind == "ident" and t.text in _BLOCKS and nxt is not None and nxt.kind == "ident":
             pending = ((*scope, nxt.text), nxt)
             k += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ BAD: dict[str, tuple[str, str]] = {
     ),
     "raw_interface_field": (
         ID + USING + "interface Foo $M.actor { f @0 (); }\nstruct A {\n  foo @0 :Foo;\n}\n",
-        "bad.capnp:5:3: a raw interface type (Foo) cannot be sent; use M.ActorRef(Foo)",
+        "bad.capnp:5:3: A.foo: a raw interface type (Foo) cannot be sent; use M.ActorRef(Foo)",
     ),
     "stream_and_rref": (
         ID + USING + "interface Foo $M.actor {\n  f @0 () -> (x :Int32) $M.stream $M.rref;\n}\n",
@@ -40,7 +41,7 @@ BAD: dict[str, tuple[str, str]] = {
     ),
     "tensor_on_non_data": (
         ID + USING + "struct A {\n  x @0 :Int32 $M.tensor;\n}\n",
-        "bad.capnp:4:3: $tensor applies to Data fields only, not int32",
+        "bad.capnp:4:3: A.x: $tensor applies to Data fields only, not int32",
     ),
     "field_name_clash": (
         ID + "struct A {\n  fooBar @0 :Int32;\n  fooBAR @1 :Int32;\n}\n",
@@ -56,7 +57,37 @@ BAD: dict[str, tuple[str, str]] = {
     ),
     "actor_ref_to_non_actor": (
         ID + USING + "struct S {}\nstruct A {\n  r @0 :M.ActorRef(S);\n}\n",
-        "bad.capnp:5:3: M.ActorRef(T) needs an $M.actor interface as T",
+        "bad.capnp:5:3: A.r: M.ActorRef(T) needs an $M.actor interface as T",
+    ),
+    "raw_interface_parameter": (
+        ID + USING + "interface Foo $M.actor { f @0 (); }\n"
+        "interface Bar $M.actor {\n  g @0 (n :UInt8, foo :Foo) -> ();\n}\n",
+        "bad.capnp:5:19: Bar.g.foo: a raw interface type (Foo) cannot be sent; use M.ActorRef(Foo)",
+    ),
+    "actor_ref_to_non_actor_result": (
+        ID + USING + "struct S {}\ninterface Bar $M.actor {\n  g @0 () -> (r :M.ActorRef(S));\n}\n",
+        "bad.capnp:5:15: Bar.g.r: M.ActorRef(T) needs an $M.actor interface as T",
+    ),
+    "any_list_in_group": (
+        ID + "struct A {\n  g :group {\n    xs @0 :AnyList;\n  }\n}\n",
+        "bad.capnp:4:5: A.g.xs: AnyList is not supported",
+    ),
+    "duplicate_ordinal_names_first_use": (
+        ID + "struct A {\n  x @0 :Int32;\n  struct N { q @1 :Int32; }\n"
+        "  g :group {\n    z @1 :Int32;\n  }\n  y @1 :Int32;\n}\n",
+        "bad.capnp:8:3: Duplicate ordinal number: first used at bad.capnp:6:7",
+    ),
+    "missing_actor_import_suggests_it": (
+        ID + "interface Foo $M.actor {\n  f @0 ();\n}\n",
+        'bad.capnp:2:16: Not defined: M (add the line: using M = import "/monarch/actor.capnp";)',
+    ),
+    "list_nested_too_deep": (
+        ID + "struct A {\n  x @0 :" + "List(" * 40 + "Int32" + ")" * 40 + ";\n}\n",
+        "bad.capnp:3:3: A.x: List nested 40 deep; monarch-gen supports at most 32",
+    ),
+    "parser_crash_reports_the_signal": (
+        ID + "struct A {\n  x @0 :" + "List(" * 3000 + "Int32" + ")" * 3000 + ";\n}\n",
+        "bad.capnp:1:1: the schema parser (pycapnp, in a child process) crashed with SIGSEGV",
     ),
 }
 
@@ -93,3 +124,28 @@ def test_missing_schema_file_is_a_schema_error(tmp_path: Path) -> None:
     )
     assert res.returncode == 1
     assert res.stderr.startswith("nothere.capnp:0:0: no such schema file")
+
+
+def _gen(tmp_path: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "monarch.generator.cli", name, "-o", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_directory_given_as_schema_says_it_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "dir.capnp").mkdir()
+    res = _gen(tmp_path, "dir.capnp")
+    assert res.returncode == 1
+    assert res.stderr.startswith("dir.capnp:0:0: is a directory, not a schema file"), res.stderr
+
+
+def test_fifo_given_as_schema_is_rejected_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.capnp")
+    res = _gen(tmp_path, "pipe.capnp")  # opening a FIFO to read would block: it must not
+    assert res.returncode == 1
+    assert res.stderr.startswith("pipe.capnp:0:0: is a FIFO"), res.stderr

@@ -51,7 +51,7 @@ class Step(stubs.Struct):
     )
 
     class Kind(enum.IntEnum):
-        """The Kind enum."""
+        """The Step.Kind enum."""
 
         map_ = 0
         print_ = 1

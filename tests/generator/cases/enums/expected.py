@@ -42,7 +42,7 @@ class Record(stubs.Struct):
     )
 
     class Kind(enum.IntEnum):
-        """The Kind enum."""
+        """The Record.Kind enum."""
 
         plain = 0
         fancy = 1

@@ -34,7 +34,7 @@ class Event(stubs.Struct):
     )
 
     class Move(stubs.Struct):
-        """The move struct."""
+        """The Event.move struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
@@ -59,7 +59,7 @@ class Event(stubs.Struct):
             super().__init__(dx=dx, dy=dy)
 
     class Key(stubs.Struct):
-        """The key struct."""
+        """The Event.key struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
@@ -74,7 +74,7 @@ class Event(stubs.Struct):
         )
 
         class Chord(stubs.Struct):
-            """The chord struct."""
+            """The Event.key.chord struct."""
 
             __slots__ = ()
             __capnp__ = stubs.StructInfo(
@@ -114,7 +114,7 @@ class Event(stubs.Struct):
             super().__init__(code=code, text=text, chord=chord)
 
     class Meta(stubs.Struct):
-        """The meta struct."""
+        """The Event.meta struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
@@ -128,7 +128,7 @@ class Event(stubs.Struct):
         )
 
         class Kind(stubs.Struct):
-            """The kind struct."""
+            """The Event.meta.kind struct."""
 
             __slots__ = ()
             __capnp__ = stubs.StructInfo(
@@ -142,7 +142,7 @@ class Event(stubs.Struct):
             )
 
             class Remote(stubs.Struct):
-                """The remote struct."""
+                """The Event.meta.kind.remote struct."""
 
                 __slots__ = ()
                 __capnp__ = stubs.StructInfo(

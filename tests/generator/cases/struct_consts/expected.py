@@ -45,7 +45,7 @@ class Limits(stubs.Struct):
     )
 
     class Inner(stubs.Struct):
-        """The Inner struct."""
+        """The Limits.Inner struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(

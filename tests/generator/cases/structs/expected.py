@@ -50,7 +50,7 @@ class Everything(stubs.Struct):
     )
 
     class Inner(stubs.Struct):
-        """The Inner struct."""
+        """A nested struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
@@ -63,7 +63,7 @@ class Everything(stubs.Struct):
         )
 
         class Deeper(stubs.Struct):
-            """The Deeper struct."""
+            """The Everything.Inner.Deeper struct."""
 
             __slots__ = ()
             __capnp__ = stubs.StructInfo(

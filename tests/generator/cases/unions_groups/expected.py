@@ -35,7 +35,7 @@ class Shape(stubs.Struct):
     )
 
     class Origin(stubs.Struct):
-        """The origin struct."""
+        """The Shape.origin struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
@@ -60,7 +60,7 @@ class Shape(stubs.Struct):
             super().__init__(x=x, y=y)
 
     class Style(stubs.Struct):
-        """The style struct."""
+        """The Shape.style struct."""
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
