@@ -126,9 +126,9 @@ def _first_ordinal_use(path: str, line: int, col: int) -> tuple[int, int] | None
             stack.append((pending_decl, []))
             pending_decl = False
         elif tok == "}":
-            own, uses = stack.pop() if len(stack) > 1 else (True, [])
+            own, inner = stack.pop() if len(stack) > 1 else (True, [])
             if not own:  # a group or union: its ordinals belong to the enclosing declaration
-                stack[-1][1].extend(uses)
+                stack[-1][1].extend(inner)
         elif t.group(1) == ordinal:
             stack[-1][1].append(t.start())
     # the innermost open struct/interface/enum and the groups/unions open inside it
