@@ -20,6 +20,7 @@ from ._core.value_mesh import ValueMesh
 from ._mesh.actor import Actor
 from ._mesh.actor_mesh import ActorMesh
 from ._mesh.context import Context, Instance, context, current_rank, current_size
+from ._mesh.controller import get_or_spawn_controller
 from ._mesh.endpoint import Endpoint, EndpointProperty, concurrent_endpoint, endpoint
 from ._mesh.port import Channel, Port, PortReceiver
 from ._mesh.proc_mesh import HostMesh, ProcMesh, hosts_from_config, this_host, this_proc
@@ -58,6 +59,7 @@ __all__ = [
     "current_size",
     "default_unhandled_fault_hook",
     "endpoint",
+    "get_or_spawn_controller",
     "hosts_from_config",
     "send",
     "this_host",

@@ -54,6 +54,7 @@ CURRENT_READERS = {
     "monarch._mesh.context",
     "monarch._mesh.runtime",
     "monarch._mesh.proc_main",
+    "monarch._mesh.controller",
     "monarch.rdma._manager",
 }
 

@@ -288,16 +288,24 @@ class ActorHost:
                 err = True
             else:
                 err = False
-        self._send_part(msg.reply_addr, msg.reply_port, msg.pos, err, payload, bufs, last)
+        self.send_part(msg.reply_addr, msg.reply_port, msg.pos, err, payload, bufs, last)
 
     def reply_end(self, msg: Msg, spec: EndpointSpec) -> None:
         """Mark the end of a streaming endpoint's results."""
         if msg.reply_addr:
-            self._send_part(msg.reply_addr, msg.reply_port, msg.pos, False, b"", [], True, empty=True)
+            self.send_part(msg.reply_addr, msg.reply_port, msg.pos, False, b"", [], True, empty=True)
 
-    def _send_part(
+    def send_part(
         self, addr: str, port: int, pos: int, err: bool, payload: Any, bufs: list[Any], last: bool, empty: bool = False
     ) -> None:
+        """Send one result part to port ``port`` of ``addr`` (any thread; never raises).
+
+        Args:
+            pos: the position of the answering rank in the called mesh.
+            err: ``payload`` is an encoded error (``wire_errors.encode_error``).
+            last: the last part of this rank (streams send several).
+            empty: an end-of-stream marker carrying no value.
+        """
         env = Envelope.new_message()
         env.kind = Kind.REPLY
         env.port = port
@@ -319,7 +327,7 @@ class ActorHost:
         """Answer a call that cannot be handled with ``exc`` (if it has a reply port)."""
         if msg.reply_addr:
             payload, bufs = encode_error(exc, "")
-            self._send_part(msg.reply_addr, msg.reply_port, msg.pos, True, payload, bufs, True)
+            self.send_part(msg.reply_addr, msg.reply_port, msg.pos, True, payload, bufs, True)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _on_spawn(self, env: Any, bufs: list[memoryview]) -> None:
@@ -347,7 +355,7 @@ class ActorHost:
 
         def done() -> None:
             if reply_addr:
-                self._send_part(reply_addr, reply_port, 0, False, dumps(None)[0], [], True)
+                self.send_part(reply_addr, reply_port, 0, False, dumps(None)[0], [], True)
 
         if not pending:
             done()

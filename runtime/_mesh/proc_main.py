@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         owns_dir=False,
         token=token,
         parent_addr=ns.owner,
+        root_addr=os.environ.get("MONARCH_ROOT_ADDR") or ns.owner,
         settings=settings,
     )
     current.install(rt)

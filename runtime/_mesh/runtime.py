@@ -39,6 +39,7 @@ from .._transport.sockets import SocketTransport
 from . import current
 from .actor_mesh import ActorMesh, MeshRef
 from .context import EMPTY_EXTENT, Context, Instance
+from .controller import ControllerRegistry, serve_controller_requests
 from .endpoint import INIT_PROBE, EndpointSpec
 from .hosting import ActorHost, pickle_spawn
 from .port import Port
@@ -88,6 +89,7 @@ class Runtime:
         owns_dir: remove ``runtime_dir`` at shutdown (the root client).
         token: the job's cluster token (authenticates peers).
         parent_addr: the owner of this proc; None at the root.
+        root_addr: the job's root client (hosts the controllers); None: this process, or its parent.
         settings: see :class:`RuntimeSettings`.
         transport: makes the transport from the router's handlers; None: the socket transport.
     """
@@ -102,6 +104,7 @@ class Runtime:
         owns_dir: bool,
         token: bytes | None,
         parent_addr: str | None = None,
+        root_addr: str | None = None,
         settings: RuntimeSettings | None = None,
         transport: TransportFactory | None = None,
     ) -> None:
@@ -144,6 +147,13 @@ class Runtime:
             port_factory=_response_port,
             on_proc_fails=self._proc_fails,
         )
+        self.root_addr = root_addr or parent_addr or self.router.addr
+        child_env["MONARCH_ROOT_ADDR"] = self.root_addr
+        self.procs.child_env["MONARCH_ROOT_ADDR"] = self.root_addr
+        self.controllers: ControllerRegistry | None = None
+        if parent_addr is None:
+            self.controllers = ControllerRegistry(lambda name, cls, *a, **k: self.this_proc_mesh().spawn(name, cls, *a, **k))
+            serve_controller_requests(self)
         self.router.on_hung(self._hung)
         self.router.handle_control(ControlOp.PING, self._on_ping)
         inst = Instance(Point(0, EMPTY_EXTENT), f"{name}[0]", name, self.router.addr, os.getpid())
@@ -243,7 +253,7 @@ class Runtime:
                 pos = int(PICKLE_CODEC.decode_result(memoryview(env.payload), []))
             except Exception:
                 pos = 0
-            self.host._send_part(env.replyAddr, env.replyPort, pos, False, dumps(None)[0], [], True)
+            self.host.send_part(env.replyAddr, env.replyPort, pos, False, dumps(None)[0], [], True)
 
     def stop_processes(self, addrs: list[str], timeout_s: float | None = None) -> Future[None]:
         """Ask procs to exit (actors run ``__cleanup__``), then kill what is left after

@@ -52,5 +52,6 @@ class ControlOp(StrEnum):
     EXIT = "exit"  # stop every actor, then end the proc
     FAILURE = "failure"  # a MeshFailure of ``actor`` travelling to its owner
     SKIP = "skip"  # sequence numbers from the origin lost with a dead forwarder (payload: list)
+    CONTROLLER = "controller"  # to the root: get or spawn the named controller, reply its mesh
     PING = "ping"  # answer at once on the reply port: the proc is up (ProcMesh.initialized)
     HEARTBEAT = "heartbeat"  # a proc is alive (sent to its owner every peer_timeout_s / 4)

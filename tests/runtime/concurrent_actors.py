@@ -59,3 +59,38 @@ class Latch(Actor):
 
     async def __cleanup__(self, exc: BaseException | None) -> None:
         self._log("cleanup")
+
+
+class Registry(Actor):
+    """A controller: counts how many times it was constructed in its process."""
+
+    constructions = 0
+
+    def __init__(self) -> None:
+        type(self).constructions += 1
+        self.items: dict[str, int] = {}
+
+    @endpoint
+    async def where(self) -> tuple[int, int, int]:
+        import os
+
+        return os.getpid(), id(self), type(self).constructions
+
+    @endpoint
+    async def put(self, key: str, value: int) -> None:
+        self.items[key] = value
+
+    @endpoint
+    async def get(self, key: str) -> int:
+        return self.items[key]
+
+
+class RegistryUser(Actor):
+    """Finds the ``registry`` controller from inside a proc."""
+
+    @endpoint
+    def lookup(self, key: str) -> int:
+        from monarch.actor import get_or_spawn_controller
+
+        reg = get_or_spawn_controller("registry", Registry).get(30)
+        return reg.get.call_one(key).get(30)  # type: ignore[no-any-return]

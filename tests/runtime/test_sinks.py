@@ -26,11 +26,11 @@ def rts():
 def reply(rts, proc: int, port: int, pos: int, value: object, *, last: bool = True, error: bool = False) -> None:
     rt = rts.procs[proc]
     payload, bufs = encode_error(value, "a[0]") if error else PICKLE_CODEC.encode_result(value)  # type: ignore[arg-type]
-    rt.host._send_part(rts.client.router.addr, port, pos, error, payload, list(bufs), last)
+    rt.host.send_part(rts.client.router.addr, port, pos, error, payload, list(bufs), last)
 
 
 def end(rts, proc: int, port: int, pos: int) -> None:
-    rts.procs[proc].host._send_part(rts.client.router.addr, port, pos, False, b"", [], True, empty=True)
+    rts.procs[proc].host.send_part(rts.client.router.addr, port, pos, False, b"", [], True, empty=True)
 
 
 def flush(rts, proc: int) -> None:
@@ -177,7 +177,7 @@ def test_a_receiver_sink_decodes_an_error_value_as_an_exception(rts):
 
 def test_a_reply_to_an_unknown_port_is_ignored(rts):
     payload, _ = dumps(1)
-    rts.procs[0].host._send_part(rts.client.router.addr, 999_999, 0, False, payload, [], True)
+    rts.procs[0].host.send_part(rts.client.router.addr, 999_999, 0, False, payload, [], True)
     sink = OneSink(rts.client.router, PICKLE_CODEC, {addr(rts, 0): {0}})
     reply(rts, 0, sink.port, 0, "after")
     assert sink.future.get(TIMEOUT_S) == "after"
