@@ -5,7 +5,9 @@ The transport now lives in one-concept modules: ``address`` (addresses and socke
 ``shm`` (shared-memory segments), ``sockets`` (``SocketTransport``) and ``base`` (the
 Protocols and ``TransportSettings``). The names below keep ``runtime/_mesh/router.py`` working
 unchanged; they use the same code, so its fixes (mutual authentication, bounded shared memory,
-sealed segments, no per-connection receive buffer) apply here too. This module, and its reading
+sealed segments, no per-connection receive buffer) apply here too; the cap on accepted
+connections (``TransportSettings.max_connections``) and the non-blocking dial exist only in
+``SocketTransport`` (``dial`` here blocks, bounded by its timeout). This module, and its reading
 of ``MONARCH_SHM`` and ``MONARCH_PEER_TIMEOUT_S``, goes away once the router builds a
 ``SocketTransport`` from ``monarch.config``.
 """

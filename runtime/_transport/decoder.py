@@ -121,7 +121,7 @@ def _decode_cached(raw: bytes, hit: tuple[int, bytes, dict[str, Any]]) -> Envelo
     r = Reader(raw, end, 8 * words + 64)
     w = _U64.unpack_from(raw, _PARTS_PTR_AT)[0]
     if w:
-        if w & 0xFFFFFFFF00000007 == _ONE_PART_PTR_HI:
+        if w & _ONE_PART_MASK == _ONE_PART_PTR_HI:
             # one Part, the common reply: inlined
             t = _PARTS_PTR_AT + 8 + 8 * ((w & 0xFFFFFFFF) >> 2)
             if t + 8 + 8 * _PART_WORDS > end or raw[t : t + 8] != _ONE_PART_TAG:
@@ -158,4 +158,7 @@ def _decode_cached(raw: bytes, hit: tuple[int, bytes, dict[str, Any]]) -> Envelo
 # a list pointer to a composite list of one Part, with a non-negative offset < 2**29
 _PART_WORDS = PART_SIZE[0] + PART_SIZE[1]
 _ONE_PART_PTR_HI = ((_PART_WORDS << 3) | 7) << 32 | 1
+# the high word, the pointer kind (list) and the offset's sign bit; the offset itself may be any
+# non-negative value (the old mask also took the offset's lowest bit, missing odd offsets)
+_ONE_PART_MASK = 0xFFFFFFFF80000003
 _ONE_PART_TAG = W.pack(1 << 2, ptr_hi(PART))

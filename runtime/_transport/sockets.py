@@ -201,14 +201,15 @@ class SocketTransport:
         return link
 
     async def _dial(self, link: SocketLink, addr: str, family: int, sockaddr: Any) -> None:
+        if family != socket.AF_UNIX and self.token is None:
+            link.close(ConnectError(f"cannot connect to {addr}: a TCP peer needs a cluster token and this process has none"))
+            return
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self.loop.sock_connect(sock, sockaddr)
-                if family != socket.AF_UNIX:
-                    if self.token is None:
-                        raise ConnectError(f"{addr} is a TCP address and this process has no cluster token")
+                if self.token is not None and family != socket.AF_UNIX:
                     await authenticate_dialer(self.loop, sock, self.token, self.settings.connect_timeout_s)
         except (OSError, ProtocolError, TimeoutError, ConnectError) as exc:
             sock.close()
@@ -218,8 +219,9 @@ class SocketTransport:
                 err.__cause__ = exc
             link.close(err)
             return
-        except BaseException:
+        except BaseException as exc:  # cancelled (loop shutting down): the link must still end
             sock.close()
+            link.close(ConnectError(f"cannot connect to {addr}: {type(exc).__name__}"))
             raise
         if link.closed:
             sock.close()

@@ -336,3 +336,20 @@ def test_settings_reject_nonsense() -> None:
         TransportSettings(peer_timeout_s=0.1)
     with pytest.raises(ValueError, match="max_connections"):
         TransportSettings(max_connections=0)
+
+
+def test_connecting_over_tcp_without_a_token_fails_without_touching_the_network(lp: Loop) -> None:
+    client = lp.transport(token=None)
+    link = client.connect("tcp:127.0.0.1:9")  # the discard port: nothing must be dialed
+    assert lp.wait(lambda: any(c[0] is link for c in lp.closes))
+    exc = next(e for c, e in lp.closes if c is link)
+    assert isinstance(exc, ConnectError) and "cluster token" in str(exc)
+
+
+def test_a_listener_without_a_token_refuses_tcp_dialers(lp: Loop) -> None:
+    server, client = lp.transport(token=None), lp.transport()
+    lst = lp.call(lambda: server.listen("tcp:127.0.0.1:0", lp.on_link))
+    link = client.connect(lst.address)
+    assert lp.wait(lambda: any(c[0] is link for c in lp.closes))
+    assert isinstance(next(e for c, e in lp.closes if c is link), ConnectError)
+    assert not lp.links
