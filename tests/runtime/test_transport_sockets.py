@@ -129,8 +129,8 @@ def _fake_listener(first: bytes) -> tuple[str, threading.Thread, list[bytes]]:
             return
         with conn:
             conn.settimeout(5)
-            conn.sendall(first)
             try:
+                conn.sendall(first)
                 got.append(conn.recv(4096))
                 conn.sendall(bytes(32) + b"".join(bytes(memoryview(b)) for b in _hello("evil")))
                 got.append(conn.recv(4096))
