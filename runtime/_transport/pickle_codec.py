@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import pickle
 import sys
+import threading
 from typing import Any
 
 import cloudpickle
@@ -96,27 +97,81 @@ def _is_parameter(t: type) -> bool:
     return torch is not None and issubclass(t, torch.Tensor) and t.__module__.startswith("torch")
 
 
-def _wrap_large(obj: Any) -> Any:
+# large bytes nested deeper than this in plain containers travel in the pickle stream (correct,
+# one copy more); the bound keeps deeply nested values from exhausting the stack here
+_WRAP_DEPTH = 8
+
+
+def _wrap_large(obj: Any, depth: int = 0) -> Any:
     t = type(obj)
     if (t is bytes or t is bytearray) and len(obj) >= _LARGE:
         return _LargeBytes(obj)
+    if depth >= _WRAP_DEPTH:
+        return obj
     if t is tuple:
-        return tuple(_wrap_large(x) for x in obj)
+        return tuple(_wrap_large(x, depth + 1) for x in obj)
     if t is list:
-        return [_wrap_large(x) for x in obj]
+        return [_wrap_large(x, depth + 1) for x in obj]
     if t is dict:
-        return {k: _wrap_large(v) for k, v in obj.items()}
+        return {k: _wrap_large(v, depth + 1) for k, v in obj.items()}
     return obj
 
 
 def dumps(obj: Any) -> tuple[bytes, list[Any]]:
-    """Pickle ``obj``; returns the stream and the out-of-band buffers (raw memoryviews)."""
+    """Pickle ``obj``; returns the stream and the out-of-band buffers (raw memoryviews).
+
+    Values nested too deeply for this thread's stack (a list 900 levels deep) are pickled again
+    on a helper thread with a large stack and recursion limit.
+
+    Raises:
+        pickle.PicklingError, TypeError: ``obj`` cannot be pickled.
+    """
     if _plain(obj):
         return pickle.dumps(obj, 5), []
+    try:
+        return _dump(obj)
+    except (RecursionError, pickle.PicklingError) as exc:
+        if isinstance(exc, pickle.PicklingError) and "recursion" not in str(exc):
+            raise
+        return _dump_deep(obj)
+
+
+def _dump(obj: Any) -> tuple[bytes, list[Any]]:
     buffers: list[Any] = []
     f = io.BytesIO()
     _Pickler(f, protocol=5, buffer_callback=buffers.append).dump(_wrap_large(obj))
     return f.getvalue(), [b.raw() for b in buffers]
+
+
+_DEEP_STACK_BYTES = 512 << 20  # virtual: only the pages a deep value touches are used
+_DEEP_RECURSION_LIMIT = 1_000_000
+_deep_lock = threading.Lock()
+
+
+def _dump_deep(obj: Any) -> tuple[bytes, list[Any]]:
+    """:func:`_dump` on a thread with a large stack and recursion limit (one at a time)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(_dump(obj))
+        except BaseException as exc:  # re-raised in the caller's thread
+            out.append(exc)
+
+    with _deep_lock:
+        old_limit = sys.getrecursionlimit()
+        old_stack = threading.stack_size(_DEEP_STACK_BYTES)
+        try:
+            sys.setrecursionlimit(max(old_limit, _DEEP_RECURSION_LIMIT))
+            t = threading.Thread(target=run, name="monarch deep pickle")
+            t.start()
+        finally:
+            threading.stack_size(old_stack)
+        t.join()
+        sys.setrecursionlimit(old_limit)
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]  # type: ignore[no-any-return]
 
 
 def loads(data: Any, buffers: list[memoryview]) -> Any:

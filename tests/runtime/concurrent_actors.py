@@ -94,3 +94,14 @@ class RegistryUser(Actor):
 
         reg = get_or_spawn_controller("registry", Registry).get(30)
         return reg.get.call_one(key).get(30)  # type: ignore[no-any-return]
+
+
+class Nester(Actor):
+    """Returns lists nested ``depth`` levels deep."""
+
+    @endpoint
+    def nested(self, depth: int) -> list[object]:
+        out: list[object] = []
+        for _ in range(depth):
+            out = [out]
+        return out
