@@ -176,6 +176,8 @@ def _ping_through_a_new_link(addr: str, timeout_s: float = 30.0) -> bool:
                     if any(env.kind == Kind.REPLY and env.port == 7 for env, _ in out):
                         return True
         return False
+    except OSError:  # refused, reset or timed out: the proc did not answer
+        return False
     finally:
         lst.close()
         os.unlink(path)
@@ -450,6 +452,25 @@ def test_spoofed_owner_hello_then_close_does_not_end_the_proc(failures: list[Any
         assert not _gone(pid)
         assert m.ping.call_one().get(timeout=30) == pid
         assert not failures
+
+
+def test_exit_control_from_a_peer_that_is_not_the_owner_does_not_end_the_proc(
+    failures: list[Any],
+) -> None:
+    """Only the owner link (the first a proc accepts) may tell a proc to exit; a hostile local
+    peer claiming the owner's origin on a link of its own must not."""
+    rt = current_runtime()
+    with proc_mesh({"gpus": 1}) as procs:
+        m = procs.spawn("exit-spoof", Recorder)
+        pid = m.ping.call_one().get(timeout=60)
+        addr = _addr_of(pid)
+        with _dial(addr) as s:
+            s.sendall(_frame(Kind.HELLO, rt.router.addr))
+            s.sendall(_frame(Kind.CONTROL, rt.router.addr, endpoint=ControlOp.EXIT))
+        # the proc handled our frames before it answers a later link (or it is gone by then)
+        answered = _ping_through_a_new_link(addr, timeout_s=15.0)
+        assert answered and not _gone(pid), "a spoofed EXIT from a non-owner link ended the proc"
+        assert m.ping.call_one().get(timeout=30) == pid
 
 
 @pytest.mark.parametrize(
