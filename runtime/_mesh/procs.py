@@ -175,7 +175,7 @@ class ProcManager:
 
     # -- exits -----------------------------------------------------------------------------------
     def _watch(self, h: ProcHandle) -> None:
-        self.router.watch(h.addr)
+        self.router.watch(h.addr, lambda: proc_state(h.pid))
         if h.pidfd >= 0:
             self.router.loop.add_reader(h.pidfd, self._child_exited, h)
 
@@ -276,6 +276,18 @@ class ProcManager:
         z, self._zygote = self._zygote, None
         if z is not None:
             z.close()
+
+
+def proc_state(pid: int) -> str | None:
+    """The scheduler state letter of ``pid`` from ``/proc`` (``R``, ``S``, ``D``, ``T`` stopped,
+    ``Z`` zombie), or None when the process is gone (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3].decode()
+    return None if state in ("Z", "X", "") else state
 
 
 def _kill(h: ProcHandle) -> None:

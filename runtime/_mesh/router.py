@@ -50,8 +50,11 @@ class RouterLimits:
         max_held_frames: frames held per origin while waiting for a sequence gap; beyond it the
             link that brought the next one is closed (a peer cannot make us hold unbounded data).
         max_held_bytes: the same bound in bytes of held payload and buffers.
-        peer_timeout_s: a watched child that sends no heartbeat for this long is declared hung,
+        peer_timeout_s: a watched child that sends no heartbeat for this long and is stopped
+            (SIGSTOP; or any silent peer the OS cannot be asked about) is declared hung,
             reported as failed and killed. None disables the check.
+        frozen_timeout_s: a watched child that the OS says is running but that sends no
+            heartbeat for this long is declared hung too (frozen with its GIL held, say).
         start_timeout_s: a watched child that sends no first heartbeat this long after it was
             started is declared hung the same way (start-up imports take longer than beats).
         forwarded_seq_window: per forwarder, how many (destination, seq) pairs of the latest casts
@@ -64,6 +67,7 @@ class RouterLimits:
     max_held_bytes: int = 1 << 30
     peer_timeout_s: float | None = 3.0
     start_timeout_s: float = 30.0
+    frozen_timeout_s: float = 60.0
     forwarded_seq_window: int = 4096
 
 
@@ -160,6 +164,8 @@ class Router:
         self.sinks: dict[int, Sink] = {}
         # child address -> (monotonic time of its last heartbeat or start, has it beaten yet)
         self._watched: dict[str, tuple[float, bool]] = {}
+        self._probes: dict[str, Callable[[], str | None] | None] = {}
+        self._last_check = 0.0
         self._on_call: Handler = lambda env, bufs: None
         self._control: dict[str, Handler] = {ControlOp.SKIP: self._on_skip, ControlOp.HEARTBEAT: self._on_heartbeat}
         self._on_peer_lost: list[Callable[[str, str], None]] = []
@@ -260,11 +266,21 @@ class Router:
                 self.mark_dead(addr, reason)
 
     # -- liveness --------------------------------------------------------------------------------
-    def watch(self, addr: str) -> None:
-        """Watch the child at ``addr``: it must send heartbeats (loop thread)."""
+    def watch(self, addr: str, probe: Callable[[], str | None] | None = None) -> None:
+        """Watch the child at ``addr``: it must send heartbeats (loop thread).
+
+        Args:
+            probe: tells the child's scheduler state from the OS (``"T"`` stopped, ``"R"``,
+                ``"S"``, ``"D"``, ...; None when it is gone). A child on this host whose beats are
+                late is declared hung at ``peer_timeout_s`` only when it is stopped; one that
+                is running but silent (a busy machine, a loaded link) gets ``frozen_timeout_s``.
+                None: no OS view (a remote peer), late beats alone decide at ``peer_timeout_s``.
+        """
         first = not self._watched
         self._watched[addr] = (time.monotonic(), False)
+        self._probes[addr] = probe
         if first and self.limits.peer_timeout_s is not None:
+            self._last_check = time.monotonic()
             self.loop.call_later(self.limits.peer_timeout_s / 4, self._check_heartbeats)
 
     def _on_heartbeat(self, env: Any, bufs: list[memoryview]) -> None:
@@ -276,20 +292,42 @@ class Router:
         if timeout_s is None or self._closed:
             return
         now = time.monotonic()
+        interval = timeout_s / 4
+        if now - self._last_check > 2 * interval + 0.5:
+            # this loop itself was starved (busy handlers, a loaded machine): the beats it did
+            # not read in time say nothing about the children; start their clocks again
+            for addr, (_seen, beating) in list(self._watched.items()):
+                self._watched[addr] = (now, beating)
+        self._last_check = now
         for addr, (seen, beating) in list(self._watched.items()):
-            limit = timeout_s if beating else max(timeout_s, self.limits.start_timeout_s)
             if addr in self._dead:
                 del self._watched[addr]
-            elif now - seen > limit:
-                del self._watched[addr]
-                what = "heartbeat" if beating else "heartbeat since it was started"
-                reason = f"hung: no {what} for {now - seen:.1f} s (stopped or frozen; limit {limit} s)"
-                log.error("proc at %s %s", addr, reason)
-                self.mark_dead(addr, reason)
-                if self._on_hung is not None:
-                    self._on_hung(addr, reason)
+                self._probes.pop(addr, None)
+                continue
+            silent = now - seen
+            limit = timeout_s if beating else max(timeout_s, self.limits.start_timeout_s)
+            if silent <= limit:
+                continue
+            probe = self._probes.get(addr)
+            state = probe() if probe is not None else None
+            if probe is not None and state is None:
+                continue  # it is gone: its exit is being reported
+            if probe is None or state in ("T", "t"):
+                what = "stopped" if state in ("T", "t") else "silent"
+            elif silent > max(limit, self.limits.frozen_timeout_s):
+                what = f"frozen (state {state})"
+            else:
+                continue  # running, only slow: not hung
+            del self._watched[addr]
+            self._probes.pop(addr, None)
+            beat = "heartbeat" if beating else "heartbeat since it was started"
+            reason = f"hung: {what}, no {beat} for {silent:.1f} s (limit {limit} s)"
+            log.error("proc at %s %s", addr, reason)
+            self.mark_dead(addr, reason)
+            if self._on_hung is not None:
+                self._on_hung(addr, reason)
         if self._watched:
-            self.loop.call_later(timeout_s / 4, self._check_heartbeats)
+            self.loop.call_later(interval, self._check_heartbeats)
 
     def mark_dead(self, addr: str, reason: str) -> None:
         """Record that the proc at ``addr`` is gone and fail everything awaiting it (loop thread)."""
@@ -301,6 +339,7 @@ class Router:
             self._dead[addr] = reason
             conn = self._out.pop(addr, None)
             self._watched.pop(addr, None)
+            self._probes.pop(addr, None)
             self._seq_out.pop(addr, None)
             via = self._via.pop(addr, None)
             # what it sent us that still waits for a gap will never be completed by it

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -214,7 +215,7 @@ def test_a_watched_child_that_stops_beating_is_declared_hung_and_dead(nodes):
     assert not hung and parent.router.dead_reason(child.addr) is None
     nodes.net.freeze(child.addr)  # SIGSTOP: the child's heartbeats stop arriving
     assert hung_ev.wait(TIMEOUT_S)
-    assert hung[0][0] == child.addr and "hung: no heartbeat for" in hung[0][1]
+    assert hung[0][0] == child.addr and "no heartbeat for" in hung[0][1]
     assert "hung" in (parent.router.dead_reason(child.addr) or "")
 
 
@@ -237,3 +238,27 @@ def test_a_frame_claiming_another_processes_origin_cannot_displace_that_origins_
     a.router.send(b.addr, call(999, a.addr), [], sequenced=False)
     b.wait(lambda: 999 in b.calls)  # a's real message 1 has been handled too (FIFO per link)
     assert 666 not in b.calls and s in b.calls  # today: 666 is dispatched and a's message 1 dropped
+
+
+def test_a_silent_child_the_os_says_is_running_is_not_killed_before_the_frozen_bound(nodes):
+    limits = RouterLimits(peer_timeout_s=0.1, start_timeout_s=0.1, frozen_timeout_s=0.6)
+    parent, child = nodes("parent", limits), nodes("child")
+    state = ["R"]
+    hung_at: list[float] = []
+    hung_ev = threading.Event()
+    parent.router.on_hung(lambda addr, reason: (hung_at.append(time.monotonic()), hung_ev.set()))
+    start = time.monotonic()
+    parent.run(parent.router.watch, child.addr, lambda: state[0])
+    assert hung_ev.wait(TIMEOUT_S)  # never beats, runs: declared only at the frozen bound
+    assert hung_at[0] - start >= 0.6
+    assert "frozen" in (parent.router.dead_reason(child.addr) or "")
+
+
+def test_a_silent_child_the_os_says_is_stopped_is_declared_hung_at_the_peer_timeout(nodes):
+    limits = RouterLimits(peer_timeout_s=0.1, start_timeout_s=0.1, frozen_timeout_s=60.0)
+    parent, child = nodes("parent", limits), nodes("child")
+    hung_ev = threading.Event()
+    parent.router.on_hung(lambda addr, reason: hung_ev.set())
+    parent.run(parent.router.watch, child.addr, lambda: "T")
+    assert hung_ev.wait(TIMEOUT_S)
+    assert "stopped" in (parent.router.dead_reason(child.addr) or "")
