@@ -45,7 +45,9 @@ class _ShapeInfo:
 class Msg:
     """A call delivered to one local actor (decoded envelope fields)."""
 
-    __slots__ = ("bufs", "endpoint", "flags", "host", "mesh_id", "payload", "pos", "rank", "reply_addr", "reply_port", "shape")
+    __slots__ = (
+        "answered", "bufs", "endpoint", "flags", "host", "mesh_id", "payload", "pos", "rank", "reply_addr", "reply_port", "shape",
+    )
 
     def __init__(
         self,
@@ -72,6 +74,7 @@ class Msg:
         self.shape = shape
         self.flags = flags
         self.rank = rank
+        self.answered = False  # its caller was already given a final answer (a refusal)
 
     def message_rank(self) -> Point:
         return Point(self.pos, self.shape.extent)
@@ -269,8 +272,9 @@ class ActorHost:
                 inst.post(msg)
 
     def reply(self, msg: Msg, spec: EndpointSpec | None, value: Any, exc: BaseException | None, *, last: bool) -> None:
-        """Send one result (or error) for ``msg`` to its reply port (any thread)."""
-        if not msg.reply_addr:
+        """Send one result (or error) for ``msg`` to its reply port (any thread); nothing once
+        its caller was refused (the actor failed while handling it)."""
+        if not msg.reply_addr or msg.answered:
             return
         payload: Any
         bufs: list[Any]
@@ -292,7 +296,7 @@ class ActorHost:
 
     def reply_end(self, msg: Msg, spec: EndpointSpec) -> None:
         """Mark the end of a streaming endpoint's results."""
-        if msg.reply_addr:
+        if msg.reply_addr and not msg.answered:
             self.send_part(msg.reply_addr, msg.reply_port, msg.pos, False, b"", [], True, empty=True)
 
     def send_part(
@@ -324,8 +328,9 @@ class ActorHost:
             log.warning("cannot deliver a result to %s: %s", addr, exc)
 
     def refuse(self, msg: Msg, exc: BaseException) -> None:
-        """Answer a call that cannot be handled with ``exc`` (if it has a reply port)."""
-        if msg.reply_addr:
+        """Answer a call that cannot be handled with ``exc`` (if it has a reply port), once."""
+        if msg.reply_addr and not msg.answered:
+            msg.answered = True
             payload, bufs = encode_error(exc, "")
             self.send_part(msg.reply_addr, msg.reply_port, msg.pos, True, payload, bufs, True)
 

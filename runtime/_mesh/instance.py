@@ -148,7 +148,12 @@ class ActorInstance:
         self._kwargs = kwargs
         self._bound: dict[str, Any] = {}
         self.stopped = threading.Event()
+        self.constructed = threading.Event()  # __init__ has run (or failed)
         self.on_stopped: Any = None
+        self._in_flight: set[Msg] = set()  # messages whose handler is running
+        self._flight_lock = threading.Lock()
+        self._supervision: queue.SimpleQueue[MeshFailure] | None = None  # sync actors, lazily
+        self._supervising: asyncio.Lock | None = None  # async actors, lazily
         if self.table.is_async:
             self._tasks: set[asyncio.Task[Any]] = set()  # bodies of concurrent endpoints
             self._aqueue: asyncio.Queue[Any] = asyncio.Queue()
@@ -189,8 +194,42 @@ class ActorInstance:
         self.post(_STOP)
 
     def post_supervise(self, failure: MeshFailure) -> None:
-        """Deliver a failure of a mesh this actor owns to its ``__supervise__`` (any thread)."""
-        self.post(_Supervise(failure))
+        """Deliver a failure of a mesh this actor owns to its ``__supervise__`` at once, without
+        waiting for the running handler (Monarch's delivery); supervision events of one actor
+        run one at a time, in arrival order (any thread)."""
+        if self.table.is_async:
+            self.host.router.call_on_loop(self._supervise_task, failure)
+            return
+        with self._flight_lock:
+            q = self._supervision
+            if q is None:
+                q = self._supervision = queue.SimpleQueue()
+                threading.Thread(target=self._run_supervision, name=f"supervise {self.instance.actor_id}", daemon=True).start()
+        q.put(failure)
+
+    def _run_supervision(self) -> None:
+        """A sync actor's supervision thread: ``__supervise__`` runs here, beside its handlers."""
+        loop_thread_marker.active = False
+        q = self._supervision
+        assert q is not None
+        self.constructed.wait()  # __supervise__ never runs before __init__ has finished
+        while not self.stopped.is_set() or not q.empty():
+            try:
+                failure = q.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            _drive_sync(self._supervise_steps(failure))
+
+    def _supervise_task(self, failure: MeshFailure) -> None:
+        if self._supervising is None:
+            self._supervising = asyncio.Lock()
+        lock = self._supervising
+
+        async def run() -> None:
+            async with lock:
+                await _drive_async(self._supervise_steps(failure))
+
+        self.host.router.loop.create_task(run())
 
     # -- the two mailbox loops ------------------------------------------------------------------
     def _run_sync(self) -> None:
@@ -257,6 +296,7 @@ class ActorInstance:
             reset_context(token)
             self._args = ()
             self._kwargs = {}
+            self.constructed.set()
 
     def _impl(self, name: str) -> tuple[EndpointSpec, Any]:
         entry = self.table.by_name.get(name)
@@ -287,6 +327,8 @@ class ActorInstance:
     def _handle_steps(self, msg: Msg, on_loop: bool) -> Steps:
         token = set_context(Context(self.instance, msg.message_rank()))
         spec: EndpointSpec | None = None
+        with self._flight_lock:
+            self._in_flight.add(msg)
         try:
             try:
                 spec, fn, args, kwargs = self._prepare(msg)
@@ -322,6 +364,8 @@ class ActorInstance:
             except BaseException as exc:
                 self._proc_fails(exc, msg)
         finally:
+            with self._flight_lock:
+                self._in_flight.discard(msg)
             reset_context(token)
 
     def _supervise_steps(self, failure: MeshFailure) -> Steps:
@@ -385,6 +429,7 @@ class ActorInstance:
         self.state = "failed"
         self.failure = f"unhandled failure of owned mesh {failure.mesh_name!r}: {failure.cause}"
         log.error("actor %s failed: %s", self.display, self.failure)
+        self._refuse_in_flight()
         self.host.actor_failed(self, self.failure, "", [failure])
 
     def _fail(self, exc: BaseException, where: str, chained: list[MeshFailure] | None = None) -> None:
@@ -392,7 +437,16 @@ class ActorInstance:
         self.state = "failed"
         self.failure = f"{type(exc).__name__}: {exc}" + (f" (in {where})" if where == "__init__" else "")
         log.error("actor %s failed in %s: %s", self.display, where, self.failure)
+        self._refuse_in_flight()
         self.host.actor_failed(self, self.failure, tb, chained)
+
+    def _refuse_in_flight(self) -> None:
+        """The actor is unhealthy now: callers of handlers still running get SupervisionError
+        at once (their late results are dropped), as every later call does."""
+        with self._flight_lock:
+            running = list(self._in_flight)
+        for msg in running:
+            self.host.refuse(msg, self._refusal())
 
     def _proc_fails(self, exc: BaseException, msg: Msg | None) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -10,7 +10,7 @@ import pytest
 from monarch.actor import Actor, ActorError, SupervisionError, concurrent_endpoint, endpoint
 from monarch.testing import proc_mesh
 
-from tests.runtime.concurrent_actors import Latch
+from tests.runtime.feature_actors import Latch
 
 T = 30.0
 

@@ -9,7 +9,7 @@ import pytest
 from monarch.actor import get_or_spawn_controller
 from monarch.testing import proc_mesh
 
-from tests.runtime.concurrent_actors import Registry, RegistryUser
+from tests.runtime.feature_actors import Registry, RegistryUser
 
 T = 30.0
 

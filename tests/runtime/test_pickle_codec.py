@@ -5,7 +5,7 @@ from __future__ import annotations
 from monarch._transport.pickle_codec import dumps, loads
 from monarch.testing import proc_mesh
 
-from tests.runtime.concurrent_actors import Nester
+from tests.runtime.feature_actors import Nester
 
 
 def _depth(value: object) -> int:

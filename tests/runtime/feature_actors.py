@@ -1,4 +1,4 @@
-"""Actors for tests/runtime/test_concurrent_endpoints.py (importable by procs)."""
+"""Actors for the feature tests of tests/runtime (importable by procs)."""
 
 from __future__ import annotations
 
@@ -105,3 +105,46 @@ class Nester(Actor):
         for _ in range(depth):
             out = [out]
         return out
+
+
+class Crasher(Actor):
+    """Fails (ends its actor) when ``crash`` is broadcast."""
+
+    @endpoint
+    async def crash(self) -> None:
+        raise RuntimeError("crashed on purpose")
+
+    @endpoint
+    async def ok(self) -> str:
+        return "ok"
+
+
+class Owner(Actor):
+    """Owns a ``Crasher`` mesh; ``handled`` says what ``__supervise__`` returns."""
+
+    def __init__(self, handled: bool) -> None:
+        from monarch.actor import this_host
+
+        self.handled = handled
+        self.child = this_host().spawn_procs(per_host={"gpus": 1}).spawn("crasher", Crasher)
+        self.seen = asyncio.Event()
+        self.failures: list[str] = []
+
+    @endpoint
+    async def crash_child_and_wait(self) -> list[str]:
+        await self.child.ok.call()
+        self.child.crash.broadcast()
+        # only __supervise__ sets this: it must run while this handler is suspended
+        await asyncio.wait_for(self.seen.wait(), timeout=30)
+        return list(self.failures)
+
+    @endpoint
+    async def crash_child_and_hang(self) -> None:
+        await self.child.ok.call()
+        self.child.crash.broadcast()
+        await asyncio.Event().wait()
+
+    def __supervise__(self, failure: object) -> bool:
+        self.failures.append(getattr(failure, "mesh_name", "?"))
+        self.seen.set()
+        return self.handled

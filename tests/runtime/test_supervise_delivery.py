@@ -1,0 +1,28 @@
+"""Supervision events reach ``__supervise__`` without waiting for the running handler, and an
+owner that becomes unhealthy fails its in-flight calls at once (Monarch's delivery)."""
+
+from __future__ import annotations
+
+import pytest
+from monarch.actor import SupervisionError
+from monarch.testing import proc_mesh
+
+from tests.runtime.feature_actors import Owner
+
+T = 60.0
+
+
+def test_supervise_runs_while_an_async_endpoint_of_the_owner_is_suspended() -> None:
+    with proc_mesh({"gpus": 1}) as procs:
+        owner = procs.spawn("owner", Owner, True)
+        assert owner.crash_child_and_wait.call_one().get(T) == ["crasher"]
+
+
+def test_an_owner_that_does_not_handle_a_failure_fails_its_in_flight_call() -> None:
+    with proc_mesh({"gpus": 1}) as procs:
+        owner = procs.spawn("owner", Owner, False)
+        # the handler never returns on its own: only the owner's failure can end this call
+        with pytest.raises(SupervisionError):
+            owner.crash_child_and_hang.call_one().get(T)
+        with pytest.raises(SupervisionError):
+            owner.crash_child_and_wait.call_one().get(T)
