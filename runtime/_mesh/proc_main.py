@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                 return
 
     rt.router.on_owner_lost(lambda: finish(0))
-    rt.router.handle_control(ControlOp.EXIT, on_exit)
+    rt.router.handle_control(ControlOp.EXIT, on_exit, owner_only=True)
     rt.on_proc_fails.append(lambda cause: loop.call_soon_threadsafe(finish, 1))
     threading.Thread(target=heartbeat, name="monarch heartbeat", daemon=True).start()
     try:

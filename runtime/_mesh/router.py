@@ -47,8 +47,9 @@ class RouterLimits:
     Attributes:
         max_envelope_bytes: largest envelope accepted (bigger: the link is closed).
         max_frame_bytes: largest frame (envelope + out-of-band buffers) accepted.
-        max_held_frames: frames held per origin while waiting for a sequence gap; beyond it the
-            link that brought the next one is closed (a peer cannot make us hold unbounded data).
+        max_held_frames: frames held while waiting for sequence gaps, every origin together;
+            beyond it the link that brought the next one is closed (a peer cannot make us hold
+            unbounded data, however many origins it claims).
         max_held_bytes: the same bound in bytes of held payload and buffers.
         peer_timeout_s: a watched child that sends no heartbeat for this long and is stopped
             (SIGSTOP; or any silent peer the OS cannot be asked about) is declared hung,
@@ -158,6 +159,8 @@ class Router:
         self._seq_in: dict[str, int] = {}
         self._held: dict[str, dict[int, tuple[Any, list[memoryview]]]] = {}
         self._held_bytes: dict[str, int] = {}
+        self._held_frames = 0  # held frames of every origin together
+        self._held_total = 0  # and their bytes
         self._skip: dict[str, set[int]] = {}
         self._via: dict[str, collections.deque[tuple[str, int]]] = {}
         self._port_ids = itertools.count(1)
@@ -168,6 +171,7 @@ class Router:
         self._last_check = 0.0
         self._on_call: Handler = lambda env, bufs: None
         self._control: dict[str, Handler] = {ControlOp.SKIP: self._on_skip, ControlOp.HEARTBEAT: self._on_heartbeat}
+        self._owner_only: set[str] = set()
         self._on_peer_lost: list[Callable[[str, str], None]] = []
         self._on_owner_lost: list[Callable[[], None]] = []
         self._on_hung: Callable[[str, str], None] | None = None
@@ -178,9 +182,16 @@ class Router:
         """Where calls and casts to local actors go (the actor host)."""
         self._on_call = handler
 
-    def handle_control(self, op: ControlOp, handler: Handler) -> None:
-        """Run ``handler(env, bufs)`` on the loop thread for control envelopes naming ``op``."""
+    def handle_control(self, op: ControlOp, handler: Handler, *, owner_only: bool = False) -> None:
+        """Run ``handler(env, bufs)`` on the loop thread for control envelopes naming ``op``.
+
+        Args:
+            owner_only: accept ``op`` only on this process's owner link (the first link it
+                accepted, see :meth:`on_owner_lost`); from any other link it is dropped and logged.
+        """
         self._control[op] = handler
+        if owner_only:
+            self._owner_only.add(op)
 
     def on_peer_lost(self, callback: Callable[[str, str], None]) -> None:
         """Call ``callback(addr, reason)`` (loop thread) when a peer is declared dead."""
@@ -343,7 +354,10 @@ class Router:
             self._seq_out.pop(addr, None)
             via = self._via.pop(addr, None)
             # what it sent us that still waits for a gap will never be completed by it
-            self._held.pop(addr, None)
+            dropped = self._held.pop(addr, None)
+            if dropped:
+                self._held_frames -= len(dropped)
+                self._held_total -= self._held_bytes.get(addr, 0)
             self._held_bytes.pop(addr, None)
             self._skip.pop(addr, None)
         if conn is not None:
@@ -455,6 +469,9 @@ class Router:
 
     # -- receiving -----------------------------------------------------------------------------
     def _on_frame(self, conn: Link, env: Any, bufs: list[memoryview]) -> None:
+        if self._owner_only and env.endpoint in self._owner_only and env.kind == Kind.CONTROL and conn is not self._first_incoming:
+            log.error("dropped %r from %s: only this proc's owner may ask for it", env.endpoint, conn.peer or "a peer")
+            return
         seq = env.seq
         if seq:
             origin = env.origin
@@ -475,18 +492,23 @@ class Router:
         self._dispatch(env, bufs)
 
     def _hold(self, conn: Link, origin: str, seq: int, env: Any, bufs: list[memoryview]) -> None:
-        held = self._held.setdefault(origin, {})
+        """Keep a frame that arrived ahead of its origin's sequence, within the process-wide
+        bounds (every origin together: a peer cannot multiply them by claiming many origins)."""
         size = len(env.payload) + sum(b.nbytes for b in bufs)
-        total = self._held_bytes.get(origin, 0) + size
-        if len(held) >= self.limits.max_held_frames or total > self.limits.max_held_bytes:
+        if self._held_frames + 1 > self.limits.max_held_frames or self._held_total + size > self.limits.max_held_bytes:
             log.error(
-                "closing the link from %s: %d frames (%d bytes) from origin %s wait for sequence %d",
-                conn.peer or "peer", len(held), total, origin, self._seq_in.get(origin, 1),
+                "closing the link from %s: %d frames (%d bytes) already wait for sequence gaps (origin %s waits for %d)",
+                conn.peer or "peer", self._held_frames, self._held_total, origin, self._seq_in.get(origin, 1),
             )
             conn.close(None)
             return
+        held = self._held.setdefault(origin, {})
+        if seq in held:
+            return  # a duplicate: the first copy is kept
         held[seq] = (env, bufs)
-        self._held_bytes[origin] = total
+        self._held_bytes[origin] = self._held_bytes.get(origin, 0) + size
+        self._held_frames += 1
+        self._held_total += size
 
     def _release(self, origin: str) -> None:
         """Deliver the held frames (and pass skipped numbers) that are now in sequence."""
@@ -496,7 +518,10 @@ class Router:
         while True:
             if nxt in held:
                 e, b = held.pop(nxt)
-                self._held_bytes[origin] = self._held_bytes.get(origin, 0) - len(e.payload) - sum(x.nbytes for x in b)
+                size = len(e.payload) + sum(x.nbytes for x in b)
+                self._held_bytes[origin] = self._held_bytes.get(origin, 0) - size
+                self._held_frames -= 1
+                self._held_total -= size
                 self._seq_in[origin] = nxt + 1
                 self._dispatch(e, b)
             elif nxt in skip:

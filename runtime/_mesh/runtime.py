@@ -401,7 +401,7 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
         max_connections=cfg.max_connections,
         shm_enabled=cfg.shm,
         shm_min_bytes=cfg.shm_min_bytes,
-        shm_link_max_bytes=cfg.shm_pool_max_bytes,
+        shm_pool_keep_bytes=cfg.shm_pool_max_bytes,
     )
     settings = RuntimeSettings(
         transport=transport,

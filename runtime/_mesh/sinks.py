@@ -11,7 +11,7 @@ import collections
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._core.errors import CallTimeout, SupervisionError
+from .._core.errors import ActorError, CallTimeout, SupervisionError
 from .._core.future import Future
 from .._core.shape import Shape
 from .._core.value_mesh import ValueMesh
@@ -51,10 +51,22 @@ def _decode(codec: Codec, err: bool, payload: Any, bufs: list[memoryview]) -> tu
         return True, codec.decode_result(memoryview(payload), bufs)
     except Exception as exc:
         return False, exc
+    except BaseException as exc:  # a hostile __reduce__ raising SystemExit must not end the loop
+        return False, ActorError(RuntimeError(f"undecodable result: {type(exc).__name__}: {exc}"))
+
+
+def _proc_lost(call: str, addr: str, reason: str) -> SupervisionError:
+    """What a caller owed a result by the proc at ``addr`` raises when that proc ends."""
+    return SupervisionError.proc_failed(f"on proc {addr}", reason, call)
 
 
 class _AwaitingSink(Sink):
-    """Common bookkeeping: which peers results are awaited from, so peer loss fails them."""
+    """Common bookkeeping: which peers results are awaited from, so peer loss fails them.
+
+    ``call`` (``mesh.endpoint``, set by whoever sends the call) names the call in the errors.
+    """
+
+    call = ""
 
     def __init__(self, router: Router, codec: Codec, expected: dict[str, set[int]]) -> None:
         self.router = router
@@ -73,6 +85,8 @@ class _AwaitingSink(Sink):
 
 class OneSink(_AwaitingSink):
     """One result for one future (``call_one``, ``choose``, stop acknowledgements)."""
+
+    call = ""
 
     def __init__(self, router: Router, codec: Codec, expected: dict[str, set[int]]) -> None:
         # no lock: one result completes it, and the Future is the synchronisation
@@ -99,7 +113,7 @@ class OneSink(_AwaitingSink):
 
     def peer_lost(self, addr: str, reason: str) -> None:
         self.router.close_port(self.port)
-        self.future.set_exception(SupervisionError(f"the actor's proc ({addr}) failed: {reason}"))
+        self.future.set_exception(_proc_lost(self.call, addr, reason))
 
     def timeout(self, seconds: float) -> None:
         if not self.future.done():
@@ -147,7 +161,7 @@ class ValueMeshSink(_AwaitingSink):
             missing = self.expected.get(addr, set())
             if not missing or self.future.done():
                 return
-            self.error = SupervisionError(f"proc at {addr} failed: {reason}")
+            self.error = _proc_lost(self.call, addr, reason)
             self.expected[addr] = set()
             self.remaining = 0
         self._finish()
@@ -222,7 +236,7 @@ class StreamSink(_AwaitingSink):
             self.expected[addr] = set()
         for _ in range(n):
             f: Future[Any] = Future()
-            f.set_exception(SupervisionError(f"proc at {addr} failed: {reason}"))
+            f.set_exception(_proc_lost(self.call, addr, reason))
             self._push(f)
             with self.lock:
                 self.remaining -= 1
