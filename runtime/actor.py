@@ -2,6 +2,12 @@
 
 API-compatible with Meta Monarch's ``monarch.actor``; every public name is exported here,
 including ``ActorMesh`` and ``SupervisionError`` (which Monarch keeps in private modules).
+Monarch's multi-host names (``attach_to_workers``, ``run_worker_loop_forever``,
+``enable_transport``, ``attach``, ``default_bootstrap_cmd``) and ``debug_controller``,
+``get_meter``, ``ProcId``, ``Uid`` import but raise ``NotImplementedError`` when used; ``span``
+and ``traced`` are no-op tracing shims. ``config`` (the :mod:`monarch.config` module) and
+``ChannelTransport`` (whose home is :mod:`monarch.config`) load on first access, so importing
+this module stays light.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._core.errors import ActorError, CallTimeout, MonarchError, SupervisionError
 from ._core.exports import publish
@@ -19,14 +25,45 @@ from ._core.shape import Extent, Point, Shape
 from ._core.value_mesh import ValueMesh
 from ._mesh.actor import Actor
 from ._mesh.actor_mesh import ActorMesh
-from ._mesh.context import Context, Instance, context, current_rank, current_size
+from ._mesh.context import (
+    Context,
+    Instance,
+    context,
+    current_actor_name,
+    current_rank,
+    current_size,
+)
 from ._mesh.controller import get_or_spawn_controller
 from ._mesh.endpoint import Endpoint, EndpointProperty, concurrent_endpoint, endpoint
 from ._mesh.port import Channel, Port, PortReceiver
-from ._mesh.proc_mesh import HostMesh, ProcMesh, hosts_from_config, this_host, this_proc
+from ._mesh.proc_mesh import (
+    HostMesh,
+    ProcMesh,
+    hosts_from_config,
+    shutdown_context,
+    this_host,
+    this_proc,
+)
 from ._mesh.runtime import start_client_runtime  # noqa: F401  # installs the client runtime's starter (starts nothing)
 from ._mesh.stream import Stream
 from ._mesh.supervision import default_unhandled_fault_hook, fault_hooks
+from ._mesh.unbuilt import (
+    ProcId,
+    Uid,
+    attach,
+    attach_to_workers,
+    debug_controller,
+    default_bootstrap_cmd,
+    enable_transport,
+    get_meter,
+    run_worker_loop_forever,
+    span,
+    traced,
+)
+
+if TYPE_CHECKING:  # at run time both load on first access (see __getattr__ below)
+    from . import config
+    from .config import ChannelTransport  # noqa: F401  # re-exported lazily; its home is monarch.config
 
 __all__ = [
     "Accumulator",
@@ -47,23 +84,37 @@ __all__ = [
     "Point",
     "Port",
     "PortReceiver",
+    "ProcId",
     "ProcMesh",
     "Shape",
     "Stream",
     "SupervisionError",
+    "Uid",
     "ValueMesh",
     "as_endpoint",
+    "attach",
+    "attach_to_workers",
     "concurrent_endpoint",
+    "config",
     "context",
+    "current_actor_name",
     "current_rank",
     "current_size",
+    "debug_controller",
+    "default_bootstrap_cmd",
     "default_unhandled_fault_hook",
+    "enable_transport",
     "endpoint",
+    "get_meter",
     "get_or_spawn_controller",
     "hosts_from_config",
+    "run_worker_loop_forever",
     "send",
+    "shutdown_context",
+    "span",
     "this_host",
     "this_proc",
+    "traced",
     "unhandled_fault_hook",
 ]
 
@@ -93,6 +144,22 @@ class _ActorModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _ActorModule
+
+# names that live in monarch.config, which imports pydantic-settings: loaded on first access
+_LAZY = {"config": "", "ChannelTransport": "ChannelTransport"}
+
+
+def __getattr__(name: str) -> Any:
+    """``config`` (the :mod:`monarch.config` module) and ``ChannelTransport``, imported on first use."""
+    attr = _LAZY.get(name)
+    if attr is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module("monarch.config")
+    value = getattr(module, attr) if attr else module
+    globals()[name] = value
+    return value
 
 
 class Accumulator(Generic[A, R]):
@@ -195,4 +262,4 @@ def as_endpoint(not_an_endpoint: Any, *, explicit_response_port: bool = False) -
     return Endpoint(mesh, spec)
 
 
-publish(globals(), [n for n in __all__ if n != "unhandled_fault_hook"], __name__)
+publish(globals(), [n for n in __all__ if n not in ("unhandled_fault_hook", "config")], __name__)

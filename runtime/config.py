@@ -24,6 +24,7 @@ Variables the runtime sets for its own children (``MONARCH_BOOTSTRAP``, ``MONARC
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import os
 import threading
@@ -38,6 +39,7 @@ from ._core.errors import MonarchError
 __all__ = [
     "BOOTSTRAP_VARIABLES",
     "ENV_PREFIX",
+    "ChannelTransport",
     "ConfigError",
     "MonarchConfig",
     "clear_runtime_config",
@@ -64,6 +66,46 @@ BOOTSTRAP_VARIABLES: Mapping[str, str] = {
 """Environment variables the runtime sets for the processes it starts. They carry one process's
 bootstrap, not a user's choice, so they are not fields of :class:`MonarchConfig`; setting them
 by hand is not supported."""
+
+
+class ChannelTransport(enum.Enum):
+    """The kinds of channel Monarch's processes talk over (Monarch's ``ChannelTransport``, the
+    same member names; picklable: a member unpickles to the same member).
+
+    Supported here:
+
+    - ``Unix``: Unix-domain sockets, between the processes of one machine (the default: every
+      proc of a job on this host connects this way).
+    - ``TcpWithLocalhost``: TCP on the loopback address (authenticated with the job's cluster
+      token).
+    - ``TcpWithHostname``: TCP on this machine's hostname, so other machines can connect
+      (authenticated with the cluster token; peers on other machines need multi-host support).
+
+    Named for compatibility with Monarch programs but NOT supported (nothing here can use them):
+    ``Local`` (Monarch's in-process channel; our in-memory transport exists only in
+    ``monarch.testing``), ``Tls``, ``MetaTlsWithHostname``, ``MetaTlsWithIpV6`` (TLS; we
+    authenticate TCP with the cluster token instead), ``Quic``, ``MetaQuicWithHostname``,
+    ``MetaQuicWithIpV6`` (QUIC).
+    """
+
+    Unix = "unix"
+    TcpWithLocalhost = "tcp_localhost"
+    TcpWithHostname = "tcp_hostname"
+    Local = "local"
+    Tls = "tls"
+    MetaTlsWithHostname = "metatls_hostname"
+    MetaTlsWithIpV6 = "metatls_ipv6"
+    Quic = "quic"
+    MetaQuicWithHostname = "metaquic_hostname"
+    MetaQuicWithIpV6 = "metaquic_ipv6"
+
+    @property
+    def supported(self) -> bool:
+        """Whether this project can carry messages over this transport."""
+        return self in (ChannelTransport.Unix, ChannelTransport.TcpWithLocalhost, ChannelTransport.TcpWithHostname)
+
+    def __repr__(self) -> str:
+        return f"ChannelTransport.{self.name}"
 
 
 class ConfigError(MonarchError, ValueError):

@@ -155,6 +155,12 @@ class Point(Mapping[str, int]):
     def __repr__(self) -> str:
         return f"Point({dict(self)!r}, rank={self._rank})"
 
+    def __str__(self) -> str:
+        """Monarch's form: each label's coordinate over its size, ``{'hosts': 0/1, 'gpus': 0/2}``."""
+        coords = self.coords()
+        inner = ", ".join(f"{label!r}: {c}/{n}" for label, c, n in zip(self._extent.labels, coords, self._extent.sizes))
+        return "{" + inner + "}"
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (Point, (self._rank, self._extent))
 
@@ -342,7 +348,7 @@ def _dense_strides(sizes: Sequence[int]) -> list[int]:
 
 
 class MeshTrait:
-    """Mixin: the mesh operations (slice, flatten, rename, split, extent, size) over ``_shape``.
+    """Mixin: the mesh operations (slice, flatten, rename, split, extent, size, sizes) over ``_shape``.
 
     Subclasses define ``_shape`` and ``_new_with_shape``; every operation returns the
     subclass's own type, so a generated ``TrainerMesh`` stays a ``TrainerMesh``.
@@ -374,10 +380,36 @@ class MeshTrait:
         """Sizes of the mesh's named dimensions."""
         return self._shape.extent
 
+    def size(self, dim: str | Sequence[str] | None = None) -> int:
+        """The number of ranks of the mesh, or along some of its dimensions (Monarch's ``size``).
+
+        Args:
+            dim: None for every rank of the mesh; a label for the size of that dimension; a
+                sequence of labels for the product of their sizes (1 for an empty sequence).
+
+        Returns:
+            A count of ranks.
+
+        Raises:
+            KeyError: a label that is not a dimension of this mesh.
+        """
+        shape = self._shape
+        if dim is None:
+            return len(shape)
+        if isinstance(dim, str):
+            try:
+                return shape.sizes[shape.labels.index(dim)]
+            except ValueError:
+                raise KeyError(f"{self!r} has no dimension {dim!r}; its dimensions are {list(shape.labels)}") from None
+        n = 1
+        for d in dim:
+            n *= self.size(d)
+        return n
+
     @property
-    def size(self) -> int:
-        """Number of ranks in the mesh."""
-        return len(self._shape)
+    def sizes(self) -> dict[str, int]:
+        """Each dimension's size, outermost first: ``{"hosts": 2, "gpus": 4}`` (Monarch's ``sizes``)."""
+        return dict(zip(self._shape.labels, self._shape.sizes))
 
     def __len__(self) -> int:
         return len(self._shape)

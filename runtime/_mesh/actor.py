@@ -8,7 +8,9 @@ is the base of generated (IDL) actor classes and names the mesh proxy class ``M`
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from .endpoint import EndpointProperty, EndpointSpec
@@ -32,6 +34,17 @@ class Actor(abc.ABC):  # noqa: B024  # ABC so generated abstract endpoints are e
     """
 
     __monarch_mesh__: ClassVar[type | None] = None
+
+    @functools.cached_property
+    def logger(self) -> logging.Logger:
+        """A logger named after this actor's class (``type(self).__name__``, as Monarch names it),
+        at level ``DEBUG``; looked up once per actor and cached on it. Assigning
+        ``self.logger = ...`` replaces it for this actor. No handler is added (the library does
+        not configure logging), so records go wherever the process's root logger sends them.
+        """
+        lgr = logging.getLogger(type(self).__name__)
+        lgr.setLevel(logging.DEBUG)
+        return lgr
 
     def __supervise__(self, failure: MeshFailure) -> bool | None:
         """Called when a mesh owned by this actor fails. Return True when handled."""

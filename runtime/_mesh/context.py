@@ -8,13 +8,30 @@ mesh the current message was sent to).
 from __future__ import annotations
 
 import contextvars
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from .._core.errors import MonarchError
 from .._core.shape import Extent, Point
 from .current import current_runtime
 
-__all__ = ["EMPTY_EXTENT", "Context", "Instance", "context", "current_rank", "current_size", "reset_context", "set_context"]
+__all__ = [
+    "EMPTY_EXTENT",
+    "ActorAborted",
+    "Context",
+    "Instance",
+    "context",
+    "current_actor_name",
+    "current_rank",
+    "current_size",
+    "reset_context",
+    "set_context",
+]
+
+
+class ActorAborted(MonarchError):
+    """The cause recorded when an actor fails itself with ``Instance.abort`` or ``Instance.kill``."""
 
 
 @dataclass
@@ -45,6 +62,65 @@ class Instance:
     def __repr__(self) -> str:
         return f"<Instance {self.actor_id} rank={dict(self.rank)} pid={self.pid}>"
 
+    def abort(self, reason: str | None = None) -> None:
+        """Fail this actor now (Monarch's ``Instance.abort``); call it from the actor's own handler.
+
+        The actor becomes unhealthy at once: the owner of its mesh receives a ``MeshFailure``
+        (handled by its ``__supervise__`` or, in the client, the unhandled fault hook) whose
+        cause reads ``ActorAborted: actor <Class> <name>[<rank>] explicitly aborted due to: <reason>``; the
+        call being handled and every later call fail with ``SupervisionError``. The handler
+        itself keeps running to its end (its result is dropped).
+
+        Args:
+            reason: why, shown in the failure; None shows ``no reason provided``.
+
+        Raises:
+            RuntimeError: called in the client (or a proc outside any actor), which is not an
+                actor that can fail; use ``shutdown_context()`` to end the client.
+        """
+        self._fail_actor("explicitly aborted", reason)
+
+    def kill(self, reason: str | None = None) -> None:
+        """Terminate this actor with a failure (Monarch's ``Instance.kill``): as :meth:`abort`,
+        with the cause ``... killed due to: <reason>``.
+
+        Raises:
+            RuntimeError: called outside an actor (see :meth:`abort`).
+        """
+        self._fail_actor("killed", reason)
+
+    def stop(self, reason: str | None = None) -> None:
+        """Stop this actor gracefully (Monarch's ``Instance.stop``): messages already queued are
+        handled first, then the meshes it owns are stopped and ``__cleanup__(None)`` runs. Its
+        owner sees a stop, not a failure; calls arriving after the stop fail with
+        ``SupervisionError``. Returns at once (any thread).
+
+        Args:
+            reason: why; accepted for Monarch compatibility and logged at INFO level.
+
+        Raises:
+            RuntimeError: called outside an actor (see :meth:`abort`).
+        """
+        actor = self._running_actor("stop")
+        _log.info("actor %s stops itself: %s", self.actor_id, reason or "no reason provided")
+        actor.stop()
+
+    def _running_actor(self, what: str) -> Any:
+        actor = getattr(self, "_actor", None)  # set by the ActorInstance that owns this Instance
+        if actor is None:
+            raise RuntimeError(
+                f"Instance.{what}() needs a running actor, but {self.actor_id} is the client or a proc, "
+                "not an actor; to end the client call shutdown_context()"
+            )
+        return actor
+
+    def _fail_actor(self, verb: str, reason: str | None) -> None:
+        actor = self._running_actor("abort" if verb != "killed" else "kill")
+        if actor.state == "failed":
+            return
+        who = f"{actor.cls.__qualname__} {actor.display}"
+        actor._fail(ActorAborted(f"actor {who} {verb} due to: {reason or 'no reason provided'}"), verb)
+
 
 class Context:
     """What ``context()`` returns."""
@@ -59,6 +135,7 @@ class Context:
         return f"<Context {self.actor_instance.actor_id} message_rank={dict(self.message_rank)}>"
 
 
+_log = logging.getLogger("monarch.actor")
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("monarch_context", default=None)
 EMPTY_EXTENT = Extent([], [])
 
@@ -78,6 +155,12 @@ def context() -> Context:
     if ctx is not None:
         return ctx
     return current_runtime().root_context
+
+
+def current_actor_name() -> str:
+    """The id of the running actor as a string (Monarch's ``current_actor_name``): inside a
+    handler, that actor's ``actor_id`` (``"<mesh id>[<rank>]"``); in the client, the client's."""
+    return str(context().actor_instance.actor_id)
 
 
 def current_rank() -> Point:

@@ -8,8 +8,10 @@ Semantics follow Meta Monarch's ``this_host().spawn_procs(per_host={...})`` and
 from __future__ import annotations
 
 import base64
+import inspect
 import math
 import os
+import threading
 from typing import Any, TypeVar, overload
 
 import cloudpickle
@@ -17,13 +19,14 @@ import cloudpickle
 from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import Extent, MeshTrait, Shape
+from . import current
 from .actor import TypedActor, validate_actor_class
 from .actor_mesh import ActorMesh
 from .context import context
 from .current import current_runtime
 from .supervision import current_owner
 
-__all__ = ["HostMesh", "ProcMesh", "hosts_from_config", "this_host", "this_proc"]
+__all__ = ["HostMesh", "ProcMesh", "hosts_from_config", "shutdown_context", "this_host", "this_proc"]
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -131,17 +134,60 @@ class ProcMesh(MeshTrait):
 
 
 class HostMesh(MeshTrait):
-    """A mesh of hosts that can start procs (Monarch's ``HostMesh``)."""
+    """A mesh of hosts that can start procs (Monarch's ``HostMesh``).
 
-    def __init__(self, shape: Shape, hosts: list[str] | None = None) -> None:
+    Args:
+        shape: the hosts' dimensions.
+        hosts: the host names, by rank; None means this machine.
+        python_executable: the interpreter procs spawned from this mesh run; None means this
+            process's own (``sys.executable``, or a fork of it from the fork server).
+    """
+
+    def __init__(self, shape: Shape, hosts: list[str] | None = None, *, python_executable: str | None = None) -> None:
         self._shape = shape
         self._hosts = hosts or ["local"]
+        self._python_executable = python_executable
 
     def _new_with_shape(self, shape: Shape) -> HostMesh:
-        return HostMesh(shape, self._hosts)
+        return HostMesh(shape, self._hosts, python_executable=self._python_executable)
 
     def __repr__(self) -> str:
-        return f"<HostMesh extent={dict(zip(self._shape.labels, self._shape.sizes))}>"
+        exe = f" python={self._python_executable!r}" if self._python_executable is not None else ""
+        return f"<HostMesh extent={dict(zip(self._shape.labels, self._shape.sizes))}{exe}>"
+
+    @property
+    def is_fake_in_process(self) -> bool:
+        """Whether this mesh's procs are simulated inside the client's own process (Monarch's
+        ``is_fake_in_process``). Always False here: every proc this mesh spawns is a real OS
+        process."""
+        return False
+
+    def with_python_executable(self, path: str) -> HostMesh:
+        """This mesh, with procs spawned from it running the interpreter at ``path`` (Monarch's
+        ``with_python_executable``, e.g. a wrapper script that sets up the environment and execs
+        Python). The interpreter must be able to import ``monarch`` and the actors' modules.
+
+        NOT BUILT YET: the proc starter cannot start another interpreter yet, so
+        :meth:`spawn_procs` on the returned mesh raises ``NotImplementedError``; this method
+        itself checks ``path`` and succeeds, so programs that only build such a mesh run.
+
+        Args:
+            path: an executable file.
+
+        Returns:
+            A new HostMesh of the same shape; this one is unchanged.
+
+        Raises:
+            TypeError: ``path`` is not a str (or ``os.PathLike``).
+            ValueError: ``path`` is not an executable file.
+        """
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"with_python_executable(path): path must be a str, got {type(path).__name__}")
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise ValueError(f"with_python_executable: {path!r} is not an executable file")
+        return HostMesh(self._shape, self._hosts, python_executable=os.path.abspath(path))
 
     def spawn_procs(
         self,
@@ -167,6 +213,8 @@ class HostMesh(MeshTrait):
 
         Raises:
             ValueError: a dimension label clashes with the host mesh's, or a size is invalid.
+            NotImplementedError: this mesh came from :meth:`with_python_executable`, which the
+                proc starter does not support yet.
         """
         per_host = dict(per_host or {})
         clash = set(per_host) & set(self._shape.labels)
@@ -183,7 +231,17 @@ class HostMesh(MeshTrait):
         if bootstrap is not None:
             extra["MONARCH_BOOTSTRAP"] = base64.b64encode(cloudpickle.dumps(bootstrap)).decode()
         rt = current_runtime()
-        handles = rt.procs.spawn(nproc, name, extra)
+        if self._python_executable is None:
+            handles = rt.procs.spawn(nproc, name, extra)
+        else:
+            spawn: Any = rt.procs.spawn  # the interpreter argument is a later addition to the starter
+            if "python_executable" not in inspect.signature(spawn).parameters:
+                raise NotImplementedError(
+                    f"spawn_procs on a HostMesh from with_python_executable({self._python_executable!r}) is not "
+                    "built yet: the proc starter (monarch._mesh.procs.ProcManager.spawn) cannot start another "
+                    "interpreter; spawn from this_host() to use this process's interpreter"
+                )
+            handles = spawn(nproc, name, extra, python_executable=self._python_executable)
         per = -(-n // nproc)
         addrs = [handles[i // per].addr for i in range(n)]
         mesh = ProcMesh(addrs, Shape(labels, 0, sizes), self)
@@ -224,6 +282,45 @@ def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:
 def this_host() -> HostMesh:
     """The host this code runs on (Monarch's ``this_host``)."""
     return _THIS_HOST
+
+
+_shutdown_lock = threading.Lock()
+_shutdown: Future[None] | None = None
+
+
+def shutdown_context() -> Future[None]:
+    """Stop this process's runtime (Monarch's ``shutdown_context``): every proc this process
+    started is stopped (their actors run ``__cleanup__``; stragglers are killed after 3 s), then
+    its event loop and its connections end. The same runs at interpreter exit anyway.
+
+    Idempotent: every later call returns a completed future (or, while the first is still
+    stopping, that same future). With no runtime started yet it starts none and returns a
+    completed future. After shutdown this process cannot use Monarch again (as in Monarch).
+    Callable from any thread, inside actors too (the stop runs on a helper thread).
+
+    Returns:
+        A future that completes (with None) when the shutdown has finished.
+    """
+    global _shutdown
+    with _shutdown_lock:
+        if _shutdown is not None:
+            return Future.completed(None) if _shutdown.done() else _shutdown
+        rt = current.installed()
+        if rt is None:
+            return Future.completed(None)
+        fut: Future[None] = Future()
+        _shutdown = fut
+
+    def run() -> None:
+        try:
+            rt.shutdown()
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+
+    threading.Thread(target=run, name="monarch shutdown_context", daemon=True).start()
+    return fut
 
 
 def this_proc() -> ProcMesh:
