@@ -126,7 +126,7 @@ class Collector(Sink):
         with self.lock:
             missing = sorted(self.expected.get(addr, ()))
             for pos in missing:
-                payload, bufs = encode_error(SupervisionError(f"proc at {addr} failed: {reason}"), "")
+                payload, bufs = encode_error(SupervisionError.proc_failed(f"on proc {addr}", reason), "")
                 self.parts.append((pos, True, payload, list(bufs)))
             self.remaining -= len(missing)
             self.expected[addr] = set()
@@ -279,7 +279,8 @@ class ActorHost:
         payload: Any
         bufs: list[Any]
         if exc is not None:
-            payload, bufs = encode_error(exc, f"{self.mesh_names.get(msg.mesh_id, msg.mesh_id)}[{msg.rank}]")
+            name = self.mesh_names.get(msg.mesh_id, msg.mesh_id)
+            payload, bufs = encode_error(exc, f"{name}[{msg.rank}]", f"{name}.{msg.endpoint}")
             err = True
         else:
             codec: Codec = (spec.codec if spec is not None else None) or PICKLE_CODEC
@@ -331,6 +332,8 @@ class ActorHost:
         """Answer a call that cannot be handled with ``exc`` (if it has a reply port), once."""
         if msg.reply_addr and not msg.answered:
             msg.answered = True
+            if isinstance(exc, SupervisionError):
+                exc = exc.for_call(f"{self.mesh_names.get(msg.mesh_id, msg.mesh_id)}.{msg.endpoint}")
             payload, bufs = encode_error(exc, "")
             self.send_part(msg.reply_addr, msg.reply_port, msg.pos, True, payload, bufs, True)
 
@@ -390,6 +393,7 @@ class ActorHost:
             pid=os.getpid(),
             actor=inst.display,
             chained=list(chained or []),
+            qualified_actor=f"<{inst.cls.__module__}.{inst.cls.__qualname__} {inst.name}{inst.rank}>",
         )
         self.supervisor.report(inst.owner, inst.mesh_id, failure)
         if self.on_failure_report is not None:

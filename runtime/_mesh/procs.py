@@ -5,7 +5,7 @@ connects to it before the child runs, so messages can be queued before the child
 started (spawning never blocks). In the root client, procs are forked from a pre-imported fork
 server (:mod:`monarch._mesh.zygote`) started lazily at the first spawn; elsewhere they are started
 with a fresh interpreter. Each child is watched through a pidfd on the event loop (event-driven
-exit detection); its exit status names the cause (``killed by signal 9 (SIGKILL)``) and goes to
+exit detection); its exit status names the cause (``Killed(sig=9): killed by signal 9 (SIGKILL)``) and goes to
 the router, the one source of truth for which peers are alive.
 """
 
@@ -51,16 +51,21 @@ class ProcHandle:
 
 
 def describe_status(status: int) -> str:
-    """``killed by signal 9 (SIGKILL)`` / ``exited with status 1`` from a wait status."""
+    """How a proc ended, from a wait status, in Monarch's words with ours added.
+
+    ``Killed(sig=9): killed by signal 9 (SIGKILL)``, ``exited with non-zero code 1``,
+    ``exited with code 0``.
+    """
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
             name = signal.Signals(sig).name
         except ValueError:
             name = "?"
-        return f"killed by signal {sig} ({name})"
+        return f"Killed(sig={sig}): killed by signal {sig} ({name})"
     if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
+        code = os.WEXITSTATUS(status)
+        return f"exited with non-zero code {code}" if code else "exited with code 0"
     return f"ended (wait status {status})"
 
 
@@ -215,7 +220,7 @@ class ProcManager:
         if h.exited.is_set():
             return
         reason = describe_status(status) if status is not None else "exited"
-        h.exit_reason = f"proc {h.name} (pid {h.pid}) {reason}"
+        h.exit_reason = f"{reason} (proc {h.name}, pid {h.pid})"
         h.exited.set()
         self.router.mark_dead(h.addr, h.exit_reason)
 
