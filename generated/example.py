@@ -243,24 +243,6 @@ class _WorkerTrainResults(stubs.Struct):
         super().__init__(loss=loss)
 
 
-class _WorkerReportParams(stubs.Struct):
-    """Parameters of Worker.report."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x976e5beaa40f87eb,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _WorkerProgressParams(stubs.Struct):
     """Parameters of Worker.progress."""
 
@@ -331,24 +313,6 @@ class _WorkerSetCoordinatorParams(stubs.Struct):
         coordinator: CoordinatorMesh,
     ) -> None:
         super().__init__(coordinator=coordinator)
-
-
-class _WorkerSetCoordinatorResults(stubs.Struct):
-    """Results of Worker.setCoordinator."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xca45e3d60585d97f,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class _WorkerEchoBlobParams(stubs.Struct):
@@ -514,7 +478,7 @@ _WORKER_REPORT = stubs.idl_endpoint(
     py_name="report",
     interface_id=0xc99a102ce9cbb8de,
     ordinal=1,
-    params=_WorkerReportParams,
+    params=None,
     results=Report,
     result_kind="struct",
 )
@@ -536,7 +500,7 @@ _WORKER_SET_COORDINATOR = stubs.idl_endpoint(
     interface_id=0xc99a102ce9cbb8de,
     ordinal=3,
     params=_WorkerSetCoordinatorParams,
-    results=_WorkerSetCoordinatorResults,
+    results=None,
     result_kind="none",
 )
 

@@ -55,24 +55,6 @@ class Versioned(stubs.Struct):
         super().__init__(version=version, weights=weights)
 
 
-class _ParameterServerPullParams(stubs.Struct):
-    """Parameters of ParameterServer.pull."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa41894dd62f3809e,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _ParameterServerPushParams(stubs.Struct):
     """Parameters of ParameterServer.push."""
 
@@ -176,7 +158,7 @@ _PARAMETER_SERVER_PULL = stubs.idl_endpoint(
     py_name="pull",
     interface_id=0xa79df8a403b2c533,
     ordinal=0,
-    params=_ParameterServerPullParams,
+    params=None,
     results=Versioned,
     result_kind="struct",
 )

@@ -57,24 +57,6 @@ class Weights(stubs.Struct):
         super().__init__(handle=handle, num_params=num_params)
 
 
-class _ParameterServerWeightsParams(stubs.Struct):
-    """Parameters of ParameterServer.weights."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9ed733264a31f516,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _ParameterServerPushGradientsParams(stubs.Struct):
     """Parameters of ParameterServer.pushGradients."""
 
@@ -98,42 +80,6 @@ class _ParameterServerPushGradientsParams(stubs.Struct):
         super().__init__(grad=grad)
 
 
-class _ParameterServerPushGradientsResults(stubs.Struct):
-    """Results of ParameterServer.pushGradients."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc96132d555aa22ce,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
-class _ParameterServerApplyParams(stubs.Struct):
-    """Parameters of ParameterServer.apply."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe9ba0d8764207659,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _ParameterServerApplyResults(stubs.Struct):
     """Results of ParameterServer.apply."""
 
@@ -155,24 +101,6 @@ class _ParameterServerApplyResults(stubs.Struct):
         averaged: int = 0,
     ) -> None:
         super().__init__(averaged=averaged)
-
-
-class _ParameterServerAccuracyParams(stubs.Struct):
-    """Parameters of ParameterServer.accuracy."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc835276356d969a9,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class _ParameterServerAccuracyResults(stubs.Struct):
@@ -252,7 +180,7 @@ _PARAMETER_SERVER_WEIGHTS = stubs.idl_endpoint(
     py_name="weights",
     interface_id=0x9cccf475ed233d81,
     ordinal=0,
-    params=_ParameterServerWeightsParams,
+    params=None,
     results=Weights,
     result_kind="struct",
 )
@@ -263,7 +191,7 @@ _PARAMETER_SERVER_PUSH_GRADIENTS = stubs.idl_endpoint(
     interface_id=0x9cccf475ed233d81,
     ordinal=1,
     params=_ParameterServerPushGradientsParams,
-    results=_ParameterServerPushGradientsResults,
+    results=None,
     result_kind="none",
 )
 
@@ -272,7 +200,7 @@ _PARAMETER_SERVER_APPLY = stubs.idl_endpoint(
     py_name="apply",
     interface_id=0x9cccf475ed233d81,
     ordinal=2,
-    params=_ParameterServerApplyParams,
+    params=None,
     results=_ParameterServerApplyResults,
     result_kind="single",
 )
@@ -282,7 +210,7 @@ _PARAMETER_SERVER_ACCURACY = stubs.idl_endpoint(
     py_name="accuracy",
     interface_id=0x9cccf475ed233d81,
     ordinal=3,
-    params=_ParameterServerAccuracyParams,
+    params=None,
     results=_ParameterServerAccuracyResults,
     result_kind="single",
 )

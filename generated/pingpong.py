@@ -70,24 +70,6 @@ class _PlayerSetOpponentsParams(stubs.Struct):
         super().__init__(opponents=opponents)
 
 
-class _PlayerSetOpponentsResults(stubs.Struct):
-    """Results of Player.setOpponents."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xeed255d1a7e5a5ce,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _PlayerServeParams(stubs.Struct):
     """Parameters of Player.serve."""
 
@@ -186,7 +168,7 @@ _PLAYER_SET_OPPONENTS = stubs.idl_endpoint(
     interface_id=0xd993b4d79e32538a,
     ordinal=0,
     params=_PlayerSetOpponentsParams,
-    results=_PlayerSetOpponentsResults,
+    results=None,
     result_kind="none",
 )
 

@@ -73,24 +73,6 @@ class _StageConnectParams(stubs.Struct):
         super().__init__(next_=next_)
 
 
-class _StageConnectResults(stubs.Struct):
-    """Results of Stage.connect."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xdcc6005b28b0b9d4,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _StagePushParams(stubs.Struct):
     """Parameters of Stage.push."""
 
@@ -114,42 +96,6 @@ class _StagePushParams(stubs.Struct):
         super().__init__(item=item)
 
 
-class _StagePushResults(stubs.Struct):
-    """Results of Stage.push."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfa41378bf0d41c05,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
-class _StageFlushParams(stubs.Struct):
-    """Parameters of Stage.flush."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xea3619ec7b66bb12,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _StageFlushResults(stubs.Struct):
     """Results of Stage.flush."""
 
@@ -171,24 +117,6 @@ class _StageFlushResults(stubs.Struct):
         count: int = 0,
     ) -> None:
         super().__init__(count=count)
-
-
-class _StageDrainParams(stubs.Struct):
-    """Parameters of Stage.drain."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe41ec398f84311a3,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class _StageDrainResults(stubs.Struct):
@@ -220,7 +148,7 @@ _STAGE_CONNECT = stubs.idl_endpoint(
     interface_id=0xc3a098f89f0dfdc9,
     ordinal=0,
     params=_StageConnectParams,
-    results=_StageConnectResults,
+    results=None,
     result_kind="none",
 )
 
@@ -230,7 +158,7 @@ _STAGE_PUSH = stubs.idl_endpoint(
     interface_id=0xc3a098f89f0dfdc9,
     ordinal=1,
     params=_StagePushParams,
-    results=_StagePushResults,
+    results=None,
     result_kind="none",
 )
 
@@ -239,7 +167,7 @@ _STAGE_FLUSH = stubs.idl_endpoint(
     py_name="flush",
     interface_id=0xc3a098f89f0dfdc9,
     ordinal=2,
-    params=_StageFlushParams,
+    params=None,
     results=_StageFlushResults,
     result_kind="single",
 )
@@ -249,7 +177,7 @@ _STAGE_DRAIN = stubs.idl_endpoint(
     py_name="drain",
     interface_id=0xc3a098f89f0dfdc9,
     ordinal=3,
-    params=_StageDrainParams,
+    params=None,
     results=_StageDrainResults,
     result_kind="single",
 )

@@ -112,24 +112,6 @@ class _DataLoaderBatchParams(stubs.Struct):
         super().__init__(step=step)
 
 
-class _DataLoaderShardSizeParams(stubs.Struct):
-    """Parameters of DataLoader.shardSize."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xca1dc0c53f4d1124,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _DataLoaderShardSizeResults(stubs.Struct):
     """Results of DataLoader.shardSize."""
 
@@ -225,24 +207,6 @@ class _TrainerConnectParams(stubs.Struct):
         super().__init__(loaders=loaders)
 
 
-class _TrainerConnectResults(stubs.Struct):
-    """Results of Trainer.connect."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xdce8727e22d163fc,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _TrainerTrainParams(stubs.Struct):
     """Parameters of Trainer.train."""
 
@@ -287,24 +251,6 @@ class _TrainerTrainResults(stubs.Struct):
         loss: float = 0.0,
     ) -> None:
         super().__init__(loss=loss)
-
-
-class _TrainerGradientsParams(stubs.Struct):
-    """Parameters of Trainer.gradients."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb56f393abeee02c9,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class _TrainerGradientsResults(stubs.Struct):
@@ -353,42 +299,6 @@ class _TrainerApplyGradientsParams(stubs.Struct):
         super().__init__(grads=grads)
 
 
-class _TrainerApplyGradientsResults(stubs.Struct):
-    """Results of Trainer.applyGradients."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9f5a0128c08f4e33,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
-class _TrainerWeightsParams(stubs.Struct):
-    """Parameters of Trainer.weights."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcba417b967f6cf3e,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _TrainerWeightsResults(stubs.Struct):
     """Results of Trainer.weights."""
 
@@ -433,42 +343,6 @@ class _TrainerSetWeightsParams(stubs.Struct):
         weights: torch.Tensor,
     ) -> None:
         super().__init__(weights=weights)
-
-
-class _TrainerSetWeightsResults(stubs.Struct):
-    """Results of Trainer.setWeights."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd30b9b95f7283983,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
-class _TrainerEvaluateParams(stubs.Struct):
-    """Parameters of Trainer.evaluate."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x97e99434278ba20d,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class TrainerEvaluateResult(stubs.Struct):
@@ -538,7 +412,7 @@ _DATA_LOADER_SHARD_SIZE = stubs.idl_endpoint(
     py_name="shard_size",
     interface_id=0xc65dbb88ef8d63bb,
     ordinal=1,
-    params=_DataLoaderShardSizeParams,
+    params=None,
     results=_DataLoaderShardSizeResults,
     result_kind="single",
 )
@@ -560,7 +434,7 @@ _TRAINER_CONNECT = stubs.idl_endpoint(
     interface_id=0x95eaeb1ce8fe3203,
     ordinal=0,
     params=_TrainerConnectParams,
-    results=_TrainerConnectResults,
+    results=None,
     result_kind="none",
 )
 
@@ -579,7 +453,7 @@ _TRAINER_GRADIENTS = stubs.idl_endpoint(
     py_name="gradients",
     interface_id=0x95eaeb1ce8fe3203,
     ordinal=2,
-    params=_TrainerGradientsParams,
+    params=None,
     results=_TrainerGradientsResults,
     result_kind="single",
 )
@@ -590,7 +464,7 @@ _TRAINER_APPLY_GRADIENTS = stubs.idl_endpoint(
     interface_id=0x95eaeb1ce8fe3203,
     ordinal=3,
     params=_TrainerApplyGradientsParams,
-    results=_TrainerApplyGradientsResults,
+    results=None,
     result_kind="none",
 )
 
@@ -599,7 +473,7 @@ _TRAINER_WEIGHTS = stubs.idl_endpoint(
     py_name="weights",
     interface_id=0x95eaeb1ce8fe3203,
     ordinal=4,
-    params=_TrainerWeightsParams,
+    params=None,
     results=_TrainerWeightsResults,
     result_kind="single",
 )
@@ -610,7 +484,7 @@ _TRAINER_SET_WEIGHTS = stubs.idl_endpoint(
     interface_id=0x95eaeb1ce8fe3203,
     ordinal=5,
     params=_TrainerSetWeightsParams,
-    results=_TrainerSetWeightsResults,
+    results=None,
     result_kind="none",
 )
 
@@ -619,7 +493,7 @@ _TRAINER_EVALUATE = stubs.idl_endpoint(
     py_name="evaluate",
     interface_id=0x95eaeb1ce8fe3203,
     ordinal=6,
-    params=_TrainerEvaluateParams,
+    params=None,
     results=TrainerEvaluateResult,
     result_kind="struct",
 )

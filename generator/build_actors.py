@@ -136,7 +136,10 @@ def method(
     rnode = b.nodes[m["resultStructType"]]
     implicit_params = pnode["scopeId"] == 0
     base = iname + m["name"][:1].upper() + m["name"][1:]
-    if implicit_params:
+    no_params = implicit_params and not (pnode["struct"].get("fields") or [])
+    if no_params:
+        pclass = "None"  # the codec sends the empty struct: no class per method
+    elif implicit_params:
         pclass = "_" + base + "Params"
         _claim(b, taken, pclass, f"{iname}.{m['name']}", where)
         b.internal.append(
@@ -190,14 +193,16 @@ def method(
             b.internal.append(
                 b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}.")
             )
-        else:
+        elif rfields:
             rclass = "_" + base + "Results"
             _claim(b, taken, rclass, f"{iname}.{m['name']}", where)
             b.internal.append(
                 b.struct(m["resultStructType"], name=rclass, doc=f"Results of {iname}.{m['name']}.")
             )
-            kind = "single" if rfields else "none"
-            result = rfields[0].annotation if rfields else "None"
+            kind = "single"
+            result = rfields[0].annotation
+        else:
+            rclass, kind, result = "None", "none", "None"  # the empty struct, as for params
     if stream:
         b.typing.update({"AsyncIterator", "Iterator"})
         impl_return = f"Iterator[{result}] | AsyncIterator[{result}]"

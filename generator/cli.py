@@ -21,27 +21,53 @@ from .generate import check, generate, write
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+app = typer.Typer(
+    add_completion=False,
+    help=__doc__,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"monarch-gen {version('monarch-idl')}")
+        except PackageNotFoundError:
+            print("monarch-gen (not installed as a distribution)")
+        raise typer.Exit(0)
 
 
 @app.command()
 def run(
     schemas: Annotated[
-        list[Path], typer.Argument(help="Schema files (.capnp).", show_default=False)
+        list[Path],
+        typer.Argument(help="Schema files (.capnp).", show_default=False, metavar="SCHEMA..."),
     ],
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")] = Path(
-        "generated"
-    ),
+    outdir: Annotated[
+        Path, typer.Option("-o", "--outdir", help="Output directory.", metavar="OUTDIR")
+    ] = Path("generated"),
     include: Annotated[
         list[Path] | None,
-        typer.Option("-I", "--import-path", help="Directory for /absolute imports."),
+        typer.Option("-I", "--import-path", help="Directory for /absolute imports.", metavar="DIR"),
     ] = None,
     check_only: Annotated[
         bool,
         typer.Option("--check", help="Write nothing; exit 1 and list stale files if any differ."),
     ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
-    """Generate OUTDIR/x.py (and the schema copy OUTDIR/x.capnp) for every x.capnp."""
+    """Generate OUTDIR/x.py (and the schema copy OUTDIR/x.capnp) for every x.capnp.
+
+    Schema evolution: `monarch-gen compat OLD NEW` (see `monarch-gen compat --help`).
+    """
     paths = [p.as_posix() for p in schemas]
     dirs = [str(d) for d in include or []]
     try:
@@ -53,15 +79,21 @@ def run(
         stale = check(outputs, outdir)
         for s in stale:
             print(f"stale: {s}", file=sys.stderr)
+        if not stale:
+            print(f"{outdir}: up to date ({len(schemas)} schema(s))")
         raise typer.Exit(1 if stale else 0)
-    for path in write(outputs, outdir):
+    written = write(outputs, outdir)
+    for path in written:
         print(f"wrote {path}")
+    if not written:
+        print(f"{outdir}: up to date ({len(schemas)} schema(s)), nothing written")
 
 
 compat_app = typer.Typer(
     add_completion=False,
     help="Report the changes between two versions of a schema that break the wire.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -70,7 +102,9 @@ def compat(
     schemas: Annotated[
         list[Path],
         typer.Argument(
-            help="OLD NEW, or with --against the current schema files.", show_default=False
+            help="OLD NEW, or with --against the current schema files.",
+            show_default=False,
+            metavar="SCHEMA...",
         ),
     ],
     against: Annotated[
@@ -81,7 +115,7 @@ def compat(
     ] = None,
     include: Annotated[
         list[Path] | None,
-        typer.Option("-I", "--import-path", help="Directory for /absolute imports."),
+        typer.Option("-I", "--import-path", help="Directory for /absolute imports.", metavar="DIR"),
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also list the compatible changes.")

@@ -40,11 +40,13 @@ class CapnpCodec:
 
     def __init__(
         self,
-        params: type[Struct],
-        results: type[Struct],
+        params: type[Struct] | None,
+        results: type[Struct] | None,
         result_kind: ResultKind,
         method: tuple[int, int] | None = None,
     ) -> None:
+        if results is None and result_kind != "none":
+            raise ValueError(f"result_kind {result_kind!r} needs a results class")
         self.params = params
         self.results = results
         self.result_kind = result_kind
@@ -53,8 +55,8 @@ class CapnpCodec:
         self._rmod: Any = None
         if method is not None:
             self._pmod, self._rmod = method_modules(*method)
-        self.param_names = tuple(py for py, _, _, _ in params.__capnp__.fields)
-        self.result_names = tuple(py for py, _, _, _ in results.__capnp__.fields)
+        self.param_names = () if params is None else tuple(f[0] for f in params.__capnp__.fields)
+        self.result_names = () if results is None else tuple(f[0] for f in results.__capnp__.fields)
         # parameters after a required one that follows a defaulted one are keyword-only
         self.n_positional = _positional_count(params)
 
@@ -64,6 +66,10 @@ class CapnpCodec:
         Raises:
             TypeError: too many positional arguments, or a value of the wrong kind.
         """
+        if self.params is None:
+            if args or kwargs:
+                raise TypeError(f"takes no arguments, got {len(args) + len(kwargs)}")
+            return EMPTY_STRUCT_MESSAGE, []
         if len(args) > self.n_positional:
             raise TypeError(
                 f"takes {self.n_positional} positional arguments, {len(args)} given"
@@ -76,6 +82,8 @@ class CapnpCodec:
         self, payload: memoryview, buffers: list[memoryview]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments as positional values, in the schema's order (views over the payload)."""
+        if self.params is None:
+            return (), {}
         view = self.params._decode(payload, buffers, self._pmod)
         names = self.param_names
         n = self.n_positional
@@ -89,7 +97,8 @@ class CapnpCodec:
             TypeError: a ``"struct"`` result that is not an instance of the result class.
         """
         if self.result_kind == "none":
-            return self.results()._encode(True, self._rmod)
+            return EMPTY_STRUCT_MESSAGE, []
+        assert self.results is not None  # checked in __init__
         if self.result_kind == "single":
             return self.results(**{self.result_names[0]: value})._encode(True, self._rmod)
         if not isinstance(value, self.results):
@@ -100,7 +109,7 @@ class CapnpCodec:
 
     def decode_result(self, payload: memoryview, buffers: list[memoryview]) -> Any:
         """The result value: None, the single field's value, or a result struct view."""
-        if self.result_kind == "none":
+        if self.result_kind == "none" or self.results is None:
             return None
         view = self.results._decode(payload, buffers, self._rmod)
         if self.result_kind == "single":
@@ -108,12 +117,21 @@ class CapnpCodec:
         return view
 
     def __repr__(self) -> str:
-        return f"<CapnpCodec {self.params.__qualname__} -> {self.results.__qualname__} ({self.result_kind})>"
+        p = "()" if self.params is None else self.params.__qualname__
+        r = "()" if self.results is None else self.results.__qualname__
+        return f"<CapnpCodec {p} -> {r} ({self.result_kind})>"
 
 
-def _positional_count(params: type[Struct]) -> int:
+EMPTY_STRUCT_MESSAGE = bytes.fromhex("0000000001000000fcffffff00000000")
+"""A flat message whose root is an empty struct (what pycapnp writes): the params or results of
+a method that declares none."""
+
+
+def _positional_count(params: type[Struct] | None) -> int:
     """How many parameters may be passed by position: all of them, unless a required parameter
     follows one with a default (Python allows that only as keyword-only): then those before it."""
+    if params is None:
+        return 0
     seen_default = False
     init = inspect.signature(params.__init__)
     kw = [p for p in init.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
@@ -124,7 +142,9 @@ def _positional_count(params: type[Struct]) -> int:
     return len(kw)
 
 
-def _signature(params: type[Struct]) -> inspect.Signature:
+def _signature(params: type[Struct] | None) -> inspect.Signature:
+    if params is None:
+        return inspect.Signature([])
     init = inspect.signature(params.__init__)
     kw = [p for p in init.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     n = _positional_count(params)
@@ -136,8 +156,8 @@ def idl_endpoint(
     name: str,
     py_name: str,
     ordinal: int,
-    params: type[Struct],
-    results: type[Struct],
+    params: type[Struct] | None,
+    results: type[Struct] | None,
     result_kind: ResultKind,
     *,
     interface_id: int | None = None,
@@ -153,8 +173,10 @@ def idl_endpoint(
         name: the schema's method name (the wire name).
         py_name: the Python method name (snake_case).
         ordinal: the method's ordinal in its interface.
-        params: generated parameter struct class.
-        results: generated result struct class.
+        params: generated parameter struct class; None when the method takes no parameters
+            (the empty struct is sent).
+        results: generated result struct class; None when it has no results
+            (``result_kind="none"``).
         result_kind: see :class:`CapnpCodec`.
         interface_id: the interface's node id; with ``ordinal`` it finds the method's branded
             params/results in the loaded schema (generic structs as direct params or results).

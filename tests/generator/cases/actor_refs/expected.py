@@ -100,24 +100,6 @@ class _LeaderJoinResults(stubs.Struct):
         super().__init__(count=count)
 
 
-class _LeaderRosterParams(stubs.Struct):
-    """Parameters of Leader.roster."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa30a74eaf4848e31,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _LeaderRosterResults(stubs.Struct):
     """Results of Leader.roster."""
 
@@ -139,24 +121,6 @@ class _LeaderRosterResults(stubs.Struct):
         roster: Roster | None = None,
     ) -> None:
         super().__init__(roster=roster)
-
-
-class _LeaderPeersParams(stubs.Struct):
-    """Parameters of Leader.peers."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xeef43b382e00eddb,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class _LeaderPeersResults(stubs.Struct):
@@ -292,7 +256,7 @@ _LEADER_ROSTER = stubs.idl_endpoint(
     py_name="roster",
     interface_id=0xc65c4ac09eb078b5,
     ordinal=1,
-    params=_LeaderRosterParams,
+    params=None,
     results=_LeaderRosterResults,
     result_kind="single",
 )
@@ -302,7 +266,7 @@ _LEADER_PEERS = stubs.idl_endpoint(
     py_name="peers",
     interface_id=0xc65c4ac09eb078b5,
     ordinal=2,
-    params=_LeaderPeersParams,
+    params=None,
     results=_LeaderPeersResults,
     result_kind="single",
 )

@@ -97,24 +97,6 @@ class _TrainerTrainResults(stubs.Struct):
         super().__init__(loss=loss)
 
 
-class _TrainerStatsParams(stubs.Struct):
-    """Parameters of Trainer.stats."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xafbe2bf282eb1a54,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class TrainerStatsResult(stubs.Struct):
     """Results of Trainer.stats."""
 
@@ -185,42 +167,6 @@ class _TrainerLossesResults(stubs.Struct):
         loss: float = 0.0,
     ) -> None:
         super().__init__(loss=loss)
-
-
-class _TrainerResetParams(stubs.Struct):
-    """Parameters of Trainer.reset."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9167fab29cae87f6,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
-class _TrainerResetResults(stubs.Struct):
-    """Results of Trainer.reset."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf2075874fc7384d4,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class _TrainerSlowParams(stubs.Struct):
@@ -361,24 +307,6 @@ class _TrainerPeerResults(stubs.Struct):
         super().__init__(self_=self_)
 
 
-class _TrainerSnapshotParams(stubs.Struct):
-    """Parameters of Trainer.snapshot."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd55cd613e8f7fa72,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _TrainerShardParams(stubs.Struct):
     """Parameters of Trainer.shard."""
 
@@ -423,42 +351,6 @@ class _TrainerShardResults(stubs.Struct):
         t: torch.Tensor | None = None,
     ) -> None:
         super().__init__(t=t)
-
-
-class _TrainerSliceParams(stubs.Struct):
-    """Parameters of Trainer.slice."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfe8f284ca9326e56,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
-class _TrainerSliceResults(stubs.Struct):
-    """Results of Trainer.slice."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xae4fab5ff425e8a1,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
 
 
 class _EvaluatorEvaluateParams(stubs.Struct):
@@ -522,7 +414,7 @@ _TRAINER_STATS = stubs.idl_endpoint(
     py_name="stats",
     interface_id=0xbb57a7d09a9fede0,
     ordinal=1,
-    params=_TrainerStatsParams,
+    params=None,
     results=TrainerStatsResult,
     result_kind="struct",
 )
@@ -543,8 +435,8 @@ _TRAINER_RESET = stubs.idl_endpoint(
     py_name="reset",
     interface_id=0xbb57a7d09a9fede0,
     ordinal=3,
-    params=_TrainerResetParams,
-    results=_TrainerResetResults,
+    params=None,
+    results=None,
     result_kind="none",
 )
 
@@ -586,7 +478,7 @@ _TRAINER_SNAPSHOT = stubs.idl_endpoint(
     py_name="snapshot",
     interface_id=0xbb57a7d09a9fede0,
     ordinal=7,
-    params=_TrainerSnapshotParams,
+    params=None,
     results=Config,
     result_kind="struct",
 )
@@ -607,8 +499,8 @@ _TRAINER_SLICE = stubs.idl_endpoint(
     py_name="slice_",
     interface_id=0xbb57a7d09a9fede0,
     ordinal=9,
-    params=_TrainerSliceParams,
-    results=_TrainerSliceResults,
+    params=None,
+    results=None,
     result_kind="none",
 )
 

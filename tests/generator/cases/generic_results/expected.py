@@ -248,42 +248,6 @@ class _ShopPagesResults(stubs.Struct):
         super().__init__(pages=pages)
 
 
-class _ShopNestedParams(stubs.Struct):
-    """Parameters of Shop.nested."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb3e7291465832156,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
-class _ShopTextsParams(stubs.Struct):
-    """Parameters of Shop.texts."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb4274b277f67d0f4,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _ShopCatalogParams(stubs.Struct):
     """Parameters of Shop.catalog."""
 
@@ -342,7 +306,7 @@ _SHOP_NESTED = stubs.idl_endpoint(
     py_name="nested",
     interface_id=0x9ca377b670000c44,
     ordinal=3,
-    params=_ShopNestedParams,
+    params=None,
     results=Box,
     result_kind="struct",
 )
@@ -352,7 +316,7 @@ _SHOP_TEXTS = stubs.idl_endpoint(
     py_name="texts",
     interface_id=0x9ca377b670000c44,
     ordinal=4,
-    params=_ShopTextsParams,
+    params=None,
     results=Page,
     result_kind="struct",
 )

@@ -18,24 +18,6 @@ __all__ = [
 _SCHEMA = stubs.load_schema(__name__, "inheritance.capnp")
 
 
-class _BasePingParams(stubs.Struct):
-    """Parameters of Base.ping."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa76363280f5680b7,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _BasePingResults(stubs.Struct):
     """Results of Base.ping."""
 
@@ -110,7 +92,7 @@ _BASE_PING = stubs.idl_endpoint(
     py_name="ping",
     interface_id=0xc16fef60917f5862,
     ordinal=0,
-    params=_BasePingParams,
+    params=None,
     results=_BasePingResults,
     result_kind="single",
 )

@@ -48,24 +48,6 @@ class Shard(stubs.Struct):
         super().__init__(buffer=buffer, replicas=replicas, offset=offset)
 
 
-class _StoreHandleParams(stubs.Struct):
-    """Parameters of Store.handle."""
-
-    __slots__ = ()
-    __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9a50e577317a804c,
-        __name__,
-        (
-        ),
-    )
-
-    def __init__(
-        self,
-    ) -> None:
-        super().__init__()
-
-
 class _StoreHandleResults(stubs.Struct):
     """Results of Store.handle."""
 
@@ -166,7 +148,7 @@ _STORE_HANDLE = stubs.idl_endpoint(
     py_name="handle",
     interface_id=0xd1030b7a39e27413,
     ordinal=0,
-    params=_StoreHandleParams,
+    params=None,
     results=_StoreHandleResults,
     result_kind="single",
 )
