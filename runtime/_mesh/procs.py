@@ -53,8 +53,8 @@ class ProcHandle:
 def describe_status(status: int) -> str:
     """How a proc ended, from a wait status, in Monarch's words with ours added.
 
-    ``Killed(sig=9): killed by signal 9 (SIGKILL)``, ``exited with non-zero code 1``,
-    ``exited with code 0``.
+    Monarch's phrase first, then ours: ``Killed(sig=9): killed by signal 9 (SIGKILL)``,
+    ``exited with non-zero code 1: exited with status 1``, ``exited with status 0``.
     """
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -65,7 +65,7 @@ def describe_status(status: int) -> str:
         return f"Killed(sig={sig}): killed by signal {sig} ({name})"
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
-        return f"exited with non-zero code {code}" if code else "exited with code 0"
+        return f"exited with non-zero code {code}: exited with status {code}" if code else "exited with status 0"
     return f"ended (wait status {status})"
 
 

@@ -161,5 +161,5 @@ def test_proc_end_is_described_in_monarchs_words() -> None:
     from monarch._mesh.procs import describe_status
 
     assert describe_status(signal.SIGKILL) == "Killed(sig=9): killed by signal 9 (SIGKILL)"
-    assert describe_status(1 << 8) == "exited with non-zero code 1"
-    assert describe_status(0) == "exited with code 0"
+    assert describe_status(1 << 8) == "exited with non-zero code 1: exited with status 1"
+    assert describe_status(0) == "exited with status 0"
