@@ -68,7 +68,7 @@ class _Field:
                     )
                 return getattr(type(inst)._default_view(), self.py)
             return v
-        if self.union and r._which_str() != self.wire:
+        if self.union and _which(r) != self.wire:
             raise AttributeError(
                 f"{type(inst).__qualname__}.{self.py} is not the active union member"
             )
@@ -323,7 +323,8 @@ class Struct:
 
     # -- unions ----------------------------------------------------------------------------
     def which_name(self) -> str:
-        """The Python name of the active member of the unnamed union.
+        """The Python name of the active member of the unnamed union; ``"<unknown>"`` for a
+        received member that a newer version of the schema added (not sent on when forwarded).
 
         Raises:
             TypeError: the struct has no unnamed union.
@@ -332,7 +333,9 @@ class Struct:
         if not info.union_first:
             raise TypeError(f"{type(self).__qualname__} has no union")
         if self._reader is not None:
-            return info.union_by_wire[self._reader._which_str()]
+            # a member a newer schema version added: Cap'n Proto allows it, this version cannot
+            # name it
+            return info.union_by_wire.get(_which(self._reader), UNKNOWN_MEMBER)
         for py in info.union_by_wire.values():
             if self._values.get(py) is not None:
                 return py
@@ -381,6 +384,18 @@ class AnyStruct(Struct):
 
     def __repr__(self) -> str:
         return "AnyStruct(<untyped struct: read it with SomeStruct.from_any(value)>)"
+
+
+UNKNOWN_MEMBER = "<unknown>"
+"""``which()`` of a received struct whose active union member this schema version lacks."""
+
+
+def _which(reader: Any) -> str:
+    """The wire name of the active union member; "" for a discriminant this schema lacks."""
+    try:
+        return str(reader._which_str())
+    except Exception:  # noqa: BLE001  # pycapnp raises KjException for an unknown discriminant
+        return ""
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -227,14 +227,45 @@ class _Enum(_Named):
         setattr(b, wire, int(v))
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
-        return self.cls(getattr(r, wire).raw)
+        return self.member(getattr(r, wire).raw)
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
+        name = (v if isinstance(v, self.cls) else self.cls(v)).name
+        if name.startswith("<"):
+            raise ValueError(
+                f"{self.cls.__qualname__} value {int(v)} is not in this schema version; "
+                "a list element needs a known enumerant"
+            )
         # schema names never contain "_": the generator's escapes only append one
-        lb[i] = self.cls(v).name.rstrip("_")
+        lb[i] = name.rstrip("_")
 
     def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
-        return self.cls(lr[i].raw)
+        return self.member(lr[i].raw)
+
+    def member(self, value: int) -> Any:
+        """The member for ``value``; a value this schema version does not know (a newer peer
+        added enumerants, which Cap'n Proto allows) is an ``unknown`` pseudo-member that
+        compares equal to its number and is sent on unchanged."""
+        cls = self.cls
+        try:
+            return cls(value)
+        except ValueError:
+            return unknown_enumerant(cls, value)
+
+
+_UNKNOWN: dict[tuple[type, int], Any] = {}
+
+
+def unknown_enumerant(cls: Any, value: int) -> Any:
+    """A pseudo-member of IntEnum ``cls`` for a number it does not declare (one per value)."""
+    key = (cls, value)
+    obj = _UNKNOWN.get(key)
+    if obj is None:
+        obj = int.__new__(cls, value)
+        obj._name_ = f"<unknown {value}>"
+        obj._value_ = value
+        obj = _UNKNOWN.setdefault(key, obj)
+    return obj
 
 
 class _Struct(_Named):
