@@ -103,6 +103,10 @@ class PagedShop(Shop):
     def texts(self) -> Page[str]:
         return Page(items="all", next_="", total=1)
 
+    def find(self, text: str = "", limit: int = 10) -> Page[Items]:
+        items = Items(list_=[Item(id_=i, name=text) for i in range(min(limit, 3))])
+        return Page(items=items, next_="", total=len(items.list_))
+
     def catalog(self, c: Catalog) -> Catalog:
         return Catalog(first=c.first, pages=[c.first, c.first], names=c.names)
 

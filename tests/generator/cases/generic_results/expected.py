@@ -15,6 +15,7 @@ __all__ = [
     "Item",
     "Items",
     "Page",
+    "Query",
     "Shop",
     "ShopMesh",
 ]
@@ -122,6 +123,32 @@ class Items(stubs.Struct):
         list_: Sequence[Item] = (),
     ) -> None:
         super().__init__(list_=list_)
+
+
+class Query(stubs.Struct):
+    """The Query struct."""
+
+    __slots__ = ()
+    __capnp__ = stubs.StructInfo(
+        _SCHEMA,
+        0x86b61f10333d7271,
+        __name__,
+        (
+            ("text", "text", "Text", False),
+            ("limit", "limit", "UInt32", False),
+        ),
+    )
+
+    text: str
+    limit: int
+
+    def __init__(
+        self,
+        *,
+        text: str = "",
+        limit: int = 10,
+    ) -> None:
+        super().__init__(text=text, limit=limit)
 
 
 class Catalog(stubs.Struct):
@@ -331,6 +358,16 @@ _SHOP_CATALOG = stubs.idl_endpoint(
     result_kind="struct",
 )
 
+_SHOP_FIND = stubs.idl_endpoint(
+    name="find",
+    py_name="find",
+    interface_id=0x9ca377b670000c44,
+    ordinal=6,
+    params=Query,
+    results=Page,
+    result_kind="struct",
+)
+
 
 class ShopMesh(stubs.ActorMesh["Shop"]):
     """A mesh of Shop actors; each endpoint attribute offers the adverbs."""
@@ -363,6 +400,11 @@ class ShopMesh(stubs.ActorMesh["Shop"]):
     @stubs.remote(_SHOP_CATALOG)
     def catalog(self, c: Catalog) -> Catalog:
         """Endpoint catalog of Shop."""
+        raise NotImplementedError
+
+    @stubs.remote(_SHOP_FIND)
+    def find(self, text: str = "", limit: int = 10) -> Page[Items]:
+        """Endpoint find of Shop."""
         raise NotImplementedError
 
 
@@ -398,3 +440,8 @@ class Shop(stubs.TypedActor[ShopMesh]):
     @abstractmethod
     def catalog(self, c: Catalog) -> Catalog | Awaitable[Catalog]:
         """Endpoint catalog of Shop."""
+
+    @stubs.implements(_SHOP_FIND)
+    @abstractmethod
+    def find(self, text: str = "", limit: int = 10) -> Page[Items] | Awaitable[Page[Items]]:
+        """Endpoint find of Shop."""

@@ -10,6 +10,8 @@ struct Box(T) { value @0 :T; }
 struct Item { id @0 :UInt32; name @1 :Text; }
 struct Items { list @0 :List(Item); }
 
+struct Query { text @0 :Text; limit @1 :UInt32 = 10; }
+
 struct Catalog {
   first @0 :Page(Items);
   pages @1 :List(Page(Items));
@@ -24,4 +26,5 @@ interface Shop $M.actor {
   nested @3 () -> Box(Page(Items));
   texts @4 () -> Page(Text);
   catalog @5 (c :Catalog) -> Catalog;
+  find @6 Query -> Page(Items);
 }
