@@ -48,10 +48,11 @@ class Batch(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd7a71af340a6e24f,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd7a71af340a6e24f,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "UInt64", False),
             ("inputs", "inputs", "Tensor", False),
             ("labels", "labels", "TensorData", False),
@@ -82,10 +83,11 @@ class Metric(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x993d3fcd01581740,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x993d3fcd01581740,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("name", "name", "Text", False),
             ("scalar", "scalar", "Float64", True),
             ("count", "count", "UInt64", True),
@@ -116,10 +118,11 @@ class Tagged(stubs.Struct, Generic[T]):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9b18fa10a978b104,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9b18fa10a978b104,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("label", "label", "Text", False),
             ("value", "value", "Param", False),
         ),
@@ -142,10 +145,11 @@ class Report(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfe92a4f21dfc3c94,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xfe92a4f21dfc3c94,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("worker", "worker", "UInt32", False),
             ("phase", "phase", "Enum(Phase)", False),
             ("metrics", "metrics", "List(Struct(Metric))", False),
@@ -159,10 +163,11 @@ class Report(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0x8c6a4ff2f2f62bf3,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0x8c6a4ff2f2f62bf3,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("learning_rate", "learningRate", "Float32", False),
                 ("momentum", "momentum", "Float32", False),
             ),
@@ -202,10 +207,11 @@ class _WorkerTrainParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcd66bb3b295a0834,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcd66bb3b295a0834,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("batch", "batch", "Struct(Batch)", False),
         ),
     )
@@ -225,10 +231,11 @@ class _WorkerTrainResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf6c2e2957e316815,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf6c2e2957e316815,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("loss", "loss", "Float64", False),
         ),
     )
@@ -248,10 +255,11 @@ class _WorkerProgressParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9e3d998d51f8ff25,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9e3d998d51f8ff25,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("steps", "steps", "UInt32", False),
         ),
     )
@@ -271,10 +279,11 @@ class WorkerProgressResult(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfe00996fe7c1ed49,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xfe00996fe7c1ed49,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "UInt32", False),
             ("phase", "phase", "Enum(Phase)", False),
         ),
@@ -297,10 +306,11 @@ class _WorkerSetCoordinatorParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x869ceb359613d181,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x869ceb359613d181,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("coordinator", "coordinator", "Ref(CoordinatorMesh)", False),
         ),
     )
@@ -320,10 +330,11 @@ class _WorkerEchoBlobParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa0091ebbea17f32d,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa0091ebbea17f32d,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("blob", "blob", "Data", False),
         ),
     )
@@ -343,10 +354,11 @@ class _WorkerEchoBlobResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb0b4448561d97c48,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb0b4448561d97c48,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("blob", "blob", "Data", False),
         ),
     )
@@ -366,10 +378,11 @@ class _CoordinatorRegisterParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9eae55bb1ef9680b,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9eae55bb1ef9680b,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("workers", "workers", "Ref(WorkerMesh)", False),
             ("count", "count", "UInt32", False),
         ),
@@ -392,10 +405,11 @@ class _CoordinatorRegisterResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa58a6ae5a86a41a8,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa58a6ae5a86a41a8,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("accepted", "accepted", "Bool", False),
         ),
     )
@@ -415,10 +429,11 @@ class _CoordinatorCollectParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb23d0d7f0d472346,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb23d0d7f0d472346,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("reports", "reports", "List(Struct(Report))", False),
         ),
     )
@@ -438,10 +453,11 @@ class CoordinatorCollectResult(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc965609412ddf706,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc965609412ddf706,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("mean", "mean", "Float64", False),
             ("total", "total", "UInt64", False),
         ),

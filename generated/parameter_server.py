@@ -32,10 +32,11 @@ class Versioned(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa59c1777e950a4b0,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa59c1777e950a4b0,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("version", "version", "UInt64", False),
             ("weights", "weights", "Tensor", False),
         ),
@@ -60,10 +61,11 @@ class _ParameterServerPushParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb065177da175ba39,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb065177da175ba39,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("grads", "grads", "Tensor", False),
             ("worker", "worker", "UInt32", False),
         ),
@@ -86,10 +88,11 @@ class _ParameterServerPushResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xed89c9c66368aa14,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xed89c9c66368aa14,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("version", "version", "UInt64", False),
         ),
     )
@@ -109,10 +112,11 @@ class _WorkerWorkParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x844c84144fe143bf,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x844c84144fe143bf,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("server", "server", "Ref(ParameterServerMesh)", False),
             ("steps", "steps", "UInt32", False),
         ),
@@ -135,10 +139,11 @@ class _WorkerWorkResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xbba59f4f72e9e5ed,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xbba59f4f72e9e5ed,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("loss", "loss", "Float64", False),
         ),
     )

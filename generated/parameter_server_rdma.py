@@ -34,10 +34,11 @@ class Weights(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x869fee2ba78e449b,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x869fee2ba78e449b,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("handle", "handle", "Adapted(0xc746b1ebd9b67ba9)", False),
             ("num_params", "numParams", "UInt32", False),
         ),
@@ -62,10 +63,11 @@ class _ParameterServerPushGradientsParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xdc19618239b657cf,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xdc19618239b657cf,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("grad", "grad", "Tensor", False),
         ),
     )
@@ -85,10 +87,11 @@ class _ParameterServerApplyResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd2fcf821ac0b4bfd,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd2fcf821ac0b4bfd,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("averaged", "averaged", "UInt32", False),
         ),
     )
@@ -108,10 +111,11 @@ class _ParameterServerAccuracyResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd28035d2dd5d4cc2,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd28035d2dd5d4cc2,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("accuracy", "accuracy", "Float64", False),
         ),
     )
@@ -131,10 +135,11 @@ class _WorkerStepParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe1a4dda3645db46c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe1a4dda3645db46c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("server", "server", "Ref(ParameterServerMesh)", False),
             ("weights", "weights", "Adapted(0xc746b1ebd9b67ba9)", False),
         ),
@@ -157,10 +162,11 @@ class _WorkerStepResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa4f037b00a503665,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa4f037b00a503665,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("loss", "loss", "Float64", False),
         ),
     )

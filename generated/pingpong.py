@@ -24,10 +24,11 @@ class Ball(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc0afc5b8d36ce967,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc0afc5b8d36ce967,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("hits", "hits", "UInt32", False),
             ("last_player", "lastPlayer", "Text", False),
         ),
@@ -52,10 +53,11 @@ class _PlayerSetOpponentsParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe65500859ab1fa4c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe65500859ab1fa4c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("opponents", "opponents", "Ref(PlayerMesh)", False),
         ),
     )
@@ -75,10 +77,11 @@ class _PlayerServeParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd8695f9c9b0c8ccc,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd8695f9c9b0c8ccc,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("rounds", "rounds", "UInt32", False),
         ),
     )
@@ -98,10 +101,11 @@ class _PlayerServeResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb75ae15c3f2cbcc4,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb75ae15c3f2cbcc4,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("ball", "ball", "Struct(Ball)", False),
         ),
     )
@@ -121,10 +125,11 @@ class _PlayerHitParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc51177d48bfa438c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc51177d48bfa438c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("ball", "ball", "Struct(Ball)", False),
         ),
     )
@@ -144,10 +149,11 @@ class _PlayerHitResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x88beab7adff346c3,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x88beab7adff346c3,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("ball", "ball", "Struct(Ball)", False),
         ),
     )

@@ -24,10 +24,11 @@ class Item(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa58467e3cd800375,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa58467e3cd800375,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("seq", "seq", "UInt32", False),
             ("values", "values", "List(Float64)", False),
             ("trace", "trace", "List(Text)", False),
@@ -55,10 +56,11 @@ class _StageConnectParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x8edd2fe4aa05cfb5,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x8edd2fe4aa05cfb5,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("next_", "next", "Ref(StageMesh)", False),
         ),
     )
@@ -78,10 +80,11 @@ class _StagePushParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xdd4ca3510a4c5c84,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xdd4ca3510a4c5c84,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("item", "item", "Struct(Item)", False),
         ),
     )
@@ -101,10 +104,11 @@ class _StageFlushResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb7b293092d4d6564,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb7b293092d4d6564,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("count", "count", "UInt32", False),
         ),
     )
@@ -124,10 +128,11 @@ class _StageDrainResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc2e1f6901361cf13,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc2e1f6901361cf13,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("items", "items", "List(Struct(Item))", False),
         ),
     )

@@ -36,10 +36,11 @@ class Batch(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd24703a5d333207e,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd24703a5d333207e,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "UInt32", False),
             ("inputs", "inputs", "Tensor", False),
             ("labels", "labels", "Tensor", False),
@@ -67,10 +68,11 @@ class Progress(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf51398649e631b01,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf51398649e631b01,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "UInt32", False),
             ("loss", "loss", "Float32", False),
         ),
@@ -94,10 +96,11 @@ class _DataLoaderBatchParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x8a610424664ac29c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x8a610424664ac29c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "UInt32", False),
         ),
     )
@@ -117,10 +120,11 @@ class _DataLoaderShardSizeResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcc887c79a4c59fbc,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcc887c79a4c59fbc,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("examples", "examples", "UInt32", False),
         ),
     )
@@ -140,10 +144,11 @@ class _GradientReducerAllReduceParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x986c6e96b58bb9bb,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x986c6e96b58bb9bb,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "UInt32", False),
             ("grads", "grads", "Tensor", False),
         ),
@@ -166,10 +171,11 @@ class _GradientReducerAllReduceResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9f29f64a1bdce3ce,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9f29f64a1bdce3ce,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("mean", "mean", "Tensor", False),
         ),
     )
@@ -189,10 +195,11 @@ class _TrainerConnectParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa591905c489aa3e1,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa591905c489aa3e1,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("loaders", "loaders", "Ref(DataLoaderMesh)", False),
         ),
     )
@@ -212,10 +219,11 @@ class _TrainerTrainParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf5f132316b002702,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf5f132316b002702,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "UInt32", False),
         ),
     )
@@ -235,10 +243,11 @@ class _TrainerTrainResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcfc41aaaa30cbb4b,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcfc41aaaa30cbb4b,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("loss", "loss", "Float32", False),
         ),
     )
@@ -258,10 +267,11 @@ class _TrainerGradientsResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xffbb06cf6ab66d8c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xffbb06cf6ab66d8c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("grads", "grads", "Tensor", False),
         ),
     )
@@ -281,10 +291,11 @@ class _TrainerApplyGradientsParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x86c71a22c25c1278,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x86c71a22c25c1278,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("grads", "grads", "Tensor", False),
         ),
     )
@@ -304,10 +315,11 @@ class _TrainerWeightsResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf5318788a08fcba4,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf5318788a08fcba4,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("weights", "weights", "Tensor", False),
         ),
     )
@@ -327,10 +339,11 @@ class _TrainerSetWeightsParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xdfe97ccef6538ded,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xdfe97ccef6538ded,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("weights", "weights", "Tensor", False),
         ),
     )
@@ -350,10 +363,11 @@ class TrainerEvaluateResult(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa13672682c80150c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa13672682c80150c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("correct", "correct", "UInt32", False),
             ("total", "total", "UInt32", False),
         ),
@@ -376,10 +390,11 @@ class _TrainerFitParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe0bc58dc951c1735,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe0bc58dc951c1735,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("steps", "steps", "UInt32", False),
             ("reducer", "reducer", "Ref(GradientReducerMesh)", False),
         ),

@@ -25,10 +25,11 @@ class Roster(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcd8b02cefdc82659,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcd8b02cefdc82659,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("peers", "peers", "List(Ref(PeerMesh))", False),
             ("nobody", "nobody", "Void", True),
             ("leader", "leader", "Ref(LeaderMesh)", True),
@@ -59,10 +60,11 @@ class _LeaderJoinParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa8598696013757d2,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa8598696013757d2,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("peer", "peer", "Ref(PeerMesh)", False),
         ),
     )
@@ -82,10 +84,11 @@ class _LeaderJoinResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa56eb7c8d0fd2231,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa56eb7c8d0fd2231,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("count", "count", "UInt32", False),
         ),
     )
@@ -105,10 +108,11 @@ class _LeaderRosterResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfc88adbba9eaaa80,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xfc88adbba9eaaa80,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("roster", "roster", "Struct(Roster)", False),
         ),
     )
@@ -128,10 +132,11 @@ class _LeaderPeersResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xaa5bbfd0d51c8899,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xaa5bbfd0d51c8899,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("peers", "peers", "List(Ref(PeerMesh))", False),
         ),
     )
@@ -151,10 +156,11 @@ class _PeerHelloParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9adce09ac55c6c01,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9adce09ac55c6c01,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("leader", "leader", "Ref(LeaderMesh)", False),
             ("others", "others", "List(Ref(PeerMesh))", False),
         ),
@@ -177,10 +183,11 @@ class _PeerHelloResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x803782c7ad86dadf,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x803782c7ad86dadf,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("greeted", "greeted", "UInt32", False),
         ),
     )
@@ -200,10 +207,11 @@ class _PeerPingParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xca827e2640ba020a,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xca827e2640ba020a,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("n", "n", "UInt32", False),
         ),
     )
@@ -223,10 +231,11 @@ class _PeerPingResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x8f9cd23a73247bfc,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x8f9cd23a73247bfc,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("n", "n", "UInt32", False),
         ),
     )

@@ -30,10 +30,11 @@ class Config(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf578e21c83c78f6d,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf578e21c83c78f6d,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("lr", "lr", "Float64", False),
         ),
     )
@@ -53,10 +54,11 @@ class _TrainerTrainParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa0c272a64b28dd30,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa0c272a64b28dd30,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("steps", "steps", "UInt32", False),
             ("config", "config", "Struct(Config)", False),
         ),
@@ -79,10 +81,11 @@ class _TrainerTrainResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa739f89b1319013e,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa739f89b1319013e,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("loss", "loss", "Float64", False),
         ),
     )
@@ -102,10 +105,11 @@ class TrainerStatsResult(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xef706d9e7fce3bfb,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xef706d9e7fce3bfb,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("mean", "mean", "Float64", False),
             ("count", "count", "UInt64", False),
         ),
@@ -128,10 +132,11 @@ class _TrainerLossesParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd7d28e9ce0f2774a,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd7d28e9ce0f2774a,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("n", "n", "UInt32", False),
         ),
     )
@@ -151,10 +156,11 @@ class _TrainerLossesResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x94ae3d6fdc9d4231,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x94ae3d6fdc9d4231,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("loss", "loss", "Float64", False),
         ),
     )
@@ -174,10 +180,11 @@ class _TrainerSlowParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x98a9d0127cefbe01,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x98a9d0127cefbe01,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("x", "x", "Int32", False),
         ),
     )
@@ -197,10 +204,11 @@ class _TrainerSlowResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa6353675261b8ffa,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa6353675261b8ffa,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("y", "y", "Int32", False),
         ),
     )
@@ -220,10 +228,11 @@ class _TrainerLaterParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xde9e82a9e07dd52e,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xde9e82a9e07dd52e,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("x", "x", "Int32", False),
         ),
     )
@@ -243,10 +252,11 @@ class _TrainerLaterResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x88b1be17aade4a70,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x88b1be17aade4a70,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("y", "y", "Int32", False),
         ),
     )
@@ -266,10 +276,11 @@ class _TrainerPeerParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd332269b9351e069,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd332269b9351e069,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("other", "other", "Ref(EvaluatorMesh)", False),
         ),
     )
@@ -289,10 +300,11 @@ class _TrainerPeerResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe2b5b8c41edb89b7,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe2b5b8c41edb89b7,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("self_", "self", "Ref(TrainerMesh)", False),
         ),
     )
@@ -312,10 +324,11 @@ class _TrainerShardParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa90c10af739a7d40,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa90c10af739a7d40,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("i", "i", "UInt32", False),
         ),
     )
@@ -335,10 +348,11 @@ class _TrainerShardResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe586d1dceedce7c8,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe586d1dceedce7c8,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("t", "t", "Tensor", False),
         ),
     )
@@ -358,10 +372,11 @@ class _EvaluatorEvaluateParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd11f931099f8931a,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd11f931099f8931a,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("trainer", "trainer", "Ref(TrainerMesh)", False),
         ),
     )
@@ -381,10 +396,11 @@ class _EvaluatorEvaluateResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfc7ce0bd6b41027a,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xfc7ce0bd6b41027a,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("score", "score", "Float64", False),
         ),
     )

@@ -19,10 +19,11 @@ class Item(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf7ef41f16a757841,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf7ef41f16a757841,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "UInt32", False),
         ),
     )
@@ -42,10 +43,11 @@ class Envelope(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcfcefad526825bb0,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcfcefad526825bb0,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("kind", "kind", "Text", False),
             ("payload", "payload", "AnyStruct", False),
             ("body", "body", "AnyStruct", False),

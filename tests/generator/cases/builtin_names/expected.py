@@ -36,10 +36,11 @@ class Step(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xaddb7fcd012966aa,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xaddb7fcd012966aa,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "UInt32", False),
             ("type_", "type", "Text", False),
             ("phase", "phase", "Enum(Phase)", False),
@@ -83,10 +84,11 @@ class _RunnerEvalParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe365e66f1eb3c88e,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe365e66f1eb3c88e,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("phase", "phase", "Enum(Phase)", False),
             ("id_", "id", "UInt32", False),
         ),
@@ -109,10 +111,11 @@ class _RunnerEvalResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x883be9881a463318,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x883be9881a463318,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("type_", "type", "Enum(Phase)", False),
         ),
     )
@@ -132,10 +135,11 @@ class _RunnerPrintParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc481ba58b5e5401e,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc481ba58b5e5401e,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("from_", "from", "Struct(Step)", False),
         ),
     )
@@ -155,10 +159,11 @@ class _RunnerPrintResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcd60acb41c941e39,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcd60acb41c941e39,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("step", "step", "Struct(Step)", False),
         ),
     )

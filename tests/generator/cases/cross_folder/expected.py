@@ -24,10 +24,11 @@ class Job(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xbd897a494ad6f881,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xbd897a494ad6f881,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "Struct(_m_ids.Id)", False),
             ("budget", "budget", "Struct(_m_units.Quantity)", False),
             ("unit", "unit", "Enum(_m_units.Unit)", False),
@@ -53,10 +54,11 @@ class _SchedulerSubmitParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc5dcc457e8696624,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc5dcc457e8696624,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("job", "job", "Struct(Job)", False),
         ),
     )
@@ -76,10 +78,11 @@ class _SchedulerSubmitResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xbe184cf87754c226,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xbe184cf87754c226,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "Struct(_m_ids.Id)", False),
         ),
     )

@@ -18,10 +18,11 @@ class Id(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfe41dde40a1b7518,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xfe41dde40a1b7518,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("hi", "hi", "UInt64", False),
             ("lo", "lo", "UInt64", False),
         ),

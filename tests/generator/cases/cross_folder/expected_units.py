@@ -27,10 +27,11 @@ class Quantity(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x8c3e320c5c1111eb,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x8c3e320c5c1111eb,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("value", "value", "Float64", False),
             ("unit", "unit", "Enum(Unit)", False),
         ),

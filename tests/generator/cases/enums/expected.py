@@ -31,10 +31,11 @@ class Record(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe9ea535f565bc769,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe9ea535f565bc769,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("level", "level", "Enum(Level)", False),
             ("levels", "levels", "List(Enum(Level))", False),
             ("kind", "kind", "Enum(Record.Kind)", False),

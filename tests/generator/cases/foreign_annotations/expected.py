@@ -18,10 +18,11 @@ class Sample(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf93c8cb083632f74,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf93c8cb083632f74,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("value", "value", "Int32", False),
         ),
     )

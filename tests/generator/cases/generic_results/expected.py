@@ -29,10 +29,11 @@ class Page(stubs.Struct, Generic[T]):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9510fbaf7f9fe868,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9510fbaf7f9fe868,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("items", "items", "Param", False),
             ("next_", "next", "Text", False),
             ("total", "total", "UInt32", False),
@@ -58,10 +59,11 @@ class Box(stubs.Struct, Generic[T]):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf1050658bfdd8950,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf1050658bfdd8950,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("value", "value", "Param", False),
         ),
     )
@@ -81,10 +83,11 @@ class Item(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xfcafb6461f260145,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xfcafb6461f260145,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "UInt32", False),
             ("name", "name", "Text", False),
         ),
@@ -107,10 +110,11 @@ class Items(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb7f931ea6132018e,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb7f931ea6132018e,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("list_", "list", "List(Struct(Item))", False),
         ),
     )
@@ -130,10 +134,11 @@ class Query(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x86b61f10333d7271,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x86b61f10333d7271,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("text", "text", "Text", False),
             ("limit", "limit", "UInt32", False),
         ),
@@ -156,10 +161,11 @@ class Catalog(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9f318f42c7ec859b,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9f318f42c7ec859b,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("first", "first", "Struct(Page)", False),
             ("pages", "pages", "List(Struct(Page))", False),
             ("boxed", "boxed", "Struct(Box)", False),
@@ -188,10 +194,11 @@ class _ShopListingParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcce4e230a26f1c37,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcce4e230a26f1c37,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("page", "page", "UInt32", False),
         ),
     )
@@ -211,10 +218,11 @@ class _ShopBoxedParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9f1780e7d8bb1201,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9f1780e7d8bb1201,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("box", "box", "Struct(Box)", False),
         ),
     )
@@ -234,10 +242,11 @@ class _ShopPagesParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf5e005f3b131b9b6,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf5e005f3b131b9b6,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("pages", "pages", "List(Struct(Page))", False),
         ),
     )
@@ -257,10 +266,11 @@ class _ShopPagesResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa25857a14cb5f2ed,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa25857a14cb5f2ed,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("pages", "pages", "List(Struct(Page))", False),
         ),
     )
@@ -280,10 +290,11 @@ class _ShopCatalogParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x80c5079f939e1e50,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x80c5079f939e1e50,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("c", "c", "Struct(Catalog)", False),
         ),
     )

@@ -23,10 +23,11 @@ class Pair(stubs.Struct, Generic[A, B]):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc8bf857336ae880d,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc8bf857336ae880d,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("first", "first", "Param", False),
             ("second", "second", "Param", False),
         ),
@@ -49,10 +50,11 @@ class Item(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xeec79938d271c307,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xeec79938d271c307,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "UInt32", False),
         ),
     )
@@ -72,10 +74,11 @@ class Holder(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa5231b3cdac3fc98,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa5231b3cdac3fc98,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("items", "items", "Struct(Pair)", False),
             ("named", "named", "Struct(Pair)", False),
         ),

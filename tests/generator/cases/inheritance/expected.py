@@ -23,10 +23,11 @@ class _BasePingResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb0da791b50de6a1c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb0da791b50de6a1c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("pong", "pong", "Text", False),
         ),
     )
@@ -46,10 +47,11 @@ class _DerivedExtraParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xd708abfbe92841e3,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xd708abfbe92841e3,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("n", "n", "Int32", False),
         ),
     )
@@ -69,10 +71,11 @@ class _DerivedExtraResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xf6de5307b6e3081c,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xf6de5307b6e3081c,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("n", "n", "Int32", False),
         ),
     )

@@ -20,10 +20,11 @@ class Item(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc2849494a70fe221,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc2849494a70fe221,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "UInt32", False),
             ("payload", "payload", "Data", False),
         ),
@@ -46,10 +47,11 @@ class Bag(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9091bac9b1b6462f,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9091bac9b1b6462f,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("numbers", "numbers", "List(Int64)", False),
             ("names", "names", "List(Text)", False),
             ("blobs", "blobs", "List(Data)", False),

@@ -29,10 +29,11 @@ class Cell(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcb1c8ffafa600b01,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcb1c8ffafa600b01,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("v", "v", "Float64", False),
         ),
     )
@@ -52,10 +53,11 @@ class Grid(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9a4bea13a92ef5c3,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9a4bea13a92ef5c3,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("ints", "ints", "List(List(Int32))", False),
             ("texts", "texts", "List(List(Text))", False),
             ("cells", "cells", "List(List(Struct(Cell)))", False),

@@ -20,10 +20,11 @@ class Event(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc910157978ce9a3a,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc910157978ce9a3a,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("id_", "id", "UInt64", False),
             ("meta", "meta", "Group(Event.Meta)", False),
             ("none", "none", "Void", True),
@@ -38,10 +39,11 @@ class Event(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0xbdfac58ff96dce2e,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0xbdfac58ff96dce2e,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("dx", "dx", "Int32", False),
                 ("dy", "dy", "Int32", False),
             ),
@@ -63,10 +65,11 @@ class Event(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0xd75ea1a057aeec16,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0xd75ea1a057aeec16,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("code", "code", "UInt32", True),
                 ("text", "text", "Text", True),
                 ("chord", "chord", "Group(Event.Key.Chord)", True),
@@ -78,10 +81,11 @@ class Event(stubs.Struct):
 
             __slots__ = ()
             __capnp__ = stubs.StructInfo(
-                _SCHEMA,
-                0xa07233953a352e05,
-                __name__,
-                (
+                schema=_SCHEMA,
+                node_id=0xa07233953a352e05,
+                module=__name__,
+                # (python name, wire name, type, in the unnamed union)
+                fields=(
                     ("modifiers", "modifiers", "UInt8", False),
                     ("code", "code", "UInt32", False),
                 ),
@@ -118,10 +122,11 @@ class Event(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0x82c585c30826f053,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0x82c585c30826f053,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("source", "source", "Text", False),
                 ("kind", "kind", "Group(Event.Meta.Kind)", False),
             ),
@@ -132,10 +137,11 @@ class Event(stubs.Struct):
 
             __slots__ = ()
             __capnp__ = stubs.StructInfo(
-                _SCHEMA,
-                0xd6a24f241c511e6a,
-                __name__,
-                (
+                schema=_SCHEMA,
+                node_id=0xd6a24f241c511e6a,
+                module=__name__,
+                # (python name, wire name, type, in the unnamed union)
+                fields=(
                     ("local", "local", "Void", True),
                     ("remote", "remote", "Group(Event.Meta.Kind.Remote)", True),
                 ),
@@ -146,10 +152,11 @@ class Event(stubs.Struct):
 
                 __slots__ = ()
                 __capnp__ = stubs.StructInfo(
-                    _SCHEMA,
-                    0x84369f966ac8bc69,
-                    __name__,
-                    (
+                    schema=_SCHEMA,
+                    node_id=0x84369f966ac8bc69,
+                    module=__name__,
+                    # (python name, wire name, type, in the unnamed union)
+                    fields=(
                         ("host", "host", "Text", False),
                         ("port", "port", "UInt16", False),
                     ),

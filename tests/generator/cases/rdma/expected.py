@@ -23,10 +23,11 @@ class Shard(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb079376b7f724ba2,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb079376b7f724ba2,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("buffer", "buffer", "Adapted(0xc746b1ebd9b67ba9)", False),
             ("replicas", "replicas", "List(Adapted(0xc746b1ebd9b67ba9))", False),
             ("offset", "offset", "UInt64", False),
@@ -53,10 +54,11 @@ class _StoreHandleResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc2929f5f1f59b17b,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc2929f5f1f59b17b,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("buffer", "buffer", "Adapted(0xc746b1ebd9b67ba9)", False),
         ),
     )
@@ -76,10 +78,11 @@ class _StoreShardParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xe4e0a812d7b5bc56,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xe4e0a812d7b5bc56,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("index", "index", "UInt32", False),
         ),
     )
@@ -99,10 +102,11 @@ class _StoreAdoptParams(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x93316c863e1d22b5,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x93316c863e1d22b5,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("buffer", "buffer", "Adapted(0xc746b1ebd9b67ba9)", False),
             ("offset", "offset", "UInt64", False),
         ),
@@ -125,10 +129,11 @@ class _StoreAdoptResults(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc69baedf326db21f,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc69baedf326db21f,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("ok", "ok", "Bool", False),
         ),
     )

@@ -32,10 +32,11 @@ class Limits(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x9d6963909f59d6e3,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x9d6963909f59d6e3,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("max_items", "maxItems", "UInt32", False),
             ("name", "name", "Text", False),
             ("mode", "mode", "Enum(Mode)", False),
@@ -49,10 +50,11 @@ class Limits(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0xf97657220a48eee7,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0xf97657220a48eee7,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("ratio", "ratio", "Float64", False),
             ),
         )
@@ -89,10 +91,11 @@ class Holder(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xab2e55ea3e534430,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xab2e55ea3e534430,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("limits", "limits", "Struct(Limits)", False),
         ),
     )

@@ -24,10 +24,11 @@ class Everything(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xc66206f46880d427,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xc66206f46880d427,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("flag", "flag", "Bool", False),
             ("i8", "i8", "Int8", False),
             ("i16", "i16", "Int16", False),
@@ -54,10 +55,11 @@ class Everything(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0xd31e059aadb58d9f,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0xd31e059aadb58d9f,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("value", "value", "Int64", False),
             ),
         )
@@ -67,10 +69,11 @@ class Everything(stubs.Struct):
 
             __slots__ = ()
             __capnp__ = stubs.StructInfo(
-                _SCHEMA,
-                0xbd9adc75af3bb64b,
-                __name__,
-                (
+                schema=_SCHEMA,
+                node_id=0xbd9adc75af3bb64b,
+                module=__name__,
+                # (python name, wire name, type, in the unnamed union)
+                fields=(
                     ("ok", "ok", "Bool", False),
                 ),
             )
@@ -145,10 +148,11 @@ class Empty(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xa0a7423cec16064b,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xa0a7423cec16064b,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
         ),
     )
 

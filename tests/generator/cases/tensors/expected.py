@@ -24,10 +24,11 @@ class Sample(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0x873abc3bed6e1286,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0x873abc3bed6e1286,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("features", "features", "Tensor", False),
             ("raw", "raw", "TensorData", False),
             ("blob", "blob", "Data", False),

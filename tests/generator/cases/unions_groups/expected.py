@@ -21,10 +21,11 @@ class Shape(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xcb1f3f0824786602,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xcb1f3f0824786602,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("name", "name", "Text", False),
             ("origin", "origin", "Group(Shape.Origin)", False),
             ("style", "style", "Group(Shape.Style)", False),
@@ -39,10 +40,11 @@ class Shape(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0xbe541b5f4d2d1a88,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0xbe541b5f4d2d1a88,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("x", "x", "Float32", False),
                 ("y", "y", "Float32", False),
             ),
@@ -64,10 +66,11 @@ class Shape(stubs.Struct):
 
         __slots__ = ()
         __capnp__ = stubs.StructInfo(
-            _SCHEMA,
-            0xb6a5202d1f92b54e,
-            __name__,
-            (
+            schema=_SCHEMA,
+            node_id=0xb6a5202d1f92b54e,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
                 ("plain", "plain", "Void", True),
                 ("colored", "colored", "UInt32", True),
             ),
@@ -114,10 +117,11 @@ class Point(stubs.Struct):
 
     __slots__ = ()
     __capnp__ = stubs.StructInfo(
-        _SCHEMA,
-        0xb1c626f8e67da4f3,
-        __name__,
-        (
+        schema=_SCHEMA,
+        node_id=0xb1c626f8e67da4f3,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
             ("x", "x", "Float64", False),
             ("y", "y", "Float64", False),
         ),
