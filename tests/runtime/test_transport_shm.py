@@ -175,7 +175,7 @@ _HOSTILE = textwrap.dedent(
 
 
 def test_a_peer_that_shrinks_an_announced_memfd_is_refused_without_sigbus(lp: Loop, tmp_path: Any) -> None:
-    server = lp.transport()
+    server = lp.transport(token=None)  # no token: Unix peers reach the frame path unauthenticated
     lst = lp.call(lambda: server.listen(f"unix:{tmp_path}/s.sock", lp.on_link))
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOSTILE, lst.address[5:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
