@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from monarch._core.errors import ConnectError, ProtocolError
+from monarch._transport.auth import dial_handshake_blocking
 from monarch._transport.base import TransportSettings
-from monarch._transport.channel import dial
 from monarch._transport.frame import Envelope, encode_frame
 from monarch._transport.sockets import SocketTransport
 
@@ -159,11 +159,15 @@ def test_dialer_refuses_a_listener_that_does_not_know_the_token(lp: Loop) -> Non
     t.join(10)
 
 
-def test_blocking_dial_refuses_a_listener_that_does_not_know_the_token() -> None:
+def test_blocking_handshake_refuses_a_listener_that_does_not_know_the_token() -> None:
     # the old one-way protocol: the listener sent a bare 32-byte nonce and was never checked
     addr, t, _ = _fake_listener(os.urandom(32))
-    with pytest.raises(ConnectError):
-        sock = dial(addr, TOKEN, timeout_s=1)
+    host, _, port = addr[4:].rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        with pytest.raises(ProtocolError):
+            dial_handshake_blocking(sock, TOKEN)
+    finally:
         sock.close()
     t.join(10)
 
