@@ -58,6 +58,8 @@ BOOTSTRAP_VARIABLES: Mapping[str, str] = {
     "bootstrap callable; the proc removes it from its environment at start.",
     "MONARCH_RUNTIME_DIR": "Set by the parent for its procs: the folder of the job's Unix "
     "sockets; its presence also tells a process that it is a proc, not a client.",
+    "MONARCH_PYTHON_EXECUTABLE": "Set by the parent for procs spawned from a "
+    "HostMesh.with_python_executable mesh: the interpreter procs they spawn use too.",
     "MONARCH_ROOT_ADDR": "Set by the parent for its procs: the address of the job's root client, "
     "which hosts the controllers of get_or_spawn_controller.",
     "MONARCH_IN_ZYGOTE": "Set in the fork server and everything it forks: a fork server refuses "

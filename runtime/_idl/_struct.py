@@ -394,7 +394,7 @@ def _which(reader: Any) -> str:
     """The wire name of the active union member; "" for a discriminant this schema lacks."""
     try:
         return str(reader._which_str())
-    except Exception:  # noqa: BLE001  # pycapnp raises KjException for an unknown discriminant
+    except Exception:  # pycapnp raises KjException for an unknown discriminant
         return ""
 
 

@@ -163,13 +163,14 @@ class ActorMesh(MeshTrait, Generic[T]):
         rt = current_runtime()
         router = rt.router
         ref = self._ref
+        call = f"{ref.name}.{spec.name}"
         for a, rs in plan.groups:
             dead = router.dead_reason(a)
             if dead:
-                raise SupervisionError(f"actor {ref.name}{rs if len(rs) > 1 else [rs[0]]} is unreachable: {dead}")
+                raise SupervisionError.proc_failed(f"{ref.name}{rs if len(rs) > 1 else [rs[0]]}", dead, call)
             reason = rt.supervisor.unusable(ref, rs)
             if reason:
-                raise SupervisionError(reason)
+                raise SupervisionError(reason).for_call(call)
         result: Any = None
         sink: Any = None
         flags = MessageFlags.NONE
@@ -191,6 +192,8 @@ class ActorMesh(MeshTrait, Generic[T]):
             raise ValueError(f"unknown adverb {adverb!r}")
         if spec.explicit_response_port:
             flags |= MessageFlags.EXPLICIT_PORT
+        if sink is not None:
+            sink.call = call  # failures of this call read "Endpoint call mesh.endpoint() failed, ..."
         ctx = _current.get()
         sender = ctx.actor_instance.actor_id if ctx is not None else rt.name
         try:
@@ -213,8 +216,8 @@ class ActorMesh(MeshTrait, Generic[T]):
             if sink is not None:
                 router.close_port(sink.port)
             if isinstance(exc, SupervisionError):
-                raise
-            raise SupervisionError(f"cannot reach actor mesh {ref.name!r}: {exc}") from exc
+                raise exc.for_call(call) from exc
+            raise SupervisionError(f"cannot reach actor mesh {ref.name!r}: {exc}").for_call(call) from exc
         timeout_s = spec.timeout_s
         if timeout_s is not None and sink is not None and hasattr(sink, "timeout"):
             router.loop.call_soon_threadsafe(router.loop.call_later, timeout_s, sink.timeout, timeout_s)

@@ -53,6 +53,7 @@ class Instance:
     pid: int
     _proc: Any = None
     _owned: Any = None
+    _actor: Any = None  # the ActorInstance that runs this actor (None: the client)
 
     @property
     def proc(self) -> Any:
@@ -106,7 +107,7 @@ class Instance:
         actor.stop()
 
     def _running_actor(self, what: str) -> Any:
-        actor = getattr(self, "_actor", None)  # set by the ActorInstance that owns this Instance
+        actor = self._actor
         if actor is None:
             raise RuntimeError(
                 f"Instance.{what}() needs a running actor, but {self.actor_id} is the client or a proc, "

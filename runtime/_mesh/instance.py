@@ -143,7 +143,7 @@ class ActorInstance:
         self.failure: str | None = None
         self.instance = Instance(rank, f"{mesh_id}[{rank.rank}]", name, host.router.addr, os.getpid())
         self.instance._proc = host.this_proc_mesh()
-        self.instance._actor = self  # type: ignore[attr-defined]  # found by supervision.current_owner
+        self.instance._actor = self  # found by supervision.current_owner
         self._args = args
         self._kwargs = kwargs
         self._bound: dict[str, Any] = {}
@@ -171,6 +171,11 @@ class ActorInstance:
     @property
     def display(self) -> str:
         return f"{self.name}[{self.rank.rank}]"
+
+    @property
+    def qualified(self) -> str:
+        """Monarch's name of this actor: ``<module.Class name{'gpus': 3/4}>``."""
+        return f"<{self.cls.__module__}.{self.cls.__qualname__} {self.name}{self.rank}>"
 
     # -- mailbox ----------------------------------------------------------------------------
     def post(self, msg: Any) -> None:
@@ -287,7 +292,8 @@ class ActorInstance:
         token = set_context(Context(self.instance, self.rank))
         try:
             self.obj = self.cls(*self._args, **self._kwargs)
-            self.state = "running"
+            if self.state == "starting":  # not if __init__ aborted the actor itself
+                self.state = "running"
         except Exception as exc:
             self._fail(exc, "__init__")
         except BaseException as exc:
@@ -359,7 +365,9 @@ class ActorInstance:
             except asyncio.CancelledError:
                 # a concurrent endpoint's body cancelled as the actor stops: its caller is told
                 if msg.reply_addr and not (spec is not None and spec.explicit_response_port):
-                    self.host.refuse(msg, SupervisionError(f"actor {self.display} was stopped while handling {msg.endpoint!r}"))
+                    self.host.refuse(
+                        msg, SupervisionError.actor_stopped(self.qualified, f"stopped while handling {msg.endpoint!r} ({self.display})")
+                    )
                 raise
             except BaseException as exc:
                 self._proc_fails(exc, msg)
@@ -459,8 +467,8 @@ class ActorInstance:
 
     def _refusal(self) -> SupervisionError:
         if self.state == "stopped":
-            return SupervisionError(f"actor {self.display} was stopped")
-        return SupervisionError(f"actor {self.display} failed: {self.failure}")
+            return SupervisionError.actor_stopped(self.qualified, f"stopped by client ({self.display})")
+        return SupervisionError.actor_failed(self.qualified, f"{self.failure}\n(actor {self.display})")
 
     # -- stopping -------------------------------------------------------------------------------
     def _stopped(self) -> None:

@@ -8,7 +8,6 @@ Semantics follow Meta Monarch's ``this_host().spawn_procs(per_host={...})`` and
 from __future__ import annotations
 
 import base64
-import inspect
 import math
 import os
 import threading
@@ -26,10 +25,15 @@ from .context import context
 from .current import current_runtime
 from .supervision import current_owner
 
-__all__ = ["HostMesh", "ProcMesh", "hosts_from_config", "shutdown_context", "this_host", "this_proc"]
+__all__ = ["HostMesh", "ProcMesh", "ProcMeshStoppedError", "hosts_from_config", "shutdown_context", "this_host", "this_proc"]
 
 M = TypeVar("M")
 T = TypeVar("T")
+
+
+class ProcMeshStoppedError(SupervisionError, RuntimeError):
+    """A stopped ProcMesh was used (Monarch raises a ``RuntimeError`` here; it is also our
+    ``SupervisionError``)."""
 
 
 class ProcMesh(MeshTrait):
@@ -79,13 +83,14 @@ class ProcMesh(MeshTrait):
 
         Raises:
             TypeError: ``cls`` is not a spawnable actor class (abstract, mixed sync/async).
-            SupervisionError: this proc mesh was stopped.
+            ProcMeshStoppedError: this proc mesh was stopped (a ``RuntimeError`` and a
+                ``SupervisionError``).
         """
         if not isinstance(name, str):
             raise TypeError(f"spawn(name, cls, ...): name must be a str, got {type(name).__name__}")
         validate_actor_class(cls)
         if self._stopped:
-            raise SupervisionError("cannot spawn on a stopped ProcMesh")
+            raise ProcMeshStoppedError("`ProcMesh` has already been stopped: cannot spawn on it")
         rt = current_runtime()
         ranks = self._shape.ranks()
         addrs = [self._addrs[r] for r in ranks]
@@ -167,9 +172,8 @@ class HostMesh(MeshTrait):
         ``with_python_executable``, e.g. a wrapper script that sets up the environment and execs
         Python). The interpreter must be able to import ``monarch`` and the actors' modules.
 
-        NOT BUILT YET: the proc starter cannot start another interpreter yet, so
-        :meth:`spawn_procs` on the returned mesh raises ``NotImplementedError``; this method
-        itself checks ``path`` and succeeds, so programs that only build such a mesh run.
+        Such procs start from scratch with that interpreter (not from the fork server), and
+        procs they spawn from ``this_host()`` use it too.
 
         Args:
             path: an executable file.
@@ -213,8 +217,7 @@ class HostMesh(MeshTrait):
 
         Raises:
             ValueError: a dimension label clashes with the host mesh's, or a size is invalid.
-            NotImplementedError: this mesh came from :meth:`with_python_executable`, which the
-                proc starter does not support yet.
+            OSError: an interpreter could not be started.
         """
         per_host = dict(per_host or {})
         clash = set(per_host) & set(self._shape.labels)
@@ -231,17 +234,7 @@ class HostMesh(MeshTrait):
         if bootstrap is not None:
             extra["MONARCH_BOOTSTRAP"] = base64.b64encode(cloudpickle.dumps(bootstrap)).decode()
         rt = current_runtime()
-        if self._python_executable is None:
-            handles = rt.procs.spawn(nproc, name, extra)
-        else:
-            spawn: Any = rt.procs.spawn  # the interpreter argument is a later addition to the starter
-            if "python_executable" not in inspect.signature(spawn).parameters:
-                raise NotImplementedError(
-                    f"spawn_procs on a HostMesh from with_python_executable({self._python_executable!r}) is not "
-                    "built yet: the proc starter (monarch._mesh.procs.ProcManager.spawn) cannot start another "
-                    "interpreter; spawn from this_host() to use this process's interpreter"
-                )
-            handles = spawn(nproc, name, extra, python_executable=self._python_executable)
+        handles = rt.procs.spawn(nproc, name, extra, python_executable=self._python_executable)
         per = -(-n // nproc)
         addrs = [handles[i // per].addr for i in range(n)]
         mesh = ProcMesh(addrs, Shape(labels, 0, sizes), self)
@@ -280,7 +273,11 @@ def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:
 
 
 def this_host() -> HostMesh:
-    """The host this code runs on (Monarch's ``this_host``)."""
+    """The host this code runs on (Monarch's ``this_host``); in a proc started from a
+    ``with_python_executable`` mesh, procs it spawns use that interpreter too."""
+    exe = os.environ.get("MONARCH_PYTHON_EXECUTABLE")
+    if exe:
+        return HostMesh(_THIS_HOST._shape, python_executable=exe)
     return _THIS_HOST
 
 

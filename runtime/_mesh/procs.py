@@ -102,13 +102,17 @@ class ProcManager:
         return h.pid if h is not None else 0
 
     # -- spawning ------------------------------------------------------------------------------
-    def spawn(self, n: int, name: str, env: dict[str, str] | None = None) -> list[ProcHandle]:
+    def spawn(
+        self, n: int, name: str, env: dict[str, str] | None = None, *, python_executable: str | None = None
+    ) -> list[ProcHandle]:
         """Start ``n`` procs (non-blocking: they are reachable at once).
 
         Args:
             n: how many OS processes.
             name: prefix of their names (``name/0``, ``name/1``, ...).
             env: extra environment variables for these procs.
+            python_executable: the interpreter to start them with (from scratch, not from the
+                fork server, which runs this process's interpreter); None: this one.
 
         Raises:
             OSError: the OS refused to start a process.
@@ -117,6 +121,8 @@ class ProcManager:
         child_env.update(self.child_env)
         child_env.update(env or {})
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        if python_executable is not None:
+            child_env["MONARCH_PYTHON_EXECUTABLE"] = python_executable
         handles = []
         for _ in range(n):
             k = next(self._names)
@@ -126,7 +132,7 @@ class ProcManager:
                 lsock.bind(path)
                 lsock.listen(512)
                 argv = ["--fd", "{fd}", "--owner", self.router.addr, "--name", f"{name}/{k}"]
-                pid, popen = self._start(argv, child_env, lsock.fileno())
+                pid, popen = self._start(argv, child_env, lsock.fileno(), python_executable)
                 h = ProcHandle("unix:" + path, pid, f"{name}/{k}", popen)
                 # connect before closing our copy: the connection waits in the child's backlog,
                 # so it is the first the child accepts (the child's owner link)
@@ -149,8 +155,10 @@ class ProcManager:
             handles.append(h)
         return handles
 
-    def _start(self, argv: list[str], env: dict[str, str], fd: int) -> tuple[int, subprocess.Popen[bytes] | None]:
-        zygote = self._fork_server()
+    def _start(
+        self, argv: list[str], env: dict[str, str], fd: int, python_executable: str | None = None
+    ) -> tuple[int, subprocess.Popen[bytes] | None]:
+        zygote = self._fork_server() if python_executable is None else None
         if zygote is not None:
             try:
                 return zygote.spawn(argv, env, os.getcwd(), fd), None
@@ -159,7 +167,7 @@ class ProcManager:
             except OSError as exc:
                 log.warning("fork server failed, starting procs from scratch: %s", exc)
                 self._zygote_failed = True
-        cmd = [sys.executable, "-m", "monarch._mesh.proc_main", *[a if a != "{fd}" else str(fd) for a in argv]]
+        cmd = [python_executable or sys.executable, "-m", "monarch._mesh.proc_main", *[a if a != "{fd}" else str(fd) for a in argv]]
         popen = subprocess.Popen(cmd, pass_fds=[fd], env=env, cwd=os.getcwd())
         return popen.pid, popen
 

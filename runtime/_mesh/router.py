@@ -242,7 +242,7 @@ class Router:
             if conn is not None and not conn.closed:
                 return conn
             if addr in self._dead:
-                raise SupervisionError(f"proc at {addr} is gone: {self._dead[addr]}")
+                raise SupervisionError.proc_failed(f"on proc {addr}", self._dead[addr])
             return self._outgoing(addr, self.transport.connect(addr))
 
     def adopt(self, addr: str, sock: socket.socket) -> Link:
@@ -429,7 +429,7 @@ class Router:
         except ConnectionError as exc:
             dead = self._dead.get(addr)
             if dead:
-                raise SupervisionError(f"proc at {addr} is gone: {dead}") from exc
+                raise SupervisionError.proc_failed(f"on proc {addr}", dead) from exc
             raise ConnectError(f"cannot reach {addr}: {exc}") from exc
 
     def send_control(

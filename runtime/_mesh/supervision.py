@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._core.errors import SupervisionError
 from .._core.failure import MeshFailure
+from .._core.shape import Point
 from .._transport.messages import ControlOp, Kind
 from .._transport.pickle_codec import dumps, loads
 from .context import _current
@@ -129,11 +131,11 @@ class Supervisor:
         rec = self.owned.get(ref.mesh_id)
         failed = rec.failed if rec is not None else self.remote_failed.get(ref.mesh_id, {})
         if rec is not None and rec.stopped:
-            return f"actor mesh {ref.name!r} was stopped"
+            return str(SupervisionError.actor_stopped(ref.name, "stopped by client"))
         for r in ranks:
             cause = failed.get(r)
             if cause is not None:
-                return f"actor {ref.name}[{r}] failed: {cause}"
+                return str(SupervisionError.actor_failed(f"{ref.name}[{r}]", cause))
         return None
 
     # -- failures ----------------------------------------------------------------------------
@@ -167,10 +169,11 @@ class Supervisor:
             failure = MeshFailure(
                 mesh_name=rec.name,
                 ranks=ranks,
-                cause=reason,
+                cause=f"the process this actor was running on failed: {reason}",
                 host=self.hostname,
                 pid=pid,
                 actor=f"{rec.name}[{ranks[0]}]",
+                qualified_actor=_qualified(rec, ranks[0]),
             )
             self.deliver(rec.mesh_id, failure)
         with self.lock:
@@ -233,6 +236,17 @@ class Supervisor:
         futures = [self._stop_mesh(r.ref) for r in meshes if r.ref is not None]
         futures += [p.stop() for p in procs]
         return futures
+
+
+def _qualified(rec: OwnedMesh, rank: int) -> str:
+    """Monarch's name of rank ``rank`` of ``rec``: ``<module.Class name{'gpus': 0/4}>``."""
+    ref = rec.ref
+    cls = getattr(ref, "actor_cls", None)
+    shape = getattr(ref, "shape", None)
+    point = f"{Point(rank, shape.extent)}" if shape is not None else f"[{rank}]"
+    if cls is None:
+        return f"{rec.name}{point}"
+    return f"<{cls.__module__}.{cls.__qualname__} {rec.name}{point}>"
 
 
 def current_owner() -> Any:

@@ -64,3 +64,21 @@ class Reassigns(Actor):
     @endpoint
     def logger_name(self) -> str:
         return self.logger.name
+
+
+class Marked(Actor):
+    """Reports the marker a wrapper interpreter sets, here and in a proc it spawns itself."""
+
+    @endpoint
+    def marker(self) -> str:
+        return os.environ.get("WRAPPED_BY_TEST", "")
+
+    @endpoint
+    def nested_marker(self) -> str:
+        from monarch.actor import this_host
+
+        procs = this_host().spawn_procs({"gpus": 1})
+        try:
+            return procs.spawn("inner", Marked).marker.call_one().get(60)  # type: ignore[no-any-return]
+        finally:
+            procs.stop().get(30)

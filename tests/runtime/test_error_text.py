@@ -163,3 +163,15 @@ def test_proc_end_is_described_in_monarchs_words() -> None:
     assert describe_status(signal.SIGKILL) == "Killed(sig=9): killed by signal 9 (SIGKILL)"
     assert describe_status(1 << 8) == "exited with non-zero code 1: exited with status 1"
     assert describe_status(0) == "exited with status 0"
+
+
+def test_spawning_on_a_stopped_proc_mesh_raises_a_runtime_error_naming_it() -> None:
+    from monarch.actor import SupervisionError, this_host
+
+    from tests.runtime.feature_actors import Nester
+
+    procs = this_host().spawn_procs({"gpus": 1})
+    procs.stop().get(30)
+    with pytest.raises(RuntimeError, match="`ProcMesh` has already been stopped") as info:
+        procs.spawn("late", Nester)
+    assert isinstance(info.value, SupervisionError)

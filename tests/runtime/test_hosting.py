@@ -94,10 +94,10 @@ def test_stop_handles_queued_calls_first_then_refuses_later_ones_and_runs_cleanu
     assert queued.get(TIMEOUT_S) == "before stop"
     stopped.get(TIMEOUT_S)
     assert Gate.gates[gate + ":cleaned"].is_set()
-    with pytest.raises(SupervisionError, match="was stopped"):
+    with pytest.raises(SupervisionError, match="stopped: stopped by client"):
         late.get(TIMEOUT_S)
     assert rts.actor(ref).state == "stopped"
-    assert rts.client.supervisor.unusable(ref, [0]) == "actor mesh 'gates' was stopped"
+    assert rts.client.supervisor.unusable(ref, [0]) == "Supervision event: actor gates has status:\n  stopped: stopped by client"
 
 
 def test_stopping_a_mesh_on_a_dead_proc_completes_at_once(rts, gate):

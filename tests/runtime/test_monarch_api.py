@@ -160,16 +160,19 @@ def test_with_python_executable_checks_the_path_and_keeps_the_original_mesh(tmp_
         host.with_python_executable(3)  # type: ignore[arg-type]
 
 
-def test_spawn_procs_from_with_python_executable_fails_clearly_until_the_starter_supports_it() -> None:
-    import inspect
+def test_procs_spawned_from_with_python_executable_run_that_interpreter_and_pass_it_on(tmp_path: Path) -> None:
+    from tests.runtime.api_actors import Marked
 
-    from monarch._mesh.procs import ProcManager
-
-    if "python_executable" in inspect.signature(ProcManager.spawn).parameters:
-        pytest.skip("the proc starter takes an interpreter now: this refusal no longer applies")
-    other = this_host().with_python_executable(sys.executable)
-    with pytest.raises(NotImplementedError, match="with_python_executable"):
-        other.spawn_procs({"gpus": 1})
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\nWRAPPED_BY_TEST=yes exec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    procs = this_host().with_python_executable(str(wrapper)).spawn_procs({"gpus": 1})
+    try:
+        mesh = procs.spawn("marked", Marked)
+        assert mesh.marker.call_one().get(60) == "yes"
+        assert mesh.nested_marker.call_one().get(120) == "yes"
+    finally:
+        procs.stop().get(30)
 
 
 # -- shutdown_context (in a fresh client: it ends that process's runtime) ----------------------

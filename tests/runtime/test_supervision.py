@@ -113,7 +113,7 @@ def test_exception_in_broadcast_handler_fails_only_that_actor(
     assert (
         f.ranks == [1] and "ValueError: boom in handler" in f.cause and "Traceback" in f.traceback
     )
-    with pytest.raises(SupervisionError, match=r"bc\[1\] failed: ValueError"):
+    with pytest.raises(SupervisionError, match=r"bc\[1\] and all its descendants have failed:\s+ValueError"):
         w.slice(hosts=0, gpus=1).ping.call_one().get(timeout=5)
     assert len(list(w.slice(hosts=1).ping.call().get(timeout=10).values())) == 2
 
