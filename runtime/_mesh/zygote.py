@@ -79,7 +79,7 @@ _K_REFUSED = ord("R")  # (request id, index into _STARTUP_ENV, or -1: a thread i
 _K_EXITED = ord("E")  # (pid, wait status)
 
 # imported before the zygote says hello (every proc needs them) ...
-_PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "uvloop", "ctypes")
+_PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "monarch.config", "uvloop", "ctypes")
 # ... and between requests, while no request waits (most procs need them soon)
 _PRELOAD_IDLE = ("monarch.actor", "numpy")
 
