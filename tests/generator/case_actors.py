@@ -34,7 +34,7 @@ def ensure_gencases() -> Path:
     root = Path(tempfile.gettempdir()) / f"monarch-gencases-{os.getuid()}-{_digest()}"
     if not (root / "gencases" / "__init__.py").exists():
         sys.path.insert(0, str(_HERE))
-        from gen_cases import CASE_NAMES, generate_outputs
+        from gen_cases import CASE_NAMES, generate_outputs  # type: ignore[import-not-found]  # on sys.path just above
         from monarch.generator.generate import write
 
         tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))

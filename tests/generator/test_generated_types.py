@@ -34,7 +34,11 @@ def test_generated_code_and_programs_typecheck_with_exact_misuse_errors(
     shadow = make_shadow(tmp_path / "shadow")
     files = [str(shadow / "monarch" / "generated" / "example.py")]
     files += [str(case_package / f"{name}.py") for name in CASE_NAMES]
-    files += [str(HERE / "typed_user.py"), str(HERE / "typed_misuse.py")]
+    files += [
+        str(HERE / "typed_user.py"),
+        str(HERE / "typed_misuse.py"),
+        str(HERE / "case_actors.py"),
+    ]
     res = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
          "--cache-dir", str(ROOT / ".mypy_cache"), "--no-error-summary", "--show-error-codes", *files],

@@ -19,6 +19,9 @@ from monarch.generated.example import (
 from monarch.generated.parameter_server_rdma import ParameterServerMesh
 from monarch.generated.parameter_server_rdma import WorkerMesh as RdmaWorkerMesh
 
+from gencases.builtin_names import Phase, RunnerMesh
+from gencases.generic_results import Page, ShopMesh
+
 
 def wrong_argument_type(workers: WorkerMesh) -> None:
     workers.train.call_one("not a batch")  # E: Argument 1 to "call_one" of "Endpoint" has incompatible type "str"; expected "Batch"  [arg-type]
@@ -61,3 +64,15 @@ def rdma_handle_is_not_bytes(workers: RdmaWorkerMesh, server: ParameterServerMes
 
 def rdma_field_may_be_unset(server: ParameterServerMesh) -> int:
     return server.weights.call_one().get().handle.size  # E: Item "None" of "RDMABuffer | None" has no attribute "size"  [union-attr]
+
+
+def generic_result_keeps_its_type_argument(shop: ShopMesh) -> None:
+    page: Page[str] = shop.listing.call_one(1).get()  # E: Incompatible types in assignment (expression has type "Page[Items]", variable has type "Page[str]")  [assignment]
+
+
+def required_parameter_after_a_default_is_keyword_only(runner: RunnerMesh) -> None:
+    runner.eval_.call_one(Phase.train, 3)  # E: Too many positional arguments for "call_one" of "Endpoint"  [call-arg]
+
+
+def renamed_enumerant_has_no_schema_spelling() -> None:
+    phase: Phase = Phase.eval  # E: "type[Phase]" has no attribute "eval"  [attr-defined]
