@@ -7,6 +7,8 @@ mypy reports exactly these errors and no others.
 # fmt: off
 from __future__ import annotations
 
+from gencases.builtin_names import Phase, RunnerMesh
+from gencases.generic_results import Page, ShopMesh
 from monarch import stubs
 from monarch.generated.example import (
     Batch,
@@ -18,9 +20,6 @@ from monarch.generated.example import (
 )
 from monarch.generated.parameter_server_rdma import ParameterServerMesh
 from monarch.generated.parameter_server_rdma import WorkerMesh as RdmaWorkerMesh
-
-from gencases.builtin_names import Phase, RunnerMesh
-from gencases.generic_results import Page, ShopMesh
 
 
 def wrong_argument_type(workers: WorkerMesh) -> None:
