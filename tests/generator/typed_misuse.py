@@ -65,8 +65,8 @@ def rdma_field_may_be_unset(server: ParameterServerMesh) -> int:
     return server.weights.call_one().get().handle.size  # E: Item "None" of "RDMABuffer | None" has no attribute "size"  [union-attr]
 
 
-def generic_result_keeps_its_type_argument(shop: ShopMesh) -> None:
-    page: Page[str] = shop.listing.call_one(1).get()  # E: Incompatible types in assignment (expression has type "Page[Items]", variable has type "Page[str]")  [assignment]
+def generic_result_keeps_its_type_argument(shop: ShopMesh) -> Page[str]:
+    return shop.listing.call_one(1).get()  # E: Incompatible return value type (got "Page[Items]", expected "Page[str]")  [return-value]
 
 
 def required_parameter_after_a_default_is_keyword_only(runner: RunnerMesh) -> None:
@@ -74,4 +74,4 @@ def required_parameter_after_a_default_is_keyword_only(runner: RunnerMesh) -> No
 
 
 def renamed_enumerant_has_no_schema_spelling() -> None:
-    phase: Phase = Phase.eval  # E: "type[Phase]" has no attribute "eval"  [attr-defined]
+    print(Phase.eval)  # E: "type[Phase]" has no attribute "eval"  [attr-defined]
