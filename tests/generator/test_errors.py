@@ -149,3 +149,18 @@ def test_fifo_given_as_schema_is_rejected_without_blocking(tmp_path: Path) -> No
     res = _gen(tmp_path, "pipe.capnp")  # opening a FIFO to read would block: it must not
     assert res.returncode == 1
     assert res.stderr.startswith("pipe.capnp:0:0: is a FIFO"), res.stderr
+
+
+def test_import_of_a_schema_not_generated_in_the_run_is_named_with_its_place(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "notes.capnp").write_text(
+        "@0xd1e2f3a4b5c6d7e1;\nannotation note @0xd1e2f3a4b5c6d7e2 (*) :Text;\n"
+    )
+    text = ID + 'using N = import "notes.capnp";\nstruct A $N.note("x") {\n  x @0 :Int32;\n}\n'
+    res = _run(tmp_path, text)  # the generated module would fail to load notes.capnp
+    assert res.returncode == 1
+    assert res.stderr.startswith(
+        "bad.capnp:2:18: imports 'notes.capnp', which is not generated in this run"
+    ), res.stderr
+    assert not (tmp_path / "out").exists()
