@@ -11,6 +11,7 @@ the router, the one source of truth for which peers are alive.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -29,6 +30,10 @@ from .router import Router
 from .zygote import GUARD_ENV, ZygoteClient, ZygoteRefused
 
 __all__ = ["ProcHandle", "ProcManager", "describe_status"]
+
+_SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux, the terminating NUL included
+# exited children remembered for reports; older ones are forgotten (their addresses stay dead)
+_EXITED_KEPT = 4096
 
 log = logging.getLogger("monarch.procs")
 
@@ -91,6 +96,7 @@ class ProcManager:
         self._zygote_failed = False
         self._zygote_lock = threading.Lock()
         self._by_pid: dict[int, ProcHandle] = {}  # children forked by the fork server
+        self._exited: collections.deque[str] = collections.deque()  # exit order, for pruning
 
     def __repr__(self) -> str:
         alive = sum(1 for h in self.children.values() if not h.exited.is_set())
@@ -127,6 +133,11 @@ class ProcManager:
         for _ in range(n):
             k = next(self._names)
             path = os.path.join(self.runtime_dir, f"{os.getpid()}-{k}.sock")
+            if len(os.fsencode(path)) >= _SUN_PATH_MAX:
+                raise OSError(
+                    f"the proc socket path {path!r} is {len(os.fsencode(path))} bytes, longer than a Unix "
+                    f"socket allows ({_SUN_PATH_MAX - 1}): set TMPDIR to a shorter folder"
+                )
             lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 lsock.bind(path)
@@ -227,6 +238,9 @@ class ProcManager:
     def _finish_exit(self, h: ProcHandle, status: int | None) -> None:
         if h.exited.is_set():
             return
+        self._exited.append(h.addr)
+        while len(self._exited) > _EXITED_KEPT:
+            self.children.pop(self._exited.popleft(), None)
         reason = describe_status(status) if status is not None else "exited"
         h.exit_reason = f"{reason} (proc {h.name}, pid {h.pid})"
         h.exited.set()

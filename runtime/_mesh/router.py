@@ -37,6 +37,8 @@ __all__ = ["Outgoing", "Router", "RouterLimits", "Sink", "TemplateMessage"]
 log = logging.getLogger("monarch.router")
 
 Handler = Callable[[Any, list[memoryview]], None]
+# dead peers remembered (to fail sends at once and name the cause); older ones are forgotten
+_DEAD_KEPT = 65536
 TransportFactory = Callable[[FrameHandler, CloseHandler], Transport]
 
 
@@ -349,6 +351,8 @@ class Router:
                     self._dead[addr] = reason  # a precise cause (exit status) beats EOF
                 return
             self._dead[addr] = reason
+            if len(self._dead) > _DEAD_KEPT:  # the oldest first: a later send there just fails again
+                del self._dead[next(iter(self._dead))]
             conn = self._out.pop(addr, None)
             self._watched.pop(addr, None)
             self._probes.pop(addr, None)

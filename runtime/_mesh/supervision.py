@@ -18,6 +18,7 @@ did not fail keep working.
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import sys
@@ -37,6 +38,10 @@ from .router import Router
 __all__ = ["FaultHooks", "OwnedMesh", "Supervisor", "current_owner", "default_unhandled_fault_hook", "fault_hooks"]
 
 log = logging.getLogger("monarch.supervision")
+
+# stopped meshes (and failures of meshes owned elsewhere) remembered to refuse calls with their
+# cause; older records are forgotten (a call to them then fails when it reaches the proc)
+_STOPPED_KEPT = 4096
 
 
 def default_unhandled_fault_hook(failure: MeshFailure) -> None:
@@ -103,6 +108,7 @@ class Supervisor:
         self.owned: dict[str, OwnedMesh] = {}
         self.owned_procs: dict[int, list[Any]] = {}  # id(owner ActorInstance) -> ProcMeshes
         self.remote_failed: dict[str, dict[int, str]] = {}
+        self._stopped_order: collections.deque[str] = collections.deque()
         self.expected_exits: set[str] = set()
         self.lock = threading.Lock()
         self.hostname = socket.gethostname()
@@ -185,6 +191,8 @@ class Supervisor:
         if rec is None:
             # not spawned here: a proc with no owning actor; pass it up to our own parent
             self.remote_failed.setdefault(mesh_id, {}).update({r: failure.cause for r in failure.ranks})
+            while len(self.remote_failed) > _STOPPED_KEPT:
+                del self.remote_failed[next(iter(self.remote_failed))]
             if self.parent_addr:
                 self.report(self.parent_addr, mesh_id, failure)
             else:
@@ -220,8 +228,12 @@ class Supervisor:
     def mark_stopped(self, mesh_id: str) -> None:
         """The mesh was stopped on purpose: later calls fail, its end is not a failure."""
         rec = self.owned.get(mesh_id)
-        if rec is not None:
+        if rec is not None and not rec.stopped:
             rec.stopped = True
+            with self.lock:
+                self._stopped_order.append(mesh_id)
+                while len(self._stopped_order) > _STOPPED_KEPT:
+                    self.owned.pop(self._stopped_order.popleft(), None)
 
     def owned_by(self, owner: Any) -> tuple[list[OwnedMesh], list[Any]]:
         """The actor meshes and proc meshes ``owner`` spawned and has not stopped."""

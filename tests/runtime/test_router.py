@@ -153,7 +153,7 @@ def test_mark_dead_fails_exactly_the_sinks_waiting_on_that_peer(nodes):
         on_b.future.get(TIMEOUT_S)
     assert not on_c.future.done()
     assert on_b.port not in a.router.sinks and on_c.port in a.router.sinks
-    with pytest.raises(SupervisionError, match="is gone"):
+    with pytest.raises(SupervisionError, match="on proc mem:b and all its descendants have failed"):
         a.router.send(b.addr, call(1, a.addr), [])
 
 
