@@ -119,3 +119,36 @@ class EvalRunner(Runner):
 
     def print_(self, from_: Step) -> Step:
         return Step(id_=from_.id_ + 1, type_=from_.type_ + "!", phase=from_.phase, from_=-1)
+
+
+from gencases.new_user import Job, Jobs, Scheduler, SchedulerMesh, Stage, Worker, WorkerMesh  # noqa: E402
+from gencases.new_user import Page as UserPage  # noqa: E402
+
+
+class JobScheduler(Scheduler):
+    """Hands each registered worker a running job; lists them as a generic page."""
+
+    def __init__(self) -> None:
+        self.workers: list[WorkerMesh] = []
+
+    def register(self, worker: WorkerMesh) -> int:
+        self.workers.append(worker)
+        return len(self.workers)
+
+    def jobs(self, stage: Stage = Stage.eval_) -> UserPage[Jobs]:
+        running = [
+            Job(id_=i, stage=stage, running=Job.Running(since=1.5, worker=w))
+            for i, w in enumerate(self.workers)
+        ]
+        return UserPage(items=Jobs(list_=[*running, Job(id_=99, idle=None)]), cursor="end")
+
+
+class JobWorker(Worker):
+    """Runs a job by asking the scheduler (through the reference it got) what is running."""
+
+    def run(self, job: Job, scheduler: SchedulerMesh) -> Job:
+        page = scheduler.jobs.call_one(Stage.input_).get(timeout=30)
+        running = [j for j in page.items.list_ if j.which() == "running"]
+        return Job(
+            id_=job.id_, stage=job.stage, failed=Job.Failed(reason=f"{len(running)} running")
+        )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 
 from tests.generator import case_actors
 from tests.generator.case_actors import EchoPeer, EvalRunner, PagedShop, RosterLeader
+from tests.generator.gen_cases import CASES
 
 
 def _through(spec: Any, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -183,3 +187,34 @@ def test_generic_results_and_builtin_names_on_real_procs(procs: Any) -> None:
     assert runner.eval_.call_one(Phase.train, id_=2).get(timeout=60) is Phase.print_
     step = runner.print_.call_one(Step(id_=1, type_="t")).get(timeout=60)
     assert (step.id_, step.type_, step.phase, step.from_) == (2, "t!", Phase.eval_, -1)
+
+
+def test_new_user_schema_runs_on_real_procs_and_a_breaking_edit_is_caught(
+    procs: Any, tmp_path: Path
+) -> None:
+    from gencases.new_user import Job, Stage
+
+    from tests.generator.case_actors import JobScheduler, JobWorker
+
+    scheduler = procs.slice(gpus=0).spawn("scheduler", JobScheduler)
+    workers = procs.spawn("workers", JobWorker)
+    assert scheduler.register.call_one(workers.slice(gpus=1)).get(timeout=60) == 1
+    page = scheduler.jobs.call_one().get(timeout=60)  # Page[Jobs]; stage defaults to Stage.eval_
+    first, idle = page.items.list_
+    assert (first.stage, first.which(), first.running.since, idle.which()) == (
+        Stage.eval_, "running", 1.5, "idle",
+    )  # fmt: skip
+    # the reference inside a group inside a union reaches the worker, which calls back
+    done = first.running.worker.run.call_one(Job(id_=7), scheduler).get(timeout=60)
+    assert (done.id_, done.stage, done.which(), done.failed.reason) == (
+        7, Stage.eval_, "failed", "1 running",
+    )  # fmt: skip
+    schema = CASES / "new_user" / "new_user.capnp"
+    edited = tmp_path / "new_user.capnp"
+    edited.write_text(schema.read_text().replace("  jobs @1 (", "  listJobs @1 ("))
+    res = subprocess.run(
+        [sys.executable, "-m", "monarch.generator.cli", "compat", str(schema), str(edited)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert ": breaking: Scheduler.listJobs @1: renamed from 'jobs'" in res.stdout, res.stdout
