@@ -9,6 +9,7 @@ so per-sender FIFO order holds across direct sends and tree casts.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pickle
 from collections.abc import Sequence
@@ -368,8 +369,12 @@ def _rebuild_mesh(cls: type, ref: MeshRef, shape: Shape) -> Any:
 
 
 def encode_mesh_ref(mesh: ActorMesh[Any]) -> bytes:
-    """Bytes that identify ``mesh`` (its spawn and slice); for ``M.ActorRef`` fields."""
-    data, bufs = dumps((mesh._ref, mesh._shape))
+    """Bytes that identify ``mesh`` (its spawn and slice); for ``M.ActorRef`` fields.
+
+    The implementation class is left out: the receiver names the mesh class it expects (the
+    generated proxy) and must not need the sender's implementation module.
+    """
+    data, bufs = dumps((dataclasses.replace(mesh._ref, actor_cls=None), mesh._shape))
     if bufs:
         raise TypeError("mesh reference holds out-of-band data")
     return data
