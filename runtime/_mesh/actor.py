@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get
 from .endpoint import EndpointProperty, EndpointSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Self
+
     from .._core.failure import MeshFailure
+    from .._core.future import Future
+    from .._core.shape import Extent
 
 __all__ = ["Actor", "EndpointTable", "MixedEndpointsError", "TypedActor", "endpoint_table", "validate_actor_class"]
 
@@ -34,6 +39,34 @@ class Actor(abc.ABC):  # noqa: B024  # ABC so generated abstract endpoints are e
     """
 
     __monarch_mesh__: ClassVar[type | None] = None
+
+    if TYPE_CHECKING:
+        # The typing of plain Python actors' meshes (type checkers only; nothing here exists at
+        # run time). ``ProcMesh.spawn("c", Counter)`` is typed as ``Counter``: the actor class
+        # stands for its mesh in type land. Its ``@endpoint`` attributes are
+        # ``Endpoint[P, R]`` (``EndpointProperty.__get__``), so arguments and results are checked
+        # and an unknown endpoint is an attribute error; the mesh operations below make
+        # ``spawn(...).slice(gpus=1).value.call_one().get()`` type-check without a ``cast``.
+        # The price: inside an actor's own methods mypy also accepts ``self.slice(...)`` (no
+        # such method at run time), and an endpoint named like a mesh operation (``stop``,
+        # ``size``, ...) is reported as an incompatible override, rightly: a mesh's own
+        # operation hides such an endpoint. A mypy plugin or an intersection type would avoid
+        # this; plain mypy has neither.
+
+        def slice(self, **kwargs: int | slice) -> Self: ...
+        def flatten(self, name: str) -> Self: ...
+        def rename(self, **kwargs: str) -> Self: ...
+        def split(self, **kwargs: Any) -> Self: ...
+        def size(self, dim: str | Sequence[str] | None = None) -> int: ...
+        @property
+        def extent(self) -> Extent: ...
+        @property
+        def sizes(self) -> dict[str, int]: ...
+        @property
+        def initialized(self) -> Future[None]: ...
+        def stop(self) -> Future[None]: ...
+        async def __aenter__(self) -> Self: ...
+        async def __aexit__(self, *exc: object) -> None: ...
 
     @functools.cached_property
     def logger(self) -> logging.Logger:

@@ -14,7 +14,7 @@ import itertools
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._core.errors import SupervisionError
 from .._core.future import Future
@@ -98,6 +98,12 @@ class ActorMesh(MeshTrait, Generic[T]):
     """A mesh of actors: endpoints as attributes, mesh operations that return the same type.
 
     Created by ``ProcMesh.spawn``; can be sent to other actors (it pickles by reference).
+
+    Typing: only declared endpoints type-check. A generated ``XMesh`` subclass declares its
+    endpoints as ``Endpoint[P, R]`` descriptors, so ``trainers.nosuch`` is a type error. A plain
+    Python actor's mesh is typed as the actor class itself (``spawn("c", Counter)`` is a
+    ``Counter`` to mypy; see :class:`monarch.actor.Actor`), whose ``@endpoint`` attributes are
+    ``Endpoint[P, R]``. At run time this class finds a plain actor's endpoints by name.
     """
 
     _is_actor_mesh = True
@@ -111,20 +117,27 @@ class ActorMesh(MeshTrait, Generic[T]):
     def _new_with_shape(self, shape: Shape) -> Any:
         return type(self)(self._ref, shape)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        ref = self.__dict__.get("_ref")
-        cls = ref.actor_cls if ref is not None else None
-        if cls is not None:
-            spec = _py_endpoints(cls).get(name)
-            if spec is not None:
-                ep: Endpoint[Any, Any] = Endpoint(self, spec)
-                self.__dict__[name] = ep  # later lookups skip __getattr__
-                return ep
-            if callable(getattr(cls, name, None)):
-                return NotAnEndpoint(self, name)
-        raise AttributeError(f"{type(self).__name__} of {getattr(cls, '__qualname__', '?')} has no endpoint {name!r}")
+    if not TYPE_CHECKING:
+        # Hidden from type checkers: a visible ``__getattr__ -> Any`` would let every attribute of
+        # every mesh type-check (``trainers.nosuch.call_one()``). Generated meshes declare their
+        # endpoints as typed descriptors; a plain actor's mesh is typed as its actor class (see
+        # ``monarch.actor.Actor``). At run time this finds a plain actor's endpoints by name.
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("_"):
+                raise AttributeError(name)
+            ref = self.__dict__.get("_ref")
+            cls = ref.actor_cls if ref is not None else None
+            if cls is not None:
+                spec = _py_endpoints(cls).get(name)
+                if spec is not None:
+                    ep: Endpoint[Any, Any] = Endpoint(self, spec)
+                    self.__dict__[name] = ep  # later lookups skip __getattr__
+                    return ep
+                if callable(getattr(cls, name, None)):
+                    return NotAnEndpoint(self, name)
+            raise AttributeError(
+                f"{type(self).__name__} of {getattr(cls, '__qualname__', '?')} has no endpoint {name!r}"
+            )
 
     def __repr__(self) -> str:
         ext = dict(zip(self._shape.labels, self._shape.sizes))

@@ -19,7 +19,7 @@ from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import Extent, MeshTrait, Shape
 from . import current
-from .actor import TypedActor, validate_actor_class
+from .actor import Actor, TypedActor, validate_actor_class
 from .actor_mesh import ActorMesh
 from .context import context
 from .current import current_runtime
@@ -28,7 +28,7 @@ from .supervision import current_owner
 __all__ = ["HostMesh", "ProcMesh", "ProcMeshStoppedError", "hosts_from_config", "shutdown_context", "this_host", "this_proc"]
 
 M = TypeVar("M")
-T = TypeVar("T")
+A = TypeVar("A", bound=Actor)
 
 
 class ProcMeshStoppedError(SupervisionError, RuntimeError):
@@ -65,10 +65,15 @@ class ProcMesh(MeshTrait):
         procs = len(set(self._addrs[r] for r in self._shape.ranks()))
         return f"<ProcMesh extent={ext} processes={procs}{' stopped' if self._stopped else ''}>"
 
+    # Typing (see DESIGN.md, "typing trick"): a generated actor's subclass yields its generated
+    # ``XMesh``; a plain Python actor class ``A`` yields ``A`` itself to type checkers, which
+    # stands for its mesh there (``Actor`` declares the mesh operations for type checkers only,
+    # and its ``@endpoint`` attributes are ``Endpoint[P, R]``). At run time the plain actor's
+    # mesh is an ``ActorMesh``.
     @overload
     def spawn(self, name: str, cls: type[TypedActor[M]], *args: Any, **kwargs: Any) -> M: ...
     @overload
-    def spawn(self, name: str, cls: type[T], *args: Any, **kwargs: Any) -> T: ...
+    def spawn(self, name: str, cls: type[A], *args: Any, **kwargs: Any) -> A: ...
     def spawn(self, name: str, cls: Any, *args: Any, **kwargs: Any) -> Any:
         """Spawn one actor of ``cls`` on every proc of this mesh; returns at once.
 
@@ -79,7 +84,9 @@ class ProcMesh(MeshTrait):
 
         Returns:
             The actor mesh: the generated ``XMesh`` proxy for generated actors, else an
-            ``ActorMesh`` whose attributes are the class's endpoints. Shaped like this mesh.
+            ``ActorMesh`` whose attributes are the class's endpoints (typed as ``cls`` itself
+            for type checkers: its endpoints and the mesh operations check, with no ``cast``).
+            Shaped like this mesh.
 
         Raises:
             TypeError: ``cls`` is not a spawnable actor class (abstract, mixed sync/async).

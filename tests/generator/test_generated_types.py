@@ -1,6 +1,7 @@
 """One mypy --strict run over all generated code, a typed user program and a file of misuses.
 
-The generated modules and ``typed_user.py`` must type-check cleanly; ``typed_misuse.py`` must
+The generated modules, ``typed_user.py`` and the plain-actor program
+``tests/runtime/typed_plain_actors.py`` must type-check cleanly; ``typed_misuse.py`` must
 produce exactly the errors written on its lines (``# E: message  [code]``) and no others.
 """
 
@@ -38,6 +39,7 @@ def test_generated_code_and_programs_typecheck_with_exact_misuse_errors(
         str(HERE / "typed_user.py"),
         str(HERE / "typed_misuse.py"),
         str(HERE / "case_actors.py"),
+        str(HERE.parent / "runtime" / "typed_plain_actors.py"),
     ]
     res = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),

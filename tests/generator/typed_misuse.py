@@ -1,4 +1,5 @@
-"""Misuses of generated code that mypy --strict must reject, each with its exact error.
+"""Misuses of generated code and of plain Python actors that mypy --strict must reject, each with
+its exact error.
 
 Every line that must fail ends with a comment "E: <message>  [code]"; test_generated_types.py checks that
 mypy reports exactly these errors and no others.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from gencases.builtin_names import Phase, RunnerMesh
 from gencases.generic_results import Page, ShopMesh
 from monarch import stubs
+from monarch.actor import ProcMesh
 from monarch.generated.example import (
     Batch,
     Coordinator,
@@ -20,6 +22,8 @@ from monarch.generated.example import (
 )
 from monarch.generated.parameter_server_rdma import ParameterServerMesh
 from monarch.generated.parameter_server_rdma import WorkerMesh as RdmaWorkerMesh
+
+from tests.runtime.typed_plain_actors import Counter
 
 
 def wrong_argument_type(workers: WorkerMesh) -> None:
@@ -75,3 +79,31 @@ def required_parameter_after_a_default_is_keyword_only(runner: RunnerMesh) -> No
 
 def renamed_enumerant_has_no_schema_spelling() -> None:
     print(Phase.eval)  # E: "type[Phase]" has no attribute "eval"  [attr-defined]
+
+
+def unknown_endpoint_of_a_generated_mesh(workers: WorkerMesh) -> None:
+    workers.nosuch.call_one()  # E: "WorkerMesh" has no attribute "nosuch"  [attr-defined]
+
+
+def unknown_endpoint_of_a_plain_actor_mesh(procs: ProcMesh) -> None:
+    procs.spawn("c", Counter, 0).slice(gpus=1).nosuch.call_one()  # E: "Counter" has no attribute "nosuch"  [attr-defined]
+
+
+def plain_actor_wrong_argument_type(procs: ProcMesh) -> None:
+    procs.spawn("c", Counter, 0).incr.broadcast("one")  # E: Argument 1 to "broadcast" of "Endpoint" has incompatible type "str"; expected "int"  [arg-type]
+
+
+def plain_actor_missing_argument(procs: ProcMesh) -> None:
+    procs.spawn("c", Counter, 0).slice(gpus=0).label.call_one()  # E: Missing positional argument "prefix" in call to "call_one" of "Endpoint"  [call-arg]
+
+
+def plain_actor_misspelled_keyword(procs: ProcMesh) -> None:
+    procs.spawn("c", Counter, 0).incr.broadcast(1, note_="x")  # E: Unexpected keyword argument "note_" for "broadcast" of "Endpoint"; did you mean "note"?  [call-arg]
+
+
+def plain_actor_result_type_is_inferred(procs: ProcMesh) -> str:
+    return procs.spawn("c", Counter, 0).slice(gpus=0).value.call_one().get()  # E: Incompatible return value type (got "int", expected "str")  [return-value]
+
+
+def spawn_needs_an_actor_class(procs: ProcMesh) -> None:
+    procs.spawn("c", int)  # E: Argument 2 to "spawn" of "ProcMesh" has incompatible type "type[int]"; expected "type[TypedActor[Never]]"  [arg-type]
