@@ -15,6 +15,7 @@ from .._mesh.endpoint import EndpointProperty, EndpointSpec
 from .._transport.codec import ENCODING_CAPNP, Encoded
 from ._schema import method_modules
 from ._struct import Struct
+from ._types import FieldValueError
 
 __all__ = ["CapnpCodec", "idl_endpoint", "implements", "remote"]
 
@@ -34,6 +35,8 @@ class CapnpCodec:
         results: the generated class of the result struct.
         result_kind: ``"none"`` (no result field: the value is None), ``"single"`` (one field:
             the value is that field) or ``"struct"`` (the value is a ``results`` instance).
+        method: ``(interface id, ordinal)`` of the method, to encode with its branded structs.
+        qualname: ``Actor.endpoint`` (Python names), as encoding errors name the endpoint.
     """
 
     encoding = ENCODING_CAPNP
@@ -44,6 +47,7 @@ class CapnpCodec:
         results: type[Struct] | None,
         result_kind: ResultKind,
         method: tuple[int, int] | None = None,
+        qualname: str = "",
     ) -> None:
         if results is None and result_kind != "none":
             raise ValueError(f"result_kind {result_kind!r} needs a results class")
@@ -51,6 +55,7 @@ class CapnpCodec:
         self.results = results
         self.result_kind = result_kind
         self.method = method
+        self.qualname = qualname or (params.__qualname__ if params is not None else "")
         self._pmod: Any = None
         self._rmod: Any = None
         if method is not None:
@@ -64,19 +69,25 @@ class CapnpCodec:
         """Build the parameter message; positional arguments follow the schema's order.
 
         Raises:
-            TypeError: too many positional arguments, or a value of the wrong kind.
+            TypeError: too many positional arguments.
+            FieldValueError: a value its field's schema type cannot hold (a ``TypeError`` and a
+                ``ValueError``): ``Worker.train: field 'batch' expects Batch, got str``.
         """
         if self.params is None:
             if args or kwargs:
-                raise TypeError(f"takes no arguments, got {len(args) + len(kwargs)}")
+                raise TypeError(f"{self.qualname}() takes no arguments, got {len(args) + len(kwargs)}")
             return EMPTY_STRUCT_MESSAGE, []
         if len(args) > self.n_positional:
             raise TypeError(
-                f"takes {self.n_positional} positional arguments, {len(args)} given"
+                f"{self.qualname}() takes {self.n_positional} positional arguments, {len(args)} given"
             )
         values = dict(zip(self.param_names, args))
         values.update(kwargs)
-        return self.params(**values)._encode(True, self._pmod)
+        try:
+            return self.params(**values)._encode(True, self._pmod)
+        except FieldValueError as exc:
+            exc.where = self.qualname
+            raise exc.with_traceback(None) from None
 
     def decode_call(
         self, payload: memoryview, buffers: list[memoryview]
@@ -95,17 +106,23 @@ class CapnpCodec:
 
         Raises:
             TypeError: a ``"struct"`` result that is not an instance of the result class.
+            FieldValueError: a result value its field's schema type cannot hold, naming the
+                endpoint's result and the field.
         """
         if self.result_kind == "none":
             return EMPTY_STRUCT_MESSAGE, []
         assert self.results is not None  # checked in __init__
-        if self.result_kind == "single":
-            return self.results(**{self.result_names[0]: value})._encode(True, self._rmod)
-        if not isinstance(value, self.results):
-            raise TypeError(
-                f"endpoint must return a {self.results.__qualname__}, got {type(value).__qualname__}"
-            )
-        return value._encode(True, self._rmod)
+        try:
+            if self.result_kind == "single":
+                return self.results(**{self.result_names[0]: value})._encode(True, self._rmod)
+            if not isinstance(value, self.results):
+                raise TypeError(
+                    f"{self.qualname} must return a {self.results.__qualname__}, got {type(value).__qualname__}"
+                )
+            return value._encode(True, self._rmod)
+        except FieldValueError as exc:
+            exc.where = f"{self.qualname} result"
+            raise exc.with_traceback(None) from None
 
     def decode_result(self, payload: memoryview, buffers: list[memoryview]) -> Any:
         """The result value: None, the single field's value, or a result struct view."""
@@ -166,6 +183,7 @@ def idl_endpoint(
     rref: bool = False,
     timeout_s: float | None = None,
     concurrent: bool = False,
+    interface: str | None = None,
 ) -> EndpointSpec:
     """The runtime description of one schema method (generated code calls this once per method).
 
@@ -186,7 +204,10 @@ def idl_endpoint(
         rref: ``$M.rref`` (recorded in ``spec.extra``; the adverb is not generated yet).
         timeout_s: ``$M.endpoint(timeoutS=...)``; None waits forever.
         concurrent: ``$M.endpoint(concurrent=true)``.
+        interface: the Python name of the actor interface; errors at the call site name the
+            endpoint ``interface.py_name`` (None: ``py_name`` alone).
     """
+    qualname = f"{interface}.{py_name}" if interface else py_name
     return EndpointSpec(
         name=name,
         py_name=py_name,
@@ -195,6 +216,7 @@ def idl_endpoint(
             results,
             result_kind,
             None if interface_id is None else (interface_id, ordinal),
+            qualname,
         ),
         explicit_response_port=explicit_response_port,
         stream=stream,
@@ -203,6 +225,7 @@ def idl_endpoint(
         signature=_signature(params),
         ordinal=ordinal,
         extra={"rref": rref} if rref else {},
+        qualname=qualname,
     )
 
 

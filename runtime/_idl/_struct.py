@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 from ._schema import LoadedSchema
-from ._types import Conv, DecodeContext, EncodeContext, compile_type
+from ._types import (
+    Conv,
+    DecodeContext,
+    EncodeContext,
+    FieldValueError,
+    compile_type,
+    field_value_error,
+)
 
 __all__ = ["AnyStruct", "Struct", "StructInfo", "Which", "struct_class"]
 
@@ -293,7 +300,14 @@ class Struct:
     def _write(self, b: Any, enc: EncodeContext, path: str) -> None:
         for d, v in self._present():
             conv = d.conv or d.converter()
-            conv.set(b, d.wire, v, enc, path)
+            try:
+                conv.set(b, d.wire, v, enc, path)
+            except FieldValueError as exc:  # from a nested struct: name the path to it
+                exc.field = f"{d.py}.{exc.field}"
+                raise
+            except Exception as exc:
+                # pycapnp's KjException ("Value type mismatch", with a C++ stack) names no field
+                raise field_value_error(d.py, d.expr, v, exc) from None
 
     def _encode(self, oob: bool = True, smod: Any = None) -> tuple[bytes, list[Any]]:
         """``(message bytes, out-of-band buffers + directory)``; see :mod:`monarch._idl._types`.
@@ -303,6 +317,8 @@ class Struct:
 
         Raises:
             TypeError: this is a group (a group is only ever part of its struct).
+            FieldValueError: a field holds a value its schema type cannot (a ``TypeError`` and
+                a ``ValueError``), naming the field.
         """
         info = self.__capnp__
         if info.is_group:
@@ -311,7 +327,11 @@ class Struct:
             )
         msg = (smod or info.struct_module()).new_message()
         enc = EncodeContext(oob)
-        self._write(msg, enc, "")
+        try:
+            self._write(msg, enc, "")
+        except FieldValueError as exc:
+            exc.where = exc.where or type(self).__qualname__
+            raise exc.with_traceback(None) from None
         buffers = enc.buffers
         if buffers:
             buffers.append("\n".join(enc.paths).encode())

@@ -22,7 +22,14 @@ from typing import Any
 
 from ._adapters import StructAdapter, get_adapter
 
-__all__ = ["OOB_THRESHOLD_BYTES", "Conv", "DecodeContext", "EncodeContext", "compile_type"]
+__all__ = [
+    "OOB_THRESHOLD_BYTES",
+    "Conv",
+    "DecodeContext",
+    "EncodeContext",
+    "FieldValueError",
+    "compile_type",
+]
 
 OOB_THRESHOLD_BYTES = 4096
 """Data of at least this many bytes travels out of band (when the codec allows it)."""
@@ -31,6 +38,58 @@ _PRIMS = frozenset(
     "Bool Int8 Int16 Int32 Int64 UInt8 UInt16 UInt32 UInt64 Float32 Float64 Text".split()
 )
 _CALL = re.compile(r"^(\w+)\((.*)\)$")
+
+
+_WRAPPED = re.compile(r"^(?:Struct|Group|Enum|Ref)\((.+)\)$")
+
+
+class FieldValueError(TypeError, ValueError):
+    """A value that a field of a generated struct cannot hold, found while encoding it.
+
+    A ``TypeError`` (a value of the wrong kind) and a ``ValueError`` (an integer out of the
+    field's range); raised before anything is sent. ``str()`` reads
+    ``Worker.train: field 'batch' expects Batch, got str``.
+
+    Attributes:
+        field: the field's Python name, dotted through nested structs (``"batch.step"``).
+        expected: the field's schema type (``Float32``, ``List(Text)``, a struct's name).
+        got: the type name of the value given.
+        detail: why pycapnp refused it (``out of range``), or empty.
+        where: the endpoint (``Actor.endpoint``) or struct being encoded; empty when unknown.
+    """
+
+    def __init__(self, field: str, expected: str, value: Any, detail: str = "") -> None:
+        super().__init__(field, expected, value)
+        self.field = field
+        m = _WRAPPED.match(expected)
+        if expected in ("AnyStruct", "AnyPointer"):
+            expected = "a generated struct (AnyPointer)"
+        self.expected = m[1] if m else expected
+        self.got = type(value).__qualname__
+        self.value_repr = repr(value) if isinstance(value, int | float) else ""
+        self.detail = detail
+        self.where = ""
+
+    def __str__(self) -> str:
+        got = f"{self.got} {self.value_repr}" if self.value_repr else self.got
+        detail = f" ({self.detail})" if self.detail else ""
+        prefix = f"{self.where}: " if self.where else ""
+        return f"{prefix}field {self.field!r} expects {self.expected}, got {got}{detail}"
+
+
+def field_value_error(field: str, expected: str, value: Any, exc: Exception) -> FieldValueError:
+    """Translate what setting ``value`` on a field raised (pycapnp's ``KjException`` with a C++
+    stack, or a converter's own error) into a :class:`FieldValueError` naming the field."""
+    text = str(exc)
+    if isinstance(value, float) and expected.startswith(("Int", "UInt")):
+        detail = "not an integer"
+    elif "out-of-range" in text or "out of range" in text:
+        detail = "out of range"
+    elif isinstance(exc, ValueError):
+        detail = text  # e.g. an enum value this schema version does not know
+    else:
+        detail = ""  # KjException "Value type mismatch", or a converter's TypeError saying the same
+    return FieldValueError(field, expected, value, detail)
 
 
 class EncodeContext:
@@ -302,7 +361,14 @@ class _Ref(_Named):
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
         from .._mesh.actor_mesh import encode_mesh_ref
 
+        self._check(v)
         b.init(wire).ref = encode_mesh_ref(v)
+
+    def _check(self, v: Any) -> None:
+        # a mesh of another actor type would reach the receiver as the declared proxy class and
+        # fail there, on the wrong endpoints: refuse it at the call site
+        if not isinstance(v, self.cls):
+            raise TypeError(f"needs a {self.cls.__qualname__}, got {type(v).__qualname__}")
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
         if not r._has(wire):
@@ -312,6 +378,7 @@ class _Ref(_Named):
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         from .._mesh.actor_mesh import encode_mesh_ref
 
+        self._check(v)
         lb[i].ref = encode_mesh_ref(v)
 
     def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:

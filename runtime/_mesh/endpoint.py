@@ -7,6 +7,7 @@ checked against the endpoint's signature at the call site, before anything is se
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class EndpointSpec:
         timeout_s: default call timeout in seconds; None waits forever.
         signature: the user-facing signature (no ``self``, no port), used to check arguments.
         ordinal: the schema's method ordinal on the IDL path, -1 for Python endpoints.
+        qualname: ``Actor.endpoint`` (Python names) as errors at the call site show it; empty
+            means ``name``.
     """
 
     name: str
@@ -61,6 +64,7 @@ class EndpointSpec:
     signature: inspect.Signature | None = None
     ordinal: int = -1
     extra: dict[str, Any] = field(default_factory=dict)
+    qualname: str = ""
     _arity: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -75,7 +79,22 @@ class EndpointSpec:
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f"endpoint {self.name!r}: {exc}") from None
+            who = self.qualname or self.name
+            # a misspelled keyword leaves its parameter unbound: ``bind`` reports that one as
+            # missing, so name the keyword it did not expect first
+            params = self.signature.parameters
+            kinds = {p.kind for p in params.values()}
+            if inspect.Parameter.VAR_KEYWORD not in kinds:
+                by_keyword = [
+                    n for n, p in params.items()
+                    if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+                ]  # fmt: skip
+                for k in kwargs:
+                    if k not in by_keyword:
+                        close = difflib.get_close_matches(k, by_keyword, n=1)
+                        hint = f" (did you mean {close[0]!r}?)" if close else ""
+                        raise TypeError(f"{who}() got an unexpected keyword argument {k!r}{hint}") from None
+            raise TypeError(f"{who}(): {exc}") from None
 
 
 def _simple_arity(sig: inspect.Signature) -> int:
@@ -208,6 +227,7 @@ def _make(
         concurrent=concurrent,
         timeout_s=timeout_s,
         signature=_user_signature(fn, explicit_response_port),
+        qualname=getattr(fn, "__qualname__", fn.__name__).rpartition("<locals>.")[2],
     )
     return EndpointProperty(fn, spec)
 

@@ -100,6 +100,7 @@ class _SchedulerSubmitResults(stubs.Struct):
 _SCHEDULER_SUBMIT = stubs.idl_endpoint(
     name="submit",
     py_name="submit",
+    interface="Scheduler",
     interface_id=0x9a4a757e663d35e9,
     ordinal=0,
     params=_SchedulerSubmitParams,

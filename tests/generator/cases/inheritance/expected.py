@@ -93,6 +93,7 @@ class _DerivedExtraResults(stubs.Struct):
 _BASE_PING = stubs.idl_endpoint(
     name="ping",
     py_name="ping",
+    interface="Base",
     interface_id=0xc16fef60917f5862,
     ordinal=0,
     params=None,
@@ -103,6 +104,7 @@ _BASE_PING = stubs.idl_endpoint(
 _DERIVED_EXTRA = stubs.idl_endpoint(
     name="extra",
     py_name="extra",
+    interface="Derived",
     interface_id=0x8149a45af51d7b72,
     ordinal=0,
     params=_DerivedExtraParams,
