@@ -12,6 +12,7 @@ this module stays light.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 from collections.abc import Callable
@@ -141,6 +142,10 @@ class _ActorModule(types.ModuleType):
         if not callable(hook):
             raise TypeError(f"unhandled_fault_hook must be callable, got {hook!r}")
         fault_hooks.unhandled = hook
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled by name like any module (cloudpickle meets it in functions' globals)
+        return (importlib.import_module, (self.__name__,))
 
 
 sys.modules[__name__].__class__ = _ActorModule

@@ -179,7 +179,11 @@ class ActorInstance:
 
     # -- mailbox ----------------------------------------------------------------------------
     def post(self, msg: Any) -> None:
-        """Queue a message (any thread for sync actors; the loop thread for async ones)."""
+        """Queue a message (any thread for sync actors; the loop thread for async ones); a call
+        to a failed actor is refused at once."""
+        if self.state == "failed" and msg is not _STOP and type(msg) is not _Supervise:
+            self.host.refuse(msg, self._refusal())
+            return
         if self.table.is_async:
             loop = self.host.router.loop
             if _on_loop(loop):
@@ -449,12 +453,14 @@ class ActorInstance:
         self.host.actor_failed(self, self.failure, tb, chained)
 
     def _refuse_in_flight(self) -> None:
-        """The actor is unhealthy now: callers of handlers still running get SupervisionError
-        at once (their late results are dropped), as every later call does."""
+        """The actor is unhealthy now: callers of handlers still running and of messages still
+        queued get SupervisionError at once (late results are dropped), as every later call
+        does (:meth:`post` refuses them without queueing: a hung handler cannot hold them)."""
         with self._flight_lock:
             running = list(self._in_flight)
         for msg in running:
             self.host.refuse(msg, self._refusal())
+        self._drain(keep_control=True)
 
     def _proc_fails(self, exc: BaseException, msg: Msg | None) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -480,21 +486,33 @@ class ActorInstance:
             cb()
         self._drain()
 
-    def _drain(self) -> None:
-        """Refuse anything queued after the stop rather than leave its caller hanging."""
+    def _drain(self, *, keep_control: bool = False) -> None:
+        """Refuse the calls queued (after a stop, or once the actor failed) rather than leave
+        their callers hanging. ``keep_control``: a queued stop or supervision event stays queued."""
+        kept: list[Any] = []
         if self.table.is_async:
             while not self._aqueue.empty():
                 msg = self._aqueue.get_nowait()
-                if msg is not _STOP and type(msg) is not _Supervise:
+                if msg is _STOP or type(msg) is _Supervise:
+                    kept.append(msg)
+                else:
                     self.host.refuse(msg, self._refusal())
+            if keep_control:
+                for msg in kept:
+                    self._aqueue.put_nowait(msg)
             return
         while True:
             try:
                 msg = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if msg is not _STOP and type(msg) is not _Supervise:
+            if msg is _STOP or type(msg) is _Supervise:
+                kept.append(msg)
+            else:
                 self.host.refuse(msg, self._refusal())
+        if keep_control:
+            for msg in kept:
+                self._queue.put(msg)
 
 
 _INIT_SPEC = EndpointSpec(name=INIT_PROBE, py_name=INIT_PROBE)

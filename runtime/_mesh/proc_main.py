@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         if exiting.is_set():
             return
         exiting.set()
+        _finalize(rt)
         # stop owned procs first, then leave without running interpreter teardown in threads
         alive = rt.procs.alive()
         if alive:
@@ -114,6 +115,32 @@ def main(argv: list[str] | None = None) -> None:
         loop.run_forever()
     finally:
         finish(0)
+
+
+def _finalize(rt: object) -> None:
+    """What a normal interpreter exit would run, before ``os._exit``: the actors' objects are
+    dropped (their ``__del__`` runs) and the ``atexit`` handlers run (Monarch runs both when a
+    proc is stopped). Bounded: a handler that hangs is cut off by the exit watchdog."""
+    import atexit
+    import gc
+
+    watchdog = threading.Timer(_CLEANUP_TIMEOUT_S + 3.0, os._exit, (1,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        host = getattr(rt, "host", None)
+        if host is not None:
+            for actors in list(host.meshes.values()):
+                for inst in actors.values():
+                    inst.obj = None
+                    inst._bound.clear()
+            host.meshes.clear()
+        gc.collect()
+        atexit._run_exitfuncs()
+        atexit._clear()  # the handlers held their objects: now those can go too
+        gc.collect()
+    except BaseException:  # exiting anyway; a broken handler must not stop it
+        pass
 
 
 if __name__ == "__main__":

@@ -581,6 +581,7 @@ class Router:
             sink = self.sinks.get(env.port)
             if sink is not None:
                 sink.deliver(env, bufs)
+
         elif kind == Kind.CONTROL or kind == Kind.SUPERVISION:
             handler = self._control.get(env.endpoint)
             if handler is None:

@@ -293,7 +293,10 @@ class Runtime:
         def leave() -> None:
             try:
                 self.shutdown()
+                atexit._run_exitfuncs()  # as a normal exit would (the shutdown handler is idempotent)
             finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
                 os._exit(status)
 
         threading.Thread(target=leave, name="monarch fault exit", daemon=True).start()

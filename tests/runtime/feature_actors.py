@@ -148,3 +148,24 @@ class Owner(Actor):
         self.failures.append(getattr(failure, "mesh_name", "?"))
         self.seen.set()
         return self.handled
+
+
+class Finalized(Actor):
+    """Writes to ``path`` from ``__del__`` and from an ``atexit`` handler of its proc."""
+
+    def __init__(self, path: str) -> None:
+        import atexit
+
+        self.path = path
+        atexit.register(self._note, "atexit")
+
+    def _note(self, what: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(what + "\n")
+
+    def __del__(self) -> None:
+        self._note("del")
+
+    @endpoint
+    def ready(self) -> bool:
+        return True

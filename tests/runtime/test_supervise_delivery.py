@@ -26,3 +26,15 @@ def test_an_owner_that_does_not_handle_a_failure_fails_its_in_flight_call() -> N
             owner.crash_child_and_hang.call_one().get(T)
         with pytest.raises(SupervisionError):
             owner.crash_child_and_wait.call_one().get(T)
+
+
+def test_stopping_a_proc_runs_its_actors_finalizers_and_atexit_handlers(tmp_path: object) -> None:
+    import os
+
+    from tests.runtime.feature_actors import Finalized
+
+    path = os.path.join(str(tmp_path), "notes")
+    with proc_mesh({"gpus": 1}) as procs:
+        assert procs.spawn("fin", Finalized, path).ready.call_one().get(T)
+    with open(path) as f:
+        assert sorted(f.read().split()) == ["atexit", "del"]
