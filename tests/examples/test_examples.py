@@ -113,7 +113,7 @@ def test_getting_started_runs_every_step() -> None:
         in out
     )
     assert "(sliced) trainer at {'gpus': 1} takes a step" in out
-    assert "it did not say hello: RuntimeError: I don't want to" in out
+    assert "it did not say hello: Actor call errorful.say_hello failed: RuntimeError: I don't want to" in out
     assert "getting started: ok" in out
 
 
@@ -169,7 +169,7 @@ def test_channels_producer_consumer() -> None:
 def test_supervisor_recovers_from_failing_child_meshes_and_supervises_each_failure() -> None:
     out = run_example("supervisor.py", timeout_s=140)
     lines = out.splitlines()
-    assert "handled_error: caught ActorError: ZeroDivisionError" in out
+    assert "handled_error: caught ActorError: Actor call divider.divide failed: ZeroDivisionError" in out
     assert "crash_and_respawn: caught SupervisionError" in out
     assert "crash_and_respawn: respawned child mesh answered [0, 10]" in out
     # each scenario that breaks a child waits for that child's own failure in __supervise__
