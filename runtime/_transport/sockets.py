@@ -212,28 +212,14 @@ class SocketTransport:
             return
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
-        try:
+
+        async def steps() -> None:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self.loop.sock_connect(sock, sockaddr)
                 if self.token is not None and (family != socket.AF_UNIX or self.settings.authenticate_unix):
                     await authenticate_dialer(self.loop, sock, self.token, self.settings.connect_timeout_s)
-        except (OSError, ProtocolError, TimeoutError, ConnectError) as exc:
-            sock.close()
-            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            err = exc if isinstance(exc, ConnectError) else ConnectError(f"cannot connect to {addr}: {why}")
-            if exc is not err:
-                err.__cause__ = exc
-            link.close(err)
-            return
-        except BaseException as exc:  # cancelled (loop shutting down): the link must still end
-            sock.close()
-            link.close(ConnectError(f"cannot connect to {addr}: {type(exc).__name__}"))
-            raise
-        if link.closed:
-            sock.close()
-            return
-        self._tune(sock)
-        link.attach(sock)
+
+        await self._establish(link, sock, steps, f"cannot connect to {addr}")
 
     def adopt(self, addr: str, sock: socket.socket) -> SocketLink:
         """A link over an already-connected socket, known as ``addr``; reading starts on the
@@ -262,18 +248,27 @@ class SocketTransport:
         return self.token is not None and self.settings.authenticate_unix
 
     async def _adopt_authenticated(self, link: SocketLink, addr: str, sock: socket.socket, token: bytes) -> None:
-        try:
+        async def steps() -> None:
             await authenticate_dialer(self.loop, sock, token, self.settings.connect_timeout_s)
-        except (OSError, ProtocolError, TimeoutError) as exc:
+
+        await self._establish(link, sock, steps, f"cannot authenticate {addr}")
+
+    async def _establish(self, link: SocketLink, sock: socket.socket, steps: Any, what: str) -> None:
+        """Run ``steps()`` (connect and/or authenticate ``sock``), then give ``link`` its socket;
+        any failure closes the socket and ends ``link`` with a ``ConnectError`` saying ``what``."""
+        try:
+            await steps()
+        except (OSError, ProtocolError, TimeoutError, ConnectError) as exc:
             sock.close()
             why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            err = ConnectError(f"cannot authenticate {addr}: {why}")
-            err.__cause__ = exc
+            err = exc if isinstance(exc, ConnectError) else ConnectError(f"{what}: {why}")
+            if exc is not err:
+                err.__cause__ = exc
             link.close(err)
             return
         except BaseException as exc:  # cancelled (loop shutting down): the link must still end
             sock.close()
-            link.close(ConnectError(f"cannot authenticate {addr}: {type(exc).__name__}"))
+            link.close(ConnectError(f"{what}: {type(exc).__name__}"))
             raise
         if link.closed:
             sock.close()
