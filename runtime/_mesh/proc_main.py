@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _finalize(rt: object) -> None:
-    """What a normal interpreter exit would run, before ``os._exit``: the actors' objects are
-    dropped (their ``__del__`` runs) and the ``atexit`` handlers run (Monarch runs both when a
-    proc is stopped). Bounded: a handler that hangs is cut off by the exit watchdog."""
+    """What a normal interpreter exit would run, before ``os._exit``: the ``atexit`` handlers
+    run, then the actors' objects are dropped (their ``__del__`` runs); Monarch runs both when a
+    proc is stopped. Bounded: a handler that hangs is cut off by the exit watchdog."""
     import atexit
     import gc
 
@@ -128,6 +128,9 @@ def _finalize(rt: object) -> None:
     watchdog.daemon = True
     watchdog.start()
     try:
+        # in a normal exit's order: the atexit handlers, then the objects
+        atexit._run_exitfuncs()
+        atexit._clear()  # the handlers held their objects: now those can go too
         host = getattr(rt, "host", None)
         if host is not None:
             for actors in list(host.meshes.values()):
@@ -135,10 +138,7 @@ def _finalize(rt: object) -> None:
                     inst.obj = None
                     inst._bound.clear()
             host.meshes.clear()
-        gc.collect()
-        atexit._run_exitfuncs()
-        atexit._clear()  # the handlers held their objects: now those can go too
-        gc.collect()
+        gc.collect()  # objects in reference cycles (refcounting already freed the rest)
     except BaseException:  # exiting anyway; a broken handler must not stop it
         pass
 

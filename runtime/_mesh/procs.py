@@ -83,9 +83,19 @@ class ProcManager:
         child_env: environment variables every child gets on top of this process's (the job's
             configuration, the runtime folder, the cluster token).
         use_fork_server: fork children from a pre-imported fork server (root client only).
+        fork_server: one already launched (so its imports overlap the runtime's start); closed
+            when ``use_fork_server`` is False.
     """
 
-    def __init__(self, router: Router, *, runtime_dir: str, child_env: dict[str, str], use_fork_server: bool) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        runtime_dir: str,
+        child_env: dict[str, str],
+        use_fork_server: bool,
+        fork_server: ZygoteClient | None = None,
+    ) -> None:
         self.router = router
         self.runtime_dir = runtime_dir
         self.child_env = dict(child_env)
@@ -93,6 +103,12 @@ class ProcManager:
         self.children: dict[str, ProcHandle] = {}
         self._names = itertools.count()
         self._zygote: ZygoteClient | None = None
+        if fork_server is not None:
+            if use_fork_server:
+                fork_server.set_callbacks(self._fork_server_exit, self._fork_server_lost)
+                self._zygote = fork_server
+            else:
+                fork_server.close()
         self._zygote_failed = False
         self._zygote_lock = threading.Lock()
         self._by_pid: dict[int, ProcHandle] = {}  # children forked by the fork server

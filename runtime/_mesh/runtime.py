@@ -48,6 +48,7 @@ from .procs import ProcManager
 from .router import Router, RouterLimits, TransportFactory
 from .sinks import OneSink, ValueMeshSink
 from .supervision import Supervisor, fault_hooks
+from .zygote import GUARD_ENV, ZygoteClient
 
 __all__ = ["Runtime", "RuntimeSettings", "new_loop", "start_client_runtime"]
 
@@ -92,6 +93,7 @@ class Runtime:
         root_addr: the job's root client (hosts the controllers); None: this process, or its parent.
         settings: see :class:`RuntimeSettings`.
         transport: makes the transport from the router's handlers; None: the socket transport.
+        fork_server: a fork server launched early by :func:`start_client_runtime`.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class Runtime:
         root_addr: str | None = None,
         settings: RuntimeSettings | None = None,
         transport: TransportFactory | None = None,
+        fork_server: ZygoteClient | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
         self.loop = loop
@@ -132,6 +135,7 @@ class Runtime:
             runtime_dir=runtime_dir,
             child_env=child_env,
             use_fork_server=self.settings.use_fork_server and parent_addr is None,
+            fork_server=fork_server,
         )
         self.supervisor = Supervisor(
             self.router,
@@ -424,6 +428,10 @@ def start_client_runtime() -> Runtime:
     Raises:
         SupervisionError: the loop thread did not come up within 10 s.
     """
+    # launch the fork server first: its imports run while this process imports the settings
+    # (the settings may still turn it off: then the runtime closes it)
+    off = os.environ.get(GUARD_ENV) or os.environ.get("MONARCH_ZYGOTE", "").strip().lower() in ("0", "false", "no", "off")
+    fork_server = None if off else _launch_fork_server()
     settings, token = settings_from_config()
     if token is None:
         token = secrets.token_hex(32).encode()  # this job's own: every child gets it
@@ -440,7 +448,10 @@ def start_client_runtime() -> Runtime:
         asyncio.set_event_loop(loop)
         loop_thread_marker.active = True
         try:
-            rt = Runtime(loop, "unix:" + path, name="client", runtime_dir=runtime_dir, owns_dir=True, token=token, settings=settings)
+            rt = Runtime(
+                loop, "unix:" + path, name="client", runtime_dir=runtime_dir, owns_dir=True, token=token,
+                settings=settings, fork_server=fork_server,
+            )
             holder.append(rt)
         except BaseException as exc:
             errors.append(exc)
@@ -464,6 +475,14 @@ def start_client_runtime() -> Runtime:
     rt.loop_thread = thread
     atexit.register(_at_exit, rt)
     return rt
+
+
+def _launch_fork_server() -> ZygoteClient | None:
+    try:
+        return ZygoteClient.start()
+    except Exception as exc:
+        log.warning("no fork server, procs start from scratch: %s", exc)
+        return None
 
 
 def _remove_stale_runtime_dirs() -> None:

@@ -79,9 +79,9 @@ _K_REFUSED = ord("R")  # (request id, index into _STARTUP_ENV, or -1: a thread i
 _K_EXITED = ord("E")  # (pid, wait status)
 
 # imported before the zygote says hello (every proc needs them) ...
-_PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "monarch.config", "uvloop", "ctypes")
+_PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "monarch.config", "monarch.actor", "uvloop", "ctypes")
 # ... and between requests, while no request waits (most procs need them soon)
-_PRELOAD_IDLE = ("monarch.actor", "numpy")
+_PRELOAD_IDLE: tuple[str, ...] = ()
 
 # Read once, at interpreter start or at the import of a preloaded module (the dynamic loader,
 # CPython's startup, OpenBLAS/OpenMP thread pools of numpy): a forked proc would silently keep
@@ -494,6 +494,12 @@ class ZygoteClient:
             OSError: the interpreter could not be started.
         """
         return cls(on_exit, on_lost)
+
+    def set_callbacks(self, on_exit: ExitCallback | None, on_lost: LostCallback | None) -> None:
+        """Set the exit callbacks of a zygote launched before its owner existed (call before
+        the first :meth:`spawn`; see the class for what they receive)."""
+        self._on_exit = on_exit
+        self._on_lost = on_lost
 
     @property
     def pid(self) -> int:
