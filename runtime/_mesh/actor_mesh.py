@@ -200,7 +200,7 @@ class ActorMesh(MeshTrait, Generic[T]):
             result = sink.future
         elif adverb == "stream":
             sink = StreamSink(router, codec, expected, len(ranks))
-            result = Stream(sink, spec.timeout_s)
+            result = Stream(sink, spec.timeout_s, None if spec.stream else len(ranks))
             flags |= MessageFlags.STREAM
         elif adverb != "broadcast":
             raise ValueError(f"unknown adverb {adverb!r}")

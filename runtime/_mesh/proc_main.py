@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--owner", required=True)
     parser.add_argument("--name", default="proc")
     ns = parser.parse_args(argv)
+    preloaded = set(sys.modules)  # what the proc itself needs; later imports are its actors'
 
     from .._core.future import loop_thread_marker
     from .._transport.messages import ControlOp
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         if exiting.is_set():
             return
         exiting.set()
-        _finalize(rt)
+        _finalize(rt, preloaded)
         # stop owned procs first, then leave without running interpreter teardown in threads
         alive = rt.procs.alive()
         if alive:
@@ -117,10 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         finish(0)
 
 
-def _finalize(rt: object) -> None:
+def _finalize(rt: object, preloaded: set[str]) -> None:
     """What a normal interpreter exit would run, before ``os._exit``: the ``atexit`` handlers
-    run, then the actors' objects are dropped (their ``__del__`` runs); Monarch runs both when a
-    proc is stopped. Bounded: a handler that hangs is cut off by the exit watchdog."""
+    run, then the actors' objects are dropped and the modules imported for them are cleared as
+    interpreter finalization clears modules (``__del__`` of their objects and globals runs);
+    Monarch runs all of this when a proc is stopped. Bounded: a handler that hangs is cut off by
+    the exit watchdog."""
     import atexit
     import gc
 
@@ -138,6 +141,14 @@ def _finalize(rt: object) -> None:
                     inst.obj = None
                     inst._bound.clear()
             host.meshes.clear()
+        for name in reversed(list(sys.modules)):
+            if name in preloaded or name == "monarch" or name.startswith("monarch."):
+                continue
+            module = sys.modules.get(name)
+            file = getattr(module, "__file__", None) or ""
+            # the user's own Python modules only: libraries (torch, numpy) tear down at os._exit
+            if file.endswith(".py") and "site-packages" not in file and "dist-packages" not in file:
+                module.__dict__.clear()
         gc.collect()  # objects in reference cycles (refcounting already freed the rest)
     except BaseException:  # exiting anyway; a broken handler must not stop it
         pass

@@ -169,3 +169,32 @@ class Finalized(Actor):
     @endpoint
     def ready(self) -> bool:
         return True
+
+
+class StashesAGlobal(Actor):
+    """Keeps an object with a ``__del__`` in a module global (alive until the proc ends)."""
+
+    def __init__(self, path: str) -> None:
+        from tests.runtime import finalizer_globals
+
+        finalizer_globals.stash(path)
+
+    @endpoint
+    def ready(self) -> bool:
+        return True
+
+
+class Fetcher(Actor):
+    """Awaits the futures of a ``stream()`` from inside an async endpoint."""
+
+    @endpoint
+    async def fetch(self, mesh: object) -> list[int]:
+        return sorted([await f for f in mesh.rank.stream()])  # type: ignore[attr-defined]
+
+
+class Ranked(Actor):
+    @endpoint
+    async def rank(self) -> int:
+        from monarch.actor import current_rank
+
+        return current_rank().rank

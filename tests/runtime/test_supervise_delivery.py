@@ -38,3 +38,24 @@ def test_stopping_a_proc_runs_its_actors_finalizers_and_atexit_handlers(tmp_path
         assert procs.spawn("fin", Finalized, path).ready.call_one().get(T)
     with open(path) as f:
         assert sorted(f.read().split()) == ["atexit", "del"]
+
+
+def test_stopping_a_proc_finalizes_globals_of_the_modules_its_actors_imported(tmp_path: object) -> None:
+    import os
+
+    from tests.runtime.feature_actors import StashesAGlobal
+
+    path = os.path.join(str(tmp_path), "marker")
+    with proc_mesh({"gpus": 1}) as procs:
+        assert procs.spawn("stash", StashesAGlobal, path).ready.call_one().get(T)
+    with open(path) as f:
+        assert f.read() == "finalized"
+
+
+def test_an_async_endpoint_can_await_the_futures_of_a_stream() -> None:
+    from tests.runtime.feature_actors import Fetcher, Ranked
+
+    with proc_mesh({"gpus": 2}) as procs:
+        ranked = procs.spawn("ranked", Ranked)
+        fetcher = procs.spawn("fetcher", Fetcher)
+        assert fetcher.slice(gpus=0).fetch.call_one(ranked).get(T) == [0, 1]
