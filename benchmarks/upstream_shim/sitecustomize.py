@@ -72,7 +72,17 @@ class _Placeholder:
     __enter__ = _fail
     __instancecheck__ = _fail
     __subclasscheck__ = _fail
-    __mro_entries__ = _fail
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        # a module that subclasses a private name still imports; making an instance raises
+        fail = self._fail
+
+        class Unavailable:
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                fail()
+
+        Unavailable.__qualname__ = Unavailable.__name__ = f"Unavailable[{self._qualname}]"
+        return (Unavailable,)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
