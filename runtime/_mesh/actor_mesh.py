@@ -10,6 +10,7 @@ so per-sender FIFO order holds across direct sends and tree casts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import pickle
 from collections.abc import Sequence
@@ -177,7 +178,7 @@ class ActorMesh(MeshTrait, Generic[T]):
         rt = current_runtime()
         router = rt.router
         ref = self._ref
-        call = f"{ref.name}.{spec.name}"
+        call = _call_label(ref.name, spec.name)
         for a, rs in plan.groups:
             dead = router.dead_reason(a)
             if dead:
@@ -191,7 +192,7 @@ class ActorMesh(MeshTrait, Generic[T]):
         tree = len(plan.groups) > FANOUT
         # replies come from the procs messaged directly: through a cast tree, from the head of
         # each subtree, so the death of a head fails every position below it (nobody hangs)
-        expected = plan.tree_expected() if tree else {a: set(ps) for a, ps in plan.positions}
+        expected = (plan.tree_expected() if tree else {a: set(ps) for a, ps in plan.positions}) if adverb != "broadcast" else {}
         if adverb == "call_one":
             sink = OneSink(router, codec, expected)
             result = sink.future
@@ -375,6 +376,12 @@ def _subtrees(items: Sequence[tuple[str, list[int]]]) -> list[tuple[str, dict[st
         walk(sub, [a], acc)
         out.append((a, acc))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_label(mesh_name: str, endpoint: str) -> str:
+    """``mesh.endpoint``, as failures of a call name it (cached: built once per pair)."""
+    return f"{mesh_name}.{endpoint}"
 
 
 def _rebuild_mesh(cls: type, ref: MeshRef, shape: Shape) -> Any:

@@ -337,8 +337,8 @@ class ActorInstance:
     def _handle_steps(self, msg: Msg, on_loop: bool) -> Steps:
         token = set_context(Context(self.instance, msg.message_rank()))
         spec: EndpointSpec | None = None
-        with self._flight_lock:
-            self._in_flight.add(msg)
+        in_flight = self._in_flight
+        in_flight.add(msg)  # set.add/discard are atomic under the GIL; _refuse_in_flight copies it
         try:
             try:
                 spec, fn, args, kwargs = self._prepare(msg)
@@ -376,8 +376,7 @@ class ActorInstance:
             except BaseException as exc:
                 self._proc_fails(exc, msg)
         finally:
-            with self._flight_lock:
-                self._in_flight.discard(msg)
+            in_flight.discard(msg)
             reset_context(token)
 
     def _supervise_steps(self, failure: MeshFailure) -> Steps:
@@ -456,8 +455,12 @@ class ActorInstance:
         """The actor is unhealthy now: callers of handlers still running and of messages still
         queued get SupervisionError at once (late results are dropped), as every later call
         does (:meth:`post` refuses them without queueing: a hung handler cannot hold them)."""
-        with self._flight_lock:
-            running = list(self._in_flight)
+        while True:
+            try:
+                running = list(self._in_flight)  # the handler thread may add or discard meanwhile
+                break
+            except RuntimeError:  # "set changed size during iteration": take it again
+                continue
         for msg in running:
             self.host.refuse(msg, self._refusal())
         self._drain(keep_control=True)
