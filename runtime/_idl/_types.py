@@ -64,6 +64,8 @@ class FieldValueError(TypeError, ValueError):
         m = _WRAPPED.match(expected)
         if expected in ("AnyStruct", "AnyPointer"):
             expected = "a generated struct (AnyPointer)"
+        elif expected.startswith("Adapted("):
+            expected = "an adapted struct"  # the adapter names its Python type in ``detail``
         self.expected = m[1] if m else expected
         self.got = type(value).__qualname__
         self.value_repr = repr(value) if isinstance(value, int | float) else ""
@@ -87,6 +89,8 @@ def field_value_error(field: str, expected: str, value: Any, exc: Exception) -> 
         detail = "out of range"
     elif isinstance(exc, ValueError):
         detail = text  # e.g. an enum value this schema version does not know
+    elif isinstance(exc, TypeError) and expected.startswith("Adapted("):
+        detail = text  # the adapter's own words: "needs an RDMABuffer, got bytes"
     else:
         detail = ""  # KjException "Value type mismatch", or a converter's TypeError saying the same
     return FieldValueError(field, expected, value, detail)
