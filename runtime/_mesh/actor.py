@@ -159,7 +159,7 @@ def endpoint_table(cls: type) -> EndpointTable:
         sync = sorted(n for n, a in kinds.items() if not a)
         asyn = sorted(n for n, a in kinds.items() if a)
         raise MixedEndpointsError(
-            f"actor class {cls.__qualname__} mixes sync endpoints {sync} with async endpoints {asyn}; "
+            f"actor class {cls.__qualname__} mixes both async and sync endpoints (sync {sync}, async {asyn}); "
             "make them all sync or all async (as Monarch requires)"
         )
     table = EndpointTable(by_name, is_async)
