@@ -297,7 +297,9 @@ class Runtime:
         def leave() -> None:
             try:
                 self.shutdown()
-                atexit._run_exitfuncs()  # as a normal exit would (the shutdown handler is idempotent)
+                # the user's atexit handlers, as a normal exit runs them (ours would exit first)
+                atexit.unregister(_at_exit)
+                atexit._run_exitfuncs()
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

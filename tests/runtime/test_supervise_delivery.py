@@ -59,3 +59,37 @@ def test_an_async_endpoint_can_await_the_futures_of_a_stream() -> None:
         ranked = procs.spawn("ranked", Ranked)
         fetcher = procs.spawn("fetcher", Fetcher)
         assert fetcher.slice(gpus=0).fetch.call_one(ranked).get(T) == [0, 1]
+
+
+_FAULT_EXIT_SCRIPT = """
+import atexit, sys, threading
+from monarch.actor import Actor, endpoint, this_host
+
+atexit.register(lambda: open(sys.argv[1], "w").write("ran"))
+
+
+class Fails(Actor):
+    @endpoint
+    def boom(self) -> None:
+        raise RuntimeError("nobody handles this")
+
+
+procs = this_host().spawn_procs({"gpus": 1})
+procs.spawn("fails", Fails).boom.broadcast()
+threading.Event().wait(60)  # the default fault hook ends this process first
+"""
+
+
+def test_the_default_fault_hook_runs_the_programs_atexit_handlers_and_exits_1(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(str(tmp_path), "prog.py")
+    marker = os.path.join(str(tmp_path), "marker")
+    with open(script, "w") as f:
+        f.write(_FAULT_EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, script, marker], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 1, done.stderr[-2000:]
+    with open(marker) as f:
+        assert f.read() == "ran"
