@@ -229,6 +229,11 @@ class MonarchConfig(BaseSettings):
         description="Start procs by forking a prestarted fork server rather than starting a "
         "fresh interpreter for each.",
     )
+    prefix_python_logs_with_actor: bool = Field(
+        True,
+        description="In procs, prefix every Python log message emitted inside an actor with the "
+        "actor's name (Monarch's [actor=<root>.<module.Class name{point}>] prefix).",
+    )
     log_level: _LogLevel = Field(
         "WARNING",
         description="Logging level of the procs the runtime starts.",

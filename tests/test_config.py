@@ -210,6 +210,7 @@ def test_to_env_round_trips_every_field_with_non_default_values(monkeypatch):
         shm_min_bytes=4096,
         shm_pool_max_bytes=0,
         zygote=False,
+        prefix_python_logs_with_actor=False,
         log_level="INFO",
         hosts="h1,h2",
         cluster_token="tok en=1",

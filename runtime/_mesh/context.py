@@ -55,6 +55,12 @@ class Instance:
     _owned: Any = None
     _actor: Any = None  # the ActorInstance that runs this actor (None: the client)
 
+    def __str__(self) -> str:
+        """Monarch's name of the running actor: ``<root>.<module.Class name{'gpus': 0/4}>``;
+        ``<root>`` for the client."""
+        actor = self._actor
+        return "<root>" if actor is None else f"<root>.{actor.qualified}"
+
     @property
     def proc(self) -> Any:
         """The one-proc ProcMesh this actor runs on (spawn children there with ``.spawn``)."""

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     from ..config import get_global_config
 
     logging.basicConfig(level=get_global_config().log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
+    if get_global_config().prefix_python_logs_with_actor:
+        _prefix_logs_with_actor()
     boot = os.environ.pop("MONARCH_BOOTSTRAP", None)
     if boot:
         import base64
@@ -116,6 +118,23 @@ def main(argv: list[str] | None = None) -> None:
         loop.run_forever()
     finally:
         finish(0)
+
+
+def _prefix_logs_with_actor() -> None:
+    """Log records made inside an actor's handler start with ``[actor=<root>.<...>] `` (Monarch's
+    prefix; empty messages, used for structured logs, are left alone)."""
+    from .context import _current
+
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        ctx = _current.get()
+        if ctx is not None and record.msg and isinstance(record.msg, str):
+            record.msg = f"[actor={ctx.actor_instance}] {record.msg}"
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def _finalize(rt: object, preloaded: set[str]) -> None:

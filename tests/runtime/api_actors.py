@@ -82,3 +82,23 @@ class Marked(Actor):
             return procs.spawn("inner", Marked).marker.call_one().get(60)  # type: ignore[no-any-return]
         finally:
             procs.stop().get(30)
+
+
+class LogsInside(Actor):
+    """Logs from inside its endpoint to a logger whose handler keeps the bare message."""
+
+    @endpoint
+    def log_and_name(self) -> tuple[str, str]:
+        import io
+        import logging
+
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger = logging.getLogger("monarch-test-capture")
+        logger.addHandler(handler)
+        try:
+            logger.error("inside")
+        finally:
+            logger.removeHandler(handler)
+        return stream.getvalue(), str(context().actor_instance)

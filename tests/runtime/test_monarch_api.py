@@ -271,3 +271,16 @@ def test_span_and_traced_are_no_op_shims_that_pass_results_and_errors_through() 
     assert add(2, 3) == 5 and add.__name__ == "add"
     with pytest.raises(ValueError, match="inner"):
         asyncio.run(boom())
+
+
+def test_log_lines_inside_an_actor_carry_its_name_and_str_of_the_instance_names_it() -> None:
+    from monarch.actor import context
+
+    from tests.runtime.api_actors import LogsInside
+
+    with proc_mesh({"f": 2}) as procs:
+        line, name = procs.spawn("the_name", LogsInside).slice(f=0).log_and_name.call_one().get(60)
+    expected = "tests.runtime.api_actors.LogsInside the_name{'f': 0/2}>"
+    assert expected in name and name.startswith("<root>.<")
+    assert line.startswith(f"[actor={name}] inside")
+    assert str(context().actor_instance) == "<root>"
