@@ -33,6 +33,11 @@ __all__ = ["ActorHost", "Msg", "decode_error", "encode_error", "pickle_spawn"]
 
 log = logging.getLogger("monarch.hosting")
 
+# calls to a mesh whose spawn has not arrived yet (it may come from another sender, on another
+# link) wait for it, within these bounds
+_PARKED_MAX = 65536
+_PARK_TIMEOUT_S = 3.0
+
 
 class _ShapeInfo:
     __slots__ = ("extent", "pos")
@@ -183,6 +188,8 @@ class ActorHost:
         self.meshes: dict[str, dict[int, ActorInstance]] = {}
         self.mesh_names: dict[str, str] = {}
         self._shapes: dict[tuple[Any, ...], _ShapeInfo] = {}
+        self._parked: dict[str, list[Msg]] = {}  # calls that arrived before their mesh's spawn
+        self._parked_count = 0
         self._proc_mesh_factory = proc_mesh_factory
         self.port_factory = port_factory
         self._this_proc: Any = None
@@ -266,10 +273,29 @@ class ActorHost:
             mbufs = bufs if first else [memoryview(bytearray(b)) for b in bufs]
             first = False
             msg = Msg(self, endpoint, payload, mbufs, reply_addr, reply_port, info.pos.get(r, 0), info, flags, r, mesh_id)
-            if inst is None:
-                self.refuse(msg, SupervisionError(f"no actor {mesh_id}[{r}] on {self.router.name}"))
-            else:
+            if inst is not None:
                 inst.post(msg)
+            elif actors is None:
+                self._park(msg)  # a mesh being spawned: its spawn (from another sender) is on its way
+            else:
+                self.refuse(msg, SupervisionError(f"no actor {mesh_id}[{r}] on {self.router.name}"))
+
+    def _park(self, msg: Msg) -> None:
+        """Keep a call to a mesh this process has not heard of until its spawn arrives, within
+        bounds: at most ``_PARKED_MAX`` calls, each for at most ``_PARK_TIMEOUT_S`` seconds."""
+        parked = self._parked.setdefault(msg.mesh_id, [])
+        if self._parked_count >= _PARKED_MAX:
+            self.refuse(msg, SupervisionError(f"no actor {msg.mesh_id}[{msg.rank}] on {self.router.name}"))
+            return
+        if not parked:
+            self.router.loop.call_later(_PARK_TIMEOUT_S, self._unpark_expired, msg.mesh_id)
+        parked.append(msg)
+        self._parked_count += 1
+
+    def _unpark_expired(self, mesh_id: str) -> None:
+        for msg in self._parked.pop(mesh_id, []):
+            self._parked_count -= 1
+            self.refuse(msg, SupervisionError(f"no actor {mesh_id}[{msg.rank}] on {self.router.name} (its spawn never arrived)"))
 
     def reply(self, msg: Msg, spec: EndpointSpec | None, value: Any, exc: BaseException | None, *, last: bool) -> None:
         """Send one result (or error) for ``msg`` to its reply port (any thread); nothing once
@@ -354,6 +380,13 @@ class ActorHost:
         self.mesh_names[mesh_id] = name
         for r in points:
             actors[r] = ActorInstance(self, mesh_id, name, Point(r, extent), cls, args, kwargs, owner)
+        for msg in self._parked.pop(mesh_id, []):  # calls that arrived before this spawn, in order
+            self._parked_count -= 1
+            inst = actors.get(msg.rank)
+            if inst is None:
+                self.refuse(msg, SupervisionError(f"no actor {mesh_id}[{msg.rank}] on {self.router.name}"))
+            else:
+                inst.post(msg)
 
     def _on_stop_mesh(self, env: Any, bufs: list[memoryview]) -> None:
         mesh_id = env.actor

@@ -114,3 +114,15 @@ def test_spawn_on_the_spawning_process_itself_is_hosted_locally(rts, gate):
     ref = rts.spawn("here", Gate, gate, on=[rts.client])
     assert rts.call(ref, "echo", "local").get(TIMEOUT_S) == "local"
     assert ref.mesh_id in rts.client.host.meshes
+
+
+def test_a_call_that_arrives_before_its_mesh_spawn_is_delivered_once_the_spawn_arrives(rts, gate):
+    from monarch._core.shape import Extent
+
+    proc = rts.procs[0]
+    ref = MeshRef("early", "early", (proc.router.addr,), Shape(["procs"], 0, [1]), Gate, rts.client.router.addr)
+    answer = rts.call(ref, "echo", 7)  # the spawn comes later, as from another sender
+    rts.on_loop(
+        proc, proc.host.spawn_local, "early", "early", Gate, (gate,), {}, [0], Extent(["procs"], [1]), rts.client.router.addr
+    )
+    assert answer.get(TIMEOUT_S) == 7
