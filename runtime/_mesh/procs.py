@@ -3,7 +3,8 @@
 Procs are started with their listening socket already bound by the parent, and the parent
 connects to it before the child runs, so messages can be queued before the child has even
 started (spawning never blocks). In the root client, procs are forked from a pre-imported fork
-server (:mod:`monarch._mesh.zygote`) started lazily at the first spawn; elsewhere they are started
+server (:mod:`monarch._mesh.zygote`) launched when the client runtime starts (or, failing that, at the
+first spawn); elsewhere they are started
 with a fresh interpreter. Each child is watched through a pidfd on the event loop (event-driven
 exit detection); its exit status names the cause (``Killed(sig=9): killed by signal 9 (SIGKILL)``) and goes to
 the router, the one source of truth for which peers are alive.

@@ -403,10 +403,6 @@ def _child(req: _Request, fd: int, close: list[int], ctl: socket.socket, zygote:
             os._exit(code)
 
 
-def prestart() -> None:
-    """Does nothing: the zygote starts at first spawn (kept until ``actor_mesh`` stops calling it)."""
-
-
 # -- the client --------------------------------------------------------------------------------
 ExitCallback = Callable[[int, int], None]
 LostCallback = Callable[[list[int]], None]
