@@ -303,3 +303,30 @@ def test_every_monarch_variable_read_in_the_repository_is_documented():
     assert not missing, f"undocumented MONARCH_ variables (add a setting or a docs row): {missing}"
     settings = {config.env_var(n) for n in MonarchConfig.model_fields}
     assert not settings & set(config.BOOTSTRAP_VARIABLES)
+
+
+def test_runtime_defaults_without_config_import_equal_the_config_defaults():
+    # a client with no MONARCH_* variable and no configure() starts on RuntimeSettings()
+    # without importing pydantic: those defaults must be the documented ones
+    import dataclasses
+
+    from monarch._mesh.runtime import RuntimeSettings, settings_from_config
+
+    built, token = settings_from_config()  # monarch.config is imported here: the full path
+    assert token is None
+    assert dataclasses.replace(built, child_env={}) == RuntimeSettings()
+
+
+def test_client_with_no_monarch_variable_starts_without_importing_pydantic():
+    code = (
+        "import sys\n"
+        "from monarch._mesh.runtime import RuntimeSettings, settings_from_config\n"
+        "settings, token = settings_from_config()\n"
+        "assert settings == RuntimeSettings() and token is None\n"
+        "assert 'pydantic' not in sys.modules and 'monarch.config' not in sys.modules, 'imported'\n"
+        "import os; os.environ['MONARCH_PEER_TIMEOUT_S'] = '7'\n"
+        "settings, _ = settings_from_config()\n"
+        "assert settings.limits.peer_timeout_s == 7.0, settings\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MONARCH_")}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

@@ -21,7 +21,7 @@ from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import MeshTrait, Shape
 from .._transport.frame import Envelope, EnvelopeTemplate
-from .._transport.messages import Kind, MessageFlags
+from .._transport.messages import EXPLICIT_PORT_BIT, STREAM_BIT, Kind
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
 from .actor import endpoint_table
 from .context import _current
@@ -188,7 +188,7 @@ class ActorMesh(MeshTrait, Generic[T]):
                 raise SupervisionError(reason).for_call(call)
         result: Any = None
         sink: Any = None
-        flags = MessageFlags.NONE
+        flags = 0  # MessageFlags bits as a plain int: it is part of a per-call cache key
         tree = len(plan.groups) > FANOUT
         # replies come from the procs messaged directly: through a cast tree, from the head of
         # each subtree, so the death of a head fails every position below it (nobody hangs)
@@ -202,11 +202,11 @@ class ActorMesh(MeshTrait, Generic[T]):
         elif adverb == "stream":
             sink = StreamSink(router, codec, expected, len(ranks))
             result = Stream(sink, spec.timeout_s, None if spec.stream else len(ranks))
-            flags |= MessageFlags.STREAM
+            flags |= STREAM_BIT
         elif adverb != "broadcast":
             raise ValueError(f"unknown adverb {adverb!r}")
         if spec.explicit_response_port:
-            flags |= MessageFlags.EXPLICIT_PORT
+            flags |= EXPLICIT_PORT_BIT
         if sink is not None:
             sink.call = call  # failures of this call read "Endpoint call mesh.endpoint() failed, ..."
         ctx = _current.get()

@@ -18,11 +18,11 @@ from .._core.failure import MeshFailure
 from .._core.shape import Extent, Point, Shape
 from .._transport.codec import Codec
 from .._transport.frame import Envelope
-from .._transport.messages import ControlOp, Kind, MessageFlags
+from .._transport.messages import END_OF_STREAM_BIT, STREAM_BIT, ControlOp, Kind
 from .._transport.pickle_codec import PICKLE_CODEC, dumps, loads
 from .endpoint import EndpointSpec
 from .instance import ActorInstance
-from .router import Router, Sink
+from .router import ReplyPart, Router, Sink
 from .wire_errors import decode_error, encode_error
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ class ActorHost:
         reply_port = env.replyPort
         flags = env.flags
         forward = env.forward
-        if reply_addr and not (flags & MessageFlags.STREAM):
+        if reply_addr and not (flags & STREAM_BIT):
             expected: dict[str, set[int]] = {}
             if len(ranks) + len(forward) > 1:
                 mine = {info.pos[r] for r in ranks}
@@ -337,20 +337,9 @@ class ActorHost:
             last: the last part of this rank (streams send several).
             empty: an end-of-stream marker carrying no value.
         """
-        env = Envelope.new_message()
-        env.kind = Kind.REPLY
-        env.port = port
-        p = env.init("parts", 1)[0]
-        p.rank = pos
-        p.error = err
-        p.length = len(payload) if not empty else 0
-        p.buffers = len(bufs)
-        p.last = last
-        if empty:
-            env.flags = MessageFlags.END_OF_STREAM
-        env.payload = payload
+        msg = ReplyPart(port, pos, err, last, END_OF_STREAM_BIT if empty else 0, b"" if empty else payload)
         try:
-            self.router.send(addr, env, bufs, sequenced=False)
+            self.router.send(addr, msg, bufs, sequenced=False)
         except Exception as exc:
             log.warning("cannot deliver a result to %s: %s", addr, exc)
 

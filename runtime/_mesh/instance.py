@@ -79,6 +79,15 @@ class _BadInput(Exception):
     """A message the actor cannot even start handling (unknown endpoint, undecodable args)."""
 
 
+# results that can never be awaited, checked by type first: ``inspect.isawaitable`` ends in an
+# ABC ``isinstance`` check (~0.4 us) that every handler returning a plain value would pay
+_NEVER_AWAITABLE = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset})
+
+
+def _awaitable(value: Any) -> bool:
+    return type(value) not in _NEVER_AWAITABLE and inspect.isawaitable(value)
+
+
 def _drive_sync(steps: Steps) -> Any:
     """Run a handler on the actor's own thread: awaitables run to completion with ``asyncio.run``."""
     value: Any = None
@@ -360,7 +369,7 @@ class ActorInstance:
                     self.host.reply_end(msg, spec)
                 else:
                     result = fn(*args, **kwargs)
-                    if inspect.isawaitable(result):
+                    if _awaitable(result):
                         result = yield result
                     if not spec.explicit_response_port:
                         self.host.reply(msg, spec, result, None, last=True)
@@ -387,7 +396,7 @@ class ActorInstance:
         try:
             try:
                 handled = self.obj.__supervise__(failure)
-                if inspect.isawaitable(handled):
+                if _awaitable(handled):
                     handled = yield handled
             except Exception as exc:
                 self._fail(exc, "__supervise__", chained=[failure])
@@ -407,7 +416,7 @@ class ActorInstance:
             token = set_context(Context(self.instance, self.rank))
             try:
                 r = self.obj.__cleanup__(exc)
-                if inspect.isawaitable(r):
+                if _awaitable(r):
                     yield r
             except Exception:
                 log.exception("__cleanup__ of %s raised", self.display)

@@ -24,15 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .._core.errors import ConnectError, SupervisionError
 from .._transport.base import CloseHandler, FrameHandler, Link, Transport
+from .._transport.encoder import encode_reply
 from .._transport.frame import Envelope, EnvelopeTemplate, encode_frame, frame_iov
 from .._transport.messages import ControlOp, Kind
 from .._transport.pickle_codec import dumps, loads
 
-__all__ = ["Outgoing", "Router", "RouterLimits", "Sink", "TemplateMessage"]
+__all__ = ["ReplyPart", "Router", "RouterLimits", "Sink", "TemplateMessage"]
 
 log = logging.getLogger("monarch.router")
 
@@ -87,14 +88,6 @@ class Sink:
         return False
 
 
-class Outgoing(Protocol):
-    """A message ready to encode: an :class:`Envelope`, or a :class:`TemplateMessage`."""
-
-    def frame(self, seq: int, lengths: list[int], shm: list[int] | None) -> Any: ...
-
-    def envelope(self) -> Any: ...
-
-
 class TemplateMessage:
     """A call built from a pre-encoded template (the calls of one endpoint to one slice)."""
 
@@ -106,9 +99,6 @@ class TemplateMessage:
         self.reply_port = reply_port
         self.payload = payload
 
-    def frame(self, seq: int, lengths: list[int], shm: list[int] | None) -> Any:
-        return self.template.encode(seq, self.reply_port, self.payload, lengths, shm)
-
     def envelope(self) -> Any:
         env = self.base.copy()
         env.replyPort = self.reply_port
@@ -116,12 +106,62 @@ class TemplateMessage:
         return env
 
 
-def _frame_of_envelope(env: Any, seq: int, lengths: list[int], shm: list[int] | None) -> Any:
-    env.seq = seq
-    if lengths or env.buffers:
-        env.buffers = lengths
-    env.shm = shm or ()
-    return env.to_bytes()
+class ReplyPart:
+    """One rank's result for the reply port ``port`` of a caller: one ``Part`` of a ``reply``.
+
+    Attributes:
+        port: the caller's reply port.
+        rank: the answering rank's position in the called mesh.
+        error: ``payload`` is an encoded error.
+        last: the last part of this rank (streams send several).
+        flags: ``Envelope.flags`` bits (``END_OF_STREAM_BIT`` for an end-of-stream marker).
+        payload: the encoded result.
+    """
+
+    __slots__ = ("error", "flags", "last", "payload", "port", "rank")
+
+    def __init__(self, port: int, rank: int, error: bool, last: bool, flags: int, payload: Any) -> None:
+        self.port = port
+        self.rank = rank
+        self.error = error
+        self.last = last
+        self.flags = flags
+        self.payload = payload
+
+    def envelope(self, nbufs: int) -> Any:
+        env = Envelope.new_message()
+        env.kind = Kind.REPLY
+        env.port = self.port
+        p = env.init("parts", 1)[0]
+        p.rank = self.rank
+        p.error = self.error
+        p.length = len(self.payload) if type(self.payload) is bytes else memoryview(self.payload).nbytes
+        p.buffers = nbufs
+        p.last = self.last
+        if self.flags:
+            env.flags = self.flags
+        env.payload = self.payload
+        return env
+
+
+def _encode(msg: Any, seq: int, lengths: list[int], shm: list[int] | None) -> Any:
+    """The envelope bytes of ``msg`` (an Envelope, TemplateMessage or ReplyPart) with ``seq``."""
+    t = type(msg)
+    if t is TemplateMessage:
+        return msg.template.encode(seq, msg.reply_port, msg.payload, lengths, shm)
+    if t is ReplyPart:  # never sequenced: a reply port takes parts in any order
+        return encode_reply(msg.port, msg.rank, msg.error, msg.last, msg.flags, msg.payload, lengths, shm)
+    msg.seq = seq
+    if lengths or msg.buffers:
+        msg.buffers = lengths
+    msg.shm = shm or ()
+    return msg.to_bytes()
+
+
+_NO_BUFS: list[int] = []  # never mutated: the lengths of a message without buffers
+# the kinds as module constants: a class attribute of an Enum costs a lookup per frame
+_CALL, _REPLY, _PORT, _HELLO = Kind.CALL, Kind.REPLY, Kind.PORT, Kind.HELLO
+_CONTROL, _SUPERVISION = Kind.CONTROL, Kind.SUPERVISION
 
 
 class Router:
@@ -399,7 +439,7 @@ class Router:
         """Send one message to ``addr`` from any thread: the one send path.
 
         Args:
-            addr: the destination process.
+            msg: an :class:`Envelope`, a :class:`TemplateMessage` or a :class:`ReplyPart`.
             msg: an :class:`Envelope`, or a :class:`TemplateMessage`.
             bufs: out-of-band buffers sent after the envelope (large ones by shared memory).
             sequenced: give it the next sequence number to ``addr`` (per-sender FIFO).
@@ -410,26 +450,29 @@ class Router:
             ConnectError: it cannot be reached.
         """
         if addr == self.addr:
-            env = msg.envelope() if type(msg) is TemplateMessage else msg.copy()
+            t = type(msg)
+            env = msg.envelope() if t is TemplateMessage else msg.envelope(len(bufs)) if t is ReplyPart else msg.copy()
             env.origin = self.addr
             env.seq = 0
             self.call_on_loop(self._dispatch, env, _local_buffers(bufs))
             return
-        lengths = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs] if bufs else []
-        encode = msg.frame if type(msg) is TemplateMessage else _bind_envelope(msg)
         conn = self._out.get(addr)
         if conn is None or conn.closed:
             conn = self.connection(addr)
-        shm = conn.share(bufs) if bufs else None
-        inline = [b for b, s in zip(bufs, shm) if not s] if shm else bufs
+        if bufs:
+            lengths = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs]
+            shm = conn.share(bufs)
+            inline = [b for b, s in zip(bufs, shm) if not s] if shm else bufs
+        else:
+            lengths, shm, inline = _NO_BUFS, None, bufs
         try:
             if seq or not sequenced:
-                conn.send(frame_iov(encode(seq, lengths, shm), inline))
+                conn.send(frame_iov(_encode(msg, seq, lengths, shm), inline))
                 return
             with self._lock:
                 n = self._seq_out.get(addr, 0) + 1
                 self._seq_out[addr] = n
-                conn.send(frame_iov(encode(n, lengths, shm), inline))
+                conn.send(frame_iov(_encode(msg, n, lengths, shm), inline))
         except ConnectionError as exc:
             dead = self._dead.get(addr)
             if dead:
@@ -474,7 +517,7 @@ class Router:
 
     # -- receiving -----------------------------------------------------------------------------
     def _on_frame(self, conn: Link, env: Any, bufs: list[memoryview]) -> None:
-        if self._owner_only and env.endpoint in self._owner_only and env.kind == Kind.CONTROL and conn is not self._first_incoming:
+        if self._owner_only and env.endpoint in self._owner_only and env.kind == _CONTROL and conn is not self._first_incoming:
             log.error("dropped %r from %s: only this proc's owner may ask for it", env.endpoint, conn.peer or "a peer")
             return
         seq = env.seq
@@ -490,7 +533,7 @@ class Router:
             if origin in self._held or origin in self._skip:
                 self._release(origin)
             return
-        if env.kind == Kind.HELLO:
+        if env.kind == _HELLO:
             if "origin" not in conn.state:
                 conn.state["origin"] = env.origin
             return
@@ -575,14 +618,13 @@ class Router:
 
     def _dispatch(self, env: Any, bufs: list[memoryview]) -> None:
         kind = env.kind
-        if kind == Kind.CALL:
+        if kind == _CALL:
             self._on_call(env, bufs)
-        elif kind == Kind.REPLY or kind == Kind.PORT:
+        elif kind == _REPLY or kind == _PORT:
             sink = self.sinks.get(env.port)
             if sink is not None:
                 sink.deliver(env, bufs)
-
-        elif kind == Kind.CONTROL or kind == Kind.SUPERVISION:
+        elif kind == _CONTROL or kind == _SUPERVISION:
             handler = self._control.get(env.endpoint)
             if handler is None:
                 log.error("unknown control operation %r from %s", env.endpoint, env.origin)
@@ -596,10 +638,6 @@ class Router:
 
     def __repr__(self) -> str:
         return f"<Router {self.name!r} addr={self.addr!r} peers={len(self._out)} ports={len(self.sinks)} dead={len(self._dead)}>"
-
-
-def _bind_envelope(env: Any) -> Callable[[int, list[int], list[int] | None], Any]:
-    return lambda seq, lengths, shm: _frame_of_envelope(env, seq, lengths, shm)
 
 
 def _local_buffers(bufs: list[Any]) -> list[memoryview]:

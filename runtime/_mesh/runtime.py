@@ -388,9 +388,16 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
-    """This process's :class:`RuntimeSettings` and cluster token, from ``monarch.config``."""
-    # monarch.config (pydantic-settings) costs ~0.1 s to import: only processes that start a
-    # runtime pay it, when they start it, not every ``import monarch.actor``
+    """This process's :class:`RuntimeSettings` and cluster token, from ``monarch.config``.
+
+    A process with no ``MONARCH_*`` variable in its environment that has not imported
+    ``monarch.config`` (so has called no ``configure()``) runs on the defaults: it gets
+    ``RuntimeSettings()`` without importing pydantic-settings (~0.1 s and ~13,000 objects that
+    every full garbage collection of the client would walk). A test keeps those defaults equal
+    to ``MonarchConfig``'s; children inherit the same environment and so read the same defaults.
+    """
+    if "monarch.config" not in sys.modules and not any(k.startswith("MONARCH_") for k in os.environ):
+        return RuntimeSettings(), None
     from ..config import get_global_config, to_env
 
     cfg = get_global_config()

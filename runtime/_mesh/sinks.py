@@ -16,7 +16,7 @@ from .._core.future import Future
 from .._core.shape import Shape
 from .._core.value_mesh import ValueMesh
 from .._transport.codec import Codec
-from .._transport.messages import MessageFlags
+from .._transport.messages import END_OF_STREAM_BIT
 from .._transport.pickle_codec import PICKLE_CODEC
 from .router import Sink
 from .wire_errors import decode_error
@@ -35,7 +35,7 @@ def _parts(env: Any, bufs: list[memoryview]) -> list[tuple[int, bool, Any, list[
     out = []
     off = 0
     bi = 0
-    no_value = bool(env.flags & MessageFlags.END_OF_STREAM)
+    no_value = bool(env.flags & END_OF_STREAM_BIT)
     for p in env.parts:
         n, nb = p.length, p.buffers
         out.append((p.rank, p.error, payload[off : off + n], bufs[bi : bi + nb], p.last, not no_value))

@@ -37,6 +37,7 @@ Lifetime and safety:
 from __future__ import annotations
 
 import array
+import gc
 import itertools
 import json
 import logging
@@ -262,6 +263,11 @@ def serve(fd: int) -> None:
 
     for name in _PRELOAD:  # the point: pay the imports once, not in every proc
         preload(name)
+    # The preloaded modules live as long as any proc: move them out of the collector's reach
+    # (Python's gc.freeze, meant for pre-fork servers): no proc's full collection walks them,
+    # and walking would also touch their pages, undoing fork's copy-on-write sharing.
+    gc.collect()
+    gc.freeze()
     idle = list(_PRELOAD_IDLE)
     startup_env = [os.environ.get(k) for k in _STARTUP_ENV]
     me = os.getpid()

@@ -158,7 +158,7 @@ class TransportSettings:
     shm_link_max_bytes: int = 1 << 30
     shm_total_max_bytes: int = 2 << 30
     shm_keep_max_bytes: int = 64 << 20
-    shm_pool_keep_bytes: int = 128 << 20
+    shm_pool_keep_bytes: int = 64 << 20
     authenticate_unix: bool = True
 
     def __post_init__(self) -> None:

@@ -47,7 +47,7 @@ from .wire import (
     ptr_hi,
 )
 
-__all__ = ["ROOT", "WRITERS", "EnvelopeTemplate", "encode", "shape_blob", "text_entry"]
+__all__ = ["ROOT", "WRITERS", "EnvelopeTemplate", "encode", "encode_reply", "shape_blob", "text_entry"]
 
 W = struct.Struct("<II")  # one pointer word as (low half, high half); also the stream header
 ROOT = W.pack(0, ptr_hi(ENVELOPE))  # the root pointer of every message we write
@@ -306,3 +306,50 @@ class EnvelopeTemplate:
                 _w_u64s(buf, _SHM_PTR_AT, shm)
         _W.pack_into(buf, 0, 0, (len(buf) - 8) >> 3)
         return buf
+
+
+_PORT_AT = data_at("port")
+_FLAGS_AT = data_at("flags")
+_PARTS_PTR_AT = ptr_at("parts")
+_FLAGS = struct.Struct(ENVELOPE.data_format(("flags",), ENVELOPE.data("flags").byte_offset))
+if ENVELOPE.data("port").bits != 64:
+    raise SchemaError("envelope.capnp", 1, 1, "the reply encoder writes port as UInt64")
+_REPLY_PREFIX = bytes(encode({"kind": "reply"}))
+_ONE_PART_HEAD = _W.pack(1 << 2, PART_SIZE[0])  # the tag word of a composite list of one Part
+
+
+def encode_reply(
+    port: int, rank: int, error: bool, last: bool, flags: int, payload: Any, buffer_lengths: list[int], shm: list[int] | None
+) -> bytearray:
+    """A ``reply`` envelope carrying one ``Part`` (one rank's result), stream-framed.
+
+    The bytes equal :func:`encode` of the same fields (a test checks it); written directly, as
+    every call's answer takes this path: ~1 us instead of building an ``Envelope`` and walking
+    every field.
+
+    Args:
+        port: the caller's reply port.
+        rank: the answering rank's position in the called mesh (``Part.rank``).
+        error: ``payload`` is an encoded error.
+        last: the last part of this rank (streams send several).
+        flags: ``Envelope.flags`` bits (``END_OF_STREAM`` for an end marker).
+        payload: the encoded result; its length becomes ``Part.length``.
+        buffer_lengths: byte length of each out-of-band buffer (``Part.buffers`` is their count).
+        shm: shared-memory segment id per buffer (0 = inline), or None.
+    """
+    buf = bytearray(_REPLY_PREFIX)
+    _Q.pack_into(buf, _PORT_AT, port)
+    if flags:
+        _FLAGS.pack_into(buf, _FLAGS_AT, flags)
+    n = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
+    _W.pack_into(buf, _PARTS_PTR_AT, ((len(buf) - _PARTS_PTR_AT - 8) >> 1) | 1, (PART_SIZE[0] << 3) | 7)
+    buf += _ONE_PART_HEAD
+    buf += _PART.pack(rank, (_ERR if error else 0) | (_LAST if last else 0), n, len(buffer_lengths))
+    if n:
+        _w_data(buf, _PAYLOAD_PTR_AT, payload)
+    if buffer_lengths:
+        _w_u64s(buf, _BUFFERS_PTR_AT, buffer_lengths)
+        if shm:
+            _w_u64s(buf, _SHM_PTR_AT, shm)
+    _W.pack_into(buf, 0, 0, (len(buf) - 8) >> 3)
+    return buf

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from enum import IntFlag, StrEnum
 
-__all__ = ["KIND_BY_CODE", "KIND_CODE", "TRANSPORT_KINDS", "ControlOp", "Kind", "MessageFlags"]
+__all__ = [
+    "END_OF_STREAM_BIT", "EXPLICIT_PORT_BIT", "KIND_BY_CODE", "KIND_CODE", "STREAM_BIT", "TRANSPORT_KINDS", "ControlOp", "Kind",
+    "MessageFlags",
+]
 
 
 class Kind(StrEnum):
@@ -42,6 +45,13 @@ class MessageFlags(IntFlag):
     STREAM = 1  # a call whose results stream (several parts per rank, then an end marker)
     EXPLICIT_PORT = 2  # a call to an explicit-response-port endpoint
     END_OF_STREAM = 4  # a reply part that carries no value: the stream of that rank ended
+
+
+# The bits as plain ints, for code that runs per message: ``int & MessageFlags.X`` builds a new
+# IntFlag member (about 1 us in CPython 3.11), ``int & int`` costs 50 ns.
+STREAM_BIT = int(MessageFlags.STREAM)
+EXPLICIT_PORT_BIT = int(MessageFlags.EXPLICIT_PORT)
+END_OF_STREAM_BIT = int(MessageFlags.END_OF_STREAM)
 
 
 class ControlOp(StrEnum):

@@ -262,3 +262,42 @@ def test_transport_frames_round_trip_through_pycapnp() -> None:
     b.init("segment").id = 9
     env = decode_envelope(b.to_bytes())
     assert env.kind == Kind.SHM_RETIRE and env.segment.id == 9 and env.segment.size == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    port=st.integers(1, 2**64 - 1),
+    rank=st.integers(0, 2**32 - 1),
+    error=st.booleans(),
+    last=st.booleans(),
+    end_of_stream=st.booleans(),
+    payload=st.binary(max_size=40),
+    lengths=st.lists(st.integers(0, 2**40), max_size=3),
+    shared=st.booleans(),
+)
+def test_direct_reply_encoding_equals_the_general_encoder_and_decodes(
+    port: int, rank: int, error: bool, last: bool, end_of_stream: bool, payload: bytes, lengths: list[int], shared: bool
+) -> None:
+    from monarch._transport.encoder import encode_reply
+    from monarch._transport.messages import END_OF_STREAM_BIT
+
+    flags = END_OF_STREAM_BIT if end_of_stream else 0
+    shm = [i + 1 for i in range(len(lengths))] if shared and lengths else None
+    env = Envelope.new_message()
+    env.kind = "reply"
+    env.port = port
+    p = env.init("parts", 1)[0]
+    p.rank, p.error, p.length, p.buffers, p.last = rank, error, len(payload), len(lengths), last
+    if flags:
+        env.flags = flags
+    env.payload = payload
+    if lengths:
+        env.buffers = lengths
+    env.shm = shm or ()
+    direct = bytes(encode_reply(port, rank, error, last, flags, payload, lengths, shm))
+    assert direct == bytes(env.to_bytes())
+    got = decode_envelope(direct)
+    assert (got.kind, got.port, got.flags, bytes(got.payload)) == ("reply", port, flags, payload)
+    (part,) = got.parts
+    assert (part.rank, part.error, part.length, part.buffers, part.last) == (rank, error, len(payload), len(lengths), last)
+    assert list(got.buffers) == lengths
