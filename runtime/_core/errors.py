@@ -104,8 +104,11 @@ class ActorError(MonarchError):
         return (ActorError, (self.exception, self.remote_traceback, self.actor, self.call))
 
 
-class SupervisionError(MonarchError):
+class SupervisionError(MonarchError, RuntimeError):
     """The actor a call was sent to has failed or was stopped; the call will never be answered.
+
+    A ``RuntimeError`` too, as Monarch's is, so ``except RuntimeError`` written against
+    Monarch catches it.
 
     The message reads as Monarch's: ``Endpoint call trainers.step() failed, The actor
     <mod.Trainer trainers{'gpus': 3/4}> and all its descendants have failed:`` followed by the
@@ -130,6 +133,16 @@ class SupervisionError(MonarchError):
         """The process ``actor`` ran on ended (``reason``: ``Killed(sig=9) ...``, ``exited ...``)."""
         return cls.actor_failed(
             actor, f"the process this actor was running on failed: {reason}", call
+        )
+
+    @classmethod
+    def controller_lost(cls, actor: str, mesh: str, owner: str, reason: str, call: str = "") -> SupervisionError:
+        """The process that owns mesh ``mesh`` (its controller, at ``owner``) is dead, so the
+        mesh's actors are gone with it (``reason``: how that process ended). Worded as Monarch's
+        ``timed out reaching controller ... for mesh ...`` (Monarch notices by a timeout; here the
+        owner's death was seen, and ``reason`` says how)."""
+        return cls.actor_failed(
+            actor, f"timed out reaching controller {owner} for mesh {mesh}: the controller's proc is dead ({reason})", call
         )
 
     def for_call(self, call: str) -> SupervisionError:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._core.errors import SupervisionError
 from .._core.future import Future
-from .._core.shape import MeshTrait, Shape
+from .._core.shape import MeshTrait, Point, Shape
 from .._transport.frame import Envelope, EnvelopeTemplate
 from .._transport.messages import EXPLICIT_PORT_BIT, STREAM_BIT, Kind
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
@@ -151,6 +151,16 @@ class ActorMesh(MeshTrait, Generic[T]):
     def name(self) -> str:
         return self._ref.name
 
+    def _actor_name(self, pos: int) -> str:
+        """Monarch's name of the actor at position ``pos`` of this slice:
+        ``<module.Class name{'gpus': 1/4}>`` (``name[rank]`` when the class is unknown)."""
+        ref = self._ref
+        rank = self._shape.ranks()[pos]
+        cls = ref.actor_cls
+        if cls is None:
+            return f"{ref.name}[{rank}]"
+        return f"<{cls.__module__}.{cls.__qualname__} {ref.name}{Point(rank, ref.shape.extent)}>"
+
     # -- adverbs ---------------------------------------------------------------------------
     def _make_plan(self) -> _Plan:
         plan = _Plan(self._shape, self._ref.addrs)
@@ -209,6 +219,7 @@ class ActorMesh(MeshTrait, Generic[T]):
             flags |= EXPLICIT_PORT_BIT
         if sink is not None:
             sink.call = call  # failures of this call read "Endpoint call mesh.endpoint() failed, ..."
+            sink.mesh = self  # ... and name the actor: "The actor <mod.Class name{...}> ..."
         ctx = _current.get()
         sender = ctx.actor_instance.actor_id if ctx is not None else rt.name
         try:

@@ -16,8 +16,11 @@ Monarch, and pykka's single failure policy):
 - an exception with no reply port (``broadcast``), in an explicit-response-port endpoint, or in
   ``__init__`` -> the actor fails: its owner is told (``MeshFailure``), the explicit port gets a
   ``SupervisionError``, every queued and later call gets ``SupervisionError``;
-- a ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) ->
-  the whole proc fails (after answering the in-flight call with ``SupervisionError``).
+- ``SystemExit`` or ``KeyboardInterrupt`` (a request to end the process) -> the whole proc fails
+  (after answering the in-flight call with ``SupervisionError``);
+- any other ``BaseException`` -> the actor fails, whether or not the caller awaits a reply (the
+  caller gets ``SupervisionError``); the proc and its other actors keep running, as in Monarch,
+  where a ``BaseException`` kills the actor that raised it.
 
 Bad input is not the actor's fault and never fails it: a message for an unknown endpoint or with
 arguments that cannot be decoded is answered with an error (or logged, for a broadcast).
@@ -51,6 +54,8 @@ __all__ = ["ActorInstance"]
 log = logging.getLogger("monarch.actor")
 
 _STOP = object()
+# what a handler raises to end its whole proc (sys.exit, Ctrl-C); other BaseExceptions fail the actor
+_PROC_ENDING = (SystemExit, KeyboardInterrupt)
 # how long stopping an actor waits for each mesh it owns to stop, in seconds
 _OWNED_STOP_TIMEOUT_S = 10.0
 
@@ -150,6 +155,7 @@ class ActorInstance:
         self.obj: Any = None
         self.state = "starting"
         self.failure: str | None = None
+        self._failed_who: str | None = None  # set when a failure of an owned mesh failed this actor
         self.instance = Instance(rank, f"{mesh_id}[{rank.rank}]", name, host.router.addr, os.getpid())
         self.instance._proc = host.this_proc_mesh()
         self.instance._actor = self  # found by supervision.current_owner
@@ -309,8 +315,10 @@ class ActorInstance:
                 self.state = "running"
         except Exception as exc:
             self._fail(exc, "__init__")
-        except BaseException as exc:
+        except _PROC_ENDING as exc:
             self._proc_fails(exc, None)
+        except BaseException as exc:  # the policy: any other BaseException fails the actor
+            self._fail(exc, "__init__")
         finally:
             reset_context(token)
             self._args = ()
@@ -382,8 +390,13 @@ class ActorInstance:
                         msg, SupervisionError.actor_stopped(self.qualified, f"stopped while handling {msg.endpoint!r} ({self.display})")
                     )
                 raise
-            except BaseException as exc:
+            except _PROC_ENDING as exc:
                 self._proc_fails(exc, msg)
+            except GeneratorExit:
+                raise  # the steps themselves are being closed: not the handler's failure
+            except BaseException as exc:  # the policy: any other BaseException fails the actor
+                self._fail(exc, msg.endpoint)
+                self.host.refuse(msg, self._refusal())  # explicit-port endpoints and broadcasts too
         finally:
             in_flight.discard(msg)
             reset_context(token)
@@ -448,17 +461,22 @@ class ActorInstance:
             return
         self.state = "failed"
         self.failure = f"unhandled failure of owned mesh {failure.mesh_name!r}: {failure.cause}"
+        # calls refused from now on name the actor that failed first, through this one, as
+        # Monarch does: "The actor <...Owner owner{...}>.<...Child child{...}> and all ..."
+        self._failed_who = f"{self.qualified}.{_lineage(failure)}"
         log.error("actor %s failed: %s", self.display, self.failure)
-        self._refuse_in_flight()
         self.host.actor_failed(self, self.failure, "", [failure])
+        self._refuse_in_flight()
 
     def _fail(self, exc: BaseException, where: str, chained: list[MeshFailure] | None = None) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.state = "failed"
         self.failure = f"{type(exc).__name__}: {exc}" + (f" (in {where})" if where == "__init__" else "")
         log.error("actor %s failed in %s: %s", self.display, where, self.failure)
-        self._refuse_in_flight()
+        # the owner hears first: links are FIFO, so an owner that is also a refused caller has
+        # recorded the failure before its call fails, and its next call is refused locally
         self.host.actor_failed(self, self.failure, tb, chained)
+        self._refuse_in_flight()
 
     def _refuse_in_flight(self) -> None:
         """The actor is unhealthy now: callers of handlers still running and of messages still
@@ -478,15 +496,15 @@ class ActorInstance:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.state = "failed"
         self.failure = f"{type(exc).__name__}: {exc} (the proc exited)"
+        self.host.actor_failed(self, self.failure, tb)  # before the refusal, as in _fail
         if msg is not None:
             self.host.refuse(msg, self._refusal())
-        self.host.actor_failed(self, self.failure, tb)
         self.host.proc_fails(self.failure)
 
     def _refusal(self) -> SupervisionError:
         if self.state == "stopped":
             return SupervisionError.actor_stopped(self.qualified, f"stopped by client ({self.display})")
-        return SupervisionError.actor_failed(self.qualified, f"{self.failure}\n(actor {self.display})")
+        return SupervisionError.actor_failed(self._failed_who or self.qualified, f"{self.failure}\n(actor {self.display})")
 
     # -- stopping -------------------------------------------------------------------------------
     def _stopped(self) -> None:
@@ -528,6 +546,13 @@ class ActorInstance:
 
 
 _INIT_SPEC = EndpointSpec(name=INIT_PROBE, py_name=INIT_PROBE)
+
+
+def _lineage(failure: MeshFailure) -> str:
+    """The failed actor of ``failure`` and, through the failures it chains, the actor whose
+    failure started it: ``<...Child child{...}>.<...Grandchild gc{...}>``."""
+    who = failure.who
+    return f"{who}.{_lineage(failure.chained[0])}" if failure.chained else who
 
 
 def _initialized() -> None:

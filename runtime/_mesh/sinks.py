@@ -55,18 +55,24 @@ def _decode(codec: Codec, err: bool, payload: Any, bufs: list[memoryview]) -> tu
         return False, ActorError(RuntimeError(f"undecodable result: {type(exc).__name__}: {exc}"))
 
 
-def _proc_lost(call: str, addr: str, reason: str) -> SupervisionError:
-    """What a caller owed a result by the proc at ``addr`` raises when that proc ends."""
-    return SupervisionError.proc_failed(f"on proc {addr}", reason, call)
+def _proc_lost(sink: Any, addr: str, positions: set[int], reason: str) -> SupervisionError:
+    """What a caller owed results at ``positions`` by the proc at ``addr`` raises when that
+    proc ends: it names the first of those actors as Monarch does (``<mod.Class name{...}>``)
+    when the sink knows the mesh it called, else the proc."""
+    mesh = sink.mesh
+    actor = mesh._actor_name(min(positions)) if mesh is not None and positions else f"on proc {addr}"
+    return SupervisionError.proc_failed(actor, reason, sink.call)
 
 
 class _AwaitingSink(Sink):
     """Common bookkeeping: which peers results are awaited from, so peer loss fails them.
 
-    ``call`` (``mesh.endpoint``, set by whoever sends the call) names the call in the errors.
+    ``call`` (``mesh.endpoint``) and ``mesh`` (the ActorMesh called), set by whoever sends the
+    call, name the call and the actors in the errors.
     """
 
     call = ""
+    mesh: Any = None
 
     def __init__(self, router: Router, codec: Codec, expected: dict[str, set[int]]) -> None:
         self.router = router
@@ -113,7 +119,7 @@ class OneSink(_AwaitingSink):
 
     def peer_lost(self, addr: str, reason: str) -> None:
         self.router.close_port(self.port)
-        self.future.set_exception(_proc_lost(self.call, addr, reason))
+        self.future.set_exception(_proc_lost(self, addr, self.expected.get(addr, set()), reason))
 
     def timeout(self, seconds: float) -> None:
         if not self.future.done():
@@ -161,7 +167,7 @@ class ValueMeshSink(_AwaitingSink):
             missing = self.expected.get(addr, set())
             if not missing or self.future.done():
                 return
-            self.error = _proc_lost(self.call, addr, reason)
+            self.error = _proc_lost(self, addr, missing, reason)
             self.expected[addr] = set()
             self.remaining = 0
         self._finish()
@@ -232,11 +238,10 @@ class StreamSink(_AwaitingSink):
     def peer_lost(self, addr: str, reason: str) -> None:
         with self.lock:
             missing = self.expected.get(addr, set())
-            n = len(missing)
             self.expected[addr] = set()
-        for _ in range(n):
+        for pos in sorted(missing):
             f: Future[Any] = Future()
-            f.set_exception(_proc_lost(self.call, addr, reason))
+            f.set_exception(_proc_lost(self, addr, {pos}, reason))
             self._push(f)
             with self.lock:
                 self.remaining -= 1

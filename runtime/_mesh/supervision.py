@@ -142,6 +142,12 @@ class Supervisor:
             cause = failed.get(r)
             if cause is not None:
                 return str(SupervisionError.actor_failed(f"{ref.name}[{r}]", cause))
+        if rec is None:
+            # owned elsewhere: a mesh whose owner's process is dead went with its owner (its
+            # actors are orphans whose failures nobody could supervise)
+            dead = self.router.dead_reason(ref.owner)
+            if dead:
+                return str(SupervisionError.controller_lost(f"{ref.name}[{ranks[0]}]" if ranks else ref.name, ref.name, ref.owner, dead))
         return None
 
     # -- failures ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """ActorInstance: the actor failure policy and the mailbox, on in-memory runtimes.
 
 Reply-port call raising -> ActorError to the caller, the actor survives; no reply port (broadcast)
--> the actor fails and its owner is told; BaseException -> the whole proc fails.
+-> the actor fails and its owner is told; SystemExit -> the whole proc fails (any other
+BaseException fails only its actor: test_supervision_semantics.py).
 """
 
 from __future__ import annotations
