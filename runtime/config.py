@@ -249,6 +249,16 @@ class MonarchConfig(BaseSettings):
         "Unset: TCP peers cannot be reached. Never printed.",
     )
 
+    # -- diagnostics ----------------------------------------------------------------------------
+    capture_frames_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="Folder where every process of the job (client and procs) writes each frame "
+        "it sends and receives: one file per envelope, its exact wire bytes (for capnp decode), "
+        "out-of-band bytes beside it, a subfolder per process (see docs/wire.md). Unset: off, at "
+        "no cost.",
+    )
+
     # -- RDMA (monarch.rdma) --------------------------------------------------------------------
     rdma_backend: Literal["auto", "ibverbs", "cma", "tcp"] = Field(
         "auto",

@@ -214,6 +214,7 @@ def test_to_env_round_trips_every_field_with_non_default_values(monkeypatch):
         log_level="INFO",
         hosts="h1,h2",
         cluster_token="tok en=1",
+        capture_frames_dir="/tmp/monarch frames",
         rdma_backend="cma",
         rdma_control="actor",
         rdma_tcp_host="10.0.0.1",

@@ -418,6 +418,7 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
         shm_enabled=cfg.shm,
         shm_min_bytes=cfg.shm_min_bytes,
         shm_pool_keep_bytes=cfg.shm_pool_max_bytes,
+        capture_frames_dir=cfg.capture_frames_dir,
     )
     settings = RuntimeSettings(
         transport=transport,

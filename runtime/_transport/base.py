@@ -143,6 +143,8 @@ class TransportSettings:
         authenticate_unix: when this process has a cluster token, Unix links run the same
             mutual token handshake as TCP before any frame (a local process that cannot prove
             the token cannot send a single frame); False trusts the socket folder's permissions.
+        capture_frames_dir: write every frame each link sends and receives into this folder
+            (``capture.py``; ``MONARCH_CAPTURE_FRAMES_DIR``); None: off, and no code of it runs.
     """
 
     peer_timeout_s: float = 3.0
@@ -160,6 +162,7 @@ class TransportSettings:
     shm_keep_max_bytes: int = 64 << 20
     shm_pool_keep_bytes: int = 64 << 20
     authenticate_unix: bool = True
+    capture_frames_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.peer_timeout_s < 0.5:

@@ -20,6 +20,7 @@ from .._core.errors import ConnectError, ProtocolError
 from .address import address_of, bind_listener, parse_address, tune_socket
 from .auth import authenticate_dialer, authenticate_listener
 from .base import CloseHandler, FrameHandler, Link, TransportSettings
+from .capture import FrameCapture
 from .connection import SocketLink
 from .shm import ShmBudget
 
@@ -142,6 +143,8 @@ class SocketTransport:
         self.accepted_count = 0
         self._links: set[SocketLink] = set()
         self._listening: list[SocketListening] = []
+        # decided once: with capture off, links are built and run exactly as without it
+        self.capture = FrameCapture(settings.capture_frames_dir) if settings.capture_frames_dir else None
 
     # -- making links ---------------------------------------------------------------------
     def _new_link(self, sock: socket.socket | None, peer: str, outgoing: bool) -> SocketLink:
@@ -156,6 +159,8 @@ class SocketTransport:
             shm_budget=self.shm_budget,
         )
         self._links.add(link)
+        if self.capture is not None:
+            self.capture.attach(link)
         return link
 
     def _tune(self, sock: socket.socket) -> None:
@@ -186,6 +191,8 @@ class SocketTransport:
         sock = bind_listener(target) if isinstance(target, str) else target
         lst = SocketListening(self, sock, on_link)
         self._listening.append(lst)
+        if self.capture is not None:
+            self.capture.listening(lst.address)
         return lst
 
     def connect(self, addr: str) -> SocketLink:
