@@ -20,6 +20,10 @@ import time
 
 # how long an exiting proc waits for its actors' __cleanup__, in seconds
 _CLEANUP_TIMEOUT_S = 2.0
+# how long an exiting proc waits for what it already sent to leave (links still being dialed
+# finish dialing first), in seconds; the poll interval of that wait
+_FLUSH_TIMEOUT_S = 1.0
+_FLUSH_POLL_S = 0.005
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             deadline = time.monotonic() + _CLEANUP_TIMEOUT_S
             for a in actors:
                 a.stopped.wait(max(0.0, deadline - time.monotonic()))
+            _wait_flushed(rt, _FLUSH_TIMEOUT_S)
             finish(0)
 
         threading.Thread(target=wait_and_exit, name="monarch proc exit", daemon=True).start()
@@ -112,12 +117,30 @@ def main(argv: list[str] | None = None) -> None:
 
     rt.router.on_owner_lost(lambda: finish(0))
     rt.router.handle_control(ControlOp.EXIT, on_exit, owner_only=True)
-    rt.on_proc_fails.append(lambda cause: loop.call_soon_threadsafe(finish, 1))
+    def fail_and_exit() -> None:
+        # the failure report to the owner and the refusals to callers were just sent, perhaps
+        # on links still being dialed: ending now would cut them off mid-handshake (the peer
+        # logs "peer closed the connection during authentication" and sees only "connection lost")
+        _wait_flushed(rt, _FLUSH_TIMEOUT_S)
+        finish(1)
+
+    rt.on_proc_fails.append(lambda cause: threading.Thread(target=fail_and_exit, name="monarch proc failed", daemon=True).start())
     threading.Thread(target=heartbeat, name="monarch heartbeat", daemon=True).start()
     try:
         loop.run_forever()
     finally:
         finish(0)
+
+
+def _wait_flushed(rt: object, timeout_s: float) -> None:
+    """Wait (off the loop, at most ``timeout_s``) until every link of ``rt`` has written what was
+    sent on it; the loop keeps running meanwhile. A polled wait: it runs once, as the proc ends."""
+    flushed = getattr(getattr(getattr(rt, "router", None), "transport", None), "flushed", None)
+    if flushed is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not flushed() and time.monotonic() < deadline:
+        time.sleep(_FLUSH_POLL_S)
 
 
 def _prefix_logs_with_actor() -> None:

@@ -201,6 +201,12 @@ class SocketLink:
             if self._pending:
                 self._arm_writer()
 
+    @property
+    def flushed(self) -> bool:
+        """Nothing sent on this link is still queued here, and it is not still being dialed
+        (true once closed: what was queued is gone)."""
+        return self.closed or (not self._connecting and not self._pending)
+
     def share(self, bufs: list[Any]) -> list[int] | None:
         """Move the large buffers of a frame about to be sent into shared memory (Unix links).
 

@@ -284,6 +284,11 @@ class SocketTransport:
         link.attach(sock)
 
     # -- ending ---------------------------------------------------------------------------
+    def flushed(self) -> bool:
+        """Every link has written what was sent on it (links still being dialed are not);
+        closed links count as flushed (any thread: a snapshot, for a process about to exit)."""
+        return all(link.flushed for link in list(self._links))
+
     def _closed(self, link: Any, exc: BaseException | None) -> None:
         self._links.discard(link)
         self._on_close(link, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from typing import Any
 
 from monarch.actor import Actor, MeshFailure, Port, ProcMesh, current_rank, endpoint
@@ -36,6 +37,10 @@ class Fragile(Actor):
     def die(self) -> None:
         os._exit(1)  # no cleanup, no report: only the proc's end tells
 
+    @endpoint
+    def leave(self) -> None:
+        sys.exit(3)  # ends the proc, after its failure report is sent
+
 
 class Parent(Actor):
     """Owns a ``Fragile`` mesh spawned on another proc mesh; ``__supervise__`` returns ``handled``."""
@@ -43,6 +48,8 @@ class Parent(Actor):
     def __init__(self, procs: ProcMesh, handled: bool = True) -> None:
         self.child = procs.spawn("child", Fragile)
         self.handled = handled
+        self.causes: list[str] = []
+        self.supervised = asyncio.Event()
 
     @endpoint
     async def child_mesh(self) -> Any:
@@ -58,5 +65,15 @@ class Parent(Actor):
     async def die(self) -> None:
         os._exit(1)
 
+    @endpoint
+    async def end_child_proc_and_wait(self) -> list[str]:
+        """Nothing was ever sent from the child's proc to this one: its failure report is the
+        first thing it sends here, on a link it must dial as it ends."""
+        self.child.leave.broadcast()
+        await asyncio.wait_for(self.supervised.wait(), timeout=30)
+        return list(self.causes)
+
     def __supervise__(self, failure: MeshFailure) -> bool:
+        self.causes.append(failure.cause)
+        self.supervised.set()
         return self.handled

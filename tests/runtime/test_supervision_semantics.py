@@ -133,3 +133,11 @@ def test_a_mesh_whose_owner_proc_died_refuses_calls_naming_the_lost_controller(f
         ):
             orphans.ping.call_one().get(T)
         failures.wait_for("parent")
+
+
+def test_a_proc_ended_by_sys_exit_delivers_its_failure_report_to_an_owner_on_another_proc(failures: Failures) -> None:
+    with proc_mesh({"gpus": 1}) as parents, proc_mesh({"gpus": 1}) as children:
+        parent = parents.spawn("parent", Parent, children)
+        # the report names the cause; were it cut off by the proc's exit, the owner would
+        # only see its link end ("the process this actor was running on failed: connection lost")
+        assert parent.end_child_proc_and_wait.call_one().get(T) == ["SystemExit: 3 (the proc exited)"]
