@@ -45,7 +45,6 @@ from ._mesh.proc_mesh import (
     this_host,
     this_proc,
 )
-from ._mesh.runtime import start_client_runtime  # noqa: F401  # installs the client runtime's starter (starts nothing)
 from ._mesh.stream import Stream
 from ._mesh.supervision import default_unhandled_fault_hook, fault_hooks
 from ._mesh.unbuilt import (

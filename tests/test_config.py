@@ -318,6 +318,12 @@ def test_runtime_defaults_without_config_import_equal_the_config_defaults():
     assert dataclasses.replace(built, child_env={}) == RuntimeSettings()
 
 
+def test_variables_that_are_not_settings_are_the_bootstrap_ones_and_the_token():
+    from monarch._mesh.runtime import _NOT_SETTINGS
+
+    assert _NOT_SETTINGS == {*config.BOOTSTRAP_VARIABLES, "MONARCH_CLUSTER_TOKEN"}
+
+
 def test_client_with_no_monarch_variable_starts_without_importing_pydantic():
     code = (
         "import sys\n"
@@ -325,7 +331,10 @@ def test_client_with_no_monarch_variable_starts_without_importing_pydantic():
         "settings, token = settings_from_config()\n"
         "assert settings == RuntimeSettings() and token is None\n"
         "assert 'pydantic' not in sys.modules and 'monarch.config' not in sys.modules, 'imported'\n"
-        "import os; os.environ['MONARCH_PEER_TIMEOUT_S'] = '7'\n"
+        "import os; os.environ['MONARCH_CLUSTER_TOKEN'] = 'tok'; os.environ['MONARCH_ROOT_ADDR'] = 'unix:/x'\n"
+        "settings, token = settings_from_config()\n"
+        "assert token == b'tok' and 'pydantic' not in sys.modules, token\n"
+        "os.environ['MONARCH_PEER_TIMEOUT_S'] = '7'\n"
         "settings, _ = settings_from_config()\n"
         "assert settings.limits.peer_timeout_s == 7.0, settings\n"
     )

@@ -6,7 +6,10 @@ composition root. The objects users hold can be unpickled in any process, so the
 process's runtime here. ``tests/test_layering.py`` checks that no other module imports this one.
 
 In a proc the slot is filled by ``proc_main`` before its event loop starts; in the client it is
-filled on first use by the starter that :mod:`monarch._mesh.runtime` installs when imported.
+filled on first use by the starter that :mod:`monarch._mesh.runtime` installs when imported. The
+client imports that composition root here, on first use, not at ``import monarch.actor``: its
+imports (sockets, the fork-server client, hashing) cost ~10 ms that a program which never
+spawns should not pay.
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ def current_runtime() -> Runtime:
     """This process's runtime; in the client it is started (with its loop thread) on first use.
 
     Raises:
-        RuntimeError: no runtime is installed and no starter is known (``monarch._mesh.runtime``
-            was never imported; importing ``monarch.actor`` imports it).
+        SupervisionError: the client runtime did not start.
     """
     rt = _runtime
     if rt is not None:
@@ -43,7 +45,10 @@ def _start() -> Runtime:
     with _lock:
         if _runtime is None:
             if _starter is None:
-                raise RuntimeError("no monarch runtime in this process: import monarch.actor first")
+                from . import runtime  # the composition root: its import installs the starter
+
+                del runtime
+            assert _starter is not None, "monarch._mesh.runtime installs the client starter"
             _runtime = _starter()
         return _runtime
 

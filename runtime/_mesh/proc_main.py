@@ -40,10 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     from .runtime import Runtime, new_loop, settings_from_config
 
     settings, token = settings_from_config()
-    from ..config import get_global_config
-
-    logging.basicConfig(level=get_global_config().log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
-    if get_global_config().prefix_python_logs_with_actor:
+    logging.basicConfig(level=settings.log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
+    if settings.prefix_logs_with_actor:
         _prefix_logs_with_actor()
     boot = os.environ.pop("MONARCH_BOOTSTRAP", None)
     if boot:

@@ -66,6 +66,8 @@ class RuntimeSettings:
         transport: the socket transport's limits and timeouts.
         limits: bounds on what peers may make this process hold, and the liveness bound.
         use_fork_server: fork procs from a pre-imported fork server (root client only).
+        log_level: the logging level a proc configures (``logging`` level name).
+        prefix_logs_with_actor: procs prefix actor log lines with the actor's name.
         proc_stop_timeout_s: how long a stopped proc may take to exit before SIGKILL, seconds.
         heartbeat_interval_s: how often a proc tells its owner it is alive, seconds (None: never).
         child_env: the environment every child proc gets (the job's configuration, propagated).
@@ -74,6 +76,8 @@ class RuntimeSettings:
     transport: TransportSettings = field(default_factory=TransportSettings)
     limits: RouterLimits = field(default_factory=RouterLimits)
     use_fork_server: bool = True
+    log_level: str = "WARNING"
+    prefix_logs_with_actor: bool = True
     proc_stop_timeout_s: float = 5.0
     heartbeat_interval_s: float | None = 0.75
     child_env: dict[str, str] = field(default_factory=dict)
@@ -387,17 +391,26 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+# MONARCH_* variables that are not settings: the bootstrap of one process (monarch.config's
+# BOOTSTRAP_VARIABLES; a test keeps the two equal) and the job's token every proc is given
+_NOT_SETTINGS = frozenset(
+    {"MONARCH_BOOTSTRAP", "MONARCH_RUNTIME_DIR", "MONARCH_PYTHON_EXECUTABLE", "MONARCH_ROOT_ADDR", "MONARCH_IN_ZYGOTE", "MONARCH_CLUSTER_TOKEN"}
+)
+
+
 def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
     """This process's :class:`RuntimeSettings` and cluster token, from ``monarch.config``.
 
-    A process with no ``MONARCH_*`` variable in its environment that has not imported
-    ``monarch.config`` (so has called no ``configure()``) runs on the defaults: it gets
-    ``RuntimeSettings()`` without importing pydantic-settings (~0.1 s and ~13,000 objects that
-    every full garbage collection of the client would walk). A test keeps those defaults equal
-    to ``MonarchConfig``'s; children inherit the same environment and so read the same defaults.
+    A process whose environment sets no ``MONARCH_*`` setting (only the runtime's bootstrap
+    variables and the cluster token, as every proc of a job left on the defaults has) and that has
+    not imported ``monarch.config`` (so has called no ``configure()``) runs on the defaults: it
+    gets ``RuntimeSettings()`` without importing pydantic-settings (~0.1 s, and ~13,000 objects
+    that every full garbage collection would walk). A test keeps those defaults equal to
+    ``MonarchConfig``'s; children inherit the same environment and so read the same defaults.
     """
-    if "monarch.config" not in sys.modules and not any(k.startswith("MONARCH_") for k in os.environ):
-        return RuntimeSettings(), None
+    if "monarch.config" not in sys.modules and all(k in _NOT_SETTINGS for k in os.environ if k.startswith("MONARCH_")):
+        raw = os.environ.get("MONARCH_CLUSTER_TOKEN")  # empty counts as unset, as in monarch.config
+        return RuntimeSettings(), raw.encode() if raw else None
     from ..config import get_global_config, to_env
 
     cfg = get_global_config()
@@ -424,6 +437,8 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
         transport=transport,
         limits=limits,
         use_fork_server=cfg.zygote,
+        log_level=cfg.log_level,
+        prefix_logs_with_actor=cfg.prefix_python_logs_with_actor,
         proc_stop_timeout_s=cfg.proc_stop_timeout_s,
         heartbeat_interval_s=cfg.peer_timeout_s / 4 if cfg.peer_timeout_s else None,
         child_env={k: v for k, v in to_env(cfg).items() if k != "MONARCH_CLUSTER_TOKEN"},

@@ -80,9 +80,10 @@ _K_REFUSED = ord("R")  # (request id, index into _STARTUP_ENV, or -1: a thread i
 _K_EXITED = ord("E")  # (pid, wait status)
 
 # imported before the zygote says hello (every proc needs them) ...
-_PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "monarch.config", "monarch.actor", "uvloop", "ctypes")
-# ... and between requests, while no request waits (most procs need them soon)
-_PRELOAD_IDLE: tuple[str, ...] = ()
+_PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "monarch.actor", "uvloop", "ctypes")
+# ... and between requests, while no request waits: procs need monarch.config (pydantic, ~0.1 s)
+# only when the job sets a MONARCH_* setting, so the first spawn does not wait for it
+_PRELOAD_IDLE: tuple[str, ...] = ("monarch.config",)
 
 # Read once, at interpreter start or at the import of a preloaded module (the dynamic loader,
 # CPython's startup, OpenBLAS/OpenMP thread pools of numpy): a forked proc would silently keep
@@ -327,6 +328,7 @@ def serve(fd: int) -> None:
             ready, _, _ = select.select([ctl.fileno(), wake_r], [], [], 0 if idle else None)
             if not ready:
                 preload(idle.pop(0))  # single-threaded: never forks mid-import
+                gc.freeze()
                 continue
             if wake_r in ready:
                 try:

@@ -303,6 +303,8 @@ class SocketLink:
         for b in iov:
             mv = b if type(b) is memoryview else memoryview(b)
             n = mv.nbytes
+            if not n:
+                continue  # an empty buffer (an empty tensor's): queued, it would stall the writer
             if skip:
                 if skip >= n:
                     skip -= n

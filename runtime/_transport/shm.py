@@ -128,8 +128,9 @@ class SegmentPool:
         keep_max_bytes: segments larger than this are retired once released.
         pool_keep_bytes: idle segments kept for reuse; beyond it released ones are retired.
         min_bytes: the smallest segment.
-        on_retire: called with a segment id (outside the pool's lock, any thread) when a
-            segment the peer mapped is dropped; it must tell the peer (``shmRetire``).
+        on_retire: called with a segment id, under the pool's lock (any thread), when a
+            segment the peer mapped is dropped; it must queue ``shmRetire`` on the link
+            without blocking and without calling back into the pool.
     """
 
     def __init__(
@@ -218,14 +219,21 @@ class SegmentPool:
         size = next(s for s, lst in self._free.items() if lst)
         seg = self._free[size].pop()
         self.free_bytes -= size
-        self.held_bytes -= size
+        self._retire_locked(seg)
         return seg
 
+    def _retire_locked(self, seg: _Segment) -> None:
+        # The retirement is queued on the link BEFORE the room is given back: a segment that
+        # another thread then creates is announced after it, so the receiver has unmapped this
+        # one first and never sees more than the link's cap mapped (it closes the link if so).
+        self._on_retire(seg.id)
+        self.held_bytes -= seg.size
+
     def _drop(self, segs: list[_Segment]) -> None:
+        """Free our side of retired segments (their retirement was already sent)."""
         for seg in segs:
             seg.close()
             self._budget.give(seg.size)
-            self._on_retire(seg.id)
 
     def release(self, seg_id: int) -> None:
         """The receiver is done with ``seg_id``: keep it for reuse or retire it."""
@@ -237,7 +245,7 @@ class SegmentPool:
                 self._free.setdefault(seg.size, []).append(seg)
                 self.free_bytes += seg.size
                 return
-            self.held_bytes -= seg.size
+            self._retire_locked(seg)
         self._drop([seg])
 
     def forget(self, seg_id: int) -> None:

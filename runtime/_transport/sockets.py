@@ -1,8 +1,9 @@
 """The socket transport: ``unix:`` and ``tcp:`` links behind the ``base.Transport`` seam.
 
-Every TCP connection is mutually authenticated with the cluster token (``auth.py``) before a
-single frame byte is read or written; Unix connections are trusted to the file system's
-permissions on the socket path but their frames are bounded and validated like any other.
+Every connection is mutually authenticated with the cluster token (``auth.py``) before a single
+frame byte is read or written: TCP always, Unix too whenever the transport has a token (every
+runtime does, ``TransportSettings.authenticate_unix``), so a local process that can reach a socket
+path still cannot speak without the job's token. Frames are bounded and validated on every link.
 Dialing never blocks: :meth:`SocketTransport.connect` returns a link at once and dials on the
 event loop.
 """

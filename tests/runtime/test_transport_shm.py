@@ -194,3 +194,35 @@ def test_a_peer_that_shrinks_an_announced_memfd_is_refused_without_sigbus(lp: Lo
     assert isinstance(exc, ProtocolError) and ("not sealed" in str(exc) or "announced" in str(exc))
     assert not lp.frames  # the frame naming the segment was never handed out
     lp.call(server.close)
+
+
+@pytest.mark.parametrize("how", ["released", "evicted"])
+def test_a_retired_segment_is_announced_gone_before_its_room_can_be_reused(how: str) -> None:
+    # the cap is one segment: a sender thread that saw the room freed before the retirement was
+    # queued announced the next segment first, and the receiver (still mapping the old one,
+    # over its cap) closed the link (a 1 GiB call followed by a 1 GiB echo)
+    seen: list[tuple[int, int]] = []
+    pool: Any = None
+
+    def on_retire(seg_id: int) -> None:
+        seen.append((seg_id, pool.held_bytes))
+
+    size = 4 * MiB
+    keep = size if how == "evicted" else MiB  # evicted: kept idle, then pushed out by another size
+    pool = shm.SegmentPool(
+        shm.ShmBudget(64 * MiB), link_max_bytes=size, keep_max_bytes=keep, pool_keep_bytes=keep, min_bytes=MiB,
+        on_retire=on_retire,
+    )
+    try:
+        got = pool.acquire(size)
+        assert got is not None
+        seg, new = got
+        assert new
+        pool.release(seg.id)
+        if how == "evicted":
+            assert not seen  # kept for reuse
+            other = pool.acquire(2 * MiB)  # another size class: the idle one must make room
+            assert other is not None and other[1]
+        assert seen == [(seg.id, size)], "the room was given back before the retirement was sent"
+    finally:
+        pool.close()

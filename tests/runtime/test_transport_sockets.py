@@ -118,9 +118,9 @@ def test_dialer_with_the_wrong_token_is_refused_before_any_frame(lp: Loop) -> No
     assert not lp.frames and not lp.links
 
 
-def _fake_listener(first: bytes) -> tuple[str, threading.Thread, list[bytes]]:
+def _fake_listener(first: bytes, wait_s: float = 5.0) -> tuple[str, threading.Thread, list[bytes]]:
     """A TCP server that does not know the token: it sends ``first`` then a frame a real proc
-    would act on, and records what the dialer sent."""
+    would act on, and records what the dialer sent (waiting at most ``wait_s`` for it)."""
     srv = socket.create_server(("127.0.0.1", 0))
     got: list[bytes] = []
 
@@ -131,7 +131,7 @@ def _fake_listener(first: bytes) -> tuple[str, threading.Thread, list[bytes]]:
         except OSError:
             return
         with conn:
-            conn.settimeout(5)
+            conn.settimeout(wait_s)
             try:
                 conn.sendall(first)
                 got.append(conn.recv(4096))
@@ -160,8 +160,10 @@ def test_dialer_refuses_a_listener_that_does_not_know_the_token(lp: Loop) -> Non
 
 
 def test_blocking_handshake_refuses_a_listener_that_does_not_know_the_token() -> None:
-    # the old one-way protocol: the listener sent a bare 32-byte nonce and was never checked
-    addr, t, _ = _fake_listener(os.urandom(32))
+    # the old one-way protocol: the listener sent a bare 32-byte nonce and was never checked;
+    # it then waits for an answer the dialer never sends, gives up first (1 s, before the
+    # dialer's 5 s timeout) and closes: the dialer must refuse, not time out
+    addr, t, _ = _fake_listener(os.urandom(32), wait_s=1.0)
     host, _, port = addr[4:].rpartition(":")
     sock = socket.create_connection((host, int(port)), timeout=5)
     try:
@@ -387,5 +389,30 @@ def test_unix_links_between_two_transports_with_the_token_carry_frames(lp: Loop,
     link = lp.call(lambda: client.connect(lst.address))
     link.send(_hello("member"))
     assert lp.wait(lambda: any(env.origin == "member" for _l, env, _b in lp.frames))
+    lp.call(server.close)
+    lp.call(client.close)
+
+
+def test_a_frame_ending_in_an_empty_buffer_does_not_stall_the_sending_link(lp: Loop, tmp_path: Any) -> None:
+    # an empty out-of-band buffer (what pickling torch.empty(0) gives) once left an empty piece
+    # queued that the writer retried forever, holding the link's lock
+    server, client = lp.transport(), lp.transport()
+    lst = lp.call(lambda: server.listen(_unix_addr(tmp_path), lp.on_link))
+    env = Envelope.new_message()
+    env.kind = "hello"
+    env.origin = "empty-buffer"
+    env.buffers = [3, 0]
+    link = client.connect(lst.address)
+    link.send(_hello("first"))
+    assert lp.wait(lambda: len(lp.frames) == 1, timeout_s=5)
+    # the link is up and idle: the frame goes out in one sendmsg, and the bookkeeping of what
+    # was written used to keep the empty last piece as unsent
+    link.send(encode_frame(env, [b"abc", b""]))
+    assert lp.wait(lambda: len(lp.frames) == 2, timeout_s=5)
+    assert lp.frames[1][2] == [b"abc", b""]
+    assert lp.call(lambda: 7, timeout_s=2) == 7  # the loop still answers (it spun on the empty piece)
+    link.send(_hello("after"))
+    assert lp.wait(lambda: len(lp.frames) == 3, timeout_s=5)
+    assert lp.frames[2][1].origin == "after"
     lp.call(server.close)
     lp.call(client.close)
