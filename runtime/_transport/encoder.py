@@ -300,12 +300,17 @@ class EnvelopeTemplate:
         if reply_port:
             _Q.pack_into(buf, _REPLY_PORT_AT, reply_port)
         _w_data(buf, _PAYLOAD_PTR_AT, payload)
-        if buffer_lengths:
-            _w_u64s(buf, _BUFFERS_PTR_AT, buffer_lengths)
-            if shm:
-                _w_u64s(buf, _SHM_PTR_AT, shm)
-        _W.pack_into(buf, 0, 0, (len(buf) - 8) >> 3)
-        return buf
+        return _finish(buf, buffer_lengths, shm)
+
+
+def _finish(buf: bytearray, buffer_lengths: list[int], shm: list[int] | None) -> bytearray:
+    """Append the out-of-band buffers' lengths and segment ids (the last pointers), then frame."""
+    if buffer_lengths:
+        _w_u64s(buf, _BUFFERS_PTR_AT, buffer_lengths)
+        if shm:
+            _w_u64s(buf, _SHM_PTR_AT, shm)
+    _W.pack_into(buf, 0, 0, (len(buf) - 8) >> 3)
+    return buf
 
 
 _PORT_AT = data_at("port")
@@ -347,9 +352,4 @@ def encode_reply(
     buf += _PART.pack(rank, (_ERR if error else 0) | (_LAST if last else 0), n, len(buffer_lengths))
     if n:
         _w_data(buf, _PAYLOAD_PTR_AT, payload)
-    if buffer_lengths:
-        _w_u64s(buf, _BUFFERS_PTR_AT, buffer_lengths)
-        if shm:
-            _w_u64s(buf, _SHM_PTR_AT, shm)
-    _W.pack_into(buf, 0, 0, (len(buf) - 8) >> 3)
-    return buf
+    return _finish(buf, buffer_lengths, shm)
