@@ -459,7 +459,12 @@ def start_client_runtime() -> Runtime:
     fork_server = None if off else _launch_fork_server()
     settings, token = settings_from_config()
     if token is None:
-        token = secrets.token_hex(32).encode()  # this job's own: every child gets it
+        # this job's own token. It also goes into this process's environment, so that any
+        # process started from here by other means (multiprocessing's spawn, a subprocess that
+        # unpickles a mesh) joins the job, as it does under a configured token; the runtime
+        # folder's mode 0700 already limits who can reach the sockets to this user
+        token = secrets.token_hex(32).encode()
+        os.environ["MONARCH_CLUSTER_TOKEN"] = token.decode()
     _remove_stale_runtime_dirs()
     runtime_dir = tempfile.mkdtemp(prefix=f"monarch-{os.getpid()}-")
     os.chmod(runtime_dir, 0o700)
