@@ -12,50 +12,21 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 from collections.abc import Iterator
 
-import monarch.actor as ma
 import pytest
-from monarch.actor import ActorError, Channel, MeshFailure, ProcMesh, SupervisionError
+from monarch.actor import ActorError, Channel, ProcMesh, SupervisionError
 from monarch.testing import proc_mesh
 
 from tests.runtime.error_text_actors import Victim
+from tests.runtime.failure_log import FailureLog
 
 QUALIFIED = r"<tests\.runtime\.error_text_actors\.Victim victim\{'gpus': 0/1\}>"
 
 
-class Faults:
-    """Unhandled failures reported while a test runs (the unhandled-fault hook); waits wake on
-    the report itself, with a timeout."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.items: list[MeshFailure] = []
-
-    def __call__(self, failure: MeshFailure) -> None:
-        with self._cond:
-            self.items.append(failure)
-            self._cond.notify_all()
-
-    def wait_for(self, mesh_name: str, timeout_s: float = 15.0) -> MeshFailure:
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: any(f.mesh_name == mesh_name for f in self.items), timeout_s
-            )
-            assert ok, f"no failure of mesh {mesh_name!r} in {timeout_s} s; got {self.items}"
-            return next(f for f in self.items if f.mesh_name == mesh_name)
-
-
 @pytest.fixture
-def faults() -> Iterator[Faults]:
-    log = Faults()
-    previous = ma.unhandled_fault_hook
-    ma.unhandled_fault_hook = log
-    try:
-        yield log
-    finally:
-        ma.unhandled_fault_hook = previous
+def faults(failures: FailureLog) -> FailureLog:
+    return failures
 
 
 @pytest.fixture
@@ -93,7 +64,7 @@ def test_endpoint_error_text_keeps_the_remote_exception_chain(procs: ProcMesh) -
 
 
 def test_broadcast_failure_report_and_str_read_as_monarchs_mesh_failure(
-    procs: ProcMesh, faults: Faults
+    procs: ProcMesh, faults: FailureLog
 ) -> None:
     v = procs.spawn("victim", Victim)
     pid = v.pid.call_one().get(timeout=15)
@@ -119,7 +90,7 @@ def test_broadcast_failure_report_and_str_read_as_monarchs_mesh_failure(
 
 
 def test_call_whose_actor_fails_reads_endpoint_call_mesh_endpoint_failed(
-    procs: ProcMesh, faults: Faults
+    procs: ProcMesh, faults: FailureLog
 ) -> None:
     v = procs.spawn("victim", Victim)
     with pytest.raises(SupervisionError) as info:
@@ -134,7 +105,7 @@ def test_call_whose_actor_fails_reads_endpoint_call_mesh_endpoint_failed(
 
 
 def test_sigkilled_proc_reads_process_this_actor_was_running_on_failed_killed_sig_9(
-    procs: ProcMesh, faults: Faults
+    procs: ProcMesh, faults: FailureLog
 ) -> None:
     v = procs.spawn("victim", Victim)
     started_port, started = Channel[int].open()

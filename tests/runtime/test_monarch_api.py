@@ -10,49 +10,21 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import monarch.actor as ma
 import pytest
-from monarch.actor import Extent, MeshFailure, Point, ProcMesh, SupervisionError, this_host
+from monarch.actor import Extent, Point, ProcMesh, SupervisionError, this_host
 from monarch.testing import proc_mesh
 
 from tests.runtime.api_actors import Introspect, Reassigns, SelfEnding
+from tests.runtime.failure_log import FailureLog
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class FailureLog:
-    """An unhandled fault hook that records failures; tests wait on it with a timeout."""
-
-    def __init__(self) -> None:
-        self.items: list[MeshFailure] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, failure: MeshFailure) -> None:
-        with self._cond:
-            self.items.append(failure)
-            self._cond.notify_all()
-
-    def wait_for(self, mesh_name: str, timeout_s: float = 20.0) -> MeshFailure:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: any(f.mesh_name == mesh_name for f in self.items), timeout_s)
-            assert ok, f"no failure of mesh {mesh_name!r} in {timeout_s} s; got {self.items}"
-            return next(f for f in self.items if f.mesh_name == mesh_name)
-
-
-@pytest.fixture
-def failures() -> Iterator[FailureLog]:
-    log = FailureLog()
-    previous = ma.unhandled_fault_hook
-    ma.unhandled_fault_hook = log
-    try:
-        yield log
-    finally:
-        ma.unhandled_fault_hook = previous
 
 
 @pytest.fixture

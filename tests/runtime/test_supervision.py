@@ -12,51 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import monarch.actor as ma
 import pytest
 from monarch.actor import ActorError, CallTimeout, Channel, MeshFailure, ProcMesh, SupervisionError
 from monarch.testing import proc_mesh
 
+from tests.runtime.failure_log import FailureLog
 from tests.runtime.pidwait import wait_exited
 from tests.runtime.sup_actors import Cleaner, Supervisor, Worker
-
-
-class FailureLog:
-    """The unhandled failures reported while a test runs (installed as the unhandled-fault hook);
-    :meth:`wait_for` wakes on the report itself, with a timeout."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.items: list[MeshFailure] = []
-
-    def __call__(self, failure: MeshFailure) -> None:
-        with self._cond:
-            self.items.append(failure)
-            self._cond.notify_all()
-
-    def of(self, mesh_name: str) -> list[MeshFailure]:
-        with self._cond:
-            return [f for f in self.items if f.mesh_name == mesh_name]
-
-    def wait_for(self, mesh_name: str, timeout_s: float = 10.0) -> MeshFailure:
-        """The first failure of mesh ``mesh_name``; fails the test after ``timeout_s`` s."""
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: any(f.mesh_name == mesh_name for f in self.items), timeout_s
-            )
-            assert ok, f"no failure of mesh {mesh_name!r} in {timeout_s} s; got {self.items}"
-            return next(f for f in self.items if f.mesh_name == mesh_name)
-
-
-@pytest.fixture
-def failures() -> Iterator[FailureLog]:
-    log = FailureLog()
-    previous = ma.unhandled_fault_hook
-    ma.unhandled_fault_hook = log
-    try:
-        yield log
-    finally:
-        ma.unhandled_fault_hook = previous
 
 
 @pytest.fixture
@@ -173,7 +135,6 @@ def test_call_timeouts_per_endpoint_and_per_call(procs: ProcMesh) -> None:
 
 
 def test_bad_input_is_an_error_and_harms_nothing(procs: ProcMesh, failures: FailureLog) -> None:
-    import threading
 
     from monarch._mesh.endpoint import Endpoint, EndpointSpec
 

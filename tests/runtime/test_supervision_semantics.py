@@ -5,47 +5,18 @@ by the time its call fails, and what becomes of a mesh whose owner's proc died."
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import monarch.actor as ma
 import pytest
-from monarch.actor import MeshFailure, SupervisionError
+from monarch.actor import SupervisionError
 from monarch.testing import proc_mesh
 
+from tests.runtime.failure_log import FailureLog
 from tests.runtime.semantics_actors import Fragile, Parent
 
 T = 30.0
 
 
-class Failures:
-    """Unhandled failures reaching the client (installed as the fault hook for one test)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.items: list[MeshFailure] = []
-
-    def __call__(self, failure: MeshFailure) -> None:
-        with self._cond:
-            self.items.append(failure)
-            self._cond.notify_all()
-
-    def wait_for(self, mesh_name: str, timeout_s: float = T) -> MeshFailure:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: any(f.mesh_name == mesh_name for f in self.items), timeout_s)
-            assert ok, f"no failure of {mesh_name!r} within {timeout_s} s; got {self.items}"
-            return next(f for f in self.items if f.mesh_name == mesh_name)
-
-
-@pytest.fixture
-def failures() -> Iterator[Failures]:
-    log = Failures()
-    previous = ma.unhandled_fault_hook
-    ma.unhandled_fault_hook = log
-    try:
-        yield log
-    finally:
-        ma.unhandled_fault_hook = previous
 
 
 def test_supervision_error_is_a_runtime_error() -> None:
@@ -57,7 +28,7 @@ def test_supervision_error_is_a_runtime_error() -> None:
         assert "and all its descendants have failed" in str(exc)
 
 
-def test_a_base_exception_that_is_no_exit_request_fails_its_actor_and_not_its_proc(failures: Failures) -> None:
+def test_a_base_exception_that_is_no_exit_request_fails_its_actor_and_not_its_proc(failures: FailureLog) -> None:
     with proc_mesh({"gpus": 2}) as procs:
         bystanders = procs.spawn("bystanders", Fragile)
         fragile = procs.spawn("fragile", Fragile)
@@ -71,7 +42,7 @@ def test_a_base_exception_that_is_no_exit_request_fails_its_actor_and_not_its_pr
             fragile.slice(gpus=1).ping.call_one().get(T)
 
 
-def test_a_call_whose_proc_dies_names_the_actor_it_was_sent_to(failures: Failures) -> None:
+def test_a_call_whose_proc_dies_names_the_actor_it_was_sent_to(failures: FailureLog) -> None:
     with proc_mesh({"gpus": 2}) as procs:
         doomed = procs.spawn("doomed", Fragile)
         with pytest.raises(
@@ -83,7 +54,7 @@ def test_a_call_whose_proc_dies_names_the_actor_it_was_sent_to(failures: Failure
         failures.wait_for("doomed")
 
 
-def test_an_owner_has_recorded_its_actors_failure_when_the_failed_call_is_answered(failures: Failures) -> None:
+def test_an_owner_has_recorded_its_actors_failure_when_the_failed_call_is_answered(failures: FailureLog) -> None:
     with proc_mesh({"gpus": 1}) as procs:
         fragile = procs.spawn("fragile", Fragile)
         assert fragile.ping.call_one().get(T) == 0
@@ -108,7 +79,7 @@ def test_an_owner_has_recorded_its_actors_failure_when_the_failed_call_is_answer
         assert "KeyError" in str(next_call[0])
 
 
-def test_a_call_to_an_owner_failed_by_its_child_names_the_child_that_failed_first(failures: Failures) -> None:
+def test_a_call_to_an_owner_failed_by_its_child_names_the_child_that_failed_first(failures: FailureLog) -> None:
     with proc_mesh({"gpus": 1}) as parents, proc_mesh({"gpus": 1}) as children:
         parent = parents.spawn("parent", Parent, children, False)
         with pytest.raises(
@@ -120,7 +91,7 @@ def test_a_call_to_an_owner_failed_by_its_child_names_the_child_that_failed_firs
         failures.wait_for("parent")
 
 
-def test_a_mesh_whose_owner_proc_died_refuses_calls_naming_the_lost_controller(failures: Failures) -> None:
+def test_a_mesh_whose_owner_proc_died_refuses_calls_naming_the_lost_controller(failures: FailureLog) -> None:
     with proc_mesh({"gpus": 1}) as parents, proc_mesh({"gpus": 1}) as children:
         parent = parents.spawn("parent", Parent, children)
         orphans = parent.child_mesh.call_one().get(T)
@@ -135,7 +106,7 @@ def test_a_mesh_whose_owner_proc_died_refuses_calls_naming_the_lost_controller(f
         failures.wait_for("parent")
 
 
-def test_a_proc_ended_by_sys_exit_delivers_its_failure_report_to_an_owner_on_another_proc(failures: Failures) -> None:
+def test_a_proc_ended_by_sys_exit_delivers_its_failure_report_to_an_owner_on_another_proc(failures: FailureLog) -> None:
     with proc_mesh({"gpus": 1}) as parents, proc_mesh({"gpus": 1}) as children:
         parent = parents.spawn("parent", Parent, children)
         # the report names the cause; were it cut off by the proc's exit, the owner would
