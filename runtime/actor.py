@@ -181,21 +181,24 @@ class Accumulator(Generic[A, R]):
         self._combine = combine
 
     def accumulate(self, *args: Any, **kwargs: Any) -> Future[A]:
-        """Call every actor and return a future of the folded result."""
-        out: Future[A] = Future()
-        inner = self._endpoint.call(*args, **kwargs)
+        """Call every actor (through ``endpoint.stream``) and return a future of the fold.
 
-        def done(f: Future[ValueMesh[R]]) -> None:
-            try:
-                acc = self._identity
-                for v in f.get().values():
-                    acc = self._combine(acc, v)
-                out.set_result(acc)
-            except BaseException as exc:
-                out.set_exception(exc)
+        As Monarch's: the calls are sent now; the results are folded with ``combine`` in arrival
+        order, starting from ``identity``, when the future is awaited or ``get()`` is called.
 
-        inner.add_done_callback(done)
-        return out
+        Raises (from the future):
+            ActorError: an actor's endpoint raised.
+            SupervisionError: an actor failed or its proc died.
+        """
+        results = self._endpoint.stream(*args, **kwargs)
+
+        async def fold() -> A:
+            acc = self._identity
+            for f in results:
+                acc = self._combine(acc, await f)
+            return acc
+
+        return Future._from_coro(fold())
 
 
 def send(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 from .errors import CallTimeout
@@ -32,7 +32,7 @@ class Future(Generic[R]):
     same exception. Resolution happens on a runtime thread; callbacks run there.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_state", "_value", "_waiters")
+    __slots__ = ("__weakref__", "_callbacks", "_coro", "_state", "_value", "_waiters")
 
     def __init__(self) -> None:
         self._state = _PENDING
@@ -40,6 +40,7 @@ class Future(Generic[R]):
         self._callbacks: list[Callable[[Future[R]], None]] | None = None
         # one locked lock per blocked get(); completion releases them (lighter than a Condition)
         self._waiters: list[Any] | None = None
+        self._coro: Coroutine[Any, Any, R] | None = None  # see _from_coro
 
     # -- completion (runtime side) ------------------------------------------------------
     def set_result(self, value: R) -> None:
@@ -110,6 +111,9 @@ class Future(Generic[R]):
     def _wait(self, timeout: float | None) -> None:
         if self._state != _PENDING:
             return
+        if self._coro is not None:
+            self._run_coro_here(timeout)
+            return
         if getattr(loop_thread_marker, "active", False):
             raise RuntimeError(
                 "Future.get() called on the runtime's event loop thread (inside an async endpoint "
@@ -133,6 +137,15 @@ class Future(Generic[R]):
             raise CallTimeout(f"no result after {timeout} s")
 
     def __await__(self) -> Generator[Any, None, R]:
+        coro = self._take_coro()
+        if coro is not None:  # runs inline in the awaiting task
+            try:
+                value = yield from coro.__await__()
+            except BaseException as exc:
+                self.set_exception(exc)
+                raise
+            self.set_result(value)
+            return value
         if self._state == _PENDING:
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
@@ -154,6 +167,55 @@ class Future(Generic[R]):
     def __repr__(self) -> str:
         state = {_PENDING: "pending", _RESULT: "done", _ERROR: "failed"}[self._state]
         return f"<Future {state}>"
+
+    @classmethod
+    def _from_coro(cls, coro: Coroutine[Any, Any, R]) -> Future[R]:
+        """A future of ``coro``'s result that runs ``coro`` when first awaited (inline, in the
+        awaiting task) or waited on with ``get()`` (on the calling thread, in a private event loop).
+
+        As Monarch's ``Future._from_coro`` (a private constructor that Monarch's own code and
+        tests use): ``coro`` runs at most once, and only if someone asks for the result.
+        """
+        f: Future[R] = cls()
+        f._coro = coro
+        return f
+
+    def _take_coro(self) -> Coroutine[Any, Any, R] | None:
+        with _LOCK:
+            coro, self._coro = self._coro, None
+        return coro
+
+    def _run_coro_here(self, timeout: float | None) -> None:
+        # the coroutine runs to completion on this thread: ``timeout`` bounds only the wait
+        # for a coroutine another thread is running
+        coro = self._take_coro()
+        if coro is None:  # another thread took it: wait for its result like any future
+            self._wait(timeout)
+            return
+        if getattr(loop_thread_marker, "active", False):
+            self._coro = coro
+            raise RuntimeError(
+                "Future.get() called on the runtime's event loop thread (inside an async endpoint "
+                "or callback): this would deadlock; use 'await future' instead"
+            )
+        box: list[tuple[int, Any]] = []
+
+        def run() -> None:
+            try:
+                box.append((_RESULT, asyncio.run(coro)))
+            except BaseException as exc:  # delivered to whoever waits on the future
+                box.append((_ERROR, exc))
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            run()  # no loop on this thread: a private one here
+        else:  # a loop runs on this thread (e.g. a notebook): asyncio.run needs another thread
+            t = threading.Thread(target=run, name="monarch future coroutine")
+            t.start()
+            t.join()
+        state, value = box[0]
+        self._complete(state, value)
 
     @classmethod
     def completed(cls, value: R) -> Future[R]:
