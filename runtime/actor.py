@@ -2,8 +2,9 @@
 
 API-compatible with Meta Monarch's ``monarch.actor``; every public name is exported here,
 including ``ActorMesh`` and ``SupervisionError`` (which Monarch keeps in private modules).
-Monarch's multi-host names (``attach_to_workers``, ``run_worker_loop_forever``,
-``enable_transport``, ``attach``, ``default_bootstrap_cmd``) and ``debug_controller``,
+Multi-host: ``run_worker_loop_forever``/``start_worker_loop_forever`` serve a machine as a host
+agent, ``attach_to_workers``/``hosts_from_config`` attach to agents, ``enable_transport`` picks
+where the client listens. ``attach``, ``default_bootstrap_cmd``, ``debug_controller``,
 ``get_meter``, ``ProcId``, ``Uid`` import but raise ``NotImplementedError`` when used; ``span``
 and ``traced`` are no-op tracing shims. ``config`` (the :mod:`monarch.config` module) and
 ``ChannelTransport`` (whose home is :mod:`monarch.config`) load on first access, so importing
@@ -26,6 +27,7 @@ from ._core.shape import Extent, Point, Shape
 from ._core.value_mesh import ValueMesh
 from ._mesh.actor import Actor
 from ._mesh.actor_mesh import ActorMesh
+from ._mesh.bootstrap import run_worker_loop_forever, start_worker_loop_forever
 from ._mesh.context import (
     Context,
     Instance,
@@ -40,6 +42,8 @@ from ._mesh.port import Channel, Port, PortReceiver
 from ._mesh.proc_mesh import (
     HostMesh,
     ProcMesh,
+    attach_to_workers,
+    enable_transport,
     hosts_from_config,
     shutdown_context,
     this_host,
@@ -51,12 +55,9 @@ from ._mesh.unbuilt import (
     ProcId,
     Uid,
     attach,
-    attach_to_workers,
     debug_controller,
     default_bootstrap_cmd,
-    enable_transport,
     get_meter,
-    run_worker_loop_forever,
     span,
     traced,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "send",
     "shutdown_context",
     "span",
+    "start_worker_loop_forever",
     "this_host",
     "this_proc",
     "traced",

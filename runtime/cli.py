@@ -6,6 +6,8 @@ Commands::
     monarch config               the effective settings (overrides, environment, defaults)
     monarch config --json        the same as one JSON object, for scripts
     monarch config --markdown    the reference table of every setting (docs/configuration.md)
+    monarch host serve --listen tcp://HOST:PORT [--advertise HOST] [--insecure]
+                                 serve this machine as a host agent (clients attach_to_workers)
 
 The root :data:`app` is a typer app; a group of commands is a typer sub-app added with
 ``app.add_typer(group, name="host")`` in this module, one sub-app per concern. Exit status: 0 on
@@ -122,6 +124,56 @@ def config_command(
         shown = Text(text)  # Text: a value is never read as rich markup
         table.add_row(n, _config.env_var(n), shown, _source(n))
     Console().print(table)
+
+
+host_app = typer.Typer(name="host", help="Host agents: serve this machine to clients.", no_args_is_help=True)
+app.add_typer(host_app, name="host")
+
+
+@host_app.command("serve")
+def host_serve_command(
+    listen: Annotated[str, typer.Option("--listen", help="Where clients connect: tcp://HOST:PORT (port 0 picks one).")],
+    advertise: Annotated[
+        str | None,
+        typer.Option("--advertise", help="The host (or tcp://HOST) procs bind to and other machines reach."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Serve with no cluster token: ANY client that can connect may start processes.")
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logging level of the agent.")] = "INFO",
+) -> None:
+    """Serve this machine as a host agent until killed.
+
+    Clients authenticate with the cluster token (MONARCH_CLUSTER_TOKEN or monarch.config); the
+    agent starts procs for each and kills them when it disconnects. The bound address is printed
+    as the first line of stdout: "monarch host agent listening on tcp:HOST:PORT".
+    """
+    import asyncio
+    import logging
+
+    from ._mesh.host_agent import HostAgent, InsecureAgentError, token_from_config
+
+    logging.basicConfig(level=log_level.upper(), format="[monarch host %(levelname)s] %(message)s")
+    try:
+        token = token_from_config()
+        agent = HostAgent(listen, advertise=advertise, token=token, insecure=insecure)
+    except (InsecureAgentError, ValueError, _config.ConfigError) as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+    def ready(addr: str) -> None:
+        typer.echo(f"monarch host agent listening on {addr}")
+        import sys
+
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(agent.serve(on_ready=ready))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] cannot serve on {listen}: {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

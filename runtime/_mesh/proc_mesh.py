@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import socket
 import threading
 from typing import Any, TypeVar, overload
 
@@ -18,6 +19,7 @@ import cloudpickle
 from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import Extent, MeshTrait, Shape
+from .._transport.address import from_url
 from . import current
 from .actor import Actor, TypedActor, validate_actor_class
 from .actor_mesh import ActorMesh
@@ -25,7 +27,17 @@ from .context import context
 from .current import current_runtime
 from .supervision import current_owner
 
-__all__ = ["HostMesh", "ProcMesh", "ProcMeshStoppedError", "hosts_from_config", "shutdown_context", "this_host", "this_proc"]
+__all__ = [
+    "HostMesh",
+    "ProcMesh",
+    "ProcMeshStoppedError",
+    "attach_to_workers",
+    "enable_transport",
+    "hosts_from_config",
+    "shutdown_context",
+    "this_host",
+    "this_proc",
+]
 
 M = TypeVar("M")
 A = TypeVar("A", bound=Actor)
@@ -153,19 +165,78 @@ class HostMesh(MeshTrait):
         hosts: the host names, by rank; None means this machine.
         python_executable: the interpreter procs spawned from this mesh run; None means this
             process's own (``sys.executable``, or a fork of it from the fork server).
+        agents: the host agents' addresses (``tcp:HOST:PORT``), by host rank, of a mesh made by
+            :func:`attach_to_workers`; None: every host of the mesh is this machine.
     """
 
-    def __init__(self, shape: Shape, hosts: list[str] | None = None, *, python_executable: str | None = None) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        hosts: list[str] | None = None,
+        *,
+        python_executable: str | None = None,
+        agents: list[str] | None = None,
+    ) -> None:
         self._shape = shape
         self._hosts = hosts or ["local"]
         self._python_executable = python_executable
+        self._agents = agents
 
     def _new_with_shape(self, shape: Shape) -> HostMesh:
-        return HostMesh(shape, self._hosts, python_executable=self._python_executable)
+        return HostMesh(shape, self._hosts, python_executable=self._python_executable, agents=self._agents)
 
     def __repr__(self) -> str:
         exe = f" python={self._python_executable!r}" if self._python_executable is not None else ""
-        return f"<HostMesh extent={dict(zip(self._shape.labels, self._shape.sizes))}{exe}>"
+        agents = f" agents={[self._agents[r] for r in self._shape.ranks()]}" if self._agents is not None else ""
+        return f"<HostMesh extent={dict(zip(self._shape.labels, self._shape.sizes))}{exe}{agents}>"
+
+    @property
+    def initialized(self) -> Future[None]:
+        """Completes when every host agent of this mesh accepted us (at once for this machine's
+        hosts); fails with ``ConnectError`` when one cannot be reached or refuses our token."""
+        if self._agents is None:
+            return Future.completed(None)
+        rt = current_runtime()
+        links = [rt.remote.attach(self._agents[r]) for r in self._shape.ranks()]
+        out: Future[None] = Future()
+
+        def wait() -> None:
+            try:
+                for link in links:
+                    link.ready.get(60.0)
+            except BaseException as exc:
+                out.set_exception(exc)
+            else:
+                out.set_result(None)
+
+        threading.Thread(target=wait, name="monarch host mesh initialized", daemon=True).start()
+        return out
+
+    def shutdown(self) -> Future[None]:
+        """Stop every proc this client started on these hosts, then disconnect from their agents
+        (which keep serving other clients). Monarch's ``HostMesh.shutdown``; this machine's
+        hosts have nothing to shut down."""
+        if self._agents is None:
+            return Future.completed(None)
+        rt = current_runtime()
+        links = {id(lk): lk for lk in (rt.remote.attach(self._agents[r]) for r in self._shape.ranks())}
+        addrs = [a for a, lk in rt.remote.procs.items() if id(lk) in links]
+        out: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                rt.stop_processes(addrs).get(30.0)
+            finally:
+                for lk in links.values():
+                    lk.close()
+                out.set_result(None)
+
+        threading.Thread(target=run, name="monarch host mesh shutdown", daemon=True).start()
+        return out
+
+    def stop(self) -> Future[None]:
+        """Same as :meth:`shutdown`."""
+        return self.shutdown()
 
     @property
     def is_fake_in_process(self) -> bool:
@@ -241,6 +312,8 @@ class HostMesh(MeshTrait):
         if bootstrap is not None:
             extra["MONARCH_BOOTSTRAP"] = base64.b64encode(cloudpickle.dumps(bootstrap)).decode()
         rt = current_runtime()
+        if self._agents is not None:
+            return self._spawn_remote(rt, math.prod(per_host.values()) if per_host else 1, name, extra, Shape(labels, 0, sizes))
         handles = rt.procs.spawn(nproc, name, extra, python_executable=self._python_executable)
         per = -(-n // nproc)
         addrs = [handles[i // per].addr for i in range(n)]
@@ -249,15 +322,129 @@ class HostMesh(MeshTrait):
         return mesh
 
 
+    def _spawn_remote(self, rt: Any, per: int, name: str, env: dict[str, str], shape: Shape) -> ProcMesh:
+        """One request per host agent (in parallel); procs in host-rank order."""
+        assert self._agents is not None
+        links = [rt.remote.attach(self._agents[r]) for r in self._shape.ranks()]
+        results: list[list[str] | BaseException] = [[] for _ in links]
+
+        def one(i: int) -> None:
+            try:
+                results[i] = rt.remote.spawn(links[i], per, name, env)
+            except BaseException as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(links))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        addrs: list[str] = []
+        for r in results:
+            if isinstance(r, BaseException):
+                started = [a for x in results if not isinstance(x, BaseException) for a in x]
+                if started:
+                    rt.stop_processes(started, 0.0)
+                raise r
+            addrs.extend(r)
+        mesh = ProcMesh(addrs, shape, self)
+        rt.supervisor.register_procs(current_owner(), mesh)
+        return mesh
+
+
 _THIS_HOST = HostMesh(Shape([], 0, [], []))
+
+
+def enable_transport(transport: Any) -> None:
+    """Choose where this client listens (Monarch's ``enable_transport``); call it before the
+    first use of the runtime. ``"tcp://HOST:PORT"`` (port 0 picks one) or ``"tcp:HOST:PORT"``:
+    there, so that procs on other machines can reach the client; ``"tcp"`` or
+    ``ChannelTransport.TcpWithHostname``: this machine's hostname's address; ``"tcp-localhost"``
+    or ``ChannelTransport.TcpWithLocalhost``: 127.0.0.1; ``"unix"``/``"ipc"`` or
+    ``ChannelTransport.Unix``: a Unix socket (the default: procs of this machine only).
+
+    Raises:
+        ValueError: an unknown transport.
+        RuntimeError: the runtime already started on another kind of address.
+    """
+    from .host_client import set_requested_listen  # not at import: monarch.actor stays light
+
+    name = getattr(transport, "name", transport)
+    if not isinstance(name, str):
+        raise ValueError(f"enable_transport: unknown transport {transport!r}")
+    key = name.strip()
+    if key.lower() in ("unix", "ipc"):
+        addr = None
+    elif key.lower() in ("tcp", "tcpwithhostname"):
+        addr = f"tcp:{socket.gethostbyname(socket.gethostname())}:0"
+    elif key.lower() in ("tcp-localhost", "tcpwithlocalhost"):
+        addr = "tcp:127.0.0.1:0"
+    elif key.startswith(("tcp:", "tcp://")):
+        addr = from_url(key)
+    else:
+        raise ValueError(f"enable_transport: unsupported transport {transport!r} (tcp://HOST:PORT, tcp, unix)")
+    rt = current.installed()
+    if rt is not None:
+        kind = "tcp:" if addr else "unix:"
+        if not rt.router.addr.startswith(kind):
+            raise RuntimeError(
+                f"enable_transport({transport!r}): the runtime already listens on {rt.router.addr}; "
+                "call enable_transport before the first spawn or attach"
+            )
+        return
+    if addr is not None:
+        set_requested_listen(addr)
+
+
+def attach_to_workers(*, workers: Any, ca: Any = None, private_key: Any = None, name: str | None = None) -> HostMesh:
+    """A HostMesh of the host agents at ``workers`` (Monarch's ``attach_to_workers``), extent
+    ``{"hosts": N}``; returns at once while the agents are reached in the background
+    (``await hm.initialized`` / ``hm.initialized.get()`` waits for all).
+
+    Each agent is authenticated with the cluster token (``MONARCH_CLUSTER_TOKEN``, or a token
+    in ``monarch.config``) and proves it knows it. If the client runtime has not started and
+    :func:`enable_transport` was not called, the client listens on TCP on its address on the
+    route to the first agent, so that the agents' procs can reach it.
+
+    Args:
+        workers: agent addresses (``tcp://HOST:PORT``), or futures of them (waited for here).
+        ca: None or ``"trust_all_connections"`` (TLS files are not supported yet).
+        private_key: must be None (TLS is not built yet).
+        name: accepted for compatibility (reports name hosts by hostname).
+
+    Raises:
+        ValueError: no workers, or a malformed address.
+        NotImplementedError: TLS files were given.
+        RuntimeError: the runtime already listens on a Unix socket only (call
+            ``enable_transport("tcp://ADDR:0")`` first).
+    """
+    from .host_client import local_address_towards, requested_listen, set_requested_listen
+
+    if ca not in (None, "trust_all_connections") or private_key is not None:
+        raise NotImplementedError("TLS (ca/private_key files) is not built yet (issue 12 section 2): pass ca=None")
+    addrs = [from_url(w.get(60.0) if isinstance(w, Future) else str(w)) for w in workers]
+    if not addrs:
+        raise ValueError("attach_to_workers: workers is empty")
+    if current.installed() is None and requested_listen() is None:
+        set_requested_listen(f"tcp:{local_address_towards(addrs[0])}:0")
+    rt = current_runtime()
+    if not rt.router.addr.startswith("tcp:"):
+        raise RuntimeError(
+            f"attach_to_workers: this client listens on {rt.router.addr}, which other machines cannot reach; "
+            'call enable_transport("tcp://ADDR:0") before the first spawn'
+        )
+    for a in addrs:
+        rt.remote.attach(a)
+    return HostMesh(Shape(["hosts"], 0, [len(addrs)]), addrs, agents=addrs)
 
 
 def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:
     """The job's hosts, from the environment variable ``name`` (Monarch's ``hosts_from_config``).
 
-    The variable holds a comma-separated list of hosts, or a count. Host agents on other
-    machines are not supported yet: every host of the mesh runs on this machine, so code
-    written for several hosts runs here unchanged (extent ``{"hosts": N}``; N is 1 when unset).
+    The variable holds a comma-separated list of host agents' addresses (``tcp://HOST:PORT``:
+    the mesh attaches to them, as :func:`attach_to_workers`), or of host names, or a count: then
+    every host of the mesh is this machine, so code written for several hosts runs here
+    unchanged (extent ``{"hosts": N}``; N is 1 when unset).
 
     Raises:
         ValueError: the variable is neither a count nor a list.
@@ -276,6 +463,8 @@ def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:
         hosts = [h.strip() for h in raw.split(",") if h.strip()]
         if not hosts:
             raise ValueError(f"{name}={raw!r} names no hosts")
+        if all(h.startswith(("tcp://", "tcp:")) for h in hosts):
+            return attach_to_workers(workers=hosts, ca=None)
     return HostMesh(Shape(["hosts"], 0, [len(hosts)]), hosts)
 
 

@@ -41,6 +41,7 @@ from .actor_mesh import ActorMesh, MeshRef
 from .context import EMPTY_EXTENT, Context, Instance
 from .controller import ControllerRegistry, serve_controller_requests
 from .endpoint import INIT_PROBE, EndpointSpec
+from .host_client import RemoteHosts, requested_listen
 from .hosting import ActorHost, pickle_spawn
 from .port import Port
 from .proc_mesh import ProcMesh
@@ -158,6 +159,8 @@ class Runtime:
         self.root_addr = root_addr or parent_addr or self.router.addr
         child_env["MONARCH_ROOT_ADDR"] = self.root_addr
         self.procs.child_env["MONARCH_ROOT_ADDR"] = self.root_addr
+        # procs that host agents on other machines started for this process
+        self.remote = RemoteHosts(self.router, token=token, child_env=self.procs.child_env, supervisor_expects=self.supervisor.expect_exit)
         self.controllers: ControllerRegistry | None = None
         if parent_addr is None:
             self.controllers = ControllerRegistry(lambda name, cls, *a, **k: self.this_proc_mesh().spawn(name, cls, *a, **k))
@@ -268,7 +271,11 @@ class Runtime:
         ``timeout_s`` (default: the configured ``proc_stop_timeout_s``). The future completes
         when every one has exited."""
         t = self.settings.proc_stop_timeout_s if timeout_s is None else timeout_s
-        return self.procs.stop(addrs, t, self.supervisor.expect_exit)
+        remote = [a for a in addrs if self.remote.owns(a)]
+        if not remote:
+            return self.procs.stop(addrs, t, self.supervisor.expect_exit)
+        local = [a for a in addrs if not self.remote.owns(a)]
+        return _all([self.procs.stop(local, t, self.supervisor.expect_exit), self.remote.stop(remote, t)])
 
     def _hung(self, addr: str, reason: str) -> None:
         """A child stopped sending heartbeats: it has been reported failed; make sure it is gone."""
@@ -324,6 +331,7 @@ class Runtime:
             return
         self._closed = True
         try:
+            self.remote.close(timeout_s)
             alive = self.procs.alive()
             if alive:
                 try:
@@ -469,7 +477,8 @@ def start_client_runtime() -> Runtime:
     runtime_dir = tempfile.mkdtemp(prefix=f"monarch-{os.getpid()}-")
     os.chmod(runtime_dir, 0o700)
     loop = new_loop()
-    path = os.path.join(runtime_dir, "client.sock")
+    # enable_transport() or attach_to_workers() asked for TCP: agents' procs must reach us
+    listen = requested_listen() or "unix:" + os.path.join(runtime_dir, "client.sock")
     ready = threading.Event()
     holder: list[Runtime] = []
     errors: list[BaseException] = []
@@ -479,7 +488,7 @@ def start_client_runtime() -> Runtime:
         loop_thread_marker.active = True
         try:
             rt = Runtime(
-                loop, "unix:" + path, name="client", runtime_dir=runtime_dir, owns_dir=True, token=token,
+                loop, listen, name="client", runtime_dir=runtime_dir, owns_dir=True, token=token,
                 settings=settings, fork_server=fork_server,
             )
             holder.append(rt)

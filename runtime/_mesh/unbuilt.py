@@ -1,7 +1,7 @@
 """Monarch ``monarch.actor`` names that this project does not build yet, or builds only as shims.
 
 Each name is importable (so Monarch programs import unchanged) and says what it is at the point
-of use: the multi-host bootstrap functions, ``debug_controller``, ``get_meter`` and the
+of use: ``attach`` and ``default_bootstrap_cmd`` (multi-host names not built yet), ``debug_controller``, ``get_meter`` and the
 ``ProcId``/``Uid`` classes raise ``NotImplementedError`` when called; ``span`` and ``traced`` are
 documented no-op tracing shims (there is no telemetry backend here, so a span records nothing).
 """
@@ -11,19 +11,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, ParamSpec, TypeVar, overload
 
 __all__ = [
     "ProcId",
     "Uid",
     "attach",
-    "attach_to_workers",
     "debug_controller",
     "default_bootstrap_cmd",
-    "enable_transport",
     "get_meter",
-    "run_worker_loop_forever",
     "span",
     "traced",
 ]
@@ -31,40 +28,11 @@ __all__ = [
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-_MULTI_HOST = "multi-host support is issue 12; today every proc runs on this machine (this_host().spawn_procs)"
+_MULTI_HOST = "issue 12 (host agents work: run_worker_loop_forever / monarch host serve, attach_to_workers)"
 
 
 def _multi_host(what: str) -> NoReturn:
     raise NotImplementedError(f"{what} is not built yet: {_MULTI_HOST}")
-
-
-def attach_to_workers(*, private_key: Any = None, ca: Any, workers: Sequence[Any], name: str | None = None) -> NoReturn:
-    """Monarch's ``attach_to_workers``: a HostMesh of worker machines. NOT BUILT YET.
-
-    Raises:
-        NotImplementedError: always (multi-host support is issue 12).
-    """
-    _multi_host("attach_to_workers()")
-
-
-def run_worker_loop_forever(*, private_key: Any = None, ca: Any, address: str) -> NoReturn:
-    """Monarch's ``run_worker_loop_forever``: serve this machine as a worker. NOT BUILT YET.
-
-    Raises:
-        NotImplementedError: always (multi-host support is issue 12).
-    """
-    _multi_host("run_worker_loop_forever()")
-
-
-def enable_transport(transport: Any) -> NoReturn:
-    """Monarch's ``enable_transport(ChannelTransport | str)``: choose the job's channel
-    transport. NOT BUILT YET: this project picks Unix sockets between the processes of one
-    machine and token-authenticated TCP otherwise, by itself.
-
-    Raises:
-        NotImplementedError: always (multi-host support is issue 12).
-    """
-    _multi_host(f"enable_transport({transport!r})")
 
 
 def attach(addr: str) -> NoReturn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-__all__ = ["address_of", "bind_listener", "parse_address", "tune_socket"]
+__all__ = ["address_of", "bind_listener", "from_url", "parse_address", "tune_socket"]
 
 
 def parse_address(addr: str) -> tuple[int, Any]:
@@ -24,6 +24,22 @@ def parse_address(addr: str) -> tuple[int, Any]:
             raise ValueError(f"bad tcp address {addr!r}; expected tcp:HOST:PORT")
         return socket.AF_INET6 if ":" in host else socket.AF_INET, (host.strip("[]"), int(port))
     raise ValueError(f"bad address {addr!r}; expected unix:/path or tcp:HOST:PORT")
+
+
+def from_url(url: str) -> str:
+    """Our address form of a Monarch-style URL: ``tcp://HOST:PORT`` -> ``tcp:HOST:PORT``,
+    ``ipc://PATH`` / ``unix://PATH`` -> ``unix:PATH``; ``tcp:``/``unix:`` addresses pass as they are.
+
+    Raises:
+        ValueError: none of these forms (checked by :func:`parse_address`).
+    """
+    url = url.strip()
+    for scheme, ours in (("tcp://", "tcp:"), ("ipc://", "unix:"), ("unix://", "unix:")):
+        if url.startswith(scheme):
+            url = ours + url[len(scheme) :]
+            break
+    parse_address(url)
+    return url
 
 
 def bind_listener(addr: str, backlog: int = 512) -> socket.socket:

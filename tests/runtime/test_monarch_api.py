@@ -210,9 +210,6 @@ def test_every_name_of_monarchs_monarch_actor_is_importable() -> None:
 @pytest.mark.parametrize(
     ("call", "needle"),
     [
-        (lambda: ma.attach_to_workers(ca=None, workers=["tcp://h:1"]), "issue 12"),
-        (lambda: ma.run_worker_loop_forever(ca=None, address="tcp://h:1"), "issue 12"),
-        (lambda: ma.enable_transport("tcp"), "issue 12"),
         (lambda: ma.attach("tcp://h:1"), "issue 12"),
         (lambda: ma.default_bootstrap_cmd(), "issue 12"),
         (lambda: ma.debug_controller(), "debugger"),

@@ -1,0 +1,493 @@
+"""The host agent: one per machine, it starts procs there for any client that authenticates.
+
+``monarch host serve --listen tcp://HOST:PORT`` and ``run_worker_loop_forever(address=...)`` run
+:class:`HostAgent`. Semantics follow Monarch's ``run_worker_loop_forever`` (a generic worker that
+a launcher starts on each machine; the client's ``attach_to_workers`` places procs on it), with
+what Monarch's lacks: every client is authenticated with the cluster token before a byte of its
+requests is read (``agent_wire.py``), the agent runs no code of the client (JSON requests only;
+it starts procs, whose links are authenticated with the same token), and when a client
+disconnects or dies the agent SIGKILLs that client's procs and keeps serving the next one.
+
+Procs are forked from the agent's own fork server (``zygote.py``, started with the agent so its
+imports overlap the wait for a client); each gets a TCP listening socket bound by the agent on
+the host's advertised address, and its owner is the client: the client dials it first (the
+proc's owner link), procs of other hosts dial it over authenticated TCP. The agent watches each
+proc's exit (the fork server's reports, or a pidfd) and tells the client how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._core.errors import ProtocolError
+from .._core.future import Future
+from .._transport.address import bind_listener, from_url, parse_address
+from .._transport.auth import authenticate_listener
+from . import agent_wire
+from .procs import describe_status
+from .zygote import ZygoteClient, ZygoteError, ZygoteRefused
+
+__all__ = ["HostAgent", "InsecureAgentError", "run_worker_loop_forever", "start_worker_loop_forever", "token_from_config"]
+
+log = logging.getLogger("monarch.host_agent")
+
+AUTH_TIMEOUT_S = 10.0
+MAX_UNAUTHENTICATED = 64
+SPAWN_TIMEOUT_S = 30.0
+_KILL_WAIT_S = 5.0
+
+
+class InsecureAgentError(ValueError):
+    """An agent was asked to listen on TCP with no cluster token and without ``insecure``."""
+
+
+@dataclass(eq=False)
+class _Proc:
+    addr: str
+    pid: int
+    name: str
+    session: _Session
+    popen: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    reason: str | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One authenticated client and the procs started for it."""
+
+    peer: str
+    sock: socket.socket
+    client_addr: str = ""
+    token: str = ""
+    procs: dict[int, _Proc] = field(default_factory=dict)
+    closed: bool = False
+
+
+class HostAgent:
+    """Serves one machine: authenticates clients, starts and kills their procs.
+
+    Args:
+        listen: where clients connect (``tcp://HOST:PORT``, ``tcp:HOST:PORT``; port 0 picks one).
+        advertise: the host (or ``tcp://HOST[:PORT]``) procs bind to and other hosts reach; None:
+            the listen host, or this machine's hostname's address when listening on a wildcard.
+        token: the cluster token clients must prove; None needs ``insecure``.
+        insecure: accept clients without authentication (a warning is logged).
+        use_fork_server: fork procs from a pre-imported fork server (else a fresh interpreter each).
+
+    Raises:
+        InsecureAgentError: no token and not ``insecure``.
+        ValueError: a malformed address.
+    """
+
+    def __init__(
+        self,
+        listen: str,
+        *,
+        advertise: str | None = None,
+        token: bytes | None,
+        insecure: bool = False,
+        use_fork_server: bool = True,
+    ) -> None:
+        self.listen_addr = from_url(listen)
+        if not self.listen_addr.startswith("tcp:"):
+            raise ValueError(f"a host agent listens on TCP, got {listen!r}")
+        if token is None and not insecure:
+            raise InsecureAgentError(
+                f"refusing to listen on {self.listen_addr} with no cluster token: set MONARCH_CLUSTER_TOKEN "
+                "(every client must know it), or pass --insecure to accept any client that can connect"
+            )
+        if token is None:
+            log.warning("host agent on %s is INSECURE: any client that can connect may start processes here", self.listen_addr)
+        self.token = token
+        self.proc_host = _proc_host(self.listen_addr, advertise)
+        self.use_fork_server = use_fork_server
+        self.address = ""  # tcp:HOST:PORT once bound
+        self.sessions: set[_Session] = set()
+        self.clients_served = 0
+        self.refused = 0
+        self._by_pid: dict[int, _Proc] = {}
+        self._pending_auth = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._zygote: ZygoteClient | None = None
+        self._runtime_dir = ""
+        self._stopped: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        procs = sum(len(s.procs) for s in self.sessions)
+        return f"<HostAgent {self.address or self.listen_addr!r} procs_on={self.proc_host} clients={len(self.sessions)} procs={procs}>"
+
+    # -- life -------------------------------------------------------------------------------------
+    async def serve(self, on_ready: Any = None) -> None:
+        """Bind, then serve clients until :meth:`stop` (this coroutine's loop; kills every proc at the end).
+
+        Args:
+            on_ready: called with the bound address once clients can connect.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._sock = bind_listener(self.listen_addr)
+        self._sock.setblocking(False)
+        host, port = self._sock.getsockname()[:2]
+        shown = self.proc_host if host in ("0.0.0.0", "::") else host
+        self.address = f"tcp:[{shown}]:{port}" if ":" in shown else f"tcp:{shown}:{port}"
+        self._runtime_dir = tempfile.mkdtemp(prefix=f"monarch-agent-{os.getpid()}-")
+        os.chmod(self._runtime_dir, 0o700)
+        if self.use_fork_server:
+            try:
+                self._zygote = ZygoteClient.start(on_exit=self._zygote_exit, on_lost=self._zygote_lost)
+            except (OSError, ZygoteError) as exc:
+                log.warning("no fork server, procs start from scratch: %s", exc)
+        log.info("host agent serving on %s (procs on %s)", self.address, self.proc_host)
+        if on_ready is not None:
+            on_ready(self.address)
+        accept = asyncio.ensure_future(self._accept_loop())
+        try:
+            await self._stopped.wait()
+        finally:
+            accept.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await accept
+            self._sock.close()
+            for s in list(self.sessions):
+                await self._end_session(s, "the agent is stopping")
+            if self._zygote is not None:
+                self._zygote.close()
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    def stop(self) -> None:
+        """End :meth:`serve` (any thread)."""
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+
+    async def _accept_loop(self) -> None:
+        assert self._loop is not None and self._sock is not None
+        while True:
+            conn, peer = await self._loop.sock_accept(self._sock)
+            if self._pending_auth >= MAX_UNAUTHENTICATED:
+                self.refused += 1
+                log.error("refused %s: %d connections are authenticating", peer, self._pending_auth)
+                conn.close()
+                continue
+            self._loop.create_task(self._client(conn, f"{peer[0]}:{peer[1]}"))
+
+    async def _client(self, conn: socket.socket, peer: str) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        conn.setblocking(False)
+        self._pending_auth += 1
+        try:
+            mode = agent_wire.MODE_TOKEN if self.token is not None else agent_wire.MODE_NONE
+            async with asyncio.timeout(AUTH_TIMEOUT_S):
+                await loop.sock_sendall(conn, agent_wire.PREFACE + mode)
+            if self.token is not None:
+                await authenticate_listener(loop, conn, self.token, AUTH_TIMEOUT_S)
+            async with asyncio.timeout(AUTH_TIMEOUT_S):
+                hello = await _recv_frame(loop, conn)
+            if hello.get("op") != "hello" or not isinstance(hello.get("client"), str):
+                raise ProtocolError("the first request is not a hello")
+        except (OSError, ProtocolError, TimeoutError, ConnectionError) as exc:
+            self.refused += 1
+            log.warning("refused a client from %s: %s", peer, exc or type(exc).__name__)
+            conn.close()
+            return
+        finally:
+            self._pending_auth -= 1
+        session = _Session(peer, conn, client_addr=hello["client"])
+        if self.token is None:
+            session.token = str(hello.get("token") or "")
+        self.sessions.add(session)
+        self.clients_served += 1
+        log.info("client %s (%s) attached", session.client_addr, peer)
+        why = "disconnected"
+        try:
+            await self._send(session, {"op": "hello", "hostname": socket.gethostname(), "ip": self.proc_host, "pid": os.getpid()})
+            while True:
+                msg = await _recv_frame(loop, conn)
+                await self._handle(session, msg)
+        except (ConnectionError, OSError) as exc:
+            why = f"disconnected ({exc})" if str(exc) else "disconnected"
+        except ProtocolError as exc:
+            why = f"sent a bad frame: {exc}"
+        finally:
+            await self._end_session(session, why)
+
+    async def _handle(self, session: _Session, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "spawn":
+            rid = msg.get("id")
+            try:
+                procs = await self._spawn(session, int(msg.get("count", 1)), str(msg.get("name", "procs")), dict(msg.get("env") or {}))
+            except Exception as exc:
+                await self._send(session, {"op": "error", "id": rid, "error": f"{type(exc).__name__}: {exc}"})
+                return
+            await self._send(session, {"op": "spawned", "id": rid, "procs": procs})
+        elif op == "kill":
+            for p in list(session.procs.values()):
+                if p.addr in set(msg.get("addrs") or []):
+                    _sigkill(p.pid)
+        else:
+            raise ProtocolError(f"unknown request {op!r}")
+
+    async def _send(self, session: _Session, msg: dict[str, Any]) -> None:
+        if session.closed:
+            return
+        assert self._loop is not None
+        await self._loop.sock_sendall(session.sock, agent_wire.encode(msg))
+
+    # -- procs ------------------------------------------------------------------------------------
+    async def _spawn(self, session: _Session, count: int, name: str, extra_env: dict[str, str]) -> list[dict[str, Any]]:
+        if not 1 <= count <= 4096:
+            raise ValueError(f"count must be in 1..4096, got {count}")
+        assert self._loop is not None
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in extra_env.items()})
+        env["MONARCH_RUNTIME_DIR"] = self._runtime_dir
+        env["MONARCH_ROOT_ADDR"] = session.client_addr
+        token = self.token.decode() if self.token is not None else session.token
+        if token:
+            env["MONARCH_CLUSTER_TOKEN"] = token
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.pop("MONARCH_PYTHON_EXECUTABLE", None)
+        out = []
+        for k in range(count):
+            pname = f"{name}/{socket.gethostname()}/{len(self._by_pid) + k}"
+            proc = await self._loop.run_in_executor(None, self._start_one, session, pname, env)
+            out.append({"addr": proc.addr, "pid": proc.pid, "name": proc.name})
+        return out
+
+    def _start_one(self, session: _Session, name: str, env: dict[str, str]) -> _Proc:
+        """Bind the proc's socket and fork it (an executor thread: the fork server's answer blocks)."""
+        family, _ = parse_address(f"tcp:{self.proc_host}:0")
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            lsock.bind((self.proc_host.strip("[]"), 0))
+            lsock.listen(512)
+            host, port = lsock.getsockname()[:2]
+            addr = f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
+            argv = ["--fd", "{fd}", "--owner", session.client_addr, "--name", name]
+            popen = None
+            pid = 0
+            if self._zygote is not None and self._zygote.alive:
+                try:
+                    pid = self._zygote.spawn(argv, env, os.getcwd(), lsock.fileno(), SPAWN_TIMEOUT_S)
+                except ZygoteRefused as exc:
+                    log.info("starting %s from scratch: %s", name, exc)
+                except ZygoteError as exc:
+                    log.warning("fork server failed, starting %s from scratch: %s", name, exc)
+            if not pid:
+                cmd = [sys.executable, "-m", "monarch._mesh.proc_main", *[str(lsock.fileno()) if a == "{fd}" else a for a in argv]]
+                popen = subprocess.Popen(cmd, pass_fds=[lsock.fileno()], env=env, cwd=os.getcwd())
+                pid = popen.pid
+        finally:
+            lsock.close()
+        proc = _Proc(addr, pid, name, session, popen)
+        assert self._loop is not None
+        done = threading.Event()
+
+        def register() -> None:
+            session.procs[pid] = proc
+            self._by_pid[pid] = proc
+            if popen is not None:
+                try:
+                    proc.pidfd = os.pidfd_open(pid)
+                    self._loop.add_reader(proc.pidfd, self._popen_exited, proc)  # type: ignore[union-attr]  # set in serve()
+                except OSError:
+                    proc.pidfd = -1
+            elif self._zygote is not None and (status := self._zygote.exit_status(pid)) is not None:
+                self._exited(pid, status)  # it ended before we registered it
+            done.set()
+
+        self._loop.call_soon_threadsafe(register)
+        done.wait(SPAWN_TIMEOUT_S)
+        return proc
+
+    def _zygote_exit(self, pid: int, status: int) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._exited, pid, status)
+
+    def _zygote_lost(self, pids: list[int]) -> None:
+        if self._loop is not None:
+            for pid in pids:
+                self._loop.call_soon_threadsafe(self._exited, pid, None)
+
+    def _popen_exited(self, proc: _Proc) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(OSError, ValueError):
+            self._loop.remove_reader(proc.pidfd)
+        os.close(proc.pidfd)
+        proc.pidfd = -1
+        status = None
+        with contextlib.suppress(ChildProcessError):
+            got, st = os.waitpid(proc.pid, os.WNOHANG)
+            if got:
+                status = st
+                assert proc.popen is not None
+                proc.popen.returncode = os.waitstatus_to_exitcode(st)
+        self._exited(proc.pid, status)
+
+    def _exited(self, pid: int, status: int | None) -> None:
+        proc = self._by_pid.pop(pid, None)
+        if proc is None:
+            return
+        if self._zygote is not None:
+            self._zygote.forget(pid)
+        proc.session.procs.pop(pid, None)
+        how = describe_status(status) if status is not None else "exited (its fork server died)"
+        proc.reason = f"{how} (proc {proc.name}, pid {pid}, host {socket.gethostname()} {self.proc_host})"
+        proc.exited.set()
+        session = proc.session
+        if not session.closed:
+            assert self._loop is not None
+            self._loop.create_task(self._report(session, proc))
+
+    async def _report(self, session: _Session, proc: _Proc) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._send(session, {"op": "exited", "addr": proc.addr, "pid": proc.pid, "reason": proc.reason})
+
+    async def _end_session(self, session: _Session, why: str) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.discard(session)
+        session.sock.close()
+        procs = list(session.procs.values())
+        for p in procs:
+            _sigkill(p.pid)
+        for p in procs:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_KILL_WAIT_S):
+                    await p.exited.wait()
+        log.info("client %s %s; killed its %d procs", session.client_addr or session.peer, why, len(procs))
+
+
+def _sigkill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise ConnectionError("")
+        data += chunk
+    return bytes(data)
+
+
+async def _recv_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> dict[str, Any]:
+    n = agent_wire.frame_length(await _recv_exact(loop, sock, 4))
+    return agent_wire.decode(await _recv_exact(loop, sock, n))
+
+
+def _proc_host(listen: str, advertise: str | None) -> str:
+    if advertise:
+        adv = advertise.strip()
+        if adv.startswith(("tcp://", "tcp:")):
+            adv = adv.split(":", 1)[1].lstrip("/")
+            if adv.count(":") == 1 or adv.startswith("["):
+                adv = adv.rsplit(":", 1)[0]
+        return adv.strip("[]")
+    _, (host, _port) = parse_address(listen)
+    if host in ("0.0.0.0", "", "::"):
+        return socket.gethostbyname(socket.gethostname())
+    return str(host)
+
+
+def token_from_config() -> bytes | None:
+    """The cluster token: ``MONARCH_CLUSTER_TOKEN``, else ``monarch.config``'s; None when unset.
+
+    Raises:
+        ConfigError: a bad setting in the environment.
+    """
+    raw = os.environ.get("MONARCH_CLUSTER_TOKEN")
+    if raw:
+        return raw.encode()
+    from ..config import get_global_config  # the token file / configure() of monarch.config
+
+    tok = get_global_config().cluster_token
+    return tok.get_secret_value().encode() if tok is not None else None
+
+
+def _split_address(address: str) -> tuple[str, str | None]:
+    """Monarch's ``BIND@ADVERTISE`` form: where to bind, and what to advertise."""
+    if "@" in address:
+        bind, adv = address.split("@", 1)
+        return bind, adv
+    return address, None
+
+
+def _check_ca(ca: Any, private_key: Any) -> None:
+    if ca not in (None, "trust_all_connections") or private_key is not None:
+        raise NotImplementedError(
+            "TLS (ca/private_key files) is not built yet (issue 12 section 2); agents and clients "
+            "authenticate with the cluster token: pass ca=None or 'trust_all_connections'"
+        )
+
+
+def run_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False) -> None:
+    """Serve this machine as a host agent until the process is killed (Monarch's
+    ``run_worker_loop_forever``): clients ``attach_to_workers`` to it and spawn procs here.
+
+    Args:
+        address: ``tcp://HOST:PORT`` to listen on, or Monarch's ``tcp://BIND:PORT@tcp://ADVERTISE:PORT``.
+        ca: None or ``"trust_all_connections"`` (clients are authenticated with the cluster
+            token, ``MONARCH_CLUSTER_TOKEN``); TLS files are not supported yet.
+        private_key: must be None (TLS is not built yet).
+        insecure: serve with no cluster token (any client that can connect may start processes).
+
+    Raises:
+        InsecureAgentError: no cluster token is configured and not ``insecure``.
+        NotImplementedError: TLS files were given.
+        ValueError: a malformed address.
+        OSError: the address cannot be bound.
+    """
+    _check_ca(ca, private_key)
+    bind, advertise = _split_address(address)
+    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure)
+    asyncio.run(agent.serve())
+
+
+def start_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False) -> Future[str]:
+    """Start a host agent on a daemon thread of this process (Monarch's ``start_worker_loop_forever``).
+
+    Args:
+        address, ca, private_key, insecure: as :func:`run_worker_loop_forever`.
+
+    Returns:
+        A future of the agent's bound address (``tcp:HOST:PORT``), set once clients can connect,
+        or failed with what stopped it from starting.
+
+    Raises:
+        InsecureAgentError: no cluster token is configured and not ``insecure``.
+        NotImplementedError: TLS files were given.
+    """
+    _check_ca(ca, private_key)
+    bind, advertise = _split_address(address)
+    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure)
+    fut: Future[str] = Future()
+
+    def run() -> None:
+        try:
+            asyncio.run(agent.serve(on_ready=fut.set_result))
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    threading.Thread(target=run, name="monarch host agent", daemon=True).start()
+    return fut

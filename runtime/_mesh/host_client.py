@@ -1,0 +1,335 @@
+"""The client's side of host agents: connections to them, and the procs they started for us.
+
+:class:`AgentLink` is one authenticated connection to one agent (``agent_wire.py``): requests
+from any thread wait for their answer; a reader thread takes the agent's events (a proc exited)
+to the router, the one source of truth for liveness. :class:`RemoteHosts` (one per runtime, built
+by the composition root) holds the links and which agent started which proc, and stops them.
+
+Liveness of a remote proc: its link's EOF (a killed process's kernel closes its sockets: the
+router learns within milliseconds), its agent's exit report (which names the cause), the loss of
+its agent's connection (the whole host: every proc of it is declared dead at once, naming the
+host), and its heartbeats, watched by the router (a partitioned or frozen host).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._core.errors import ConnectError, ProtocolError, SupervisionError
+from .._core.future import Future
+from .._transport.address import from_url, parse_address
+from .._transport.auth import dial_handshake_blocking
+from .._transport.messages import ControlOp
+from . import agent_wire
+from .router import Router
+
+__all__ = ["AgentLink", "RemoteHosts", "local_address_towards", "requested_listen", "set_requested_listen"]
+
+log = logging.getLogger("monarch.host_client")
+
+CONNECT_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 60.0
+
+_requested_listen: list[str] = []
+
+
+def set_requested_listen(addr: str) -> None:
+    """Make the client runtime, when it starts, listen on ``addr`` (``enable_transport``)."""
+    _requested_listen[:] = [addr]
+
+
+def requested_listen() -> str | None:
+    """The address :func:`set_requested_listen` asked for, or None."""
+    return _requested_listen[0] if _requested_listen else None
+
+
+def local_address_towards(addr: str) -> str:
+    """This machine's IP address on the route to the TCP address ``addr`` (no packet is sent).
+
+    Raises:
+        ValueError: ``addr`` is not a TCP address.
+        OSError: there is no route.
+    """
+    family, (host, port) = parse_address(from_url(addr))
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((socket.gethostbyname(host) if family == socket.AF_INET else host, port or 9))
+        return str(s.getsockname()[0])
+
+
+class AgentLink:
+    """One connection to one host agent; connected on a helper thread.
+
+    Args:
+        addr: the agent's address (``tcp://HOST:PORT`` or ``tcp:HOST:PORT``).
+        token: the cluster token the agent must know (and we prove).
+        client_addr: this client's listening address, which the agent gives its procs.
+        on_event: ``on_event(link, msg)`` for each event (reader thread).
+        on_lost: ``on_lost(link, reason)`` once when the connection ends (reader thread).
+
+    Attributes:
+        ready: completes with the agent's hello (``hostname``, ``ip``, ``pid``) or fails with
+            ``ConnectError``.
+    """
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        token: bytes | None,
+        client_addr: str,
+        on_event: Callable[[AgentLink, dict[str, Any]], None],
+        on_lost: Callable[[AgentLink, str], None],
+    ) -> None:
+        self.addr = from_url(addr)
+        self.token = token
+        self.client_addr = client_addr
+        self.ready: Future[dict[str, Any]] = Future()
+        self.hostname = ""
+        self.lost: str | None = None
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._ids = itertools.count(1)
+        threading.Thread(target=self._run, name=f"monarch agent {self.addr}", daemon=True).start()
+
+    def __repr__(self) -> str:
+        state = f"lost ({self.lost})" if self.lost else "ready" if self.ready.done() else "connecting"
+        return f"<AgentLink {self.addr!r} host={self.hostname!r} {state}>"
+
+    def _run(self) -> None:
+        try:
+            hello = self._connect()
+        except (OSError, ProtocolError, ConnectionError) as exc:
+            err = ConnectError(f"cannot attach to the host agent at {self.addr}: {exc or type(exc).__name__}")
+            err.__cause__ = exc
+            self.lost = str(err)
+            self.ready.set_exception(err)
+            self._on_lost(self, str(err))
+            return
+        self.hostname = str(hello.get("hostname", ""))
+        self.ready.set_result(hello)
+        reason = "connection closed"
+        try:
+            assert self._sock is not None
+            while True:
+                msg = agent_wire.recv_frame_blocking(self._sock)
+                rid = msg.get("id")
+                if msg["op"] in ("spawned", "error") and isinstance(rid, int):
+                    with self._cond:
+                        self._answers[rid] = msg
+                        self._cond.notify_all()
+                else:
+                    self._on_event(self, msg)
+        except (OSError, ProtocolError, ConnectionError) as exc:
+            reason = str(exc) or type(exc).__name__
+        finally:
+            with self._cond:
+                self.lost = f"host {self.hostname or '?'} (agent {self.addr}) lost: {reason}"
+                self._cond.notify_all()
+            self._on_lost(self, self.lost)
+
+    def _connect(self) -> dict[str, Any]:
+        family, sockaddr = parse_address(self.addr)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect(sockaddr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            preface = agent_wire.recv_exact_blocking(sock, len(agent_wire.PREFACE) + 1)
+            if preface[:-1] != agent_wire.PREFACE:
+                raise ProtocolError("the peer is not a monarch host agent")
+            hello: dict[str, Any] = {"op": "hello", "client": self.client_addr}
+            if preface[-1:] == agent_wire.MODE_TOKEN:
+                if self.token is None:
+                    raise ProtocolError("the agent requires a cluster token and this client has none")
+                dial_handshake_blocking(sock, self.token)
+            else:
+                log.warning("the host agent at %s is insecure (no authentication)", self.addr)
+                if self.token is not None:
+                    hello["token"] = self.token.decode()
+            sock.sendall(agent_wire.encode(hello))
+            answer = agent_wire.recv_frame_blocking(sock)
+            if answer.get("op") != "hello":
+                raise ProtocolError(f"unexpected answer to hello: {answer.get('op')!r}")
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        return answer
+
+    def request(self, msg: dict[str, Any], timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+        """Send ``msg`` and wait for its answer (any thread but the reader).
+
+        Raises:
+            SupervisionError: the agent is lost, or did not answer within ``timeout_s``.
+        """
+        hello = self.ready.get(timeout_s)
+        del hello
+        rid = next(self._ids)
+        self.send({**msg, "id": rid})
+        with self._cond:
+            if not self._cond.wait_for(lambda: rid in self._answers or self.lost is not None, timeout_s):
+                raise SupervisionError(f"host agent {self.addr} did not answer {msg['op']!r} within {timeout_s} s")
+            if rid not in self._answers:
+                raise SupervisionError(str(self.lost))
+            return self._answers.pop(rid)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Send ``msg`` with no answer expected (any thread).
+
+        Raises:
+            SupervisionError: the agent is lost.
+        """
+        if self._sock is None or self.lost is not None:
+            raise SupervisionError(str(self.lost or f"host agent {self.addr} is not connected"))
+        try:
+            with self._send_lock:
+                self._sock.sendall(agent_wire.encode(msg))
+        except OSError as exc:
+            raise SupervisionError(f"host agent {self.addr} lost: {exc}") from exc
+
+    def close(self) -> None:
+        """Disconnect: the agent kills every proc it started for us."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+class RemoteHosts:
+    """The agents this client attached to and the procs they started (built by the runtime).
+
+    Args:
+        router: this process's router (links to the procs, liveness).
+        token: the cluster token (agents and procs).
+        child_env: the environment every proc gets (the job's settings), sent to the agents.
+        supervisor_expects: told which procs are about to exit on purpose.
+    """
+
+    def __init__(
+        self, router: Router, *, token: bytes | None, child_env: dict[str, str], supervisor_expects: Callable[[list[str]], None]
+    ) -> None:
+        self.router = router
+        self.token = token
+        self.child_env = child_env
+        self._expect = supervisor_expects
+        self.links: dict[str, AgentLink] = {}
+        self.procs: dict[str, AgentLink] = {}  # proc address -> the agent that started it
+        self.exited: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<RemoteHosts agents={len(self.links)} procs={len(self.procs)}>"
+
+    def attach(self, addr: str) -> AgentLink:
+        """The link to the agent at ``addr`` (made on first use; connects in the background)."""
+        key = from_url(addr)
+        with self._lock:
+            link = self.links.get(key)
+            if link is None or link.lost is not None:
+                link = AgentLink(key, token=self.token, client_addr=self.router.addr, on_event=self._event, on_lost=self._lost)
+                self.links[key] = link
+            return link
+
+    def spawn(self, link: AgentLink, count: int, name: str, env: dict[str, str]) -> list[str]:
+        """Start ``count`` procs on ``link``'s host; their addresses (blocks for the agent's answer).
+
+        The client dials each proc at once, so its link is the proc's first (the owner link).
+
+        Raises:
+            SupervisionError: the agent is lost or refused.
+        """
+        child_env = {k: v for k, v in self.child_env.items() if k not in ("MONARCH_RUNTIME_DIR", "MONARCH_ROOT_ADDR", "MONARCH_CLUSTER_TOKEN")}
+        child_env.update(env)
+        answer = link.request({"op": "spawn", "count": count, "name": name, "env": child_env})
+        if answer["op"] == "error":
+            raise SupervisionError(f"host agent {link.addr} ({link.hostname}) could not spawn procs: {answer.get('error')}")
+        addrs = [str(p["addr"]) for p in answer["procs"]]
+        for a in addrs:
+            with self._lock:
+                self.procs[a] = link
+                self.exited[a] = threading.Event()
+            self.router.connection(a)  # dial now: the proc's owner link
+            self.router.call_on_loop(self.router.watch, a, None)
+        return addrs
+
+    def _event(self, link: AgentLink, msg: dict[str, Any]) -> None:
+        if msg.get("op") == "exited":
+            addr = str(msg.get("addr"))
+            reason = str(msg.get("reason") or "exited")
+            ev = self.exited.get(addr)
+            if ev is not None:
+                ev.set()
+            self.router.call_on_loop(self.router.mark_dead, addr, reason)
+
+    def _lost(self, link: AgentLink, reason: str) -> None:
+        with self._lock:
+            mine = [a for a, lk in self.procs.items() if lk is link]
+        for a in mine:
+            ev = self.exited.get(a)
+            if ev is not None:
+                ev.set()
+            self.router.call_on_loop(self.router.mark_dead, a, reason)
+
+    def owns(self, addr: str) -> bool:
+        """Whether ``addr`` is a proc an agent started for us."""
+        return addr in self.procs
+
+    def alive(self) -> list[str]:
+        """Remote procs not known to have exited."""
+        return [a for a, ev in self.exited.items() if not ev.is_set() and not self.router.dead_reason(a)]
+
+    def stop(self, addrs: list[str], timeout_s: float) -> Future[None]:
+        """Ask remote procs to exit (their actors run ``__cleanup__``); the agent kills what is
+        left after ``timeout_s``. Completes when each has exited or its host is lost."""
+        mine = [a for a in addrs if a in self.procs]
+        self._expect(mine)
+        for a in mine:
+            if not self.router.dead_reason(a):
+                try:
+                    self.router.send_control(a, ControlOp.EXIT)
+                except Exception:
+                    pass
+        fut: Future[None] = Future()
+
+        def waiter() -> None:
+            deadline = time.monotonic() + timeout_s
+            left = [a for a in mine if not self.exited[a].wait(max(0.0, deadline - time.monotonic()))]
+            by_link: dict[AgentLink, list[str]] = {}
+            for a in left:
+                by_link.setdefault(self.procs[a], []).append(a)
+            for link, some in by_link.items():
+                try:
+                    link.send({"op": "kill", "addrs": some})
+                except SupervisionError:
+                    continue
+            for a in left:
+                self.exited[a].wait(5.0)
+            fut.set_result(None)
+
+        threading.Thread(target=waiter, name="monarch remote proc stopper", daemon=True).start()
+        return fut
+
+    def close(self, timeout_s: float = 3.0) -> None:
+        """Stop every remote proc, then disconnect from every agent."""
+        alive = self.alive()
+        if alive:
+            try:
+                self.stop(alive, timeout_s).get(timeout_s + 6.0)
+            except Exception:
+                pass
+        for link in list(self.links.values()):
+            link.close()
