@@ -17,7 +17,7 @@ from monarch._core.errors import GenerationError, SchemaError
 
 from . import ir
 from .load import Loaded
-from .naming import RESERVED_STRUCT, constant_name, member_name, pascal
+from .naming import RESERVED_MESH, RESERVED_STRUCT, constant_name, escape, member_name, pascal
 from .source import SourceInfo
 
 __all__ = ["build_module"]
@@ -60,11 +60,87 @@ class _Builder:
         self.abc: set[str] = set()
         self.typevars: set[str] = set()
         self.uses_torch = False
+        self.uses_enum = False
         self.internal: list[ir.Struct] = []
         self.actor_names: dict[int, str] = {}
         # generic parameter (scope id, index) -> its bound type, while mapping a branded use
         self.subst: dict[tuple[int, int], _Type] = {}
         self.late_consts: list[ir.Const] = []
+        declared, top, nested = self.declared_names()
+        # a schema name equal to a helper the module imports (a struct Sequence, a field torch)
+        # would shadow it: import the helper under a private alias instead
+        self.names = {h: "_" + h if h in declared else h for h in ir.HELPERS}
+        # a top-level class that a nested class of the same name shadows inside the enclosing
+        # class bodies (struct Item; struct Order { struct Item {} items @0 :List(.Item); }):
+        # references use a private alias, _top_Item
+        self.shadowed = top & nested
+        self.declared = declared | {"stubs"}
+        self.typevar_names: dict[str, str] = {}
+
+    def declared_names(self) -> tuple[set[str], set[str], set[str]]:
+        """Python names this module's schema declares: ``(all of them, top-level class names,
+        nested class names)``; every class, field, method and constant (generic parameters are
+        named after them: :meth:`typevar`)."""
+        nodes = self.nodes
+        everything: set[str] = set()
+        top: set[str] = set()
+        nested: set[str] = set()
+        stack = [(self.file_id, 0)]
+        while stack:
+            nid, depth = stack.pop()
+            node = nodes.get(nid)
+            if node is None:
+                continue
+            for n in node.get("nestedNodes") or []:
+                child = nodes.get(n["id"])
+                if child is None:
+                    continue
+                if "const" in child:
+                    everything.add(constant_name(n["name"]))
+                    continue
+                if "struct" not in child and "enum" not in child and "interface" not in child:
+                    continue
+                names = {n["name"]}
+                if "interface" in child:
+                    names.add(n["name"] + "Mesh")
+                everything |= names
+                (nested if depth else top).update(names)
+                stack.append((n["id"], depth + 1))
+            for f in (node.get("struct") or {}).get("fields") or []:
+                everything.add(member_name(f["name"], RESERVED_STRUCT))
+                if "group" in f:
+                    group = pascal(f["name"])
+                    everything.add(group)
+                    nested.add(group)
+                    stack.append((int(f["group"]["typeId"]), depth + 1))
+            for m in (node.get("interface") or {}).get("methods") or []:
+                everything.add(member_name(m["name"], RESERVED_MESH))
+                for key in ("paramStructType", "resultStructType"):
+                    sid = int(m[key])
+                    if nodes.get(sid, {}).get("scopeId") == 0:  # implicit: generated here
+                        stack.append((sid, depth + 1))
+        return everything, top, nested
+
+    def helper(self, name: str) -> str:
+        """How this module spells helper ``name`` (see :data:`ir.HELPERS`), recording its import."""
+        if name == "abstractmethod":
+            self.abc.add(name)
+        elif name not in ("enum", "torch"):
+            self.typing.add(name)
+        return self.names[name]
+
+    def typevar(self, name: str) -> str:
+        """The TypeVar of generic parameter ``name``: itself, or with ``_`` appended until it
+        names nothing else (a parameter ``Item`` of ``Box(Item)`` beside a struct ``Item``)."""
+        py = self.typevar_names.get(name)
+        if py is None:
+            py = escape(name)
+            taken = self.declared | set(self.names.values())
+            while py in taken:
+                py += "_"
+            self.typevar_names[name] = py
+            self.typevars.add(py)
+        return py
 
     # -- locations -------------------------------------------------------------------------
     def error(self, where: tuple[str, ...], message: str) -> SchemaError:
@@ -112,7 +188,8 @@ class _Builder:
         name = self.py_qualname(node_id) + suffix
         fid = self.file_of(node_id)
         if fid == self.file_id:
-            return name
+            head, dot, rest = name.partition(".")
+            return f"_top_{head}{dot}{rest}" if head in self.shadowed else name
         module = self.module_names.get(fid)
         if module is None:
             other = self.loaded.imported.get(fid, "another schema")
@@ -162,8 +239,8 @@ class _Builder:
                     "(wrap inner lists in a struct)",
                 )
             e = self.map_type(body["elementType"], where, scope, method=True)
-            self.typing.add("Sequence")
-            return _Type(f"Sequence[{e.attr}]", f"Sequence[{e.attr}]", "()", f"List({e.expr})")
+            seq = self.helper("Sequence")
+            return _Type(f"{seq}[{e.attr}]", f"{seq}[{e.attr}]", "()", f"List({e.expr})")
         if kind == "enum":
             name = self.ref(body["typeId"])
             first = self.enumerant_names(body["typeId"])[0]
@@ -181,8 +258,7 @@ class _Builder:
             if bound is not None:
                 return bound
             scope_node = self.nodes[param["scopeId"]]
-            name = scope_node["parameters"][param["parameterIndex"]]["name"]
-            self.typevars.add(name)
+            name = self.typevar(scope_node["parameters"][param["parameterIndex"]]["name"])
             return _Type(name, f"{name} | None", "None", "Param")
         if kind == "struct":
             return self.map_struct(body, where, scope, method)
@@ -225,7 +301,8 @@ class _Builder:
         special = self.actor_file_name(tid)
         if special == "Tensor":
             self.uses_torch = True
-            return _Type("torch.Tensor", "torch.Tensor | None", "None", "Tensor")
+            tensor = self.helper("torch") + ".Tensor"
+            return _Type(tensor, f"{tensor} | None", "None", "Tensor")
         if special == "ActorRef":
             bound = self.brand_args(body, tid)
             target = bound[0] if bound else {}
@@ -311,7 +388,8 @@ class _Builder:
                 t = self.map_type(slot["type"], fwhere, node, method=method)
                 if tensor:
                     self.uses_torch = True
-                    t = _Type("torch.Tensor", "torch.Tensor | None", "None", "TensorData")
+                    cls = self.helper("torch") + ".Tensor"
+                    t = _Type(cls, f"{cls} | None", "None", "TensorData")
                 elif slot.get("hadExplicitDefault"):
                     t = self.with_default(t, kind, slot["defaultValue"], wire in defaults)
             init, default = t.init, t.default
@@ -391,14 +469,14 @@ class _Builder:
         fields = self.fields(node, where, required=required)
         union = [f.name for f in fields if f.in_union]
         if union:
-            self.typing.add("Literal")
+            self.helper("Literal")
         enums, structs = self.nested(node, where)
         for f in node["struct"].get("fields") or []:
             if "group" in f:
                 structs.append(self.struct(f["group"]["typeId"]))
-        params = [p["name"] for p in node.get("parameters") or []]
+        params = [self.typevar(p["name"]) for p in node.get("parameters") or []]
         if params:
-            self.typing.add("Generic")
+            self.helper("Generic")
         short = name or self.py_qualname(node_id).rsplit(".", 1)[-1]
         consts: list[ir.Const] = []
         for n in node.get("nestedNodes") or []:
@@ -406,7 +484,7 @@ class _Builder:
             if child is not None and "const" in child:
                 consts.append(const(self, n["id"], child, owner=self.py_qualname(node_id)))
         if consts:
-            self.typing.add("ClassVar")
+            self.helper("ClassVar")
             self.late_consts.extend(consts)
         return ir.Struct(
             name=short,
@@ -419,9 +497,11 @@ class _Builder:
             nested_structs=structs,
             consts=consts,
             doc=doc if doc is not None else (self.doc(where) or f"The {'.'.join(where)} struct."),
+            alias=self.alias_of(node_id),
         )
 
     def enum(self, node_id: int) -> ir.Enum:
+        self.uses_enum = True
         node = self.nodes[node_id]
         where = self.schema_path(node_id)
         names = self.enumerant_names(node_id)
@@ -434,7 +514,15 @@ class _Builder:
             qualname=self.py_qualname(node_id),
             enumerants=members,
             doc=self.doc(where) or f"The {'.'.join(where)} enum.",
+            alias=self.alias_of(node_id),
         )
+
+    def alias_of(self, node_id: int, suffix: str = "") -> str:
+        """The private alias of a top-level class that a nested class shadows; "" otherwise."""
+        if self.nodes[node_id]["scopeId"] != self.file_id:
+            return ""
+        name = self.py_qualname(node_id) + suffix
+        return "_top_" + name if name in self.shadowed else ""
 
     def nested(
         self, node: dict[str, Any], where: tuple[str, ...]
@@ -500,9 +588,10 @@ def build_module(loaded: Loaded, path: str, module_names: dict[int, str]) -> ir.
         imports=sorted(b.imports.values(), key=lambda line: (line.startswith("from ."), line)),
         typing_names=sorted(b.typing),
         abc_names=sorted(b.abc),
+        names=b.names,
         typevars=sorted(b.typevars),
         uses_torch=b.uses_torch,
-        uses_enum=bool(enums) or any(s.nested_enums for s in structs),
+        uses_enum=b.uses_enum,
         enums=enums,
         structs=structs,
         internal_structs=b.internal,

@@ -80,7 +80,7 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
         actor_bases.append(b.ref(sup["id"]))
         mesh_bases.append(b.ref(sup["id"], "Mesh"))
         _inherited_names(b, sup["id"], inherited)
-    b.abc.add("abstractmethod")
+    b.helper("abstractmethod")
     methods = []
     seen = dict(inherited)
     for i, m in enumerate(node["interface"].get("methods") or []):
@@ -96,6 +96,8 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
     return ir.Interface(
         name=name,
         mesh=mesh,
+        alias=b.alias_of(iid),
+        mesh_alias=b.alias_of(iid, "Mesh"),
         actor_bases=actor_bases,
         mesh_bases=mesh_bases or ["stubs.ActorMesh[" + repr(name).replace("'", '"') + "]"],
         methods=methods,
@@ -204,14 +206,11 @@ def method(
         else:
             rclass, kind, result = "None", "none", "None"  # the empty struct, as for params
     if stream:
-        b.typing.update({"AsyncIterator", "Iterator"})
-        impl_return = f"Iterator[{result}] | AsyncIterator[{result}]"
+        impl_return = f"{b.helper('Iterator')}[{result}] | {b.helper('AsyncIterator')}[{result}]"
     elif erp:
-        b.typing.add("Awaitable")
-        impl_return = "None | Awaitable[None]"
+        impl_return = f"None | {b.helper('Awaitable')}[None]"
     else:
-        b.typing.add("Awaitable")
-        impl_return = f"{result} | Awaitable[{result}]"
+        impl_return = f"{result} | {b.helper('Awaitable')}[{result}]"
     opts = b.loaded.endpoint_options.get(f"{iid}/{index}", {})
     timeout = float(opts.get("timeoutS") or 0.0)
     return ir.Method(

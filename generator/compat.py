@@ -123,6 +123,14 @@ class _Comparer:
                 )
                 continue
             nnode = news[nid]
+            renamed = _qualified(nnode) != where and not nnode.get("struct", {}).get("isGroup")
+            if nid == oid and renamed:
+                self.report(
+                    _qualified(nnode),
+                    False,
+                    f"{'.'.join(_qualified(nnode))}: renamed from {'.'.join(where)!r} "
+                    "(its id is kept; the wire carries no type names)",
+                )
             if nid != oid:
                 is_actor = "interface" in onode
                 self.report(
@@ -205,7 +213,15 @@ class _Comparer:
             return f"List({_Comparer.type_name(body['elementType'], loaded)})"
         if kind in ("struct", "enum", "interface"):
             node = loaded.nodes.get(int(body["typeId"]))
-            return ".".join(_qualified(node)) if node else kind
+            name = ".".join(_qualified(node)) if node else kind
+            # a generic's binding names the type (ActorRef(Worker), Page(Items)): without it
+            # a changed argument reads "from ActorRef to ActorRef"
+            args = [
+                _Comparer.type_name(bd["type"], loaded) if bd.get("type") else "AnyPointer"
+                for scope in (body.get("brand") or {}).get("scopes") or []
+                for bd in scope.get("bind") or []
+            ]
+            return f"{name}({', '.join(args)})" if args else name
         return _PRIMITIVE_NAMES.get(kind, kind[:1].upper() + kind[1:])
 
     # -- structs ---------------------------------------------------------------------------
@@ -368,7 +384,11 @@ class _Comparer:
                 nt = {"struct": {"typeId": nm[key], "brand": nm.get(brand)}}
                 if (o["scopeId"] == 0) != (n["scopeId"] == 0) or not self.same_type(ot, nt):
                     what = "parameters" if key == "paramStructType" else "results"
-                    self.report(where, True, f"{label}: {what} type changed")
+                    before = "(...)" if o["scopeId"] == 0 else self.type_name(ot, self.old)
+                    after = "(...)" if n["scopeId"] == 0 else self.type_name(nt, self.new)
+                    self.report(
+                        where, True, f"{label}: {what} type changed from {before} to {after}"
+                    )
 
 
 def compare(old: Loaded, old_path: str, new: Loaded, new_path: str) -> list[Change]:

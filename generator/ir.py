@@ -8,8 +8,10 @@ order: ordinals, code order, or nesting order), so templates only print.
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
+from pydantic import Field as _PydanticField
 
 __all__ = [
+    "HELPERS",
     "Const",
     "Enum",
     "Enumerant",
@@ -20,6 +22,16 @@ __all__ = [
     "Param",
     "Struct",
 ]
+
+
+HELPERS = (
+    "AsyncIterator", "Awaitable", "Iterator", "Sequence",  # collections.abc
+    "ClassVar", "Generic", "Literal", "TYPE_CHECKING", "TypeVar",  # typing
+    "abstractmethod", "enum", "torch",
+)  # fmt: skip
+"""Names a generated module imports for its own use. A schema may declare the same name (a
+struct ``Sequence``, a field ``torch``, a constant ``typeChecking``): the module then imports it
+under a private alias (``_Sequence``), as schema names never contain ``_``."""
 
 
 class _Model(BaseModel):
@@ -63,6 +75,10 @@ class Enum(_Model):
     qualname: str
     enumerants: list[Enumerant]
     doc: str
+    alias: str = ""
+    """A private module-level name for the class (``_top_Mode = Mode``), set for a top-level class
+    that a nested class of the same name shadows inside its enclosing class bodies; references
+    use it. "" when none is needed."""
 
 
 class Struct(_Model):
@@ -78,6 +94,7 @@ class Struct(_Model):
         nested_enums / nested_structs: nested types (groups included), in schema order.
         consts: constants declared in the struct (class attributes, assigned after the classes).
         doc: doc comment, or a generated description.
+        alias: see :attr:`Enum.alias`.
     """
 
     name: str
@@ -90,6 +107,7 @@ class Struct(_Model):
     nested_structs: list[Struct]
     consts: list[Const]
     doc: str
+    alias: str = ""
 
 
 class Const(_Model):
@@ -160,10 +178,13 @@ class Method(_Model):
 
 
 class Interface(_Model):
-    """An ``$M.actor`` interface: abstract base ``name`` and mesh proxy ``mesh``."""
+    """An ``$M.actor`` interface: abstract base ``name`` and mesh proxy ``mesh`` (``alias`` and
+    ``mesh_alias``: see :attr:`Enum.alias`)."""
 
     name: str
     mesh: str
+    alias: str = ""
+    mesh_alias: str = ""
     actor_bases: list[str]
     mesh_bases: list[str]
     methods: list[Method]
@@ -178,7 +199,9 @@ class Module(_Model):
         source: the schema's file name as given on the command line (header).
         schema_file: the schema copy's name next to the module.
         imports: extra ``import`` lines (other generated modules).
-        typing_names: names imported from ``typing``.
+        typing_names: names imported from ``typing`` and ``collections.abc``.
+        abc_names: names imported from ``abc``.
+        names: how the module spells each of :data:`HELPERS` (itself, or its private alias).
         typevars: TypeVar names to declare.
         uses_torch: a field or parameter is a tensor.
         enums / structs / consts / interfaces: top-level declarations in output order.
@@ -191,6 +214,7 @@ class Module(_Model):
     imports: list[str]
     typing_names: list[str]
     abc_names: list[str]
+    names: dict[str, str] = _PydanticField(default_factory=lambda: {h: h for h in HELPERS})
     typevars: list[str]
     uses_torch: bool
     uses_enum: bool

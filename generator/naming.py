@@ -19,16 +19,18 @@ _BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
 _SOFT = frozenset({"match", "case", "type", "_", "self", "cls", "stubs"})
 
-RESERVED_STRUCT = frozenset({"which", "which_name", "to_bytes", "from_bytes"})
+RESERVED_STRUCT = frozenset({"which", "which_name", "to_bytes", "from_bytes", "from_any"})
 """Attributes of generated structs that fields must not shadow."""
 
 RESERVED_MESH = frozenset(
     {
         "slice", "flatten", "rename", "split", "extent", "size", "stop", "initialized", "name",
         "sizes", "labels", "ndim", "ranks", "shape", "region",
+        "logger",  # an attribute of the actor base class (Monarch's Actor.logger)
     }
 )  # fmt: skip
-"""Mesh operations of generated mesh proxies that endpoints must not shadow."""
+"""Mesh operations of generated mesh proxies, and attributes of the actor base class, that
+endpoints (methods of both) must not shadow."""
 
 
 def snake(name: str) -> str:

@@ -142,10 +142,19 @@ def render_module(m: ir.Module) -> str:
         | ({"TYPE_CHECKING"} if m.uses_torch else set())
         | ({"TypeVar"} if m.typevars else set())
     )
+    n = m.names
+
+    def spelled(name: str) -> str:  # an import under the module's own spelling of the name
+        return name if n[name] == name else f"{name} as {n[name]}"
+
     context: dict[str, Any] = {
         "m": m,
-        "abc_typing": abc_typing,
-        "typing": typing,
+        "n": n,
+        "abc_names": [spelled(x) for x in m.abc_names],
+        "abc_typing": [spelled(x) for x in abc_typing],
+        "typing": [spelled(x) for x in typing],
+        "import_enum": "import " + spelled("enum"),
+        "import_torch": "import " + spelled("torch"),
         "exports": _exports(m),
     }
     source = _format(env.get_template("module.py.jinja").render(**context))

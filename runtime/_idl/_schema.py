@@ -105,8 +105,12 @@ def _index(module: Any) -> None:
                 walk_struct(field.schema, field.proto.name)
 
     def walk(obj: Any) -> None:
-        node = obj.schema.node if hasattr(obj, "schema") else obj._nodeSchema.node
+        # _nodeSchema, not schema: an enum's enumerants are attributes of its pycapnp class, so
+        # an enumerant named `schema` hides that one
+        node = obj._nodeSchema.node if hasattr(obj, "_nodeSchema") else obj.schema.node
         kind = node.which()
+        if kind == "enum":
+            return
         if kind == "struct":
             walk_struct(obj.schema, node.displayName[node.displayNamePrefixLength :])
         elif kind == "interface":
@@ -121,7 +125,7 @@ def _index(module: Any) -> None:
                 )
         for nested in node.nestedNodes:
             child = getattr(obj, nested.name, None)
-            if child is not None and (hasattr(child, "schema") or hasattr(child, "_nodeSchema")):
+            if child is not None and (hasattr(child, "_nodeSchema") or hasattr(child, "schema")):
                 walk(child)
 
     walk(module)

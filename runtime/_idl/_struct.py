@@ -292,8 +292,12 @@ class Struct:
             values = self._values
             return [(d, values[d.py]) for d in self._descriptors if values.get(d.py) is not None]
         active = self.which_name() if self.__capnp__.union_first else ""
+        # a pointer field the message leaves null is left null: reading it would give its
+        # default, and a struct that holds its own type (a tree node) would be copied forever
         present = [
-            (d, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active
+            (d, getattr(self, d.py))
+            for d in self._descriptors
+            if (d.py == active if d.union else self._is_set(d))
         ]
         return [(d, v) for d, v in present if v is not None or d.union]
 
@@ -362,23 +366,58 @@ class Struct:
         return info.union_first
 
     # -- Python protocol -------------------------------------------------------------------
-    def _items(self) -> list[tuple[str, Any]]:
+    def _items(self) -> list[tuple[_Field, Any]]:
+        """``(field, value)`` of the fields to compare or show (of a union, the active member).
+
+        A field left unset (a pointer that is null in a received message, a field not given to a
+        built struct) is :data:`_UNSET`: its default is read only where needed, since a struct
+        that holds its own type (a tree node) has an endless chain of defaults.
+        """
         active = self.which_name() if self.__capnp__.union_first else ""
-        return [
-            (d.py, getattr(self, d.py)) for d in self._descriptors if not d.union or d.py == active
-        ]
+        r = self._reader
+        out: list[tuple[_Field, Any]] = []
+        for d in self._descriptors:
+            if d.union and d.py != active:
+                continue
+            if r is None:
+                v = self._values.get(d.py)
+                out.append((d, _UNSET if v is None else v))
+            else:
+                out.append((d, getattr(self, d.py) if d.union or self._is_set(d) else _UNSET))
+        return out
+
+    def _is_set(self, d: _Field) -> bool:
+        """Whether a received struct holds field ``d`` (not null, or its bytes out of band)."""
+        if self._reader._has(d.wire):
+            return True
+        oob = self._ctx.oob if self._ctx is not None else None
+        return oob is not None and self._path + d.wire in oob
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         assert isinstance(other, Struct)
-        return all(_equal(a[1], b[1]) for a, b in zip(self._items(), other._items(), strict=True))
+        for (da, a), (db, b) in zip(self._items(), other._items(), strict=True):
+            if da is not db:  # different union members
+                return False
+            if a is _UNSET and b is _UNSET:
+                continue
+            a = getattr(self, da.py) if a is _UNSET else a
+            b = getattr(other, db.py) if b is _UNSET else b
+            if not _equal(a, b):
+                return False
+        return True
 
     __hash__ = None  # type: ignore[assignment]  # mutable while built
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={_short(v)}" for k, v in self._items())
-        return f"{type(self).__qualname__}({inner})"
+        parts = []
+        for d, v in self._items():
+            if v is _UNSET:
+                # an unset struct or group shows as None (what __init__ takes for its default)
+                v = None if d.expr.startswith(("Struct(", "Group(")) else getattr(self, d.py)
+            parts.append(f"{d.py}={_short(v)}")
+        return f"{type(self).__qualname__}({', '.join(parts)})"
 
 
 class AnyStruct(Struct):
@@ -405,6 +444,9 @@ class AnyStruct(Struct):
     def __repr__(self) -> str:
         return "AnyStruct(<untyped struct: read it with SomeStruct.from_any(value)>)"
 
+
+_UNSET: Any = object()
+"""A field left unset (see :meth:`Struct._items`)."""
 
 UNKNOWN_MEMBER = "<unknown>"
 """``which()`` of a received struct whose active union member this schema version lacks."""

@@ -112,7 +112,7 @@ class EncodeContext:
             self.buffers.append(value)
             self.paths.append(path + wire)
         else:
-            setattr(b, wire, value)
+            b._set(wire, value)
 
 
 class DecodeContext:
@@ -137,7 +137,7 @@ class DecodeContext:
             index = self.oob.get(path + wire)
             if index is not None:
                 return self.buffers[index]
-        return getattr(r, wire)
+        return r._get(wire)
 
 
 def _nbytes(value: Any) -> int:
@@ -153,10 +153,10 @@ class Conv:
     simple = False  # pycapnp takes and returns the Python value as is
 
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
-        setattr(b, wire, v)
+        b._set(wire, v)
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
-        return getattr(r, wire)
+        return r._get(wire)
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         lb[i] = v
@@ -221,7 +221,7 @@ class _Tensor(Conv):
             import torch
 
             return torch.empty(0)
-        return self._read(getattr(r, wire), dec, path + wire + ".")
+        return self._read(r._get(wire), dec, path + wire + ".")
 
     def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
         return self._read(lr[i], dec, f"{path}{i}.")
@@ -287,10 +287,10 @@ class _Enum(_Named):
     cacheable = False
 
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
-        setattr(b, wire, int(v))
+        b._set(wire, int(v))
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
-        return self.member(getattr(r, wire).raw)
+        return self.member(r._get(wire).raw)
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         name = (v if isinstance(v, self.cls) else self.cls(v)).name
@@ -337,7 +337,7 @@ class _Struct(_Named):
         v._write(b.init(wire), enc, path + wire + ".")
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
-        return self.cls._view(getattr(r, wire), dec, path + wire + ".")
+        return self.cls._view(r._get(wire), dec, path + wire + ".")
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         _check(v, self.cls, str(i))
@@ -377,7 +377,7 @@ class _Ref(_Named):
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
         if not r._has(wire):
             return None
-        return self._decode(getattr(r, wire))
+        return self._decode(r._get(wire))
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         from .._mesh.actor_mesh import encode_mesh_ref
@@ -414,7 +414,7 @@ class _Adapted(Conv):
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
         if not r._has(wire):
             return None
-        return self.adapter.read(getattr(r, wire))
+        return self.adapter.read(r._get(wire))
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         self.adapter.write(lb[i], v)
@@ -437,15 +437,15 @@ class _Param(Conv):
 
         if isinstance(v, Struct):
             _set_struct_pointer(b, wire, v, enc, path)
-        elif isinstance(v, str) and _is_untyped(getattr(b, wire)):
-            getattr(b, wire).set_as_text(v)
+        elif isinstance(v, str) and _is_untyped(b._get(wire)):
+            b._get(wire).set_as_text(v)
         else:
-            setattr(b, wire, v)
+            b._set(wire, v)
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
         if not r._has(wire):
             return None
-        v = getattr(r, wire)
+        v = r._get(wire)
         schema = getattr(v, "schema", None)
         if schema is None:
             if _is_untyped(v):
@@ -466,7 +466,7 @@ def _is_untyped(v: Any) -> bool:
 def _set_struct_pointer(b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
     from ._struct import AnyStruct
 
-    target = getattr(b, wire)
+    target = b._get(wire)
     if isinstance(v, AnyStruct):
         if not _is_untyped(target):
             raise TypeError(f"field {wire!r}: an untyped struct view needs an AnyPointer field")
@@ -495,7 +495,7 @@ class _AnyStruct(Conv):
             return None
         from ._struct import AnyStruct
 
-        return AnyStruct._pointer(getattr(r, wire), dec, path + wire + ".")
+        return AnyStruct._pointer(r._get(wire), dec, path + wire + ".")
 
 
 class _List(Conv):
@@ -504,7 +504,7 @@ class _List(Conv):
 
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
         if self.elem.simple:
-            setattr(b, wire, list(v))
+            b._set(wire, list(v))
         else:
             self._fill(b.init(wire, len(v)), v, enc, path + wire + ".")
 
@@ -517,7 +517,7 @@ class _List(Conv):
             put(lb, i, x, enc, prefix)
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
-        return self._read(getattr(r, wire), dec, path + wire + ".")
+        return self._read(r._get(wire), dec, path + wire + ".")
 
     def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
         return self._read(lr[i], dec, f"{path}{i}.")

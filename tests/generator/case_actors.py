@@ -11,7 +11,7 @@ import hashlib
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -152,3 +152,54 @@ class JobWorker(Worker):
         return Job(
             id_=job.id_, stage=job.stage, failed=Job.Failed(reason=f"{len(running)} running")
         )
+
+
+from gencases.pycapnp_names import Record, Store  # noqa: E402
+from gencases.shadowed_names import AsyncIterator as CaseAsyncIterator  # noqa: E402
+from gencases.shadowed_names import Box as ShadowBox  # noqa: E402
+from gencases.shadowed_names import Generic as CaseGeneric  # noqa: E402
+from gencases.shadowed_names import Item as ShadowItem  # noqa: E402
+from gencases.shadowed_names import Iterator as CaseIterator  # noqa: E402
+from gencases.shadowed_names import Order, Shelf  # noqa: E402
+from gencases.shadowed_names import Sequence as CaseSequence  # noqa: E402
+
+
+class RecordStore(Store):
+    """Sends back what it received (views of fields named like pycapnp's own attributes)."""
+
+    def __init__(self) -> None:
+        self.last = Record()
+
+    def put(self, which: Record, schema: str) -> Record:
+        self.last = which
+        return Record(which_=not which.which_, schema=schema + which.schema, adopt=which)
+
+    def get(self, init: int) -> Record:
+        return Record(init=init, copy=list(self.last.copy), as_reader=self.last.as_reader)
+
+
+class NamedShelf(Shelf):
+    """Endpoints named like the actor's and mesh's own attributes; helper-named structs."""
+
+    def logger_(self, it: CaseIterator) -> CaseGeneric:
+        self.logger.info("position %d", it.pos)  # the base class's logger is still there
+        return CaseGeneric(g=f"at {it.pos}")
+
+    def stop_(self) -> None:
+        pass
+
+    def order(self, order: Order) -> Order:
+        return Order(
+            lines=[Order.Item(sku=i.sku + "!") for i in order.lines],
+            bought=order.bought,
+            boxed=order.boxed,
+            status=Order.Status(seq=Order.Sequence(n=len(order.bought)), items=order.bought),
+        )
+
+    def boxed(self, box: ShadowBox[CaseSequence]) -> ShadowBox[ShadowItem]:
+        assert box.value is not None
+        return ShadowBox(value=box.value.items[-1])
+
+    def stream(self, n: int) -> Iterator[CaseAsyncIterator]:
+        for i in range(n):
+            yield CaseAsyncIterator(n=i)

@@ -80,6 +80,44 @@ def test_breaking_change_exits_1_and_names_its_place(tmp_path: Path, case: str) 
     assert any(line.startswith(expected) for line in res.stdout.splitlines()), res.stdout
 
 
+def test_struct_renamed_with_its_id_kept_is_compatible_and_without_it_is_a_type_change(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "old.capnp").write_text(V1)
+    kept = V1.replace("struct Item {", "struct Entry @0xee26f3d378cd95e3 {")
+    (tmp_path / "kept.capnp").write_text(kept.replace("List(Item)", "List(Entry)"))
+    res = _compat("old.capnp", "kept.capnp", "--verbose", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "kept.capnp:4:8: compatible: Entry: renamed from 'Item'" in res.stdout, res.stdout
+    (tmp_path / "lost.capnp").write_text(
+        V1.replace("struct Item {", "struct Entry {").replace("List(Item)", "List(Entry)")
+    )
+    res = _compat("old.capnp", "lost.capnp", cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stdout.startswith(
+        "lost.capnp:8:3: breaking: Job.items @2: type changed from List(Item) to List(Entry)"
+    ), res.stdout
+
+
+def test_generic_and_actor_ref_arguments_are_named_in_type_changes(tmp_path: Path) -> None:
+    schema = (
+        V1.replace("struct Job {", "struct Page(T) { items @0 :T; }\nstruct Job {")
+        .replace("  count @2 () -> (n :UInt32);", "  count @2 () -> Page(Job);\n  self @3 (me :M.ActorRef(Store));")
+        + "interface Other $M.actor { }\n"
+    )  # fmt: skip
+    (tmp_path / "old.capnp").write_text(schema)
+    new = schema.replace("-> Page(Job);", "-> Page(Item);")
+    new = new.replace("ActorRef(Store)", "ActorRef(Other)")
+    (tmp_path / "new.capnp").write_text(new)
+    res = _compat("old.capnp", "new.capnp", cwd=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout
+    assert ": breaking: Store.count: results type changed from Page(Job) to Page(Item)" in out, out
+    assert (
+        ": breaking: Store.self.me @0: type changed from ActorRef(Store) to ActorRef(Other)" in out
+    ), out
+
+
 def test_identical_schema_has_no_changes(tmp_path: Path) -> None:
     (tmp_path / "a.capnp").write_text(V1)
     (tmp_path / "b.capnp").write_text(V1)

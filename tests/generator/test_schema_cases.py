@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from tests.generator import case_actors
-from tests.generator.case_actors import EchoPeer, EvalRunner, PagedShop, RosterLeader
+from tests.generator.case_actors import (
+    EchoPeer,
+    EvalRunner,
+    NamedShelf,
+    PagedShop,
+    RecordStore,
+    RosterLeader,
+)
 from tests.generator.gen_cases import CASES
 
 
@@ -35,7 +42,8 @@ def cases() -> dict[str, ModuleType]:
 
     case_actors.ensure_gencases()
     names = ["builtin_names", "generic_results", "nested_unions", "nested_lists", "actor_refs",
-             "struct_consts", "any_pointer", "cross_folder", "foreign_annotations"]  # fmt: skip
+             "struct_consts", "any_pointer", "cross_folder", "foreign_annotations",
+             "pycapnp_names", "shadowed_names"]  # fmt: skip
     return {n: importlib.import_module(f"gencases.{n}") for n in names}
 
 
@@ -152,6 +160,54 @@ def test_foreign_annotations_are_ignored(cases: dict[str, ModuleType]) -> None:
     assert m.Sample.from_bytes(m.Sample(value=-5).to_bytes()).value == -5
 
 
+def test_fields_named_like_pycapnp_attributes_are_read_and_written_by_name(
+    cases: dict[str, ModuleType],
+) -> None:
+    m = cases["pycapnp_names"]
+    rec = m.Record(
+        which_=False, schema="s", init=7, copy=["a", "b"], write=b"w", disown=m.Record.Kind.schema,
+        adopt=m.Record(schema="inner"), as_reader=m.Record.AsReader(init=3, schema="g"),
+    )  # fmt: skip
+    got = m.Record.from_bytes(rec.to_bytes())
+    assert (got.which_, got.schema, got.init, list(got.copy), bytes(got.write)) == (
+        False, "s", 7, ["a", "b"], b"w",
+    )  # fmt: skip
+    assert got.disown is m.Record.Kind.schema and got.adopt.schema == "inner"
+    assert got.which() == "as_reader" and (got.as_reader.init, got.as_reader.schema) == (3, "g")
+    assert m.Record().which_ is True and m.Record().init == 4  # the schema's defaults
+    again = m.Record.from_bytes(got.to_bytes())  # a view is sent on field by field
+    assert again == rec and "schema='s'" in repr(again)
+    put = m._STORE_PUT
+    args, _ = _through(put, got, "x")
+    assert args[0] == rec and args[1] == "x"
+    assert _result(put, got).as_reader.schema == "g"
+
+
+def test_schema_names_that_shadow_the_modules_own_names(cases: dict[str, ModuleType]) -> None:
+    m = cases["shadowed_names"]
+    assert m.TYPE_CHECKING is True and m.ClassVar.LOCAL == 2
+    order = m.Order(
+        lines=[m.Order.Item(sku="a")], bought=[m.Item(id_=1), m.Item(id_=2)],
+        boxed=m.Box(value=m.Item(id_=3)),
+        status=m.Order.Status(seq=m.Order.Sequence(n=2), items=[m.Item(id_=4)]),
+    )  # fmt: skip
+    got = m.Order.from_bytes(order.to_bytes())
+    assert got.lines[0].sku == "a" and [i.id_ for i in got.bought] == [1, 2]
+    assert type(got.lines[0]) is m.Order.Item and type(got.bought[0]) is m.Item
+    assert m.Item.from_any(got.boxed.value).id_ == 3  # encoded alone: the parameter is unbound
+    assert got.which() == "status" and got.status.seq.n == 2 and got.status.items[0].id_ == 4
+    t = m.Tensors.from_bytes(m.Tensors(torch=torch_ones(), from_any_="f").to_bytes())
+    assert t.torch.tolist() == [1, 1, 1] and t.enum is m.Tensors.Kind.b and t.from_any_ == "f"
+    args, _ = _through(m._SHELF_BOXED, m.Box(value=m.Sequence(items=[m.Item(id_=9)])))
+    assert type(args[0].value) is m.Sequence and args[0].value.items[0].id_ == 9
+
+
+def torch_ones() -> Any:
+    import torch
+
+    return torch.ones(3, dtype=torch.uint8)
+
+
 @pytest.fixture(scope="module")
 def procs() -> Iterator[Any]:
     from monarch.testing import proc_mesh
@@ -218,3 +274,35 @@ def test_new_user_schema_runs_on_real_procs_and_a_breaking_edit_is_caught(
     )  # fmt: skip
     assert res.returncode == 1
     assert ": breaking: Scheduler.listJobs @1: renamed from 'jobs'" in res.stdout, res.stdout
+
+
+def test_names_that_shadow_pycapnp_mesh_and_module_names_on_real_procs(procs: Any) -> None:
+    import asyncio
+
+    from gencases.pycapnp_names import Record
+    from gencases.shadowed_names import Box, Item, Iterator, Order, Sequence
+
+    store = procs.slice(gpus=0).spawn("store", RecordStore)
+    rec = Record(schema="s", copy=["c"], as_reader=Record.AsReader(init=2, schema="g"))
+    back = store.put.call_one(rec, schema="x").get(timeout=60)
+    assert (back.which_, back.schema, back.adopt.schema) == (False, "xs", "s")
+    assert back.adopt.copy == ["c"]
+    got = store.get.call_one(5).get(timeout=60)
+    assert got.init == 5 and got.which() == "as_reader" and got.as_reader.schema == "g"
+    assert store.put.call_one(got, "y").get(timeout=60).adopt.init == 5  # a view sent on
+
+    shelf = procs.slice(gpus=1).spawn("shelf", NamedShelf)
+    assert shelf.logger_.call_one(Iterator(pos=3)).get(timeout=60).g == "at 3"
+    shelf.stop_.call_one().get(timeout=60)
+    assert shelf.size() == 1  # the mesh's own operations are not shadowed
+    order = Order(lines=[Order.Item(sku="a")], bought=[Item(id_=1)], boxed=Box(value=Item(id_=2)))
+    out = shelf.order.call_one(order).get(timeout=60)
+    assert out.lines[0].sku == "a!" and out.status.seq.n == 1 and out.status.items[0].id_ == 1
+    seq = Sequence(items=[Item(id_=5), Item(id_=6)])
+    box = shelf.boxed.call_one(Box(value=seq)).get(timeout=60)
+    assert type(box.value) is Item and box.value.id_ == 6
+
+    async def steps() -> list[int]:
+        return [s.n async for s in shelf.stream.stream(3)]
+
+    assert asyncio.run(asyncio.wait_for(steps(), 60)) == [0, 1, 2]
