@@ -1,19 +1,30 @@
-"""Generator and generated-code benchmarks (not tests). Run: ``python benchmarks/generator_bench.py``.
+"""Generator and IDL-path benchmarks (not tests). Run: ``python -m benchmarks.generator_bench``
+from the repository root (spawned procs import ``benchmarks._idl_actors``).
 
-1. ``monarch-gen`` on a schema of 200 actor interfaces (target: under 5 s).
-2. Encode + decode of a small struct through the generated classes, raw pycapnp and pickle.
-3. The same with a 16 MiB tensor field (out of band through the generated codec).
-Prints medians and ratios to the generated classes, all measured in the same run.
+Issue 11's "Speed" section, all measured in one run, each measurement repeated in several
+rounds (the machine is small and shared: read medians and the spread across rounds):
+
+1. ``monarch-gen`` on a schema of 200 actor interfaces (target: under 2 s).
+2. ``call_one`` round trips on real procs through generated stubs against the plain (pickle)
+   API, in the same proc: a small struct, and a struct with a 16 MiB tensor field, echoed
+   (target: the IDL path at most 1.15x the plain one). The two paths alternate within each
+   round and their order flips every round; the ratio is taken per round.
+3. Encode + decode of a small struct (and of a 16 MiB tensor field) through the generated
+   classes, against raw pycapnp and pickle.
+
+Options: ``--rounds N`` (default 5), ``--quick`` (3 rounds, fewer calls), ``--only
+gen,calls,codec``.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +32,11 @@ import torch
 from monarch.generated import example as ex
 from monarch.generator.generate import generate
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+GEN_TARGET_S = 2.0
+IDL_TARGET_RATIO = 1.15
 
 
 def _median_us(fn: Callable[[], Any], repeat: int, number: int) -> float:
@@ -34,6 +49,12 @@ def _median_us(fn: Callable[[], Any], repeat: int, number: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def _spread(values: Sequence[float], fmt: str = ".1f") -> str:
+    """``median [min-max]`` of per-round values."""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
+# -- 1. generation --------------------------------------------------------------------------
 def _big_schema(n: int) -> str:
     parts = [
         '@0xa5a5a5a5a5a5a5a5;\nusing M = import "/monarch/actor.capnp";\n',
@@ -50,6 +71,7 @@ def _big_schema(n: int) -> str:
 
 
 def bench_generation(n: int = 200) -> float:
+    """Seconds for one ``generate`` of an ``n``-interface schema (load, IR, render, validate)."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "big.capnp"
         path.write_text(_big_schema(n))
@@ -65,16 +87,98 @@ def bench_generation(n: int = 200) -> float:
     return elapsed
 
 
-def bench_codecs(console: Console) -> Table:
-    table = Table(title="encode + decode, median per message (same run)")
-    for col in (
-        "case",
-        "generated (us)",
-        "raw pycapnp (us)",
-        "pickle (us)",
-        "raw/generated",
-        "pickle/generated",
-    ):
+# -- 2. call_one round trips on real procs ----------------------------------------------------
+def _round_trip_us(call: Callable[[], Any], n: int) -> float:
+    """Median microseconds of ``n`` sequential round trips."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def bench_calls(rounds: int, quick: bool) -> tuple[Table, dict[str, list[float]]]:
+    from monarch.actor import this_host
+
+    from benchmarks._idl_actors import Frame, IdlEcho, PlainEcho, PlainFrame, PlainPoint, Point
+
+    small_n, tensor_n = (500, 10) if quick else (2000, 30)
+    tensor = torch.randn(4 * 1024 * 1024)  # float32: 16 MiB
+    point = Point(x=1.5, y=-2.25, step=7, label="loss")
+    plain_point = PlainPoint(x=1.5, y=-2.25, step=7, label="loss")
+    frame = Frame(step=3, data=tensor)
+    plain_frame = PlainFrame(step=3, data=tensor)
+    procs = this_host().spawn_procs(per_host={"gpus": 1})
+    try:
+        idl = procs.spawn("idl", IdlEcho)
+        plain = procs.spawn("plain", PlainEcho)
+
+        def idl_small() -> Any:
+            return idl.point.call_one(point).get(timeout=60)
+
+        def plain_small() -> Any:
+            return plain.point.call_one(plain_point).get(timeout=60)
+
+        def idl_tensor() -> Any:
+            got = idl.frame.call_one(frame).get(timeout=60)
+            return got.data.numel()  # a view of the received buffer: read, not copied
+
+        def plain_tensor() -> Any:
+            return plain.frame.call_one(plain_frame).get(timeout=60).data.numel()
+
+        # both paths answer correctly before anything is timed
+        got = idl_small()
+        assert (got.x, got.y, got.step, got.label) == (1.5, -2.25, 7, "loss"), got
+        assert plain_small() == plain_point
+        assert idl_tensor() == plain_tensor() == tensor.numel()
+        assert torch.equal(idl.frame.call_one(frame).get(timeout=60).data, tensor)
+        for fn in (idl_small, plain_small):
+            _round_trip_us(fn, small_n // 5)  # warm up: first-call caches, the link
+        for fn in (idl_tensor, plain_tensor):
+            _round_trip_us(fn, 3)
+        cases = {
+            "small struct": (idl_small, plain_small, small_n),
+            "16 MiB tensor field": (idl_tensor, plain_tensor, tensor_n),
+        }
+        per_round: dict[str, list[float]] = {}
+        for r in range(rounds):
+            for name, (i_fn, p_fn, n) in cases.items():
+                order = [("idl", i_fn), ("plain", p_fn)]
+                if r % 2:
+                    order.reverse()
+                for path, fn in order:
+                    per_round.setdefault(f"{name}/{path}", []).append(_round_trip_us(fn, n))
+    finally:
+        procs.stop().get(timeout=60)
+    table = Table(
+        title=escape(
+            f"call_one round trip on real procs, {rounds} rounds: median [min-max] of the "
+            f"per-round medians; ratio per round (target <= {IDL_TARGET_RATIO}x)"
+        )
+    )
+    for col in ("case", "IDL stubs (us)", "plain API (us)", "IDL/plain (x)", "target"):
+        table.add_column(col, justify="right")
+    for name in cases:
+        i_v, p_v = per_round[f"{name}/idl"], per_round[f"{name}/plain"]
+        ratios = [a / b for a, b in zip(i_v, p_v, strict=True)]
+        per_round[f"{name}/ratio"] = ratios
+        met = "met" if statistics.median(ratios) <= IDL_TARGET_RATIO else "NOT met"
+        table.add_row(
+            name, escape(_spread(i_v)), escape(_spread(p_v)), escape(_spread(ratios, ".2f")), met
+        )
+    return table, per_round
+
+
+# -- 3. codecs ----------------------------------------------------------------------------------
+def bench_codecs(rounds: int) -> Table:
+    table = Table(
+        title=escape(
+            f"encode + decode, {rounds} rounds: median [min-max] of per-round medians "
+            "(us per message); ratios of medians"
+        )
+    )
+    for col in ("case", "generated", "raw pycapnp", "pickle", "generated/raw", "generated/pickle"):
         table.add_column(col, justify="right")
     raw_mod = ex._SCHEMA.struct_module(ex.Metric.__capnp__.node_id)
     metric = ex.Metric(name="loss", scalar=0.5)
@@ -98,7 +202,7 @@ def bench_codecs(console: Console) -> Table:
         v = pickle.loads(pickle.dumps(small, protocol=5))
         return v["name"], v["scalar"]
 
-    rows = [("small struct", gen_small, raw_small, pickle_small, 7, 2000)]
+    rows = [("small struct", gen_small, raw_small, pickle_small, 5, 2000)]
     tensor = torch.randn(4 * 1024 * 1024)  # 16 MiB
     codec = ex._WORKER_TRAIN.codec
     assert codec is not None
@@ -124,20 +228,45 @@ def bench_codecs(console: Console) -> Table:
     def pickle_tensor() -> Any:
         return pickle.loads(pickle.dumps(tensor, protocol=5))
 
-    rows.append(("16 MiB tensor field", gen_tensor, raw_tensor, pickle_tensor, 7, 5))
+    rows.append(("16 MiB tensor field", gen_tensor, raw_tensor, pickle_tensor, 3, 3))
     for name, g, r, p, repeat, number in rows:
-        tg, tr, tp = (_median_us(f, repeat, number) for f in (g, r, p))
+        values: dict[str, list[float]] = {"g": [], "r": [], "p": []}
+        for _ in range(rounds):
+            for key, fn in (("g", g), ("r", r), ("p", p)):
+                values[key].append(_median_us(fn, repeat, number))
+        tg, tr, tp = (statistics.median(values[k]) for k in "grp")
         table.add_row(
-            name, f"{tg:.1f}", f"{tr:.1f}", f"{tp:.1f}", f"{tr / tg:.2f}", f"{tp / tg:.2f}"
+            name,
+            escape(_spread(values["g"])),
+            escape(_spread(values["r"])),
+            escape(_spread(values["p"])),
+            f"{tg / tr:.2f}x",
+            f"{tg / tp:.2f}x",
         )
     return table
 
 
-def main() -> None:
-    console = Console()
-    gen_s = bench_generation()
-    console.print(f"monarch-gen, 200 actor interfaces: {gen_s:.2f} s (target < 5 s)")
-    console.print(bench_codecs(console))
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, --quick 3)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, fewer calls")
+    parser.add_argument("--only", default="gen,calls,codec", help="comma-separated sections")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 5)
+    only = set(args.only.split(","))
+    console = Console(width=130)
+    if "gen" in only:
+        gen = [bench_generation() for _ in range(rounds)]
+        verdict = "met" if statistics.median(gen) < GEN_TARGET_S else "NOT met"
+        console.print(
+            f"monarch-gen, 200 actor interfaces, {rounds} runs: {_spread(gen, '.2f')} s "
+            f"(target < {GEN_TARGET_S} s: {verdict})"
+        )
+    if "calls" in only:
+        table, _ = bench_calls(rounds, args.quick)
+        console.print(table)
+    if "codec" in only:
+        console.print(bench_codecs(rounds))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ that forwards its keyword arguments here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -107,6 +108,7 @@ class StructInfo:
 
     __slots__ = (
         "_default",
+        "_is_group",
         "fields",
         "module",
         "node_id",
@@ -126,6 +128,7 @@ class StructInfo:
         self.union_by_wire = {wire: py for py, wire in union}
         self.union_first = union[0][0] if union else ""
         self._default: Any = None
+        self._is_group: bool | None = None
 
     def struct_module(self) -> Any:
         return self.schema.struct_module(self.node_id)
@@ -133,7 +136,10 @@ class StructInfo:
     @property
     def is_group(self) -> bool:
         """Groups live inside their struct: they cannot be a message's root."""
-        return bool(self.struct_module().schema.node.struct.isGroup)
+        g = self._is_group
+        if g is None:  # asked on every encode: read the schema node once (about 3 us)
+            g = self._is_group = bool(self.struct_module().schema.node.struct.isGroup)
+        return g
 
 
 class Which(Generic[L]):
@@ -243,8 +249,14 @@ class Struct:
         limit = 8 * (nbytes // 8) + 8192
         if smod is None:
             smod = cls.__capnp__.struct_module()
-        cm = smod.from_bytes(payload, traversal_limit_in_words=limit)
-        reader = cm.__enter__()
+        if _FROM_BYTES is not None:
+            # pycapnp's context manager minus its wrapper (0.6 us a message): the generator
+            # holds the message open until it is garbage, with the views that read it
+            cm: Any = _FROM_BYTES(smod, payload, limit)
+            reader = next(cm)
+        else:
+            cm = smod.from_bytes(payload, traversal_limit_in_words=limit)
+            reader = cm.__enter__()
         return cls._view(reader, DecodeContext(cm, payload, buffers, oob), "")
 
     @classmethod
@@ -278,8 +290,12 @@ class Struct:
         if isinstance(value, cls):
             return value
         if isinstance(value, AnyStruct):
-            reader = value._ptr.as_struct(cls.__capnp__.struct_module().schema)
-            return cls._view(reader, value._ctx, value._path)  # type: ignore[arg-type]  # set with _ptr
+            # one view per class: each as_struct counts against the message's traversal limit
+            view = value._as.get(cls)
+            if view is None:
+                reader = value._ptr.as_struct(cls.__capnp__.struct_module().schema)
+                view = value._as[cls] = cls._view(reader, value._ctx, value._path)  # type: ignore[arg-type]  # set with _ptr
+            return view  # type: ignore[return-value]  # made as a cls just above
         raise TypeError(
             f"{cls.__qualname__}.from_any needs an AnyStruct view or a {cls.__qualname__}, "
             f"got {type(value).__qualname__}"
@@ -424,13 +440,15 @@ class AnyStruct(Struct):
     """A received ``AnyPointer``/``AnyStruct`` value: a struct of a type the message does not
     name. Read it with ``SomeStruct.from_any(value)``; send it on unchanged as is."""
 
-    __slots__ = ("_ptr",)
+    __slots__ = ("_as", "_ptr")
     _ptr: Any  # the pycapnp AnyPointer reader
+    _as: dict[type, Struct]  # from_any's views of it, by class
 
     @classmethod
     def _pointer(cls, ptr: Any, ctx: DecodeContext, path: str) -> AnyStruct:
         obj = cls.__new__(cls)
         obj._ptr = ptr
+        obj._as = {}
         obj._reader = None
         obj._ctx = ctx
         obj._path = path
@@ -444,6 +462,16 @@ class AnyStruct(Struct):
     def __repr__(self) -> str:
         return "AnyStruct(<untyped struct: read it with SomeStruct.from_any(value)>)"
 
+
+def _from_bytes_generator() -> Any:
+    from capnp.lib.capnp import _StructModule
+
+    fn = getattr(_StructModule.from_bytes, "__wrapped__", None)
+    return fn if inspect.isgeneratorfunction(fn) else None
+
+
+_FROM_BYTES: Any = _from_bytes_generator()
+"""``_StructModule.from_bytes`` without its ``contextmanager`` wrapper (None if pycapnp changes)."""
 
 _UNSET: Any = object()
 """A field left unset (see :meth:`Struct._items`)."""

@@ -170,6 +170,12 @@ class _Prim(Conv):
     simple = True
 
 
+class _Text(_Prim):
+    # a pointer: every read of it counts against the message's traversal limit, so a view read
+    # thousands of times (a kept config struct) would exhaust it; str is immutable, so cache it
+    cacheable = True
+
+
 class _Void(Conv):
     cacheable = False
     simple = True
@@ -567,6 +573,7 @@ class StructList(Sequence[Any]):
 
 
 _SIMPLE: dict[str, Conv] = {name: _Prim() for name in _PRIMS}
+_SIMPLE["Text"] = _Text()
 _SIMPLE.update(
     Void=_Void(),
     Data=_Data(),

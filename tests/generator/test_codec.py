@@ -99,3 +99,15 @@ def test_union_and_group_views_answer_like_built_structs() -> None:
     assert r.phase is ex.Phase.training and r.config.learning_rate == pytest.approx(0.01)
     with pytest.raises(ValueError):
         ex.Metric(scalar=1.0, count=2)
+
+
+def test_received_struct_kept_and_read_many_times_stays_readable() -> None:
+    # every read of a pointer counts against the message's traversal limit: a view kept (a
+    # config struct) and read in a loop once failed after ~8k reads of a Text field
+    report = ex.Report(worker=3, metrics=[ex.Metric(name="loss", text="t")])
+    view = ex.Report.from_bytes(report.to_bytes())
+    for _ in range(30_000):
+        assert view.metrics[0].name == "loss" and view.metrics[0].text == "t"
+    for _ in range(20_000):
+        view.to_bytes()  # sent on again and again
+    assert ex.Report.from_bytes(view.to_bytes()) == report
