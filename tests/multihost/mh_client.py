@@ -27,6 +27,11 @@ class Where(Actor):
         return {"hostname": socket.gethostname(), "pid": os.getpid(), "addr": context().actor_instance.proc_addr}
 
     @endpoint
+    def relay(self, others: Where) -> list[str]:
+        """Call ``others`` from this proc: proc-to-proc traffic across hosts."""
+        return [v["hostname"] for _, v in others.where.call().get(30.0).items()]
+
+    @endpoint
     def echo(self, data: bytes) -> bytes:
         return data
 
@@ -42,12 +47,20 @@ def emit(**msg: object) -> None:
 
 def main() -> None:
     mode, gateway, agents = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    import faulthandler
+
+    faulthandler.dump_traceback_later(40.0, exit=True)  # a hung client says where, then ends
     import monarch.actor
 
     failures: list[str] = []
     monarch.actor.unhandled_fault_hook = lambda failure: failures.append(str(failure))
     enable_transport(f"tcp://{gateway}:0")
-    hm = attach_to_workers(workers=agents, ca=None)
+    if mode == "hold":  # the agents are listed in MONARCH_HOSTS
+        from monarch.actor import hosts_from_config
+
+        hm = hosts_from_config("MONARCH_HOSTS")
+    else:
+        hm = attach_to_workers(workers=agents, ca=None)
     hm.initialized.get(30.0)
     procs = hm.spawn_procs(per_host={"gpus": 2})
     from tests.multihost.mh_client import Where as ByName  # pickled by reference, not as __main__'s
@@ -58,8 +71,12 @@ def main() -> None:
     first_s = time.monotonic() - started
     emit(event="where", points=[v for _, v in found.items()], first_s=first_s)
     if mode == "hold":
+        faulthandler.cancel_dump_traceback_later()
         sys.stdin.readline()
         return
+    relayed = mesh.slice(hosts=0, gpus=0).relay.call_one(mesh.slice(hosts=1)).get(30.0)
+    broadcast_seen = mesh.echo.call(b"x").get(30.0)
+    emit(event="relayed", from_h0=relayed, call_all=len(list(broadcast_seen.items())))
     one = mesh.slice(hosts=1, gpus=0)
     times = []
     for _ in range(200):
@@ -74,6 +91,7 @@ def main() -> None:
     in_flight = mesh.slice(hosts=0, gpus=1).sleep.call_one(30.0)
     emit(event="kill_host0")
     killed_at = float(sys.stdin.readline())
+    faulthandler.dump_traceback_later(40.0, exit=True)
     try:
         in_flight.get(20.0)
         emit(event="error", error="the in-flight call to the killed host returned")
