@@ -74,6 +74,7 @@ class _Builder:
         # class bodies (struct Item; struct Order { struct Item {} items @0 :List(.Item); }):
         # references use a private alias, _top_Item
         self.shadowed = top & nested
+        self.top_classes = top
         self.declared = declared | {"stubs"}
         self.typevar_names: dict[str, str] = {}
 
@@ -109,7 +110,7 @@ class _Builder:
             for f in (node.get("struct") or {}).get("fields") or []:
                 everything.add(member_name(f["name"], RESERVED_STRUCT))
                 if "group" in f:
-                    group = pascal(f["name"])
+                    group = self.group_class(nid, f["name"])
                     everything.add(group)
                     nested.add(group)
                     stack.append((int(f["group"]["typeId"]), depth + 1))
@@ -120,6 +121,14 @@ class _Builder:
                     if nodes.get(sid, {}).get("scopeId") == 0:  # implicit: generated here
                         stack.append((sid, depth + 1))
         return everything, top, nested
+
+    def group_class(self, struct_id: int, field: str) -> str:
+        """The class of group ``field`` of a struct: PascalCase of the field, with ``_`` appended
+        when the struct declares a nested type of that name (``kind :group`` beside ``enum
+        Kind``)."""
+        name = pascal(field)
+        nested = self.nodes[struct_id].get("nestedNodes") or []
+        return name + "_" if any(n["name"] == name for n in nested) else name
 
     def helper(self, name: str) -> str:
         """How this module spells helper ``name`` (see :data:`ir.HELPERS`), recording its import."""
@@ -179,7 +188,7 @@ class _Builder:
         while node["scopeId"] != 0:
             short = node["displayName"][node["displayNamePrefixLength"] :].rsplit(".", 1)[-1]
             is_group = node.get("struct", {}).get("isGroup", False)
-            parts.append(pascal(short) if is_group else short)
+            parts.append(self.group_class(node["scopeId"], short) if is_group else short)
             node = self.nodes[node["scopeId"]]
         return ".".join(reversed(parts))
 
@@ -610,6 +619,8 @@ def const(b: _Builder, node_id: int, node: dict[str, Any], owner: str = "") -> i
     t = node["const"]["type"]
     value: Any = b.loaded.consts.get(node_id)
     name = constant_name(where[-1])
+    if not owner and name in b.top_classes:  # const ab beside struct AB
+        name += "_"
     kind = next(iter(t))
     if kind == "list":  # a tuple: constants are immutable
         elem = b.map_type(t["list"]["elementType"], where, node, method=True)

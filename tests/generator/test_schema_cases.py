@@ -198,8 +198,10 @@ def test_schema_names_that_shadow_the_modules_own_names(cases: dict[str, ModuleT
     assert type(got.lines[0]) is m.Order.Item and type(got.bought[0]) is m.Item
     assert m.Item.from_any(got.boxed.value).id_ == 3  # encoded alone: the parameter is unbound
     assert got.which() == "status" and got.status.seq.n == 2 and got.status.items[0].id_ == 4
-    t = m.Tensors.from_bytes(m.Tensors(torch=torch_ones(), from_any_="f").to_bytes())
+    t = m.Tensors(torch=torch_ones(), from_any_="f", kind=m.Tensors.Kind_(level=4))
+    t = m.Tensors.from_bytes(t.to_bytes())
     assert t.torch.tolist() == [1, 1, 1] and t.enum is m.Tensors.Kind.b and t.from_any_ == "f"
+    assert t.kind.level == 4 and (m.IO_, m.IO(n=2).n) == (1, 2)
     args, _ = _through(m._SHELF_BOXED, m.Box(value=m.Sequence(items=[m.Item(id_=9)])))
     assert type(args[0].value) is m.Sequence and args[0].value.items[0].id_ == 9
 

@@ -3,7 +3,8 @@
 typing helpers it imports (Sequence, Iterator, Generic, ...), a generic parameter named like a
 struct, fields named like its imports (torch, enum), a constant that becomes TYPE_CHECKING, a
 nested struct with the name of a top-level one, endpoints named like attributes of the mesh
-or actor bases (logger, stop), a field named like a struct method (fromAny).
+or actor bases (logger, stop), a field named like a struct method (fromAny), a group and a
+constant whose Python names are taken by a nested enum and a struct.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ __all__ = [
     "Box",
     "ClassVar",
     "Generic",
+    "IO",
+    "IO_",
     "Item",
     "Iterator",
     "Literal",
@@ -301,6 +304,7 @@ class Tensors(stubs.Struct):
             ("torch", "torch", "TensorData", False),
             ("enum", "enum", "Enum(Tensors.Kind)", False),
             ("from_any_", "fromAny", "Text", False),
+            ("kind", "kind", "Group(Tensors.Kind_)", False),
         ),
     )
 
@@ -310,9 +314,34 @@ class Tensors(stubs.Struct):
         a = 0
         b = 1
 
+    class Kind_(stubs.Struct):
+        """Its class would be Kind, the enum's name: it becomes Kind_."""
+
+        __slots__ = ()
+        __capnp__ = stubs.StructInfo(
+            schema=_SCHEMA,
+            node_id=0xbff445104c2b2e08,
+            module=__name__,
+            # (python name, wire name, type, in the unnamed union)
+            fields=(
+                ("level", "level", "UInt8", False),
+            ),
+        )
+
+        level: int
+
+        def __init__(
+            self,
+            *,
+            level: int = 0,
+        ) -> None:
+            super().__init__(level=level)
+
     torch: _torch.Tensor
     enum: Tensors.Kind
     from_any_: str
+    kind: Tensors.Kind_
+    """Its class would be Kind, the enum's name: it becomes Kind_."""
 
     def __init__(
         self,
@@ -320,8 +349,9 @@ class Tensors(stubs.Struct):
         torch: _torch.Tensor | None = None,
         enum: Tensors.Kind = Kind.b,
         from_any_: str = "",
+        kind: Tensors.Kind_ | None = None,
     ) -> None:
-        super().__init__(torch=torch, enum=enum, from_any_=from_any_)
+        super().__init__(torch=torch, enum=enum, from_any_=from_any_, kind=kind)
 
 
 class Order(stubs.Struct):
@@ -432,6 +462,30 @@ class Order(stubs.Struct):
         status: Order.Status | None = None,
     ) -> None:
         super().__init__(lines=lines, bought=bought, boxed=boxed, nothing=nothing, status=status)
+
+
+class IO(stubs.Struct):
+    """The IO struct."""
+
+    __slots__ = ()
+    __capnp__ = stubs.StructInfo(
+        schema=_SCHEMA,
+        node_id=0xa0dc16566ce0f0c6,
+        module=__name__,
+        # (python name, wire name, type, in the unnamed union)
+        fields=(
+            ("n", "n", "UInt8", False),
+        ),
+    )
+
+    n: int
+
+    def __init__(
+        self,
+        *,
+        n: int = 0,
+    ) -> None:
+        super().__init__(n=n)
 
 
 class _ShelfLoggerParams(stubs.Struct):
@@ -579,6 +633,9 @@ class _ShelfStreamResults(stubs.Struct):
 
 
 TYPE_CHECKING: bool = True
+
+IO_: int = 1
+"""IO_, beside the struct IO"""
 
 ClassVar.LOCAL = 2
 

@@ -3,7 +3,8 @@
 # typing helpers it imports (Sequence, Iterator, Generic, ...), a generic parameter named like a
 # struct, fields named like its imports (torch, enum), a constant that becomes TYPE_CHECKING, a
 # nested struct with the name of a top-level one, endpoints named like attributes of the mesh
-# or actor bases (logger, stop), a field named like a struct method (fromAny).
+# or actor bases (logger, stop), a field named like a struct method (fromAny), a group and a
+# constant whose Python names are taken by a nested enum and a struct.
 using M = import "/monarch/actor.capnp";
 
 struct Item { id @0 :UInt32; }
@@ -25,6 +26,10 @@ struct Tensors {
   enum @1 :Kind = b;
   enum Kind { a @0; b @1; }
   fromAny @2 :Text;
+  kind :group {
+    # Its class would be Kind, the enum's name: it becomes Kind_.
+    level @3 :UInt8;
+  }
 }
 
 struct Order {
@@ -44,6 +49,8 @@ struct Order {
 }
 
 const typeChecking :Bool = true;
+struct IO { n @0 :UInt8; }
+const io :UInt8 = 1;  # IO_, beside the struct IO
 
 interface Shelf $M.actor {
   logger @0 (it :Iterator) -> (g :Generic);
