@@ -27,7 +27,9 @@ import contextlib
 import enum
 import math
 import os
+import sys
 import threading
+import types
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, get_args, get_origin
 
@@ -637,3 +639,24 @@ def _settings_markdown() -> str:
 
 
 MonarchConfig.__module__ = __name__
+
+
+class _ConfigModule(types.ModuleType):
+    """``monarch.config`` itself: each setting reads and writes as a module attribute, as
+    Monarch's ``monarch.actor.config.prefix_python_logs_with_actor = False``. Reading gives the
+    value in force (:func:`get_global_config`); assigning is :func:`configure` of that one
+    setting (validated the same way: a bad value raises ``TypeError``/``ConfigError``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in MonarchConfig.model_fields:
+            return getattr(get_global_config(), name)
+        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in MonarchConfig.model_fields:
+            configure(**{name: value})
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _ConfigModule

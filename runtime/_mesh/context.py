@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,11 @@ __all__ = [
     "EMPTY_EXTENT",
     "ActorAborted",
     "Context",
+    "CreatorInstance",
     "Instance",
     "context",
     "current_actor_name",
+    "current_creator",
     "current_rank",
     "current_size",
     "reset_context",
@@ -34,6 +37,37 @@ class ActorAborted(MonarchError):
     """The cause recorded when an actor fails itself with ``Instance.abort`` or ``Instance.kill``."""
 
 
+@dataclass(frozen=True)
+class CreatorInstance:
+    """Who spawned an actor, and who spawned that one, up to the client (Monarch's
+    ``CreatorInstance``; picklable, it travels with the spawn). Monarch's also carries the
+    creator's proc meshes; this one carries the names only.
+
+    Attributes:
+        rank: the creator's point in its own mesh (empty for the client).
+        name: the creator's mesh name; ``"root"`` for the client.
+        class_name: the creator's ``module.Class``; None for the client.
+        creator: the creator's own creator; None for the client.
+    """
+
+    rank: Point
+    name: str
+    class_name: str | None
+    creator: CreatorInstance | None
+
+    def __repr__(self) -> str:
+        return _qualified_name(self)
+
+
+def _qualified_name(ins: CreatorInstance | None) -> str:
+    names = []
+    while ins is not None:
+        prefix = "" if ins.class_name is None else f"{ins.class_name} "
+        names.append(f"<{prefix}{ins.name}{ins.rank if len(ins.rank) else ''}>")
+        ins = ins.creator
+    return ".".join(reversed(names))
+
+
 @dataclass
 class Instance:
     """The running actor (or the client, at the root).
@@ -41,9 +75,11 @@ class Instance:
     Attributes:
         rank: this actor's point in the mesh it was spawned as.
         actor_id: ``"<mesh id>[<rank>]"``, unique in the job.
-        name: the mesh name given to ``spawn``.
+        name: the mesh name given to ``spawn``; ``"root"`` for the client (as Monarch's).
         proc_addr: the address of the OS process hosting it.
         pid: that process's id.
+        class_name: the actor's ``module.Class``; None for the client and a proc's own context.
+        creator: who spawned this actor (:class:`CreatorInstance`); None for the client.
     """
 
     rank: Point
@@ -51,15 +87,19 @@ class Instance:
     name: str
     proc_addr: str
     pid: int
+    class_name: str | None = None
+    creator: CreatorInstance | None = None
     _proc: Any = None
     _owned: Any = None
     _actor: Any = None  # the ActorInstance that runs this actor (None: the client)
 
     def __str__(self) -> str:
-        """Monarch's name of the running actor: ``<root>.<module.Class name{'gpus': 0/4}>``;
+        """Monarch's name of the running actor, through the actors that spawned it:
+        ``<root>.<module.Parent parent{'gpus': 0/2}>.<module.Class name{'gpus': 0/4}>``;
         ``<root>`` for the client."""
-        actor = self._actor
-        return "<root>" if actor is None else f"<root>.{actor.qualified}"
+        if self._actor is None:
+            return "<root>"
+        return _qualified_name(CreatorInstance(self.rank, self.name, self.class_name, self.creator or ROOT_CREATOR))
 
     @property
     def proc(self) -> Any:
@@ -68,6 +108,12 @@ class Instance:
 
     def __repr__(self) -> str:
         return f"<Instance {self.actor_id} rank={dict(self.rank)} pid={self.pid}>"
+
+    def _as_creator(self) -> CreatorInstance:
+        """This instance as the creator of the meshes it spawns."""
+        if self.class_name is None and self.creator is None:
+            return ROOT_CREATOR if self._actor is None else CreatorInstance(self.rank, self.name, None, None)
+        return CreatorInstance(self.rank, self.name, self.class_name, self.creator)
 
     def abort(self, reason: str | None = None) -> None:
         """Fail this actor now (Monarch's ``Instance.abort``); call it from the actor's own handler.
@@ -145,6 +191,8 @@ class Context:
 _log = logging.getLogger("monarch.actor")
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("monarch_context", default=None)
 EMPTY_EXTENT = Extent([], [])
+#: the client, as the creator of the meshes it spawns
+ROOT_CREATOR = CreatorInstance(Point(0, EMPTY_EXTENT), "root", None, None)
 
 
 def set_context(ctx: Context) -> contextvars.Token[Context | None]:
@@ -178,3 +226,36 @@ def current_rank() -> Point:
 def current_size() -> dict[str, int]:
     """The extent of the mesh the current message was sent to, as a dict."""
     return dict(context().message_rank.extent)
+
+
+def install_log_prefix(enabled: Callable[[], bool], outside: str | None) -> None:
+    """Make log records start with Monarch's ``[actor=<root>.<module.Class name{point}>] ``.
+
+    Installs a ``logging`` record factory (no handler: the program's own handlers print the
+    records). Inside an actor's handler the prefix names that actor; elsewhere it is
+    ``outside`` (``"<root>"`` in the client), or nothing when ``outside`` is None (a proc's own
+    records). Empty and non-string messages (structured logs) are left alone.
+
+    Args:
+        enabled: asked per record (``monarch.config``'s ``prefix_python_logs_with_actor``, which
+            may change while the program runs).
+        outside: the name used outside any actor.
+    """
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if record.msg and isinstance(record.msg, str) and enabled():
+            ctx = _current.get()
+            who = str(ctx.actor_instance) if ctx is not None else outside
+            if who is not None:
+                record.msg = f"[actor={who}] {record.msg}"
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def current_creator() -> CreatorInstance:
+    """The creator of a mesh spawned now: the handling actor, else the client (``root``)."""
+    ctx = _current.get()
+    return ROOT_CREATOR if ctx is None else ctx.actor_instance._as_creator()

@@ -26,6 +26,7 @@ from .router import ReplyPart, Router, Sink
 from .wire_errors import decode_error, encode_error
 
 if TYPE_CHECKING:
+    from .context import CreatorInstance
     from .port import Port
     from .supervision import Supervisor
 
@@ -355,20 +356,21 @@ class ActorHost:
     # -- lifecycle ---------------------------------------------------------------------------
     def _on_spawn(self, env: Any, bufs: list[memoryview]) -> None:
         try:
-            mesh_id, name, cls, args, kwargs, points, extent, owner = loads(env.payload, bufs)
+            mesh_id, name, cls, args, kwargs, points, extent, owner, creator = loads(env.payload, bufs)
         except Exception as exc:
             log.error("cannot decode a spawn request from %s: %s", env.origin, exc)
             return
-        self.spawn_local(mesh_id, name, cls, args, kwargs, points, extent, owner)
+        self.spawn_local(mesh_id, name, cls, args, kwargs, points, extent, owner, creator)
 
     def spawn_local(
-        self, mesh_id: str, name: str, cls: type, args: Any, kwargs: Any, points: list[int], extent: Extent, owner: str
+        self, mesh_id: str, name: str, cls: type, args: Any, kwargs: Any, points: list[int], extent: Extent, owner: str,
+        creator: CreatorInstance | None = None,
     ) -> None:
         """Create actors in this process (``this_proc().spawn``); call on the loop thread."""
         actors = self.meshes.setdefault(mesh_id, {})
         self.mesh_names[mesh_id] = name
         for r in points:
-            actors[r] = ActorInstance(self, mesh_id, name, Point(r, extent), cls, args, kwargs, owner)
+            actors[r] = ActorInstance(self, mesh_id, name, Point(r, extent), cls, args, kwargs, owner, creator)
         for msg in self._parked.pop(mesh_id, []):  # calls that arrived before this spawn, in order
             self._parked_count -= 1
             inst = actors.get(msg.rank)

@@ -43,7 +43,7 @@ from .._core.failure import MeshFailure
 from .._core.future import Future, loop_thread_marker
 from .._core.shape import Point
 from .actor import endpoint_table
-from .context import Context, Instance, reset_context, set_context
+from .context import Context, CreatorInstance, Instance, reset_context, set_context
 from .endpoint import INIT_PROBE, EndpointSpec
 
 if TYPE_CHECKING:
@@ -144,6 +144,7 @@ class ActorInstance:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         owner: str,
+        creator: CreatorInstance | None = None,
     ) -> None:
         self.host = host
         self.mesh_id = mesh_id
@@ -156,7 +157,9 @@ class ActorInstance:
         self.state = "starting"
         self.failure: str | None = None
         self._failed_who: str | None = None  # set when a failure of an owned mesh failed this actor
-        self.instance = Instance(rank, f"{mesh_id}[{rank.rank}]", name, host.router.addr, os.getpid())
+        self.instance = Instance(
+            rank, f"{mesh_id}[{rank.rank}]", name, host.router.addr, os.getpid(), f"{cls.__module__}.{cls.__qualname__}", creator
+        )
         self.instance._proc = host.this_proc_mesh()
         self.instance._actor = self  # found by supervision.current_owner
         self._args = args

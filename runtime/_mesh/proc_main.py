@@ -41,8 +41,10 @@ def main(argv: list[str] | None = None) -> None:
 
     settings, token = settings_from_config()
     logging.basicConfig(level=settings.log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
-    if settings.prefix_logs_with_actor:
-        _prefix_logs_with_actor()
+    from .context import install_log_prefix
+    from .runtime import log_prefix_enabled
+
+    install_log_prefix(log_prefix_enabled(settings), None)
     boot = os.environ.pop("MONARCH_BOOTSTRAP", None)
     if boot:
         import base64
@@ -139,23 +141,6 @@ def _wait_flushed(rt: object, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not flushed() and time.monotonic() < deadline:
         time.sleep(_FLUSH_POLL_S)
-
-
-def _prefix_logs_with_actor() -> None:
-    """Log records made inside an actor's handler start with ``[actor=<root>.<...>] `` (Monarch's
-    prefix; empty messages, used for structured logs, are left alone)."""
-    from .context import _current
-
-    make = logging.getLogRecordFactory()
-
-    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = make(*args, **kwargs)
-        ctx = _current.get()
-        if ctx is not None and record.msg and isinstance(record.msg, str):
-            record.msg = f"[actor={ctx.actor_instance}] {record.msg}"
-        return record
-
-    logging.setLogRecordFactory(factory)
 
 
 def _finalize(rt: object, preloaded: set[str]) -> None:

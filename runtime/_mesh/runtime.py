@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ from .._transport.pickle_codec import PICKLE_CODEC, dumps
 from .._transport.sockets import SocketTransport
 from . import current
 from .actor_mesh import ActorMesh, MeshRef
-from .context import EMPTY_EXTENT, Context, Instance
+from .context import EMPTY_EXTENT, Context, Instance, current_creator, install_log_prefix
 from .controller import ControllerRegistry, serve_controller_requests
 from .endpoint import INIT_PROBE, EndpointSpec
 from .host_client import RemoteHosts, requested_listen
@@ -167,7 +168,8 @@ class Runtime:
             serve_controller_requests(self)
         self.router.on_hung(self._hung)
         self.router.handle_control(ControlOp.PING, self._on_ping)
-        inst = Instance(Point(0, EMPTY_EXTENT), f"{name}[0]", name, self.router.addr, os.getpid())
+        # the client is "root" (Monarch's name of the root instance); a proc's own context, its name
+        inst = Instance(Point(0, EMPTY_EXTENT), f"{name}[0]", "root" if parent_addr is None else name, self.router.addr, os.getpid())
         inst._proc = self.this_proc_mesh()
         self.root_context = Context(inst, Point(0, EMPTY_EXTENT))
         self.on_proc_fails: list[Any] = []
@@ -204,11 +206,12 @@ class Runtime:
         for r, a in enumerate(addrs):
             by_addr.setdefault(a, []).append(r)
         me = self.router.addr
+        creator = current_creator()
         for a, ranks in by_addr.items():
             if a == me:
-                self.router.call_on_loop(self.host.spawn_local, mesh_id, name, cls, args, kwargs, ranks, extent, me)
+                self.router.call_on_loop(self.host.spawn_local, mesh_id, name, cls, args, kwargs, ranks, extent, me, creator)
                 continue
-            payload, bufs = pickle_spawn(mesh_id, name, cls, args, kwargs, ranks, extent, me)
+            payload, bufs = pickle_spawn(mesh_id, name, cls, args, kwargs, ranks, extent, me, creator)
             self.router.send_control(a, ControlOp.SPAWN, actor=mesh_id, payload=payload, bufs=bufs)
         return ref
 
@@ -455,6 +458,19 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
     return settings, token
 
 
+def log_prefix_enabled(settings: RuntimeSettings) -> Callable[[], bool]:
+    """Whether log records get the actor prefix now: ``monarch.config``'s
+    ``prefix_python_logs_with_actor`` once that module is in use (it may change at run time,
+    e.g. ``monarch.config.prefix_python_logs_with_actor = False``), else the start-up setting."""
+    default = settings.prefix_logs_with_actor
+
+    def enabled() -> bool:
+        cfg = sys.modules.get("monarch.config")
+        return default if cfg is None else bool(cfg.get_global_config().prefix_python_logs_with_actor)
+
+    return enabled
+
+
 def start_client_runtime() -> Runtime:
     """Start the root client's runtime: a private runtime folder, the loop on a daemon thread.
 
@@ -512,6 +528,7 @@ def start_client_runtime() -> Runtime:
         raise SupervisionError("the client runtime did not start within 10 s")
     rt = holder[0]
     rt.loop_thread = thread
+    install_log_prefix(log_prefix_enabled(settings), "<root>")
     atexit.register(_at_exit, rt)
     return rt
 
