@@ -8,10 +8,12 @@ Semantics follow Meta Monarch's ``this_host().spawn_procs(per_host={...})`` and
 from __future__ import annotations
 
 import base64
+import importlib
 import math
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any, TypeVar, overload
 
 import cloudpickle
@@ -155,6 +157,27 @@ class ProcMesh(MeshTrait):
 
     def __exit__(self, *exc: Any) -> None:
         self.stop().get(30.0)
+
+    # the tensor engine (layer 5) is imported by name on first use: this module is layer 3
+    def activate(self) -> Any:
+        """``with procs.activate():`` torch ops on ``monarch.Tensor`` handles, and factories
+        (``torch.rand``, ``torch.zeros``, ``torch.arange``), run on every rank of this mesh
+        (Monarch's ``ProcMesh.activate``); ``monarch.no_mesh.activate()`` runs them locally.
+        Spawns the mesh's tensor-store actors on first use. See :mod:`monarch.tensor`."""
+        return importlib.import_module("monarch.tensor._api").activate_procs(self)
+
+    def rank_tensor(self, dim: str | Sequence[str]) -> Any:
+        """A ``monarch.Tensor`` holding each rank's coordinate along ``dim`` (0-d, int64); several
+        dims give the combined row-major rank (Monarch's ``rank_tensor``).
+
+        Raises:
+            KeyError: ``dim`` is not a dimension of this mesh.
+        """
+        return importlib.import_module("monarch.tensor._api").rank_tensor(self, dim)
+
+    def rank_tensors(self) -> dict[str, Any]:
+        """``{dim: self.rank_tensor(dim)}`` for every dimension (Monarch's ``rank_tensors``)."""
+        return importlib.import_module("monarch.tensor._api").rank_tensors(self)  # type: ignore[no-any-return]
 
 
 class HostMesh(MeshTrait):

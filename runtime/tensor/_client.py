@@ -1,0 +1,132 @@
+"""The client side of one activated ProcMesh: its tensor-store actors, ids, and the batch of
+commands not yet sent.
+
+Ops are appended to a batch and sent as one ``broadcast`` per flush (one message per rank); a
+flush happens before every fetch, when ``activate()`` exits and every ``MAX_BATCH`` commands.
+Per-sender FIFO order (the router's) keeps a fetch behind the ops it depends on. Handles that
+are garbage-collected add their ids to ``deletes`` (from any thread), sent with the next batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._core.future import Future
+from ._wire import DEFINE_FN, STORE
+from ._worker import TensorWorker
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..actor import ProcMesh
+
+MAX_BATCH = 1024
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("MONARCH_TENSOR_COLLECTIVE_TIMEOUT_S", "30"))
+
+
+class MeshClient:
+    """The tensor engine's state for one ProcMesh (created by its first ``activate()``)."""
+
+    def __init__(self, procs: ProcMesh) -> None:
+        ext = procs.extent
+        self.labels: list[str] = list(ext.labels)
+        self.sizes: list[int] = list(ext.sizes)
+        self.procs = procs
+        self.workers: Any = procs.spawn("tensor_engine", TensorWorker, self.labels, self.sizes, COLLECTIVE_TIMEOUT_S)
+        self.cmds: list[tuple[Any, ...]] = []
+        self.deletes: list[int] = []
+        self._ids = itertools.count(1)
+        self._fids: dict[Any, int] = {}
+        self._store: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<MeshClient extent={dict(zip(self.labels, self.sizes))} pending={len(self.cmds)}>"
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def fn_id(self, fn: Callable[..., Any] | str) -> int:
+        """The id the workers know ``fn`` by (defined on first use, in the same batch)."""
+        fid = self._fids.get(fn)
+        if fid is None:
+            fid = len(self._fids) + 1
+            self._fids[fn] = fid
+            self.cmds.append((DEFINE_FN, fid, _spec(fn)))
+        return fid
+
+    def push(self, cmd: tuple[Any, ...]) -> None:
+        self.cmds.append(cmd)
+        if len(self.cmds) >= MAX_BATCH:
+            self.flush()
+
+    def ensure_store(self) -> None:
+        """Host the TCPStore the workers' gloo groups meet at (in this process, on first use)."""
+        if self._store is not None:
+            return
+        import torch.distributed as dist
+
+        host = os.environ.get("MONARCH_TENSOR_STORE_HOST", "127.0.0.1")
+        self._store = dist.TCPStore(  # type: ignore[attr-defined]  # exported by torch.distributed at run time
+            host, 0, _prod(self.sizes) + 1, True, wait_for_workers=False)
+        self.cmds.append((STORE, host, self._store.port))
+
+    def flush(self) -> None:
+        """Send the pending batch (and deletes) to every rank, in one message per rank."""
+        with self._lock:
+            cmds, self.cmds = self.cmds, []
+            deletes, self.deletes = self.deletes, []
+        if cmds or deletes:
+            self.workers.run.broadcast(deletes, cmds)
+
+    def fetch(self, ids: list[int], coords: dict[str, int]) -> Future[list[torch.Tensor]]:
+        self.flush()
+        for k in coords:
+            if k not in self.labels:
+                raise KeyError(f"mesh {dict(zip(self.labels, self.sizes))} has no dimension {k!r}")
+        target = self.workers.slice(**coords) if coords else self.workers
+        for label in self.labels:
+            if label not in coords:
+                target = target.slice(**{label: 0})
+        return target.fetch.call_one(ids)  # type: ignore[no-any-return]
+
+    def stored(self) -> list[list[int]]:
+        """Every rank's stored ids (after flushing pending deletes), by flat rank."""
+        self.flush()
+        vm = self.workers.stored.call().get(COLLECTIVE_TIMEOUT_S)
+        return [v for _, v in sorted(vm.items(), key=lambda kv: kv[0].rank)]
+
+
+def _prod(xs: list[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
+def _spec(fn: Any) -> Any:
+    if isinstance(fn, str):
+        return ("path", fn)
+    owner = getattr(fn, "__self__", None)
+    if getattr(fn, "__name__", None) == "__get__" and type(owner).__name__ == "getset_descriptor":
+        return ("attr", getattr(owner, "__name__", ""))
+    return fn
+
+
+_clients: weakref.WeakKeyDictionary[Any, MeshClient] = weakref.WeakKeyDictionary()
+_clients_lock = threading.Lock()
+
+
+def client_for(procs: ProcMesh) -> MeshClient:
+    """The MeshClient of ``procs`` (its workers are spawned on first call)."""
+    with _clients_lock:
+        c = _clients.get(procs)
+        if c is None:
+            c = MeshClient(procs)
+            _clients[procs] = c
+        return c

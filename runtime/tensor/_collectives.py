@@ -1,0 +1,126 @@
+"""Worker side of ``Tensor.reduce``: gloo process groups per named mesh dimension, and the
+reductions over them.
+
+Every rank of the mesh receives the same command stream, so every rank asks for the same groups
+in the same order; each rank builds only the group it belongs to (a ``ProcessGroupGloo`` over a
+``PrefixStore`` named after the dims and the group's index), so no global default group is needed
+and several points packed into one OS process do not clash. gloo (torch 2.13) rejects
+``[G, *shape]`` outputs, so stack/scatter work on lists of ``shape`` tensors (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+REDUCE_OPS: dict[str, Any] = {
+    "sum": dist.ReduceOp.SUM,
+    "avg": dist.ReduceOp.AVG,
+    "product": dist.ReduceOp.PRODUCT,
+    "min": dist.ReduceOp.MIN,
+    "max": dist.ReduceOp.MAX,
+    "band": dist.ReduceOp.BAND,
+    "bor": dist.ReduceOp.BOR,
+    "bxor": dist.ReduceOp.BXOR,
+}
+REDUCTIONS = (*REDUCE_OPS, "stack")
+
+
+def group_layout(labels: Sequence[str], sizes: Sequence[int], coords: Sequence[int], dims: Sequence[str]) -> tuple[int, int, int]:
+    """Which group along ``dims`` the point at ``coords`` belongs to.
+
+    Returns:
+        ``(group_index, rank_in_group, group_size)``: points that differ only in ``dims`` share
+        a group index; the rank in the group is row-major over ``dims`` in the mesh's order.
+    """
+    gi = 0
+    ri = 0
+    g = 1
+    for label, size, c in zip(labels, sizes, coords):
+        if label in dims:
+            ri = ri * size + c
+            g *= size
+        else:
+            gi = gi * size + c
+    return gi, ri, g
+
+
+class Groups:
+    """The gloo groups of one worker, built on first use (one per distinct ``dims``)."""
+
+    def __init__(self, labels: Sequence[str], sizes: Sequence[int], coords: Sequence[int], timeout_s: float) -> None:
+        self._labels = list(labels)
+        self._sizes = list(sizes)
+        self._coords = list(coords)
+        self._timeout = datetime.timedelta(seconds=timeout_s)
+        self._store: Any = None
+        self._groups: dict[tuple[str, ...], tuple[Any, int, int]] = {}
+        self._generation = 0
+
+    def set_store(self, host: str, port: int) -> None:
+        world = math.prod(self._sizes)
+        self._store = dist.TCPStore(  # type: ignore[attr-defined]  # exported by torch.distributed at run time
+            host, port, world, False, timeout=self._timeout)
+
+    def get(self, dims: tuple[str, ...]) -> tuple[Any, int, int]:
+        """``(process_group, rank_in_group, group_size)`` for ``dims`` (mesh order)."""
+        hit = self._groups.get(dims)
+        if hit is not None:
+            return hit
+        if self._store is None:
+            raise RuntimeError("no TCPStore for collectives was announced to this worker")
+        gi, ri, g = group_layout(self._labels, self._sizes, self._coords, dims)
+        prefix = f"monarch.tensor/{self._generation}/{','.join(dims)}/{gi}"
+        store = dist.PrefixStore(prefix, self._store)  # type: ignore[attr-defined]  # as TCPStore
+        pg = dist.ProcessGroupGloo(store, ri, g, self._timeout)
+        self._groups[dims] = (pg, ri, g)
+        return pg, ri, g
+
+    def drop(self, dims: tuple[str, ...]) -> None:
+        """Forget a group after a failed collective (a gloo group that missed a collective is
+        poisoned); the next use builds a new one under a new prefix."""
+        if self._groups.pop(dims, None) is not None:
+            self._generation += 1
+
+
+def flags_any(pg: Any, ri: int, g: int, bad: bool) -> list[int]:
+    """All-reduce one flag per member: the group ranks whose input is poisoned."""
+    flags = torch.zeros(g, dtype=torch.int32)
+    if bad:
+        flags[ri] = 1
+    opts = dist.AllreduceOptions()
+    opts.reduceOp = dist.ReduceOp.SUM  # type: ignore[assignment]  # the stubs type the enum member as RedOpType
+    pg.allreduce([flags], opts).wait()
+    return [i for i in range(g) if flags[i]]
+
+
+def reduce_tensor(pg: Any, g: int, t: torch.Tensor, reduction: str, scatter: bool) -> torch.Tensor:
+    """One rank's part of Monarch's ``reduce`` (all_reduce, all_gather, reduce_scatter,
+    all_to_all) of its local ``t`` over the group ``pg`` of ``g`` members."""
+    t = t.detach().contiguous()
+    if reduction == "stack":
+        if scatter:  # all_to_all: out[j] = member j's t[me]
+            out = torch.empty_like(t)
+            pg.alltoall_base(out, t, [], [], dist.AllToAllOptions()).wait()
+            return out
+        outs = [torch.empty_like(t) for _ in range(g)]
+        pg.allgather([outs], [t]).wait()
+        return torch.stack(outs)
+    op = REDUCE_OPS[reduction]
+    if scatter:  # reduce_scatter: out = reduction over members of their t[me]
+        parts = [p.contiguous() for p in t.unbind(0)]
+        out = torch.empty_like(parts[0])
+        ropts = dist.ReduceScatterOptions()
+        ropts.reduceOp = op
+        pg.reduce_scatter([out], [parts], ropts).wait()
+        return out
+    out = t.clone()
+    opts = dist.AllreduceOptions()
+    opts.reduceOp = op
+    pg.allreduce([out], opts).wait()
+    return out

@@ -1,0 +1,188 @@
+"""One worker's tensor store and command executor (``TensorWorker`` runs it on its thread).
+
+It holds the real local tensors by id, runs the client's batched commands in order (collectives
+block only the actor's thread), and keeps a ``Poison`` where an op failed so that the failure
+flows to dependents and surfaces at fetch, while the mesh keeps working. Semantics follow
+Monarch's worker (python/monarch/worker in Meta Monarch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from . import _collectives
+from ._errors import TensorOpError
+from ._wire import CALL, DEFINE_FN, RANK, REDUCE, STORE, Poison, Ref
+
+
+def _resolve(spec: Any) -> Callable[..., Any]:
+    if callable(spec):
+        return spec  # type: ignore[no-any-return]
+    kind, name = spec
+    if kind == "attr":  # a property getter of torch.Tensor (``t.T``)
+        return lambda self: getattr(self, name)
+    mod, _, attr = name.rpartition(".")
+    fn = importlib.import_module(mod)
+    for part in [attr]:
+        fn = getattr(fn, part)
+    return fn  # type: ignore[return-value]
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+class TensorStore:
+    """This rank's tensors and the executor of the tensor engine's commands.
+
+    Args:
+        labels: the activated mesh's dimension names.
+        sizes: its sizes.
+        point: this rank's coordinates, by label.
+        timeout_s: bound on every collective (gloo group timeout).
+    """
+
+    def __init__(self, labels: list[str], sizes: list[int], point: dict[str, int], timeout_s: float) -> None:
+        self._coords = [point[label] for label in labels]
+        self._rank = dict(zip(labels, self._coords))
+        self._labels = labels
+        self._sizes = sizes
+        self._store: dict[int, Any] = {}
+        self._fns: dict[int, Callable[..., Any]] = {}
+        self._groups = _collectives.Groups(labels, sizes, self._coords, timeout_s)
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def run(self, deletes: list[int], cmds: list[tuple[Any, ...]]) -> None:
+        """Run ``cmds`` in order, then drop ``deletes`` (sent with ``broadcast``; never raises:
+        a failing command poisons its outputs)."""
+        store = self._store
+        for cmd in cmds:
+            tag = cmd[0]
+            if tag == CALL:
+                self._call(cmd[1], cmd[2], cmd[3], cmd[4])
+            elif tag == DEFINE_FN:
+                try:
+                    self._fns[cmd[1]] = _resolve(cmd[2])
+                except Exception as exc:  # the error surfaces at the first call of it
+                    self._fns[cmd[1]] = _raiser(exc)
+            elif tag == REDUCE:
+                self._reduce(*cmd[1:])
+            elif tag == RANK:
+                self._store[cmd[1]] = self._rank_of(cmd[2])
+            elif tag == STORE:
+                self._groups.set_store(cmd[1], cmd[2])
+        # after the commands: a handle made and dropped within one batch is used by it first (the
+        # client sends only ids of handles that were dead when the batch left)
+        for i in deletes:
+            store.pop(i, None)
+
+    def _poison(self, op: str, exc: BaseException) -> Poison:
+        tb = "".join(traceback.format_exception(exc))
+        return Poison(self._rank, op, f"{type(exc).__name__}: {exc}", tb)
+
+    def _resolve_args(self, obj: Any, bad: list[Poison]) -> Any:
+        if type(obj) is Ref:
+            v = self._store.get(obj.id)
+            if v is None:
+                v = Poison(self._rank, "lookup", f"KeyError: tensor {obj.id} is not on this worker (deleted?)", "")
+            if type(v) is Poison:
+                bad.append(v)
+            return v
+        if type(obj) is tuple:
+            return tuple(self._resolve_args(o, bad) for o in obj)
+        if type(obj) is list:
+            return [self._resolve_args(o, bad) for o in obj]
+        if type(obj) is dict:
+            return {k: self._resolve_args(v, bad) for k, v in obj.items()}
+        return obj
+
+    def _call(self, fid: int, out_ids: tuple[int, ...], args: Any, kwargs: Any) -> None:
+        fn = self._fns[fid]
+        bad: list[Poison] = []
+        a = self._resolve_args(args, bad)
+        k = self._resolve_args(kwargs, bad)
+        store = self._store
+        if bad:
+            for i in out_ids:
+                store[i] = bad[0]
+            return
+        try:
+            out = fn(*a, **k)
+            if type(out) is torch.Tensor:
+                leaves = [out]
+            else:
+                leaves = [x for x in tree_flatten(out)[0] if isinstance(x, torch.Tensor)]
+            if len(leaves) != len(out_ids):
+                raise RuntimeError(f"{_fn_name(fn)} returned {len(leaves)} tensors here, its propagation said {len(out_ids)}")
+        except Exception as exc:
+            p = self._poison(_fn_name(fn), exc)
+            for i in out_ids:
+                store[i] = p
+            return
+        for i, t in zip(out_ids, leaves):
+            store[i] = t
+
+    def _rank_of(self, dims: tuple[str, ...]) -> torch.Tensor:
+        r = 0
+        for label, size, c in zip(self._labels, self._sizes, self._coords):
+            if label in dims:
+                r = r * size + c
+        return torch.tensor(r, dtype=torch.long)
+
+    def _reduce(self, out_id: int, in_id: int, dims: tuple[str, ...], reduction: str, scatter: bool, inplace: bool) -> None:
+        v = self._store.get(in_id)
+        if v is None:
+            v = Poison(self._rank, "reduce", f"KeyError: tensor {in_id} is not on this worker (deleted?)", "")
+        op = f"reduce({dims}, {reduction!r}, scatter={scatter})"
+        try:
+            pg, ri, g = self._groups.get(dims)
+            bad = _collectives.flags_any(pg, ri, g, type(v) is Poison)
+            if type(v) is Poison:
+                self._store[out_id] = v
+                return
+            if bad:
+                self._store[out_id] = Poison(self._rank, op, f"RuntimeError: the input is poisoned on group ranks {bad} along {dims}", "")
+                return
+            assert isinstance(v, torch.Tensor)
+            out = _collectives.reduce_tensor(pg, g, v, reduction, scatter)
+            self._store[out_id] = v.copy_(out) if inplace else out
+        except Exception as exc:
+            self._groups.drop(dims)
+            self._store[out_id] = self._poison(op, exc)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def fetch(self, ids: list[int]) -> list[torch.Tensor]:
+        """The tensors ``ids`` of this rank.
+
+        Raises:
+            TensorOpError: one of them is poisoned (names the rank, op and remote exception).
+        """
+        out = []
+        for i in ids:
+            v = self._store.get(i)
+            if v is None:
+                raise TensorOpError(self._rank, "fetch", f"KeyError: tensor {i} is not on this worker (deleted?)", "")
+            if type(v) is Poison:
+                raise TensorOpError(v.rank, v.op, v.error, v.traceback)
+            out.append(v.detach())
+        return out
+
+    def stored(self) -> list[int]:
+        """The ids this worker holds (for tests and debugging)."""
+        self_ids = sorted(self._store)
+        return self_ids
+
+
+def _raiser(exc: Exception) -> Callable[..., Any]:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    return fail
