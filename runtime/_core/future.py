@@ -174,7 +174,9 @@ class Future(Generic[R]):
         awaiting task) or waited on with ``get()`` (on the calling thread, in a private event loop).
 
         As Monarch's ``Future._from_coro`` (a private constructor that Monarch's own code and
-        tests use): ``coro`` runs at most once, and only if someone asks for the result.
+        tests use): ``coro`` runs at most once, and only if someone asks for the result. A
+        ``get(timeout=...)`` that runs the coroutine runs it to completion: the timeout bounds
+        only a wait for a run another thread has started.
         """
         f: Future[R] = cls()
         f._coro = coro

@@ -129,6 +129,8 @@ class ReplyPart:
         self.payload = payload
 
     def envelope(self, nbufs: int) -> Any:
+        """The same reply as an :class:`Envelope` with ``nbufs`` out-of-band buffers (for a
+        delivery inside this process, which skips encoding)."""
         env = Envelope.new_message()
         env.kind = Kind.REPLY
         env.port = self.port
