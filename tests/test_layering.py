@@ -6,9 +6,9 @@ Layers, low to high; a module imports only from its own layer or lower:
    the package ``monarch`` itself (a docstring and ``__version__``)
 2. ``monarch._transport``
 3. ``monarch._mesh`` and ``monarch._idl`` (``_idl`` uses ``_mesh.endpoint``)
-4. public modules: ``monarch.actor``, ``monarch.stubs``, ``monarch.testing``,
-   ``monarch.cli``
-5. ``monarch.rdma``, ``monarch.generator``, ``monarch.generated``
+4. public modules: ``monarch.actor``, ``monarch.stubs``, ``monarch.testing``
+5. ``monarch.cli`` (the entry point over every tool), ``monarch.rdma``, ``monarch.generator``, ``monarch.generated``, ``monarch.tensor``,
+   ``monarch.tools`` (the admin endpoint, code sync, the debugger, the TUI and the dashboard)
 
 Further rules: ``monarch._mesh.current`` (the process's runtime slot) is read only by the
 user-facing objects and the composition root; the runtime never imports the generator; generated
@@ -37,11 +37,12 @@ LAYERS: list[tuple[str, int]] = [
     ("monarch.actor", 4),
     ("monarch.stubs", 4),
     ("monarch.testing", 4),
-    ("monarch.cli", 4),
+    ("monarch.cli", 5),
     ("monarch.rdma", 5),
     ("monarch.generator", 5),
     ("monarch.generated", 5),
     ("monarch.tensor", 5),
+    ("monarch.tools", 5),
     ("monarch", 1),  # the package itself: a docstring and __version__
 ]
 

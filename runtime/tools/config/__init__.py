@@ -1,0 +1,1 @@
+"""Configuration objects of the tools (Monarch's ``monarch.tools.config``)."""
