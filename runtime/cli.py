@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import config as _config
+from .tools import cli_admin, cli_debug, cli_sync, cli_top
 
 __all__ = ["DISTRIBUTION", "app", "main"]
 
@@ -174,6 +175,12 @@ def host_serve_command(
     except OSError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] cannot serve on {listen}: {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from None
+
+
+# the tools' commands: one module each in monarch.tools, registered here (each module imports
+# only typer at import time, so ``monarch --help`` stays fast)
+for _tool in (cli_admin, cli_debug, cli_sync, cli_top):
+    _tool.register(app)
 
 
 def main() -> None:

@@ -179,6 +179,22 @@ class ProcMesh(MeshTrait):
         """``{dim: self.rank_tensor(dim)}`` for every dimension (Monarch's ``rank_tensors``)."""
         return importlib.import_module("monarch.tensor._api").rank_tensors(self)  # type: ignore[no-any-return]
 
+    # the tools (layer 5) are imported by name on first use, as the tensor engine is
+    @property
+    def env(self) -> Any:
+        """The environment variables of this mesh's procs: ``procs.env.get("CUDA_VISIBLE_DEVICES")``
+        (a ``ValueMesh[str | None]``), ``procs.env.list(prefix="NCCL_")``, ``procs.env.set(VAR=value)``.
+        See :class:`monarch.tools.env.ProcEnv`."""
+        return importlib.import_module("monarch.tools.env").ProcEnv(self)
+
+    def sync_workspace(self, workspace: Any, conda: bool = False, auto_reload: bool = False, *, watch: bool = False) -> Any:
+        """Copy the changed files of ``workspace`` (a ``monarch.tools.config.workspace.Workspace``)
+        to this mesh's procs (Monarch's ``sync_workspace``). See
+        :func:`monarch.tools.code_sync.sync_workspace` for arguments, result and errors."""
+        return importlib.import_module("monarch.tools.code_sync").sync_workspace(
+            self, workspace, conda=conda, auto_reload=auto_reload, watch=watch
+        )
+
 
 class HostMesh(MeshTrait):
     """A mesh of hosts that can start procs (Monarch's ``HostMesh``).
@@ -260,6 +276,14 @@ class HostMesh(MeshTrait):
     def stop(self) -> Future[None]:
         """Same as :meth:`shutdown`."""
         return self.shutdown()
+
+    def sync_workspace(self, workspace: Any, conda: bool = False, auto_reload: bool = False, *, watch: bool = False) -> Any:
+        """Copy the changed files of ``workspace`` (a ``monarch.tools.config.workspace.Workspace``)
+        to this mesh's hosts (Monarch's ``HostMesh.sync_workspace``). See
+        :func:`monarch.tools.code_sync.sync_workspace` for arguments, result and errors."""
+        return importlib.import_module("monarch.tools.code_sync").sync_workspace(
+            self, workspace, conda=conda, auto_reload=auto_reload, watch=watch
+        )
 
     @property
     def is_fake_in_process(self) -> bool:
