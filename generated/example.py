@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from typing import Generic, Literal, TYPE_CHECKING, TypeVar
+from typing import ClassVar, Generic, Literal, TYPE_CHECKING, TypeVar
 
 from monarch import stubs
 
@@ -605,6 +605,8 @@ class CoordinatorMesh(stubs.ActorMesh["Coordinator"]):
 class Worker(stubs.TypedActor[WorkerMesh]):
     """Trains on batches and reports to its coordinator."""
 
+    __monarch_mesh__: ClassVar[type[WorkerMesh]]
+
     @stubs.implements(_WORKER_TRAIN)
     @abstractmethod
     def train(self, batch: Batch) -> float | Awaitable[float]:
@@ -633,6 +635,8 @@ class Worker(stubs.TypedActor[WorkerMesh]):
 
 class Coordinator(stubs.TypedActor[CoordinatorMesh]):
     """Owns a mesh of workers."""
+
+    __monarch_mesh__: ClassVar[type[CoordinatorMesh]]
 
     @stubs.implements(_COORDINATOR_REGISTER)
     @abstractmethod

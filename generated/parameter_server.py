@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import ClassVar, TYPE_CHECKING
 
 from monarch import stubs
 
@@ -220,6 +220,8 @@ class WorkerMesh(stubs.ActorMesh["Worker"]):
 class ParameterServer(stubs.TypedActor[ParameterServerMesh]):
     """Holds the weights of a linear model."""
 
+    __monarch_mesh__: ClassVar[type[ParameterServerMesh]]
+
     @stubs.implements(_PARAMETER_SERVER_PULL)
     @abstractmethod
     def pull(self) -> Versioned | Awaitable[Versioned]:
@@ -233,6 +235,8 @@ class ParameterServer(stubs.TypedActor[ParameterServerMesh]):
 
 class Worker(stubs.TypedActor[WorkerMesh]):
     """Owns one shard of a regression data set."""
+
+    __monarch_mesh__: ClassVar[type[WorkerMesh]]
 
     @stubs.implements(_WORKER_WORK)
     @abstractmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import ClassVar, TYPE_CHECKING
 
 from monarch import stubs
 import monarch.rdma as _rdma
@@ -275,6 +275,8 @@ class WorkerMesh(stubs.ActorMesh["Worker"]):
 class ParameterServer(stubs.TypedActor[ParameterServerMesh]):
     """Holds a small classifier's parameters in one flat, registered float32 tensor."""
 
+    __monarch_mesh__: ClassVar[type[ParameterServerMesh]]
+
     @stubs.implements(_PARAMETER_SERVER_WEIGHTS)
     @abstractmethod
     def weights(self) -> Weights | Awaitable[Weights]:
@@ -298,6 +300,8 @@ class ParameterServer(stubs.TypedActor[ParameterServerMesh]):
 
 class Worker(stubs.TypedActor[WorkerMesh]):
     """Owns one shard of the digits training set."""
+
+    __monarch_mesh__: ClassVar[type[WorkerMesh]]
 
     @stubs.implements(_WORKER_STEP)
     @abstractmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable
+from typing import ClassVar
 
 from monarch import stubs
 
@@ -223,6 +224,8 @@ class PlayerMesh(stubs.ActorMesh["Player"]):
 
 class Player(stubs.TypedActor[PlayerMesh]):
     """One player; it knows its opponents as a mesh and plays the one of its own rank."""
+
+    __monarch_mesh__: ClassVar[type[PlayerMesh]]
 
     @stubs.implements(_PLAYER_SET_OPPONENTS)
     @abstractmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
+from typing import ClassVar
 
 from monarch import stubs
 
@@ -220,6 +221,8 @@ class StageMesh(stubs.ActorMesh["Stage"]):
 
 class Stage(stubs.TypedActor[StageMesh]):
     """One pipeline stage."""
+
+    __monarch_mesh__: ClassVar[type[StageMesh]]
 
     @stubs.implements(_STAGE_CONNECT)
     @abstractmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import TYPE_CHECKING
+from typing import ClassVar, TYPE_CHECKING
 
 from monarch import stubs
 
@@ -608,6 +608,8 @@ class TrainerMesh(stubs.ActorMesh["Trainer"]):
 class DataLoader(stubs.TypedActor[DataLoaderMesh]):
     """Holds one shard of the training set (the shard of its own rank) and serves minibatches."""
 
+    __monarch_mesh__: ClassVar[type[DataLoaderMesh]]
+
     @stubs.implements(_DATA_LOADER_BATCH)
     @abstractmethod
     def batch(self, step: int) -> Batch | Awaitable[Batch]:
@@ -624,6 +626,8 @@ class GradientReducer(stubs.TypedActor[GradientReducerMesh]):
     one actor). Every trainer gets the mean once all have contributed to that step.
     """
 
+    __monarch_mesh__: ClassVar[type[GradientReducerMesh]]
+
     @stubs.implements(_GRADIENT_REDUCER_ALL_REDUCE)
     @abstractmethod
     def all_reduce(self, port: stubs.Port[torch.Tensor], step: int, grads: torch.Tensor) -> None | Awaitable[None]:
@@ -632,6 +636,8 @@ class GradientReducer(stubs.TypedActor[GradientReducerMesh]):
 
 class Trainer(stubs.TypedActor[TrainerMesh]):
     """One data-parallel replica of the model."""
+
+    __monarch_mesh__: ClassVar[type[TrainerMesh]]
 
     @stubs.implements(_TRAINER_CONNECT)
     @abstractmethod

@@ -100,6 +100,7 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
         mesh_alias=b.alias_of(iid, "Mesh"),
         actor_bases=actor_bases,
         mesh_bases=mesh_bases or ["stubs.ActorMesh[" + repr(name).replace("'", '"') + "]"],
+        mesh_classvar=f"{b.helper('ClassVar')}[type[{mesh}]]",
         methods=methods,
         doc=b.doc(where) or f"Actor interface {name}: subclass it and implement every endpoint.",
         mesh_doc=f"A mesh of {name} actors; each endpoint attribute offers the adverbs.",

@@ -179,7 +179,9 @@ class Method(_Model):
 
 class Interface(_Model):
     """An ``$M.actor`` interface: abstract base ``name`` and mesh proxy ``mesh`` (``alias`` and
-    ``mesh_alias``: see :attr:`Enum.alias`)."""
+    ``mesh_alias``: see :attr:`Enum.alias`). ``mesh_classvar`` is the annotation of the class's
+    ``__monarch_mesh__`` (``ClassVar[type[XMesh]]``), which types ``ProcMesh.spawn`` of a
+    subclass, derived interfaces included, as ``XMesh``."""
 
     name: str
     mesh: str
@@ -187,6 +189,7 @@ class Interface(_Model):
     mesh_alias: str = ""
     actor_bases: list[str]
     mesh_bases: list[str]
+    mesh_classvar: str
     methods: list[Method]
     doc: str
     mesh_doc: str

@@ -11,7 +11,7 @@ import abc
 import functools
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_args, get_origin
 
 from .endpoint import EndpointProperty, EndpointSpec
 
@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from .._core.future import Future
     from .._core.shape import Extent
 
-__all__ = ["Actor", "EndpointTable", "MixedEndpointsError", "TypedActor", "endpoint_table", "validate_actor_class"]
+__all__ = ["Actor", "EndpointTable", "MixedEndpointsError", "SpawnsMesh", "TypedActor", "endpoint_table", "validate_actor_class"]
 
 M = TypeVar("M")
+M_co = TypeVar("M_co", covariant=True)
 
 
 class Actor(abc.ABC):  # noqa: B024  # ABC so generated abstract endpoints are enforced
@@ -101,6 +102,16 @@ class TypedActor(Actor, Generic[M]):
                 args = get_args(base)
                 if args and isinstance(args[0], type):
                     cls.__monarch_mesh__ = args[0]
+
+
+class SpawnsMesh(Protocol[M_co]):
+    """For type checkers: an actor class whose ``__monarch_mesh__`` is declared as
+    ``ClassVar[type[XMesh]]``, as every generated actor class declares it; spawning it yields an
+    ``XMesh``. A generated interface that ``extends`` another redeclares it with its own mesh, so
+    its subclasses spawn as the derived mesh (``TypedActor[M]`` alone would give the first base's)."""
+
+    @property
+    def __monarch_mesh__(self) -> type[M_co]: ...
 
 
 class MixedEndpointsError(TypeError, ValueError):

@@ -23,7 +23,7 @@ from .._core.future import Future
 from .._core.shape import Extent, MeshTrait, Shape
 from .._transport.address import from_url
 from . import current
-from .actor import Actor, TypedActor, validate_actor_class
+from .actor import Actor, SpawnsMesh, validate_actor_class
 from .actor_mesh import ActorMesh
 from .context import context
 from .current import current_runtime
@@ -85,7 +85,7 @@ class ProcMesh(MeshTrait):
     # and its ``@endpoint`` attributes are ``Endpoint[P, R]``). At run time the plain actor's
     # mesh is an ``ActorMesh``.
     @overload
-    def spawn(self, name: str, cls: type[TypedActor[M]], *args: Any, **kwargs: Any) -> M: ...
+    def spawn(self, name: str, cls: SpawnsMesh[M], *args: Any, **kwargs: Any) -> M: ...
     @overload
     def spawn(self, name: str, cls: type[A], *args: Any, **kwargs: Any) -> A: ...
     def spawn(self, name: str, cls: Any, *args: Any, **kwargs: Any) -> Any:

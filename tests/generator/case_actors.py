@@ -54,6 +54,7 @@ ensure_gencases()
 from gencases.actor_refs import Leader, LeaderMesh, Peer, PeerMesh, Roster  # noqa: E402
 from gencases.builtin_names import Phase, Runner, Step  # noqa: E402
 from gencases.generic_results import Box, Catalog, Item, Items, Page, Shop  # noqa: E402
+from gencases.inheritance import Derived  # noqa: E402
 
 
 class RosterLeader(Leader):
@@ -203,3 +204,13 @@ class NamedShelf(Shelf):
     def stream(self, n: int) -> Iterator[CaseAsyncIterator]:
         for i in range(n):
             yield CaseAsyncIterator(n=i)
+
+
+class CountingDerived(Derived):
+    """Implements a derived interface: its own endpoint and the base's."""
+
+    def ping(self) -> str:
+        return "pong"
+
+    def extra(self, n: int) -> int:
+        return n * 10

@@ -13,6 +13,7 @@ import pytest
 
 from tests.generator import case_actors
 from tests.generator.case_actors import (
+    CountingDerived,
     EchoPeer,
     EvalRunner,
     NamedShelf,
@@ -232,6 +233,15 @@ def test_actor_refs_in_lists_and_unions_on_real_procs(procs: Any) -> None:
     assert refs[1].ping.call_one(1).get(timeout=60) == 2
     got = peers.slice(gpus=0).hello.call_one(leader, refs).get(timeout=60)
     assert got == 2 + 2
+
+
+def test_derived_interface_spawns_its_own_mesh_with_base_endpoints(procs: Any) -> None:
+    from gencases.inheritance import BaseMesh, DerivedMesh
+
+    mesh = procs.spawn("derived", CountingDerived)
+    assert type(mesh) is DerivedMesh and isinstance(mesh, BaseMesh)
+    assert list(mesh.extra.call(4).get(timeout=60).values()) == [40, 40]
+    assert mesh.slice(gpus=1).ping.call_one().get(timeout=60) == "pong"
 
 
 def test_generic_results_and_builtin_names_on_real_procs(procs: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gencases.builtin_names import Phase, RunnerMesh
 from gencases.generic_results import Page, ShopMesh
+from gencases.inheritance import Derived
 from monarch import stubs
 from monarch.actor import ProcMesh
 from monarch.generated.example import (
@@ -106,4 +107,19 @@ def plain_actor_result_type_is_inferred(procs: ProcMesh) -> str:
 
 
 def spawn_needs_an_actor_class(procs: ProcMesh) -> None:
-    procs.spawn("c", int)  # E: Argument 2 to "spawn" of "ProcMesh" has incompatible type "type[int]"; expected "type[TypedActor[Never]]"  [arg-type]
+    procs.spawn("c", int)  # E: Value of type variable "A" of "spawn" of "ProcMesh" cannot be "int"  [type-var]
+
+
+class DerivedImpl(Derived):
+    def ping(self) -> str:
+        return "pong"
+
+    def extra(self, n: int) -> int:
+        return n
+
+
+def derived_interface_spawns_as_its_own_mesh(procs: ProcMesh) -> str:
+    mesh = procs.spawn("d", DerivedImpl)
+    mesh.extra.call_one("x")  # E: Argument 1 to "call_one" of "Endpoint" has incompatible type "str"; expected "int"  [arg-type]
+    return mesh.ping.call_one().get()  # inherited endpoint: no error
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 from monarch import stubs
 
@@ -342,6 +342,8 @@ class PeerMesh(stubs.ActorMesh["Peer"]):
 class Leader(stubs.TypedActor[LeaderMesh]):
     """Actor interface Leader: subclass it and implement every endpoint."""
 
+    __monarch_mesh__: ClassVar[type[LeaderMesh]]
+
     @stubs.implements(_LEADER_JOIN)
     @abstractmethod
     def join(self, peer: PeerMesh) -> int | Awaitable[int]:
@@ -360,6 +362,8 @@ class Leader(stubs.TypedActor[LeaderMesh]):
 
 class Peer(stubs.TypedActor[PeerMesh]):
     """Actor interface Peer: subclass it and implement every endpoint."""
+
+    __monarch_mesh__: ClassVar[type[PeerMesh]]
 
     @stubs.implements(_PEER_HELLO)
     @abstractmethod

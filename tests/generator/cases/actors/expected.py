@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import TYPE_CHECKING
+from typing import ClassVar, TYPE_CHECKING
 
 from monarch import stubs
 
@@ -608,6 +608,8 @@ class EvaluatorMesh(stubs.ActorMesh["Evaluator"]):
 class Trainer(stubs.TypedActor[TrainerMesh]):
     """Trains a model."""
 
+    __monarch_mesh__: ClassVar[type[TrainerMesh]]
+
     @stubs.implements(_TRAINER_TRAIN)
     @abstractmethod
     def train(self, steps: int, config: Config) -> float | Awaitable[float]:
@@ -661,6 +663,8 @@ class Trainer(stubs.TypedActor[TrainerMesh]):
 
 class Evaluator(stubs.TypedActor[EvaluatorMesh]):
     """Actor interface Evaluator: subclass it and implement every endpoint."""
+
+    __monarch_mesh__: ClassVar[type[EvaluatorMesh]]
 
     @stubs.implements(_EVALUATOR_EVALUATE)
     @abstractmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
+from typing import ClassVar
 
 from monarch import stubs
 
@@ -224,6 +225,8 @@ class RunnerMesh(stubs.ActorMesh["Runner"]):
 
 class Runner(stubs.TypedActor[RunnerMesh]):
     """Actor interface Runner: subclass it and implement every endpoint."""
+
+    __monarch_mesh__: ClassVar[type[RunnerMesh]]
 
     @stubs.implements(_RUNNER_EVAL)
     @abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable
+from typing import ClassVar
 
 from monarch import stubs
 from . import ids as _m_ids
@@ -120,6 +121,8 @@ class SchedulerMesh(stubs.ActorMesh["Scheduler"]):
 
 class Scheduler(stubs.TypedActor[SchedulerMesh]):
     """Actor interface Scheduler: subclass it and implement every endpoint."""
+
+    __monarch_mesh__: ClassVar[type[SchedulerMesh]]
 
     @stubs.implements(_SCHEDULER_SUBMIT)
     @abstractmethod

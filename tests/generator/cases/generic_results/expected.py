@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from monarch import stubs
 
@@ -428,6 +428,8 @@ class ShopMesh(stubs.ActorMesh["Shop"]):
 
 class Shop(stubs.TypedActor[ShopMesh]):
     """Actor interface Shop: subclass it and implement every endpoint."""
+
+    __monarch_mesh__: ClassVar[type[ShopMesh]]
 
     @stubs.implements(_SHOP_LISTING)
     @abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable
+from typing import ClassVar
 
 from monarch import stubs
 
@@ -134,6 +135,8 @@ class DerivedMesh(BaseMesh):
 class Base(stubs.TypedActor[BaseMesh]):
     """Actor interface Base: subclass it and implement every endpoint."""
 
+    __monarch_mesh__: ClassVar[type[BaseMesh]]
+
     @stubs.implements(_BASE_PING)
     @abstractmethod
     def ping(self) -> str | Awaitable[str]:
@@ -142,6 +145,8 @@ class Base(stubs.TypedActor[BaseMesh]):
 
 class Derived(Base, stubs.TypedActor[DerivedMesh]):
     """Adds an endpoint to Base."""
+
+    __monarch_mesh__: ClassVar[type[DerivedMesh]]
 
     @stubs.implements(_DERIVED_EXTRA)
     @abstractmethod

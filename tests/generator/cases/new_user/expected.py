@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
-from typing import Generic, Literal, TypeVar
+from typing import ClassVar, Generic, Literal, TypeVar
 
 from monarch import stubs
 
@@ -356,6 +356,8 @@ class WorkerMesh(stubs.ActorMesh["Worker"]):
 class Scheduler(stubs.TypedActor[SchedulerMesh]):
     """Actor interface Scheduler: subclass it and implement every endpoint."""
 
+    __monarch_mesh__: ClassVar[type[SchedulerMesh]]
+
     @stubs.implements(_SCHEDULER_REGISTER)
     @abstractmethod
     def register(self, worker: WorkerMesh) -> int | Awaitable[int]:
@@ -369,6 +371,8 @@ class Scheduler(stubs.TypedActor[SchedulerMesh]):
 
 class Worker(stubs.TypedActor[WorkerMesh]):
     """Actor interface Worker: subclass it and implement every endpoint."""
+
+    __monarch_mesh__: ClassVar[type[WorkerMesh]]
 
     @stubs.implements(_WORKER_RUN)
     @abstractmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 from monarch import stubs
 
@@ -224,6 +224,8 @@ class StoreMesh(stubs.ActorMesh["Store"]):
 
 class Store(stubs.TypedActor[StoreMesh]):
     """Actor interface Store: subclass it and implement every endpoint."""
+
+    __monarch_mesh__: ClassVar[type[StoreMesh]]
 
     @stubs.implements(_STORE_PUT)
     @abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Awaitable, Sequence
+from typing import ClassVar
 
 from monarch import stubs
 import monarch.rdma as _rdma
@@ -203,6 +204,8 @@ class StoreMesh(stubs.ActorMesh["Store"]):
 
 class Store(stubs.TypedActor[StoreMesh]):
     """Owns registered memory and hands out handles."""
+
+    __monarch_mesh__: ClassVar[type[StoreMesh]]
 
     @stubs.implements(_STORE_HANDLE)
     @abstractmethod

@@ -729,6 +729,8 @@ class ShelfMesh(stubs.ActorMesh["Shelf"]):
 class Shelf(stubs.TypedActor[ShelfMesh]):
     """Actor interface Shelf: subclass it and implement every endpoint."""
 
+    __monarch_mesh__: _ClassVar[type[ShelfMesh]]
+
     @stubs.implements(_SHELF_LOGGER)
     @abstractmethod
     def logger_(self, it: Iterator) -> Generic | _Awaitable[Generic]:
