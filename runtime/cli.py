@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import config as _config
+from .job import cli as cli_job
 from .tools import cli_admin, cli_debug, cli_sync, cli_top
 
 __all__ = ["DISTRIBUTION", "app", "main"]
@@ -179,7 +180,7 @@ def host_serve_command(
 
 # the tools' commands: one module each in monarch.tools, registered here (each module imports
 # only typer at import time, so ``monarch --help`` stays fast)
-for _tool in (cli_admin, cli_debug, cli_sync, cli_top):
+for _tool in (cli_admin, cli_debug, cli_job, cli_sync, cli_top):
     _tool.register(app)
 
 
