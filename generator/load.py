@@ -96,23 +96,8 @@ _BLOCK_TOKEN = re.compile(
 )
 
 
-def _first_ordinal_use(path: str, line: int, col: int) -> tuple[int, int] | None:
-    """Where the ordinal at ``line:col`` (1-based) was first used in the same struct, interface
-    or enum (groups and unions share their struct's ordinals; nested declarations do not)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return None
-    lines = text.splitlines(keepends=True)
-    if line > len(lines):
-        return None
-    end = sum(len(x) for x in lines[: line - 1]) + col - 1
-    line_end = end + len(lines[line - 1]) - (col - 1)
-    m = re.compile(r"@(\d+)").search(text, end, line_end)
-    if m is None:
-        return None
-    end = m.start()
-    ordinal = m.group(1)
+def _earlier_uses(text: str, end: int, ordinal: str) -> list[int]:
+    """Offsets of the uses of ``@ordinal`` before ``end`` in the declaration open at ``end``."""
     # forward over the text before the error: per open block, its kind and its ordinal uses
     stack: list[tuple[bool, list[int]]] = [(True, [])]
     pending_decl = False
@@ -137,11 +122,41 @@ def _first_ordinal_use(path: str, line: int, col: int) -> tuple[int, int] | None
         uses.extend(found)
         if own:
             break
-    if not uses:
+    return uses
+
+
+def _first_ordinal_use(
+    path: str, line: int, col: int
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Where the duplicate ordinal reported at ``line:col`` (1-based) is (the column of its
+    member's name) and where it was first used in the same struct, interface or enum (groups and
+    unions share their struct's ordinals; nested declarations do not)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
         return None
-    first = min(uses)
-    before = text[:first]
-    return before.count("\n") + 1, first - (before.rfind("\n") + 1) + 1
+    lines = text.splitlines(keepends=True)
+    if line > len(lines):
+        return None
+    start = sum(len(x) for x in lines[: line - 1]) + col - 1
+    line_end = start + len(lines[line - 1]) - (col - 1)
+    # the parser names the line (its column is a guess): the duplicate is the first ordinal on
+    # it, from the column on, that was used before in its declaration
+    for m in re.compile(r"@(\d+)").finditer(text, start, line_end):
+        uses = _earlier_uses(text, m.start(), m.group(1))
+        if uses:
+            break
+    else:
+        return None
+
+    def position(offset: int) -> tuple[int, int]:
+        before = text[:offset]
+        return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+
+    line_start = start - (col - 1)
+    member = re.search(r"([A-Za-z_]\w*)\s*$", text[line_start : m.start()])
+    dup = line_start + member.start() if member else m.start()
+    return position(dup), position(min(uses))
 
 
 def _schema_error(stderr: str, paths: list[str], returncode: int = 1) -> SchemaError:
@@ -172,8 +187,9 @@ def _schema_error(stderr: str, paths: list[str], returncode: int = 1) -> SchemaE
             break
     line, col = _locate(file, int(m.group("line")), msg)
     if msg.startswith("Duplicate ordinal number"):
-        first = _first_ordinal_use(file, line, col)
-        if first is not None:
+        found = _first_ordinal_use(file, line, col)
+        if found is not None:
+            (line, col), first = found
             msg = f"{msg.rstrip('.')}: first used at {file}:{first[0]}:{first[1]}"
     elif msg == "Not defined: M" and _lacks_actor_import(file):
         msg += ' (add the line: using M = import "/monarch/actor.capnp";)'

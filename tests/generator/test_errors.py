@@ -77,6 +77,10 @@ BAD: dict[str, tuple[str, str]] = {
         "  g :group {\n    z @1 :Int32;\n  }\n  y @1 :Int32;\n}\n",
         "bad.capnp:8:3: Duplicate ordinal number: first used at bad.capnp:6:7",
     ),
+    "duplicate_ordinal_on_one_line_names_both": (
+        ID + "enum E { a @0; b @1; c @0; }\n",
+        "bad.capnp:2:22: Duplicate ordinal number: first used at bad.capnp:2:12",
+    ),
     "missing_actor_import_suggests_it": (
         ID + "interface Foo $M.actor {\n  f @0 ();\n}\n",
         'bad.capnp:2:16: Not defined: M (add the line: using M = import "/monarch/actor.capnp";)',
