@@ -84,6 +84,7 @@ _PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "monarch.actor",
 # ... and between requests, while no request waits: procs need monarch.config (pydantic, ~0.1 s)
 # only when the job sets a MONARCH_* setting, so the first spawn does not wait for it
 _PRELOAD_IDLE: tuple[str, ...] = ("monarch.config",)
+_IDLE_QUIET_S = 0.5  # no request for this long: the zygote is idle
 
 # Read once, at interpreter start or at the import of a preloaded module (the dynamic loader,
 # CPython's startup, OpenBLAS/OpenMP thread pools of numpy): a forked proc would silently keep
@@ -325,7 +326,10 @@ def serve(fd: int) -> None:
         reply(_K_HELLO, me, 0)
         while True:
             reap()
-            ready, _, _ = select.select([ctl.fileno(), wake_r], [], [], 0 if idle else None)
+            # an idle preload waits for a quiet spell: a client spawning N procs sends its
+            # requests one after another, and an import between two of them (pydantic, ~0.1-0.4 s)
+            # would delay the rest of that spawn
+            ready, _, _ = select.select([ctl.fileno(), wake_r], [], [], _IDLE_QUIET_S if idle else None)
             if not ready:
                 preload(idle.pop(0))  # single-threaded: never forks mid-import
                 gc.freeze()
