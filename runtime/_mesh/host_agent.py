@@ -35,7 +35,7 @@ from .._core.errors import ProtocolError
 from .._core.future import Future
 from .._transport.address import bind_listener, from_url, parse_address
 from .._transport.auth import authenticate_listener
-from . import agent_wire
+from . import agent_wire, logs
 from .procs import describe_status
 from .zygote import ZygoteClient, ZygoteError, ZygoteRefused
 
@@ -63,6 +63,7 @@ class _Proc:
     pidfd: int = -1
     reason: str | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    log_path: str | None = None
 
 
 @dataclass(eq=False)
@@ -263,10 +264,17 @@ class HostAgent:
             env["MONARCH_CLUSTER_TOKEN"] = token
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env.pop("MONARCH_PYTHON_EXECUTABLE", None)
+        try:
+            rank_base = int(env.pop(logs.ENV_RANK_BASE, "0"))
+        except ValueError:
+            rank_base = 0
         out = []
         for k in range(count):
             pname = f"{name}/{socket.gethostname()}/{len(self._by_pid) + k}"
-            proc = await self._loop.run_in_executor(None, self._start_one, session, pname, env)
+            proc_env = dict(env)
+            proc_env[logs.ENV_FILE] = logs.new_log_path(pname)  # this host's log file of the proc
+            proc_env[logs.ENV_RANK] = str(rank_base + k)
+            proc = await self._loop.run_in_executor(None, self._start_one, session, pname, proc_env)
             out.append({"addr": proc.addr, "pid": proc.pid, "name": proc.name})
         return out
 
@@ -295,7 +303,7 @@ class HostAgent:
                 pid = popen.pid
         finally:
             lsock.close()
-        proc = _Proc(addr, pid, name, session, popen)
+        proc = _Proc(addr, pid, name, session, popen, log_path=env.get(logs.ENV_FILE))
         assert self._loop is not None
         done = threading.Event()
 
@@ -348,7 +356,9 @@ class HostAgent:
             self._zygote.forget(pid)
         proc.session.procs.pop(pid, None)
         how = describe_status(status) if status is not None else "exited (its fork server died)"
-        proc.reason = f"{how} (proc {proc.name}, pid {pid}, host {socket.gethostname()} {self.proc_host})"
+        failed = status is None or not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+        note = logs.failure_note(proc.log_path) if failed else ""
+        proc.reason = f"{how} (proc {proc.name}, pid {pid}, host {socket.gethostname()} {self.proc_host}{note})"
         proc.exited.set()
         session = proc.session
         if not session.closed:

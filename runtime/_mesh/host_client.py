@@ -26,7 +26,7 @@ from .._core.future import Future
 from .._transport.address import from_url, parse_address
 from .._transport.auth import dial_handshake_blocking
 from .._transport.messages import ControlOp
-from . import agent_wire
+from . import agent_wire, logs
 from .router import Router
 
 __all__ = ["AgentLink", "RemoteHosts", "local_address_towards", "requested_listen", "set_requested_listen"]
@@ -254,10 +254,14 @@ class RemoteHosts:
         """
         child_env = {k: v for k, v in self.child_env.items() if k not in ("MONARCH_RUNTIME_DIR", "MONARCH_ROOT_ADDR", "MONARCH_CLUSTER_TOKEN")}
         child_env.update(env)
+        if logs.ENV_SINK not in child_env:  # the procs' output comes to this client's log sink
+            child_env[logs.ENV_SINK] = logs.client_sink(self.router).address
         answer = link.request({"op": "spawn", "count": count, "name": name, "env": child_env})
         if answer["op"] == "error":
             raise SupervisionError(f"host agent {link.addr} ({link.hostname}) could not spawn procs: {answer.get('error')}")
         addrs = [str(p["addr"]) for p in answer["procs"]]
+        for p in answer["procs"]:
+            logs.note_proc(str(link.hostname), int(p.get("pid") or 0), str(p["addr"]))
         for a in addrs:
             with self._lock:
                 self.procs[a] = link

@@ -37,10 +37,16 @@ def main(argv: list[str] | None = None) -> None:
     from .._core.future import loop_thread_marker
     from .._transport.messages import ControlOp
     from . import current
+    from . import logs as proc_logs
     from .runtime import Runtime, new_loop, settings_from_config
 
+    plogs = proc_logs.install_proc_logs(ns.name)
     settings, token = settings_from_config()
-    logging.basicConfig(level=settings.log_level, format=f"[{ns.name} %(levelname)s] %(message)s")
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"[{ns.name} %(levelname)s] %(message)s",
+        handlers=[proc_logs.record_handler(plogs)] if plogs is not None else None,
+    )
     from .context import install_log_prefix
     from .runtime import log_prefix_enabled
 
@@ -69,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         settings=settings,
     )
     current.install(rt)
+    if plogs is not None:
+        plogs.router = rt.router  # lines written from now on also reach the client's log sink
     owner = ns.owner
     exiting = threading.Event()
 

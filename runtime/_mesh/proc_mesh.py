@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import logging
 import math
 import os
 import socket
@@ -27,6 +28,7 @@ from .actor import Actor, SpawnsMesh, validate_actor_class
 from .actor_mesh import ActorMesh
 from .context import context
 from .current import current_runtime
+from .logs import ENV_RANK_BASE, LogMode, client_sink
 from .supervision import current_owner
 
 __all__ = [
@@ -128,16 +130,45 @@ class ProcMesh(MeshTrait):
         return current_runtime().stop_processes(sorted(set(self._addrs)))
 
     async def logging_option(
-        self, stream_to_client: bool = True, aggregate_window_sec: float | None = 3, level: int | None = None
+        self, stream_to_client: bool = True, aggregate_window_sec: float | None = 3, level: int = logging.INFO
     ) -> None:
-        """Configure log forwarding (Monarch's ``logging_option``): NOT IMPLEMENTED YET.
+        """How this mesh's procs' output shows at the client (Monarch's ``logging_option``).
 
-        Log forwarding and windowed aggregation are not built (they come with multi-host
-        support); the arguments are accepted for compatibility with Monarch programs and have no
-        effect. Procs on this host inherit the client's stdout/stderr, so their output reaches the
-        client's terminal as it is written, unaggregated and unfiltered.
+        Every proc's stdout, stderr and log records are always written to its log file on its
+        host (``$MONARCH_LOG_DIR``, default ``<tmp>/monarch-logs-<uid>``; a failed proc's error
+        names the file and quotes its last lines) and sent to the client, which prints each line
+        on its own stdout or stderr (the stream the proc wrote), prefixed ``[host rank=R pid=P]``.
+        Until this is called a mesh streams every line at once, unfolded (output keeps reaching
+        the client's terminal as it did when procs shared it); calling it with its defaults
+        folds lines as Monarch's defaults do (``stream_to_client=True``, a 3 s window, INFO).
+        Output an endpoint printed through ``sys.stdout``/``sys.stderr`` before returning is
+        printed (or folded) before the call's result is delivered; lines written by C code or
+        subprocesses to fds 1/2 arrive in order per proc and stream, but not ordered with replies.
+
+        Args:
+            stream_to_client: print the procs' lines at the client; False: log files only.
+            aggregate_window_sec: fold lines that differ only in numbers, hex ids or ranks into
+                one line per window of this many seconds: ``[4 similar log lines, ranks 0-3 on
+                host1] loss 0.123`` (the first line of the group, the count, and the ranks that
+                printed it per host); None or 0: print each line as it arrives.
+            level: log records below this level are not printed at the client (they are in the
+                log files); prints are not filtered. The procs' own logger level is unchanged.
+
+        Raises:
+            ValueError: ``level`` is not in 0..255, or ``aggregate_window_sec`` is negative.
+            TypeError: an argument has the wrong type.
         """
-        return None
+        if not isinstance(level, int) or isinstance(level, bool):
+            raise TypeError(f"logging_option(level=...) must be an int, got {type(level).__name__}")
+        if level < 0 or level > 255:
+            raise ValueError(f"Invalid logging level: {level}")
+        if aggregate_window_sec is not None:
+            if not isinstance(aggregate_window_sec, (int, float)) or isinstance(aggregate_window_sec, bool):
+                raise TypeError(f"aggregate_window_sec must be a number of seconds or None, got {aggregate_window_sec!r}")
+            if aggregate_window_sec < 0:
+                raise ValueError(f"aggregate_window_sec must be >= 0 seconds, got {aggregate_window_sec}")
+        mode = LogMode(bool(stream_to_client), float(aggregate_window_sec) if aggregate_window_sec else None, level)
+        client_sink(current_runtime().router).set_mode(set(self._addrs), mode)
 
     @property
     def initialized(self) -> Future[None]:
@@ -377,7 +408,8 @@ class HostMesh(MeshTrait):
 
         def one(i: int) -> None:
             try:
-                results[i] = rt.remote.spawn(links[i], per, name, env)
+                # the host's first rank: its procs' log lines are prefixed with their mesh ranks
+                results[i] = rt.remote.spawn(links[i], per, name, {**env, ENV_RANK_BASE: str(i * per)})
             except BaseException as exc:
                 results[i] = exc
 

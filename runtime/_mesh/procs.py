@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .._core.future import Future
 from .._transport.messages import ControlOp, Kind
+from . import logs
 from .router import Router
 from .zygote import GUARD_ENV, ZygoteClient, ZygoteRefused
 
@@ -49,6 +50,7 @@ class ProcHandle:
     popen: subprocess.Popen[bytes] | None = None
     pidfd: int = -1
     exit_reason: str | None = None
+    log_path: str | None = None
     exited: threading.Event = field(default_factory=threading.Event)
 
     def __repr__(self) -> str:
@@ -146,9 +148,20 @@ class ProcManager:
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         if python_executable is not None:
             child_env["MONARCH_PYTHON_EXECUTABLE"] = python_executable
+        if logs.ENV_SINK not in child_env:  # the root client: its procs' output comes here
+            child_env[logs.ENV_SINK] = logs.client_sink(self.router).address
+        try:
+            rank_base = int(child_env.pop(logs.ENV_RANK_BASE, "0"))
+        except ValueError:
+            rank_base = 0
+        host = socket.gethostname()
         handles = []
-        for _ in range(n):
+        for i in range(n):
             k = next(self._names)
+            log_path = logs.new_log_path(f"{name}/{k}")
+            proc_env = dict(child_env)
+            proc_env[logs.ENV_FILE] = log_path
+            proc_env[logs.ENV_RANK] = str(rank_base + i)
             path = os.path.join(self.runtime_dir, f"{os.getpid()}-{k}.sock")
             if len(os.fsencode(path)) >= _SUN_PATH_MAX:
                 raise OSError(
@@ -160,8 +173,9 @@ class ProcManager:
                 lsock.bind(path)
                 lsock.listen(512)
                 argv = ["--fd", "{fd}", "--owner", self.router.addr, "--name", f"{name}/{k}"]
-                pid, popen = self._start(argv, child_env, lsock.fileno(), python_executable)
-                h = ProcHandle("unix:" + path, pid, f"{name}/{k}", popen)
+                pid, popen = self._start(argv, proc_env, lsock.fileno(), python_executable)
+                h = ProcHandle("unix:" + path, pid, f"{name}/{k}", popen, log_path=log_path)
+                logs.note_proc(host, pid, h.addr)
                 # connect before closing our copy: the connection waits in the child's backlog,
                 # so it is the first the child accepts (the child's owner link)
                 csock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -259,7 +273,9 @@ class ProcManager:
         while len(self._exited) > _EXITED_KEPT:
             self.children.pop(self._exited.popleft(), None)
         reason = describe_status(status) if status is not None else "exited"
-        h.exit_reason = f"{reason} (proc {h.name}, pid {h.pid})"
+        failed = status is None or not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+        note = logs.failure_note(h.log_path) if failed else ""
+        h.exit_reason = f"{reason} (proc {h.name}, pid {h.pid}{note})"
         h.exited.set()
         self.router.mark_dead(h.addr, h.exit_reason)
 
