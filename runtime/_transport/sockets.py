@@ -3,7 +3,11 @@
 Every connection is mutually authenticated with the cluster token (``auth.py``) before a single
 frame byte is read or written: TCP always, Unix too whenever the transport has a token (every
 runtime does, ``TransportSettings.authenticate_unix``), so a local process that can reach a socket
-path still cannot speak without the job's token. Frames are bounded and validated on every link.
+path still cannot speak without the job's token. With a :class:`~monarch._transport.tls.TlsConfig`
+(``MONARCH_TLS_*`` by default), every TCP link runs over mutual TLS first, the token handshake
+inside it (``tls.py``); Unix links stay plain. Frames are bounded and validated on every link.
+Connections still in a handshake (token or TLS) are capped separately (``max_handshaking``) and
+each is dropped after ``auth_timeout_s``.
 Dialing never blocks: :meth:`SocketTransport.connect` returns a link at once and dials on the
 event loop.
 """
@@ -24,16 +28,31 @@ from .base import CloseHandler, FrameHandler, Link, TransportSettings
 from .capture import FrameCapture
 from .connection import SocketLink
 from .shm import ShmBudget
+from .tls import TlsConfig, TlsLink, TlsSession, tls_accept, tls_dial, tls_from_env
 
-__all__ = ["SocketListening", "SocketTransport"]
+__all__ = ["DEFAULT_MAX_HANDSHAKING", "FROM_ENV", "SocketListening", "SocketTransport"]
 
 log = logging.getLogger("monarch.transport")
+
+DEFAULT_MAX_HANDSHAKING = 256
+"""Accepted connections that may be in their handshake at once; more are refused at accept."""
+
+
+class _FromEnv:
+    def __repr__(self) -> str:
+        return "FROM_ENV"
+
+
+FROM_ENV: Any = _FromEnv()
+"""``SocketTransport(tls=FROM_ENV)`` (the default): the ``MONARCH_TLS_*`` configuration."""
 
 
 class SocketListening:
     """A listening socket of a :class:`SocketTransport` (implements ``base.Listening``)."""
 
-    def __init__(self, transport: SocketTransport, sock: socket.socket, on_link: Callable[[Link], None]) -> None:
+    def __init__(
+        self, transport: SocketTransport, sock: socket.socket, on_link: Callable[[Link], None]
+    ) -> None:
         self._transport = transport
         self._on_link = on_link
         self.sock = sock
@@ -41,6 +60,9 @@ class SocketListening:
         self.address = address_of(sock)
         self.closed = False
         self.refused = 0
+        self.refused_handshaking = (
+            0  # refused because max_handshaking connections were in a handshake
+        )
         self.accepted_total = 0  # connections accepted so far (their accept order)
         transport.loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -65,33 +87,54 @@ class SocketListening:
                         self.refused,
                     )
                 continue
+            if conn.family == socket.AF_UNIX and not t.authenticates_unix:
+                t.accepted_count += 1
+                index = self.accepted_total
+                self.accepted_total += 1
+                t._accepted(conn, "unix peer", self._on_link, index)
+                continue
+            if t.handshaking >= t.max_handshaking:
+                conn.close()
+                self.refused_handshaking += 1
+                if self.refused_handshaking in (1, 10, 100) or self.refused_handshaking % 1000 == 0:
+                    log.error(
+                        "refused a connection on %s: %d connections are in their handshake (max_handshaking); %d refused so far",
+                        self.address,
+                        t.handshaking,
+                        self.refused_handshaking,
+                    )
+                continue
             t.accepted_count += 1  # counted from accept, so handshakes in progress count too
+            t.handshaking += 1
             index = self.accepted_total
             self.accepted_total += 1
-            if conn.family == socket.AF_UNIX and not t.authenticates_unix:
-                t._accepted(conn, "unix peer", self._on_link, index)
-            else:
-                t.loop.create_task(self._authenticate(conn, index))
+            t.loop.create_task(self._authenticate(conn, index))
 
     async def _authenticate(self, conn: socket.socket, index: int) -> None:
         t = self._transport
         conn.setblocking(False)
         unix = conn.family == socket.AF_UNIX
         peer = "unix peer" if unix else "tcp peer"
+        session: TlsSession | None = None
         try:
             if not unix:
                 peer = "tcp:{}:{}".format(*conn.getpeername()[:2])
-            await authenticate_listener(t.loop, conn, t.token, t.settings.auth_timeout_s)
+            if not unix and t.tls is not None:
+                session = await tls_accept(t.loop, conn, t.tls, t.token, t.settings.auth_timeout_s)
+            else:
+                await authenticate_listener(t.loop, conn, t.token, t.settings.auth_timeout_s)
         except (OSError, ProtocolError, TimeoutError) as exc:
-            log.error("rejected a connection from %s: %s", peer, exc or type(exc).__name__)
+            log.error("rejected a connection from %s: %s", peer, str(exc) or type(exc).__name__)
             conn.close()
             t.accepted_count -= 1
             return
+        finally:
+            t.handshaking -= 1
         if self.closed:
             conn.close()
             t.accepted_count -= 1
             return
-        t._accepted(conn, peer, self._on_link, index)
+        t._accepted(conn, peer, self._on_link, index, session)
 
     def close(self) -> None:
         """Stop accepting; a ``unix:`` socket path is removed."""
@@ -122,8 +165,17 @@ class SocketTransport:
         on_frame: called per received frame, on the loop thread (see ``base.FrameHandler``).
         on_close: called once per link when it ends, on the loop thread.
         token: the cluster token TCP peers must share (both directions are proved); None
-            refuses every TCP connection, incoming and outgoing.
+            refuses every TCP connection, incoming and outgoing, unless ``tls`` is set (mutual
+            TLS then authenticates them alone).
         settings: every limit and timeout (``TransportSettings()`` for the defaults).
+        tls: mutual TLS for every TCP link; None: plain TCP; :data:`FROM_ENV` (the default):
+            ``tls.tls_from_env()`` (``MONARCH_TLS_CA`` / ``_CERT`` / ``_KEY``).
+        max_handshaking: accepted connections in their handshake at once; beyond it new ones
+            are refused at accept (closed, reason logged).
+
+    Raises:
+        ValueError: ``tls`` is :data:`FROM_ENV` and the ``MONARCH_TLS_*`` files are incomplete
+            or invalid.
     """
 
     def __init__(
@@ -134,10 +186,17 @@ class SocketTransport:
         *,
         token: bytes | None,
         settings: TransportSettings,
+        tls: TlsConfig | None = FROM_ENV,
+        max_handshaking: int = DEFAULT_MAX_HANDSHAKING,
     ) -> None:
+        if max_handshaking <= 0:
+            raise ValueError("max_handshaking must be positive")
         self.loop = loop
         self.token = token
         self.settings = settings
+        self.tls: TlsConfig | None = tls_from_env() if tls is FROM_ENV else tls
+        self.max_handshaking = max_handshaking
+        self.handshaking = 0
         self._on_frame = on_frame
         self._on_close = on_close
         self.shm_budget = ShmBudget(settings.shm_total_max_bytes)
@@ -145,31 +204,64 @@ class SocketTransport:
         self._links: set[SocketLink] = set()
         self._listening: list[SocketListening] = []
         # decided once: with capture off, links are built and run exactly as without it
-        self.capture = FrameCapture(settings.capture_frames_dir) if settings.capture_frames_dir else None
+        self.capture = (
+            FrameCapture(settings.capture_frames_dir) if settings.capture_frames_dir else None
+        )
 
     # -- making links ---------------------------------------------------------------------
-    def _new_link(self, sock: socket.socket | None, peer: str, outgoing: bool) -> SocketLink:
-        link = SocketLink(
-            self.loop,
-            self._on_frame,
-            self._closed if outgoing else self._accepted_closed,
-            self.settings,
-            sock=sock,
-            peer=peer,
-            outgoing=outgoing,
-            shm_budget=self.shm_budget,
-        )
+    def _new_link(
+        self,
+        sock: socket.socket | None,
+        peer: str,
+        outgoing: bool,
+        tls: bool = False,
+        session: TlsSession | None = None,
+    ) -> SocketLink:
+        on_close = self._closed if outgoing else self._accepted_closed
+        if tls:
+            link: SocketLink = TlsLink(
+                self.loop,
+                self._on_frame,
+                on_close,
+                self.settings,
+                sock=sock,
+                peer=peer,
+                outgoing=outgoing,
+                session=session,
+            )
+        else:
+            link = SocketLink(
+                self.loop,
+                self._on_frame,
+                on_close,
+                self.settings,
+                sock=sock,
+                peer=peer,
+                outgoing=outgoing,
+                shm_budget=self.shm_budget,
+            )
         self._links.add(link)
         if self.capture is not None:
             self.capture.attach(link)
         return link
 
     def _tune(self, sock: socket.socket) -> None:
-        tune_socket(sock, buffer_bytes=self.settings.socket_buffer_bytes, peer_timeout_s=self.settings.peer_timeout_s)
+        tune_socket(
+            sock,
+            buffer_bytes=self.settings.socket_buffer_bytes,
+            peer_timeout_s=self.settings.peer_timeout_s,
+        )
 
-    def _accepted(self, sock: socket.socket, peer: str, on_link: Callable[[Link], None], index: int) -> None:
+    def _accepted(
+        self,
+        sock: socket.socket,
+        peer: str,
+        on_link: Callable[[Link], None],
+        index: int,
+        session: TlsSession | None = None,
+    ) -> None:
         self._tune(sock)
-        link = self._new_link(sock, peer, outgoing=False)
+        link = self._new_link(sock, peer, outgoing=False, tls=session is not None, session=session)
         link.state["accept_index"] = index  # the order of accept(), not of authentication
         try:
             on_link(link)
@@ -179,7 +271,9 @@ class SocketTransport:
             return
         link.start_reading()
 
-    def listen(self, target: str | socket.socket, on_link: Callable[[Link], None]) -> SocketListening:
+    def listen(
+        self, target: str | socket.socket, on_link: Callable[[Link], None]
+    ) -> SocketListening:
         """Listen on ``target`` (an address to bind, or a bound listening socket); loop thread.
 
         ``on_link(link)`` runs on the loop thread for each incoming link, after authentication
@@ -207,7 +301,9 @@ class SocketTransport:
             ValueError: a malformed address.
         """
         family, sockaddr = parse_address(addr)
-        link = self._new_link(None, addr, outgoing=True)
+        link = self._new_link(
+            None, addr, outgoing=True, tls=self.tls is not None and family != socket.AF_UNIX
+        )
         if _on_loop_thread(self.loop):
             self.loop.create_task(self._dial(link, addr, family, sockaddr))
         else:
@@ -215,17 +311,29 @@ class SocketTransport:
         return link
 
     async def _dial(self, link: SocketLink, addr: str, family: int, sockaddr: Any) -> None:
-        if family != socket.AF_UNIX and self.token is None:
-            link.close(ConnectError(f"cannot connect to {addr}: a TCP peer needs a cluster token and this process has none"))
+        tcp = family != socket.AF_UNIX
+        if tcp and self.token is None and self.tls is None:
+            link.close(
+                ConnectError(
+                    f"cannot connect to {addr}: a TCP peer needs a cluster token or TLS and this process has neither"
+                )
+            )
             return
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
 
-        async def steps() -> None:
+        async def steps() -> TlsSession | None:
             async with asyncio.timeout(self.settings.connect_timeout_s):
                 await self.loop.sock_connect(sock, sockaddr)
-                if self.token is not None and (family != socket.AF_UNIX or self.settings.authenticate_unix):
-                    await authenticate_dialer(self.loop, sock, self.token, self.settings.connect_timeout_s)
+                if tcp and self.tls is not None:
+                    return await tls_dial(
+                        self.loop, sock, self.tls, self.token, self.settings.connect_timeout_s
+                    )
+                if self.token is not None and (tcp or self.settings.authenticate_unix):
+                    await authenticate_dialer(
+                        self.loop, sock, self.token, self.settings.connect_timeout_s
+                    )
+            return None
 
         await self._establish(link, sock, steps, f"cannot connect to {addr}")
 
@@ -255,17 +363,21 @@ class SocketTransport:
         """Unix links run the token handshake (a token is set and ``authenticate_unix``)."""
         return self.token is not None and self.settings.authenticate_unix
 
-    async def _adopt_authenticated(self, link: SocketLink, addr: str, sock: socket.socket, token: bytes) -> None:
+    async def _adopt_authenticated(
+        self, link: SocketLink, addr: str, sock: socket.socket, token: bytes
+    ) -> None:
         async def steps() -> None:
             await authenticate_dialer(self.loop, sock, token, self.settings.connect_timeout_s)
 
         await self._establish(link, sock, steps, f"cannot authenticate {addr}")
 
-    async def _establish(self, link: SocketLink, sock: socket.socket, steps: Any, what: str) -> None:
+    async def _establish(
+        self, link: SocketLink, sock: socket.socket, steps: Any, what: str
+    ) -> None:
         """Run ``steps()`` (connect and/or authenticate ``sock``), then give ``link`` its socket;
         any failure closes the socket and ends ``link`` with a ``ConnectError`` saying ``what``."""
         try:
-            await steps()
+            session = await steps()
         except (OSError, ProtocolError, TimeoutError, ConnectError) as exc:
             sock.close()
             why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
@@ -282,7 +394,10 @@ class SocketTransport:
             sock.close()
             return
         self._tune(sock)
-        link.attach(sock)
+        if session is not None:
+            link.attach_tls(sock, session)  # type: ignore[attr-defined]  # a TlsLink: made for this address
+        else:
+            link.attach(sock)
 
     # -- ending ---------------------------------------------------------------------------
     def flushed(self) -> bool:
@@ -308,7 +423,7 @@ class SocketTransport:
 
     def __repr__(self) -> str:
         return (
-            f"<SocketTransport links={len(self._links)} accepted={self.accepted_count} "
+            f"<SocketTransport links={len(self._links)} accepted={self.accepted_count} tls={self.tls is not None} "
             f"listening={[lst.address for lst in self._listening]}>"
         )
 
