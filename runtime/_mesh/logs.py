@@ -454,7 +454,7 @@ class LogSink(Sink):
             out = sys.stdout if stream == 1 else sys.stderr
             where = "; ".join(
                 f"ranks {_ranges(r)} on {h}" if len(r) > 1 else f"rank {_ranges(r)} on {h}"
-                for h, r in fold.ranks.items()
+                for h, r in sorted(fold.ranks.items())
             )
             try:
                 out.write(f"[{fold.count} similar log lines, {where}] {fold.first}\n")
