@@ -96,9 +96,19 @@ def client_token() -> str:
     tok = token_from_config()
     if tok is None:
         fresh = secrets.token_hex(32)
-        os.environ["MONARCH_CLUSTER_TOKEN"] = fresh
+        _set_env_token(fresh)
         return fresh
     return tok.decode()
+
+
+def _set_env_token(token: str) -> None:
+    os.environ["MONARCH_CLUSTER_TOKEN"] = token
+    import sys
+
+    if "monarch.config" in sys.modules:  # its settings were read before: read the environment again
+        from monarch import config
+
+        config.configure()
 
 
 def use_token(token: str) -> None:
@@ -111,7 +121,7 @@ def use_token(token: str) -> None:
 
     mine = token_from_config()
     if mine is None:
-        os.environ["MONARCH_CLUSTER_TOKEN"] = token
+        _set_env_token(token)
     elif mine.decode() != token:
         raise JobError(
             "this job's agents use another cluster token than this client's (MONARCH_CLUSTER_TOKEN / monarch.config): "
