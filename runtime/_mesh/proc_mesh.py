@@ -481,26 +481,32 @@ def attach_to_workers(*, workers: Any, ca: Any = None, private_key: Any = None, 
     (``await hm.initialized`` / ``hm.initialized.get()`` waits for all).
 
     Each agent is authenticated with the cluster token (``MONARCH_CLUSTER_TOKEN``, or a token
-    in ``monarch.config``) and proves it knows it. If the client runtime has not started and
+    in ``monarch.config``) and proves it knows it; with TLS files, every TCP link of the job
+    (to the agents, to the procs, between procs) also runs over mutual TLS. If the client runtime has not started and
     :func:`enable_transport` was not called, the client listens on TCP on its address on the
     route to the first agent, so that the agents' procs can reach it.
 
     Args:
         workers: agent addresses (``tcp://HOST:PORT``), or futures of them (waited for here).
-        ca: None or ``"trust_all_connections"`` (TLS files are not supported yet).
-        private_key: must be None (TLS is not built yet).
+        ca: the CA bundle (a path, or PEM bytes) the agents' and procs' certificates must be
+            signed by; None or ``"trust_all_connections"``: no files given here
+            (``MONARCH_TLS_*`` applies when set, else the cluster token alone).
+        private_key: with ``ca``: this client's private key and certificate chain (signed by
+            the same CA), one PEM file (a path or bytes) or a ``(certificate, key)`` pair.
         name: accepted for compatibility (reports name hosts by hostname).
 
     Raises:
-        ValueError: no workers, or a malformed address.
-        NotImplementedError: TLS files were given.
+        ValueError: no workers, a malformed address, ``ca`` without ``private_key`` (or the
+            reverse), or a missing or invalid TLS file.
         RuntimeError: the runtime already listens on a Unix socket only (call
-            ``enable_transport("tcp://ADDR:0")`` first).
+            ``enable_transport("tcp://ADDR:0")`` first), or it already runs with other TLS files.
     """
+    from .._transport.tls import tls_from_monarch
     from .host_client import local_address_towards, requested_listen, set_requested_listen
 
-    if ca not in (None, "trust_all_connections") or private_key is not None:
-        raise NotImplementedError("TLS (ca/private_key files) is not built yet (issue 12 section 2): pass ca=None")
+    tls = tls_from_monarch(ca, private_key)
+    if tls is not None and current.installed() is None:
+        os.environ.update(tls.env())  # the client's transport and every proc started here use them
     addrs = [from_url(w.get(60.0) if isinstance(w, Future) else str(w)) for w in workers]
     if not addrs:
         raise ValueError("attach_to_workers: workers is empty")
@@ -511,6 +517,11 @@ def attach_to_workers(*, workers: Any, ca: Any = None, private_key: Any = None, 
         raise RuntimeError(
             f"attach_to_workers: this client listens on {rt.router.addr}, which other machines cannot reach; "
             'call enable_transport("tcp://ADDR:0") before the first spawn'
+        )
+    if tls is not None and getattr(rt.router.transport, "tls", None) != tls:
+        raise RuntimeError(
+            f"attach_to_workers: this client's runtime started without these TLS files ({tls}); pass ca/private_key "
+            "to the first attach_to_workers, or set MONARCH_TLS_CA / MONARCH_TLS_CERT / MONARCH_TLS_KEY, before the first spawn"
         )
     for a in addrs:
         rt.remote.attach(a)

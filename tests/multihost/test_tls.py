@@ -1,0 +1,177 @@
+"""Host agents serving mutual TLS in namespace hosts; a client attaches with Monarch's ``ca`` /
+``private_key``, spawns procs on both hosts and calls them (client -> proc, proc -> proc across
+hosts, 16 MiB round trip), every link over TLS; clients without the right certificate are refused.
+
+Each agent gets its own certificate (``MONARCH_TLS_*``); the procs it starts present it. The
+client is its own process (``tls_client.py``), killed at teardown; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.multihost.netns import Host, HostNet
+from tests.multihost.test_host_agents import (
+    READY_TIMEOUT_S,
+    ROOT,
+    TOKEN,
+    _agent_log,
+    _env,
+    _readline,
+)
+from tests.runtime.tls_certs import make_pki, openssl_available
+
+pytestmark = [
+    pytest.mark.multihost,
+    pytest.mark.skipif(not openssl_available(), reason="the openssl command is not installed"),
+]
+
+
+def _tls_env(pki: Path, leaf: str) -> dict[str, str]:
+    return {
+        "MONARCH_TLS_CA": str(pki / "ca.pem"),
+        "MONARCH_TLS_CERT": str(pki / f"{leaf}.pem"),
+        "MONARCH_TLS_KEY": str(pki / f"{leaf}.key"),
+    }
+
+
+def _agent(host: Host, pki: Path, leaf: str, token: str | None) -> tuple[subprocess.Popen, str]:
+    """``monarch host serve`` in ``host`` with the TLS files of ``leaf``; killed with the host."""
+    argv = [sys.executable, "-m", "monarch.cli", "host", "serve", "--listen", f"tcp://{host.ip}:0"]
+    log = open(host.net.state_dir / f"agent-tls-{host.name}-{time.monotonic_ns()}.log", "w+")
+    env = {**_env(token), **_tls_env(pki, leaf)}
+    proc = host.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
+    proc.log = log  # type: ignore[attr-defined]  # read by _agent_log
+    line = _readline(proc, READY_TIMEOUT_S)
+    assert line.startswith("monarch host agent listening on "), line
+    return proc, line.split()[-1]
+
+
+def _run_client(
+    request: pytest.FixtureRequest,
+    net: HostNet,
+    agents: list[str],
+    ca: str,
+    key: str,
+    token: str | None,
+) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONARCH_")}
+    env["PYTHONPATH"] = str(ROOT)
+    if token is not None:
+        env["MONARCH_CLUSTER_TOKEN"] = token
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.multihost.tls_client",
+        net.gateway_ip,
+        ",".join(agents),
+        ca,
+        key,
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10.0)
+
+    request.addfinalizer(kill)
+    events = []
+    try:
+        while True:
+            ev = json.loads(_readline(proc, 60.0))
+            events.append(ev)
+            if ev["event"] in ("done", "error"):
+                break
+    except (TimeoutError, EOFError) as exc:
+        kill()
+        raise AssertionError(
+            f"the client ended early ({exc}); its stderr:\n{(proc.stderr.read() if proc.stderr else '')[-6000:]}"
+        ) from None
+    proc.wait(40.0)
+    return events
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["tls+token", "tls-only"])
+def test_a_client_attaches_with_ca_and_private_key_and_calls_procs_across_tls_hosts(
+    request, hosts: HostNet, pki: Path, token: str | None
+) -> None:
+    agents = [_agent(hosts[0], pki, "a", token), _agent(hosts[1], pki, "b", token)]
+    events = _run_client(
+        request, hosts, [a for _, a in agents], str(pki / "ca.pem"), str(pki / "a-both.pem"), token
+    )
+    where, done = events[0], events[-1]
+    assert where["event"] == "where", events
+    assert [p["hostname"] for p in where["points"]] == ["h0", "h0", "h1", "h1"]
+    assert where["tls_env"]["MONARCH_TLS_CERT"].endswith("a-both.pem")  # the client's own files
+    assert done["event"] == "done" and done["relayed"] == ["h1", "h1"] and done["echo_ok"], done
+    assert done["tcp_link_kinds"] == ["TlsLink"], done  # every TCP link of the client runs TLS
+    for proc, _addr in agents:
+        log = _agent_log(proc)
+        assert "attached" in log and "refused" not in log, log
+    print(
+        f"\nTLS across namespaces ({'token+' if token else ''}tls): call_one {done['call_one_ms']:.3f} ms, 16 MiB {done['echo_mib_s']:.0f} MiB/s"
+    )
+
+
+def test_clients_without_the_right_certificate_are_refused_by_a_tls_agent(
+    request, hosts: HostNet, pki: Path
+) -> None:
+    proc, addr = _agent(hosts[0], pki, "a", TOKEN)
+    # no TLS files at all: refused with a clear error, before any request
+    plain = _run_client(request, hosts, [addr], "trust_all_connections", "-", TOKEN)
+    assert plain[-1]["event"] == "error" and "requires TLS" in plain[-1]["error"], plain
+    # a certificate of another CA: the agent refuses it in the handshake
+    other = _run_client(
+        request, hosts, [addr], str(pki / "ca.pem"), f"{pki / 'x.pem'},{pki / 'x.key'}", TOKEN
+    )
+    assert other[-1]["event"] == "error", other
+    deadline = time.monotonic() + 10.0
+    while "certificate verify failed" not in _agent_log(proc) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the agent's log file, written by another process
+    log = _agent_log(proc)
+    assert "refused a client" in log and "certificate verify failed" in log, log
+    assert "attached" not in log
+
+
+def test_an_agent_with_tls_alone_needs_no_token_and_one_with_neither_refuses(
+    hosts: HostNet, pki: Path
+) -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "monarch.cli",
+        "host",
+        "serve",
+        "--listen",
+        f"tcp://{hosts[0].ip}:0",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONARCH_")}
+    env["PYTHONPATH"] = str(ROOT)
+    refused = hosts[0].run(argv, env=env, timeout_s=60.0)
+    assert refused.returncode == 2 and "no cluster token and no TLS" in refused.stderr, refused
+    proc, addr = _agent(hosts[0], pki, "a", None)  # mutual TLS alone authenticates: it serves
+    assert addr.startswith(f"tcp:{hosts[0].ip}:")
+    assert "INSECURE" not in _agent_log(proc)
