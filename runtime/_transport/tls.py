@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -188,13 +189,16 @@ _scratch: list[str] = []
 
 
 def _materialize(data: bytes, name: str) -> str:
-    """Write PEM ``data`` to a private file (mode 0600 in a 0700 folder removed at exit)."""
+    """Write PEM ``data`` to a private file (mode 0600 in a 0700 folder removed at exit); the
+    same bytes give the same path (so equal arguments give equal configurations)."""
     if not _scratch:
         d = tempfile.mkdtemp(prefix="monarch-tls-")
         os.chmod(d, 0o700)
         _scratch.append(d)
         atexit.register(shutil.rmtree, d, True)
-    path = os.path.join(_scratch[0], f"{name}-{len(os.listdir(_scratch[0]))}.pem")
+    path = os.path.join(_scratch[0], f"{name}-{hashlib.sha256(data).hexdigest()[:32]}.pem")
+    if os.path.exists(path):
+        return path
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
