@@ -17,15 +17,19 @@ def run_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = 
 
     Args:
         address: ``tcp://HOST:PORT`` to listen on, or ``tcp://BIND:PORT@ADVERTISE_HOST``.
-        ca: None or ``"trust_all_connections"``: clients are authenticated with the cluster
-            token (``MONARCH_CLUSTER_TOKEN`` or ``monarch.config``); TLS files are not built yet.
-        private_key: must be None (TLS is not built yet).
-        insecure: serve with no cluster token (any client that can connect may start processes).
+        ca: the CA bundle (a path, or PEM bytes) every client's certificate must be signed by
+            (mutual TLS); None or ``"trust_all_connections"``: no files given here
+            (``MONARCH_TLS_*`` applies when set; clients are authenticated with the cluster
+            token, ``MONARCH_CLUSTER_TOKEN`` or ``monarch.config``, inside TLS when both are set).
+        private_key: with ``ca``: this host's private key and certificate chain, one PEM file (a
+            path or bytes) or a ``(certificate, key)`` pair; procs started here present it too.
+        insecure: serve with neither a cluster token nor TLS (any client that can connect may
+            start processes).
 
     Raises:
-        InsecureAgentError: (a ``ValueError``) no cluster token and not ``insecure``.
-        NotImplementedError: TLS files were given.
-        ValueError: a malformed address.
+        InsecureAgentError: (a ``ValueError``) neither a cluster token nor TLS, and not ``insecure``.
+        ValueError: a malformed address, ``ca`` without ``private_key`` (or the reverse), or a
+            missing or invalid TLS file.
         OSError: the address cannot be bound.
     """
     from .host_agent import run_worker_loop_forever as run
@@ -44,8 +48,8 @@ def start_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any 
         A future of the agent's bound address (``tcp:HOST:PORT``), set once clients can connect.
 
     Raises:
-        InsecureAgentError: (a ``ValueError``) no cluster token and not ``insecure``.
-        NotImplementedError: TLS files were given.
+        InsecureAgentError: (a ``ValueError``) neither a cluster token nor TLS, and not ``insecure``.
+        ValueError: as :func:`run_worker_loop_forever`.
     """
     from .host_agent import start_worker_loop_forever as start
 

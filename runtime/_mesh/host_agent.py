@@ -3,7 +3,7 @@
 ``monarch host serve --listen tcp://HOST:PORT`` and ``run_worker_loop_forever(address=...)`` run
 :class:`HostAgent`. Semantics follow Monarch's ``run_worker_loop_forever`` (a generic worker that
 a launcher starts on each machine; the client's ``attach_to_workers`` places procs on it), with
-what Monarch's lacks: every client is authenticated with the cluster token before a byte of its
+what Monarch's lacks: every client is authenticated (cluster token and/or mutual TLS) before a byte of its
 requests is read (``agent_wire.py``), the agent runs no code of the client (JSON requests only;
 it starts procs, whose links are authenticated with the same token), and when a client
 disconnects or dies the agent SIGKILLs that client's procs and keeps serving the next one.
@@ -34,7 +34,8 @@ from typing import Any
 from .._core.errors import ProtocolError
 from .._core.future import Future
 from .._transport.address import bind_listener, from_url, parse_address
-from .._transport.auth import authenticate_listener
+from .._transport.auth import AsyncStream
+from .._transport.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig, tls_from_env, tls_from_monarch
 from . import agent_wire, logs
 from .procs import describe_status
 from .zygote import ZygoteClient, ZygoteError, ZygoteRefused
@@ -72,6 +73,7 @@ class _Session:
 
     peer: str
     sock: socket.socket
+    io: AsyncStream  # the socket, or the TLS session over it
     client_addr: str = ""
     token: str = ""
     procs: dict[int, _Proc] = field(default_factory=dict)
@@ -85,13 +87,15 @@ class HostAgent:
         listen: where clients connect (``tcp://HOST:PORT``, ``tcp:HOST:PORT``; port 0 picks one).
         advertise: the host (or ``tcp://HOST[:PORT]``) procs bind to and other hosts reach; None:
             the listen host, or this machine's hostname's address when listening on a wildcard.
-        token: the cluster token clients must prove; None needs ``insecure``.
+        token: the cluster token clients must prove; None needs ``tls`` or ``insecure``.
         insecure: accept clients without authentication (a warning is logged).
         use_fork_server: fork procs from a pre-imported fork server (else a fresh interpreter each).
+        tls: mutual TLS for clients and for the procs started here (they get these files, the
+            host's identity); None: plain TCP; the default: ``MONARCH_TLS_*`` (``tls_from_env``).
 
     Raises:
-        InsecureAgentError: no token and not ``insecure``.
-        ValueError: a malformed address.
+        InsecureAgentError: neither a token nor TLS, and not ``insecure``.
+        ValueError: a malformed address, or bad ``MONARCH_TLS_*`` files.
     """
 
     def __init__(
@@ -102,16 +106,19 @@ class HostAgent:
         token: bytes | None,
         insecure: bool = False,
         use_fork_server: bool = True,
+        tls: TlsConfig | str | None = "env",
     ) -> None:
         self.listen_addr = from_url(listen)
         if not self.listen_addr.startswith("tcp:"):
             raise ValueError(f"a host agent listens on TCP, got {listen!r}")
-        if token is None and not insecure:
+        self.tls: TlsConfig | None = tls_from_env() if isinstance(tls, str) else tls
+        if token is None and self.tls is None and not insecure:
             raise InsecureAgentError(
-                f"refusing to listen on {self.listen_addr} with no cluster token: set MONARCH_CLUSTER_TOKEN "
-                "(every client must know it), or pass --insecure to accept any client that can connect"
+                f"refusing to listen on {self.listen_addr} with no cluster token and no TLS: set MONARCH_CLUSTER_TOKEN "
+                "(every client must know it) or the TLS files (MONARCH_TLS_CA / MONARCH_TLS_CERT / MONARCH_TLS_KEY), "
+                "or pass --insecure to accept any client that can connect"
             )
-        if token is None:
+        if token is None and self.tls is None:
             log.warning("host agent on %s is INSECURE: any client that can connect may start processes here", self.listen_addr)
         self.token = token
         self.proc_host = _proc_host(self.listen_addr, advertise)
@@ -192,13 +199,9 @@ class HostAgent:
         conn.setblocking(False)
         self._pending_auth += 1
         try:
-            mode = agent_wire.MODE_TOKEN if self.token is not None else agent_wire.MODE_NONE
+            io = await agent_wire.accept_client(loop, conn, token=self.token, tls=self.tls, timeout_s=AUTH_TIMEOUT_S)
             async with asyncio.timeout(AUTH_TIMEOUT_S):
-                await loop.sock_sendall(conn, agent_wire.PREFACE + mode)
-            if self.token is not None:
-                await authenticate_listener(loop, conn, self.token, AUTH_TIMEOUT_S)
-            async with asyncio.timeout(AUTH_TIMEOUT_S):
-                hello = await _recv_frame(loop, conn)
+                hello = await agent_wire.recv_frame(io)
             if hello.get("op") != "hello" or not isinstance(hello.get("client"), str):
                 raise ProtocolError("the first request is not a hello")
         except (OSError, ProtocolError, TimeoutError, ConnectionError) as exc:
@@ -208,7 +211,7 @@ class HostAgent:
             return
         finally:
             self._pending_auth -= 1
-        session = _Session(peer, conn, client_addr=hello["client"])
+        session = _Session(peer, conn, io, client_addr=hello["client"])
         if self.token is None:
             session.token = str(hello.get("token") or "")
         self.sessions.add(session)
@@ -218,7 +221,7 @@ class HostAgent:
         try:
             await self._send(session, {"op": "hello", "hostname": socket.gethostname(), "ip": self.proc_host, "pid": os.getpid()})
             while True:
-                msg = await _recv_frame(loop, conn)
+                msg = await agent_wire.recv_frame(io)
                 await self._handle(session, msg)
         except (ConnectionError, OSError) as exc:
             why = f"disconnected ({exc})" if str(exc) else "disconnected"
@@ -247,8 +250,7 @@ class HostAgent:
     async def _send(self, session: _Session, msg: dict[str, Any]) -> None:
         if session.closed:
             return
-        assert self._loop is not None
-        await self._loop.sock_sendall(session.sock, agent_wire.encode(msg))
+        await session.io.sendall(agent_wire.encode(msg))
 
     # -- procs ------------------------------------------------------------------------------------
     async def _spawn(self, session: _Session, count: int, name: str, extra_env: dict[str, str]) -> list[dict[str, Any]]:
@@ -262,6 +264,10 @@ class HostAgent:
         token = self.token.decode() if self.token is not None else session.token
         if token:
             env["MONARCH_CLUSTER_TOKEN"] = token
+        for var in (ENV_CA, ENV_CERT, ENV_KEY):  # a client's paths name files of its own machine
+            env.pop(var, None)
+        if self.tls is not None:
+            env.update(self.tls.env())  # procs here present this host's certificate
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env.pop("MONARCH_PYTHON_EXECUTABLE", None)
         try:
@@ -390,21 +396,6 @@ def _sigkill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = await loop.sock_recv(sock, n - len(data))
-        if not chunk:
-            raise ConnectionError("")
-        data += chunk
-    return bytes(data)
-
-
-async def _recv_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> dict[str, Any]:
-    n = agent_wire.frame_length(await _recv_exact(loop, sock, 4))
-    return agent_wire.decode(await _recv_exact(loop, sock, n))
-
-
 def _proc_host(listen: str, advertise: str | None) -> str:
     if advertise:
         adv = advertise.strip()
@@ -442,34 +433,30 @@ def _split_address(address: str) -> tuple[str, str | None]:
     return address, None
 
 
-def _check_ca(ca: Any, private_key: Any) -> None:
-    if ca not in (None, "trust_all_connections") or private_key is not None:
-        raise NotImplementedError(
-            "TLS (ca/private_key files) is not built yet (issue 12 section 2); agents and clients "
-            "authenticate with the cluster token: pass ca=None or 'trust_all_connections'"
-        )
-
-
 def run_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False) -> None:
     """Serve this machine as a host agent until the process is killed (Monarch's
     ``run_worker_loop_forever``): clients ``attach_to_workers`` to it and spawn procs here.
 
     Args:
         address: ``tcp://HOST:PORT`` to listen on, or Monarch's ``tcp://BIND:PORT@tcp://ADVERTISE:PORT``.
-        ca: None or ``"trust_all_connections"`` (clients are authenticated with the cluster
-            token, ``MONARCH_CLUSTER_TOKEN``); TLS files are not supported yet.
-        private_key: must be None (TLS is not built yet).
-        insecure: serve with no cluster token (any client that can connect may start processes).
+        ca: the CA bundle (a path, or PEM bytes) clients' certificates must be signed by: mutual
+            TLS. None or ``"trust_all_connections"``: no files given here (``MONARCH_TLS_*``
+            applies when set; clients are authenticated with the cluster token,
+            ``MONARCH_CLUSTER_TOKEN``, which also runs inside TLS when both are set).
+        private_key: with ``ca``: this host's private key and certificate chain, one PEM file (a
+            path or bytes) or a ``(certificate, key)`` pair; procs started here present it too.
+        insecure: serve with neither a cluster token nor TLS (any client that can connect may
+            start processes).
 
     Raises:
-        InsecureAgentError: no cluster token is configured and not ``insecure``.
-        NotImplementedError: TLS files were given.
-        ValueError: a malformed address.
+        InsecureAgentError: neither a cluster token nor TLS is configured and not ``insecure``.
+        ValueError: a malformed address, or ``ca`` without ``private_key`` (or the reverse), or a
+            missing or invalid TLS file.
         OSError: the address cannot be bound.
     """
-    _check_ca(ca, private_key)
+    tls = tls_from_monarch(ca, private_key)
     bind, advertise = _split_address(address)
-    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure)
+    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls)
     asyncio.run(agent.serve())
 
 
@@ -484,12 +471,12 @@ def start_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any 
         or failed with what stopped it from starting.
 
     Raises:
-        InsecureAgentError: no cluster token is configured and not ``insecure``.
-        NotImplementedError: TLS files were given.
+        InsecureAgentError: neither a cluster token nor TLS is configured and not ``insecure``.
+        ValueError: as :func:`run_worker_loop_forever`.
     """
-    _check_ca(ca, private_key)
+    tls = tls_from_monarch(ca, private_key)
     bind, advertise = _split_address(address)
-    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure)
+    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls)
     fut: Future[str] = Future()
 
     def run() -> None:

@@ -24,8 +24,9 @@ from typing import Any
 from .._core.errors import ConnectError, ProtocolError, SupervisionError
 from .._core.future import Future
 from .._transport.address import from_url, parse_address
-from .._transport.auth import dial_handshake_blocking
+from .._transport.auth import BlockingStream
 from .._transport.messages import ControlOp
+from .._transport.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig
 from . import agent_wire, logs
 from .router import Router
 
@@ -71,6 +72,8 @@ class AgentLink:
         client_addr: this client's listening address, which the agent gives its procs.
         on_event: ``on_event(link, msg)`` for each event (reader thread).
         on_lost: ``on_lost(link, reason)`` once when the connection ends (reader thread).
+        tls: this client's TLS files: the agent must serve mutual TLS with a certificate of the
+            same CA; None: the agent must not use TLS.
 
     Attributes:
         ready: completes with the agent's hello (``hostname``, ``ip``, ``pid``) or fails with
@@ -85,9 +88,11 @@ class AgentLink:
         client_addr: str,
         on_event: Callable[[AgentLink, dict[str, Any]], None],
         on_lost: Callable[[AgentLink, str], None],
+        tls: TlsConfig | None = None,
     ) -> None:
         self.addr = from_url(addr)
         self.token = token
+        self.tls = tls
         self.client_addr = client_addr
         self.ready: Future[dict[str, Any]] = Future()
         self.hostname = ""
@@ -95,6 +100,7 @@ class AgentLink:
         self._on_event = on_event
         self._on_lost = on_lost
         self._sock: socket.socket | None = None
+        self._io: BlockingStream | None = None  # the socket, or the TLS session over it
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
         self._answers: dict[int, dict[str, Any]] = {}
@@ -119,9 +125,9 @@ class AgentLink:
         self.ready.set_result(hello)
         reason = "connection closed"
         try:
-            assert self._sock is not None
+            assert self._io is not None
             while True:
-                msg = agent_wire.recv_frame_blocking(self._sock)
+                msg = agent_wire.recv_frame_blocking(self._io)
                 rid = msg.get("id")
                 if msg["op"] in ("spawned", "error") and isinstance(rid, int):
                     with self._cond:
@@ -144,20 +150,15 @@ class AgentLink:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(sockaddr)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            preface = agent_wire.recv_exact_blocking(sock, len(agent_wire.PREFACE) + 1)
-            if preface[:-1] != agent_wire.PREFACE:
-                raise ProtocolError("the peer is not a monarch host agent")
+            io, with_token = agent_wire.dial_agent(sock, token=self.token, tls=self.tls, addr=self.addr)
             hello: dict[str, Any] = {"op": "hello", "client": self.client_addr}
-            if preface[-1:] == agent_wire.MODE_TOKEN:
-                if self.token is None:
-                    raise ProtocolError("the agent requires a cluster token and this client has none")
-                dial_handshake_blocking(sock, self.token)
-            else:
-                log.warning("the host agent at %s is insecure (no authentication)", self.addr)
+            if not with_token:
+                if self.tls is None:
+                    log.warning("the host agent at %s is insecure (no authentication)", self.addr)
                 if self.token is not None:
-                    hello["token"] = self.token.decode()
-            sock.sendall(agent_wire.encode(hello))
-            answer = agent_wire.recv_frame_blocking(sock)
+                    hello["token"] = self.token.decode()  # the procs it starts for us need it (inside TLS, if any)
+            io.sendall(agent_wire.encode(hello))
+            answer = agent_wire.recv_frame_blocking(io)
             if answer.get("op") != "hello":
                 raise ProtocolError(f"unexpected answer to hello: {answer.get('op')!r}")
             sock.settimeout(None)
@@ -165,6 +166,7 @@ class AgentLink:
             sock.close()
             raise
         self._sock = sock
+        self._io = io
         return answer
 
     def request(self, msg: dict[str, Any], timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
@@ -190,11 +192,11 @@ class AgentLink:
         Raises:
             SupervisionError: the agent is lost.
         """
-        if self._sock is None or self.lost is not None:
+        if self._io is None or self.lost is not None:
             raise SupervisionError(str(self.lost or f"host agent {self.addr} is not connected"))
         try:
             with self._send_lock:
-                self._sock.sendall(agent_wire.encode(msg))
+                self._io.sendall(agent_wire.encode(msg))
         except OSError as exc:
             raise SupervisionError(f"host agent {self.addr} lost: {exc}") from exc
 
@@ -240,7 +242,10 @@ class RemoteHosts:
         with self._lock:
             link = self.links.get(key)
             if link is None or link.lost is not None:
-                link = AgentLink(key, token=self.token, client_addr=self.router.addr, on_event=self._event, on_lost=self._lost)
+                tls = getattr(self.router.transport, "tls", None)  # the socket transport's TLS files, if any
+                link = AgentLink(
+                    key, token=self.token, client_addr=self.router.addr, on_event=self._event, on_lost=self._lost, tls=tls
+                )
                 self.links[key] = link
             return link
 
@@ -252,7 +257,8 @@ class RemoteHosts:
         Raises:
             SupervisionError: the agent is lost or refused.
         """
-        child_env = {k: v for k, v in self.child_env.items() if k not in ("MONARCH_RUNTIME_DIR", "MONARCH_ROOT_ADDR", "MONARCH_CLUSTER_TOKEN")}
+        local = ("MONARCH_RUNTIME_DIR", "MONARCH_ROOT_ADDR", "MONARCH_CLUSTER_TOKEN", ENV_CA, ENV_CERT, ENV_KEY)  # the agent sets its own
+        child_env = {k: v for k, v in self.child_env.items() if k not in local}
         child_env.update(env)
         if logs.ENV_SINK not in child_env:  # the procs' output comes to this client's log sink
             child_env[logs.ENV_SINK] = logs.client_sink(self.router).address
