@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from monarch._core.errors import ProtocolError
 
 from tests.multihost.netns import Host, HostNet
 from tests.multihost.test_host_agents import (
@@ -175,3 +176,139 @@ def test_an_agent_with_tls_alone_needs_no_token_and_one_with_neither_refuses(
     proc, addr = _agent(hosts[0], pki, "a", None)  # mutual TLS alone authenticates: it serves
     assert addr.startswith(f"tcp:{hosts[0].ip}:")
     assert "INSECURE" not in _agent_log(proc)
+
+
+# -- the agent's pre-authentication limits, on an in-process agent (no namespaces needed) -------
+
+
+class _InProcessAgent:
+    """A HostAgent on 127.0.0.1 served on its own loop thread (no fork server); stopped at the end."""
+
+    def __init__(self, request: pytest.FixtureRequest, **kwargs: object) -> None:
+        import asyncio
+        import threading
+
+        from monarch._mesh.host_agent import HostAgent
+
+        self.agent = HostAgent("tcp://127.0.0.1:0", use_fork_server=False, **kwargs)  # type: ignore[arg-type]
+        ready = threading.Event()
+        self.thread = threading.Thread(
+            target=lambda: asyncio.run(self.agent.serve(on_ready=lambda _a: ready.set())),
+            daemon=True,
+        )
+        self.thread.start()
+        assert ready.wait(30.0)
+        request.addfinalizer(self.stop)
+        host, port = self.agent.address[4:].rsplit(":", 1)
+        self.hostport = (host, int(port))
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.thread.join(15.0)
+
+
+def _until(pred, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # a bounded poll of the agent's counters
+    return True
+
+
+def test_the_agent_decodes_no_pickle_before_or_after_authentication(request) -> None:
+    import pickle
+    import socket
+    import struct
+
+    from monarch._mesh import agent_wire
+    from monarch._transport.auth import dial_handshake_blocking
+
+    ag = _InProcessAgent(request, token=TOKEN.encode(), tls=None)
+    evil = pickle.dumps(eval, protocol=5)  # any pickle: it must never reach pickle.loads
+    # before authentication: a pickle where the token proof belongs is refused as a bad token
+    with socket.create_connection(ag.hostport, timeout=10.0) as s:
+        assert s.recv(9) == agent_wire.PREFACE + agent_wire.MODE_TOKEN
+        s.recv(40)
+        s.sendall(evil.ljust(64, b"\0")[:64])
+        s.settimeout(10.0)
+        assert s.recv(100) == b""  # closed, nothing answered
+    # after authentication: a pickle as the first request is an undecodable frame: refused
+    with socket.create_connection(ag.hostport, timeout=10.0) as s:
+        assert s.recv(9) == agent_wire.PREFACE + agent_wire.MODE_TOKEN
+        dial_handshake_blocking(s, TOKEN.encode())
+        s.sendall(struct.pack(">I", len(evil)) + evil)
+        assert s.recv(100) == b""
+    assert _until(lambda: ag.agent.refused == 2 and not ag.agent.sessions)
+    with pytest.raises(ProtocolError, match="undecodable"):
+        agent_wire.decode(evil)
+
+
+def test_a_client_decodes_no_pickle_from_a_fake_agent() -> None:
+    import pickle
+    import socket
+    import struct
+    import threading
+
+    from monarch._core.errors import ConnectError
+    from monarch._mesh import agent_wire
+    from monarch._mesh.host_client import AgentLink
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+    evil = pickle.dumps(eval, protocol=5)
+
+    def fake() -> None:
+        conn, _ = lsock.accept()
+        with conn:
+            conn.sendall(agent_wire.PREFACE + agent_wire.MODE_NONE)
+            conn.recv(1000)  # the hello
+            conn.sendall(struct.pack(">I", len(evil)) + evil)
+            conn.recv(1)
+
+    t = threading.Thread(target=fake, daemon=True)
+    t.start()
+    lost: list[str] = []
+    link = AgentLink(
+        f"tcp:127.0.0.1:{lsock.getsockname()[1]}",
+        token=None,
+        client_addr="tcp:127.0.0.1:1",
+        on_event=lambda *_: None,
+        on_lost=lambda _l, why: lost.append(why),
+    )
+    with pytest.raises(ConnectError, match="undecodable"):
+        link.ready.get(15.0)
+    t.join(10.0)
+    lsock.close()
+
+
+def test_the_agent_drops_silent_peers_and_caps_connections_in_their_handshake(
+    request, monkeypatch, pki: Path
+) -> None:
+    import socket
+
+    from monarch._mesh import host_agent
+
+    monkeypatch.setattr(host_agent, "AUTH_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(host_agent, "MAX_UNAUTHENTICATED", 2)
+    ag = _InProcessAgent(request, token=TOKEN.encode(), tls=_tls_config(pki))
+    silent = [socket.create_connection(ag.hostport, timeout=10.0) for _ in range(2)]
+    assert _until(lambda: ag.agent._pending_auth == 2)
+    start = time.monotonic()
+    third = socket.create_connection(ag.hostport, timeout=10.0)
+    assert third.recv(100) == b""  # refused at accept: not even the preface
+    assert _until(lambda: ag.agent.refused == 1)
+    for s in silent:
+        got = b""
+        while chunk := s.recv(100):
+            got += chunk
+        assert got == b"MNRCHag1T"  # the preface, then nothing: dropped after AUTH_TIMEOUT_S
+    assert time.monotonic() - start < 5.0
+    assert _until(lambda: ag.agent._pending_auth == 0 and ag.agent.refused == 3)
+    for s in [*silent, third]:
+        s.close()
+
+
+def _tls_config(pki: Path):
+    from monarch._transport.tls import TlsConfig
+
+    return TlsConfig(str(pki / "ca.pem"), str(pki / "a.pem"), str(pki / "a.key"))
