@@ -76,6 +76,7 @@ def register(app: typer.Typer) -> None:
         command holds them until Ctrl-C (or SIGTERM), then stops them.
         """
         import signal
+        import sys
 
         from ._trait import JobError
 
@@ -90,6 +91,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(repr(job))
         for mesh, addrs in job._addresses.items():
             typer.echo(f"{mesh}: {' '.join(addrs)}")
+        sys.stdout.flush()
         if job.lives_with_client:
             typer.echo("holding the agents until Ctrl-C", err=True)
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
