@@ -157,6 +157,10 @@ class ActorInstance:
         self.state = "starting"
         self.failure: str | None = None
         self._failed_who: str | None = None  # set when a failure of an owned mesh failed this actor
+        # introspection counters (the admin endpoint reads them): two attribute writes a message
+        self.messages_handled = 0  # handlers finished (returned, raised or refused mid-way)
+        self.last_endpoint: str | None = None  # the endpoint of the latest message taken up
+        self.failures = 0  # handler exceptions (answered as ActorError) and failures of this actor
         self.instance = Instance(
             rank, f"{mesh_id}[{rank.rank}]", name, host.router.addr, os.getpid(), f"{cls.__module__}.{cls.__qualname__}", creator
         )
@@ -185,6 +189,11 @@ class ActorInstance:
 
     def __repr__(self) -> str:
         return f"<ActorInstance {self.instance.actor_id} {self.cls.__qualname__} state={self.state}>"
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting in this actor's mailbox (not counting the one being handled)."""
+        return self._aqueue.qsize() if self.table.is_async else self._queue.qsize()
 
     @property
     def display(self) -> str:
@@ -359,6 +368,7 @@ class ActorInstance:
         spec: EndpointSpec | None = None
         in_flight = self._in_flight
         in_flight.add(msg)  # set.add/discard are atomic under the GIL; _refuse_in_flight copies it
+        self.last_endpoint = msg.endpoint
         try:
             try:
                 spec, fn, args, kwargs = self._prepare(msg)
@@ -402,6 +412,7 @@ class ActorInstance:
                 self.host.refuse(msg, self._refusal())  # explicit-port endpoints and broadcasts too
         finally:
             in_flight.discard(msg)
+            self.messages_handled += 1
             reset_context(token)
 
     def _supervise_steps(self, failure: MeshFailure) -> Steps:
@@ -442,6 +453,7 @@ class ActorInstance:
 
     # -- the failure policy ---------------------------------------------------------------------
     def _handler_raised(self, msg: Msg, spec: EndpointSpec | None, exc: Exception) -> None:
+        self.failures += 1
         if isinstance(exc, _BadInput):
             if msg.reply_addr:
                 self.host.reply(msg, None, None, TypeError(str(exc)), last=True)
@@ -473,6 +485,8 @@ class ActorInstance:
 
     def _fail(self, exc: BaseException, where: str, chained: list[MeshFailure] | None = None) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if where in ("__init__", "__supervise__"):
+            self.failures += 1  # a handler's exception was counted by _handler_raised
         self.state = "failed"
         self.failure = f"{type(exc).__name__}: {exc}" + (f" (in {where})" if where == "__init__" else "")
         log.error("actor %s failed in %s: %s", self.display, where, self.failure)

@@ -39,6 +39,7 @@ from .._transport.pickle_codec import PICKLE_CODEC, dumps
 from .._transport.sockets import SocketTransport
 from . import current
 from .actor_mesh import ActorMesh, MeshRef
+from .admin import AdminEndpoint, SystemAgents, admin_enabled
 from .context import EMPTY_EXTENT, Context, Instance, current_creator, install_log_prefix
 from .controller import ControllerRegistry, serve_controller_requests
 from .endpoint import INIT_PROBE, EndpointSpec
@@ -52,7 +53,7 @@ from .sinks import OneSink, ValueMeshSink
 from .supervision import Supervisor, fault_hooks
 from .zygote import GUARD_ENV, ZygoteClient
 
-__all__ = ["Runtime", "RuntimeSettings", "new_loop", "start_client_runtime"]
+__all__ = ["Runtime", "RuntimeSettings", "new_loop", "start_client_runtime", "system_agents"]
 
 log = logging.getLogger("monarch.runtime")
 
@@ -173,6 +174,8 @@ class Runtime:
         inst._proc = self.this_proc_mesh()
         self.root_context = Context(inst, Point(0, EMPTY_EXTENT))
         self.on_proc_fails: list[Any] = []
+        self.system_agents = SystemAgents(self)  # the admin agents of this runtime's procs (spawned on first use)
+        self.admin: AdminEndpoint | None = None  # the client's admin endpoint (start_client_runtime)
 
     def __repr__(self) -> str:
         return f"<Runtime {self.name!r} addr={self.router.addr!r} children={len(self.procs.children)} closed={self._closed}>"
@@ -334,6 +337,8 @@ class Runtime:
             return
         self._closed = True
         try:
+            if self.admin is not None:
+                self.admin.close()
             self.remote.close(timeout_s)
             alive = self.procs.alive()
             if alive:
@@ -528,9 +533,20 @@ def start_client_runtime() -> Runtime:
         raise SupervisionError("the client runtime did not start within 10 s")
     rt = holder[0]
     rt.loop_thread = thread
+    if admin_enabled():
+        try:
+            rt.admin = AdminEndpoint(rt, rt.system_agents)
+        except OSError as exc:
+            log.warning("no admin endpoint (monarch status/exec/env will not find this client): %s", exc)
     install_log_prefix(log_prefix_enabled(settings), "<root>")
     atexit.register(_at_exit, rt)
     return rt
+
+
+def system_agents() -> SystemAgents:
+    """This process's admin agents (the runtime is started if it was not): what
+    ``monarch.tools`` uses to reach every proc's system actor."""
+    return current.current_runtime().system_agents
 
 
 def _launch_fork_server() -> ZygoteClient | None:
