@@ -51,6 +51,7 @@ __all__ = ["CodeSyncActor", "SyncResult", "WorkspaceWatch", "sync_workspace"]
 
 IN_FLIGHT = 4  # write messages outstanding per host: bounds memory for large files
 CALL_TIMEOUT_S = 120.0
+SMALL_BYTES = 256 << 10  # files up to this size travel several to a message
 
 
 class CodeSyncActor(Actor):
@@ -103,6 +104,12 @@ class CodeSyncActor(Actor):
         except BaseException:
             self._sink.abort(rel)
             raise
+
+    @endpoint
+    def write_batch(self, items: list[tuple[str, bytes, files.Entry]]) -> None:
+        """Write several small files whole (see :meth:`FileSink.write`)."""
+        for rel, data, entry in items:
+            self.write(rel, 0, data, entry)
 
     @endpoint
     def activate(self, scopes: list[str], changed: list[str], auto_reload: bool) -> list[str]:
@@ -222,14 +229,30 @@ def _sync_once(addrs: list[str], workspace: Workspace, auto_reload: bool) -> Syn
     def send(i: int, need: list[str]) -> None:
         try:
             pending: list[Future[Any]] = []
+
+            def push(fut: Future[Any]) -> None:
+                pending.append(fut)
+                if len(pending) >= IN_FLIGHT:
+                    pending.pop(0).get(CALL_TIMEOUT_S)
+
+            batch: list[tuple[str, bytes, files.Entry]] = []
+            batch_bytes = 0
             for rel in need:
                 e = manifest[rel]
-                size = e.size_bytes
-                for off, data in files.read_chunks(sources[rel], size):
-                    last = off + len(data) >= size
-                    pending.append(actors[i].write.call_one(rel, off, data, e if last else None))
-                    if len(pending) >= IN_FLIGHT:
-                        pending.pop(0).get(CALL_TIMEOUT_S)
+                if e.size_bytes <= SMALL_BYTES:
+                    with open(sources[rel], "rb") as fh:
+                        data = fh.read()
+                    batch.append((rel, data, e))
+                    batch_bytes += len(data)
+                    if batch_bytes >= files.CHUNK_BYTES or len(batch) >= 512:
+                        push(actors[i].write_batch.call_one(batch))
+                        batch, batch_bytes = [], 0
+                    continue
+                for off, data in files.read_chunks(sources[rel], e.size_bytes):
+                    last = off + len(data) >= e.size_bytes
+                    push(actors[i].write.call_one(rel, off, data, e if last else None))
+            if batch:
+                push(actors[i].write_batch.call_one(batch))
             for p in pending:
                 p.get(CALL_TIMEOUT_S)
         except BaseException as exc:
