@@ -159,3 +159,25 @@ def test_ssh_job_starts_agents_over_ssh_and_they_end_with_the_client(
     os.killpg(held.pid, signal.SIGKILL)
     held.wait(10)
     assert _wait_no_agents() == set()
+
+
+def test_slurm_job_whose_agents_cannot_start_fails_with_its_output(
+    slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monarch.job import JobError, SlurmJob
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    job = SlurmJob(
+        meshes={"trainers": 2},
+        python_exe="/nonexistent/python",
+        log_dir=str(tmp_path),
+        job_start_timeout_s=60,
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        JobError, match=r"(?s)ended \(.*\) before its agents registered.*/nonexistent/python"
+    ):
+        job.apply(None)
+    print(f"SlurmJob with a bad interpreter: JobError after {time.monotonic() - started:.2f} s")
+    assert not job.active
+    assert slurm_cluster.run(["squeue", "-h"], check=True).stdout.strip() == ""
