@@ -364,6 +364,8 @@ class HostAgent:
         how = describe_status(status) if status is not None else "exited (its fork server died)"
         failed = status is None or not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
         note = logs.failure_note(proc.log_path) if failed else ""
+        if not failed:
+            logs.discard_log(proc.log_path)
         proc.reason = f"{how} (proc {proc.name}, pid {pid}, host {socket.gethostname()} {self.proc_host}{note})"
         proc.exited.set()
         session = proc.session

@@ -105,6 +105,18 @@ def log_tail(path: str, lines: int = TAIL_LINES) -> list[str]:
     return text[-lines:]
 
 
+def discard_log(path: str | None) -> None:
+    """A proc ended cleanly: remove its log file, unless ``$MONARCH_LOG_DIR`` asks to keep logs
+    (then every file stays); the default folder goes too once empty (nothing left behind)."""
+    if not path or os.environ.get(ENV_DIR):
+        return
+    try:
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))  # fails while another proc's file is there
+    except OSError:
+        pass
+
+
 def failure_note(path: str | None) -> str:
     """What a failure reason adds about a proc's log: its file and last lines."""
     if not path:
@@ -124,6 +136,9 @@ class _ProcLogs:
         self, path: str, sink: tuple[str, int] | None, origin: tuple[str, int, int]
     ) -> None:
         self.path = path
+        os.makedirs(
+            os.path.dirname(path), mode=0o700, exist_ok=True
+        )  # a clean exit may have removed it
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.sink = sink
         self.origin = origin  # host, rank, pid

@@ -28,7 +28,8 @@ from .actor import Actor, SpawnsMesh, validate_actor_class
 from .actor_mesh import ActorMesh
 from .context import context
 from .current import current_runtime
-from .logs import ENV_RANK_BASE, LogMode, client_sink
+from .log_level import LogLevel
+from .logs import ENV_RANK_BASE, LogMode, client_sink, flush_client_logs
 from .supervision import current_owner
 
 __all__ = [
@@ -68,6 +69,7 @@ class ProcMesh(MeshTrait):
         self._host_mesh = host_mesh
         self._owned = owned
         self._stopped = False
+        self._log_level: Any = None  # the LogLevel actors of logging_option, spawned on first use
 
     def _new_with_shape(self, shape: Shape) -> ProcMesh:
         return ProcMesh(self._addrs, shape, self._host_mesh, owned=self._owned)
@@ -125,6 +127,7 @@ class ProcMesh(MeshTrait):
         """Stop every proc of this mesh (their actors run ``__cleanup__``); completes when all
         processes have exited. Procs that do not exit within 5 s are killed."""
         self._stopped = True
+        flush_client_logs()  # what the procs' lines folded so far prints now, as Monarch's stop does
         if not self._owned:
             return Future.completed(None)
         return current_runtime().stop_processes(sorted(set(self._addrs)))
@@ -151,8 +154,9 @@ class ProcMesh(MeshTrait):
                 one line per window of this many seconds: ``[4 similar log lines, ranks 0-3 on
                 host1] loss 0.123`` (the first line of the group, the count, and the ranks that
                 printed it per host); None or 0: print each line as it arrives.
-            level: log records below this level are not printed at the client (they are in the
-                log files); prints are not filtered. The procs' own logger level is unchanged.
+            level: the root logger level of every proc of this mesh (Monarch's: records below it
+                are not emitted, in the log files either), and records below it are not printed at
+                the client; prints are not filtered.
 
         Raises:
             ValueError: ``level`` is not in 0..255, or ``aggregate_window_sec`` is negative.
@@ -169,6 +173,9 @@ class ProcMesh(MeshTrait):
                 raise ValueError(f"aggregate_window_sec must be >= 0 seconds, got {aggregate_window_sec}")
         mode = LogMode(bool(stream_to_client), float(aggregate_window_sec) if aggregate_window_sec else None, level)
         client_sink(current_runtime().router).set_mode(set(self._addrs), mode)
+        if self._log_level is None:  # one small actor per proc sets the procs' logger level
+            self._log_level = self.spawn("monarch_log_level", LogLevel)
+        await self._log_level.set_level.call(level)
 
     @property
     def initialized(self) -> Future[None]:

@@ -275,6 +275,8 @@ class ProcManager:
         reason = describe_status(status) if status is not None else "exited"
         failed = status is None or not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
         note = logs.failure_note(h.log_path) if failed else ""
+        if not failed:
+            logs.discard_log(h.log_path)
         h.exit_reason = f"{reason} (proc {h.name}, pid {h.pid}{note})"
         h.exited.set()
         self.router.mark_dead(h.addr, h.exit_reason)
