@@ -38,7 +38,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from .._core.shape import Extent
+from .._core.shape import Extent, Point
 from . import logs
 from .actor import Actor
 from .actor_mesh import ActorMesh
@@ -422,15 +422,27 @@ async def collect_status(
     owned = dict(rt.supervisor.owned)
     mesh_rows: dict[str, dict[str, Any]] = {}
     proc_groups: dict[str, list[dict[str, Any]]] = {}
+    shown: set[str] = set()
+    tally: list[tuple[str, dict[str, int], dict[str, Any]]] = []  # (mesh id, extent, actor row)
     for a in known:
         pid_name = _proc_name(rt, a)
         snap, problem = snaps.get(a, (agents.cache.get(a), None))
         dead = rt.router.dead_reason(a)
         h = rt.procs.children.get(a)
-        expected_exit = (
-            h is not None and h.exit_reason is not None and "exited with status 0" in h.exit_reason
+        # stopped on purpose (a clean exit, or a failed proc whose mesh was stopped since):
+        # left out, so a long-lived client's list does not grow with every mesh it stopped
+        stopped = bool(dead) and (
+            (
+                h is not None
+                and h.exit_reason is not None
+                and "exited with status 0" in h.exit_reason
+            )
+            or a in rt.supervisor.expected_exits
         )
-        status = "running" if not dead else ("stopped" if expected_exit else "failed")
+        if stopped:
+            continue
+        shown.add(a)
+        status = "running" if not dead else "failed"
         hostname = (snap or {}).get("hostname") or socket.gethostname()
         actors_out = []
         for act in (snap or {}).get("actors", []):
@@ -463,20 +475,44 @@ async def collect_status(
             row["status"] = st
             row["failure"] = act.get("failure") or (dead if dead and st == "failed" else None)
             actors_out.append(row)
-            m = mesh_rows.setdefault(
-                act["mesh_id"],
-                {
-                    "name": act["mesh"],
-                    "kind": "actor",
-                    "extent": act["extent"],
-                    "alive": 0,
-                    "size": 0,
-                    "system": act["system"],
-                    "id": act["mesh_id"],
-                },
-            )
-            m["size"] += 1
-            m["alive"] += st == "running"
+            tally.append((act["mesh_id"], act["extent"], row))
+        # actors the client spawned there that no snapshot reported (a proc that died before
+        # its first status request): what the client's supervision records know
+        seen = {x["id"] for x in actors_out}
+        for rec in owned.values():
+            if rec.stopped or rec.mesh_id.startswith("monarch_admin-"):
+                continue
+            shape = getattr(rec.ref, "shape", None)
+            cls = getattr(rec.ref, "actor_cls", None)
+            for r, ra in enumerate(rec.addrs):
+                if ra != a or f"{rec.mesh_id}[{r}]" in seen:
+                    continue
+                failed = rec.failed.get(r)
+                coords = dict(Point(r, shape.extent)) if shape is not None else {}
+                actors_out.append(
+                    {
+                        "id": f"{rec.mesh_id}[{r}]",
+                        "mesh": rec.name,
+                        "class": f"{cls.__module__}.{cls.__qualname__}" if cls is not None else "?",
+                        "rank": r,
+                        "coords": coords,
+                        "queue_depth": 0,
+                        "messages_handled": 0,
+                        "last_endpoint": None,
+                        "failures": 0,
+                        "system": False,
+                        "in_flight": 0,
+                        "status": "failed" if (dead or failed) else "running",
+                        "failure": failed or (dead or None),
+                    }
+                )
+                tally.append(
+                    (
+                        rec.mesh_id,
+                        dict(zip(shape.labels, shape.sizes)) if shape is not None else {},
+                        actors_out[-1],
+                    )
+                )
         user = [x for x in actors_out if not x["system"]]
         coords = dict(user[0]["coords"]) if user else {}
         proc: dict[str, Any] = {
@@ -504,8 +540,28 @@ async def collect_status(
             {"id": hostname, "hostname": hostname, "addr": None, "status": "ok", "procs": []},
         )
         host["procs"].append(proc)
+    for mesh_id, extent, row in tally:
+        m = mesh_rows.setdefault(
+            mesh_id,
+            {
+                "name": row["mesh"],
+                "kind": "actor",
+                "extent": extent,
+                "alive": 0,
+                "size": 0,
+                "system": row["system"],
+                "id": mesh_id,
+            },
+        )
+        m["size"] += 1
+        m["alive"] += row["status"] == "running"
     for rec in owned.values():  # meshes of the client whose procs were never reached
-        if rec.mesh_id not in mesh_rows and not rec.mesh_id.startswith("monarch_admin-"):
+        if (
+            rec.mesh_id not in mesh_rows
+            and not rec.stopped
+            and not rec.mesh_id.startswith("monarch_admin-")
+            and any(a in shown for a in rec.addrs)
+        ):
             shape = getattr(rec.ref, "shape", None)
             size = len(rec.addrs)
             failed = len(rec.failed)

@@ -1,0 +1,92 @@
+"""Fixtures of the tools' tests: a running 4-proc mesh with actors in this test process, whose
+client runtime serves the admin endpoint that ``monarch status``/``exec``/``env``/``top`` and
+the dashboard talk to."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from monarch.actor import Actor, endpoint, this_host
+
+from tests.runtime.failure_log import failures  # noqa: F401  # the fixture, for every test here
+
+#: actors per proc in :func:`running_mesh`
+ACTORS_PER_PROC = 2
+
+
+class Worker(Actor):
+    """A plain actor with a counter; ``ping`` answers its rank."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @endpoint
+    def ping(self) -> int:
+        from monarch.actor import context
+
+        self.calls += 1
+        return int(context().actor_instance.rank.rank)
+
+    @endpoint
+    def boom(self) -> None:
+        raise ValueError("boom")
+
+
+@dataclass
+class RunningMesh:
+    """What :func:`running_mesh` yields.
+
+    Attributes:
+        procs: the ProcMesh (extent ``{"gpus": 4}``).
+        workers: a ``Worker`` mesh on it (one actor per proc), already answering.
+        more: a second ``Worker`` mesh per proc, ``ACTORS_PER_PROC - 1`` of them.
+        admin_file: the path of this client's ``admin.json``.
+        admin: its contents (``url``, ``token``, ``pid``, ...).
+    """
+
+    procs: Any
+    workers: Any
+    more: list[Any]
+    admin_file: str
+    admin: dict[str, Any]
+
+    def env(self) -> dict[str, str]:
+        """An environment for ``monarch`` subprocesses that points them at this client."""
+        return {**os.environ, "MONARCH_ADMIN_FILE": self.admin_file}
+
+    def monarch(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run the real ``monarch`` CLI (``python -m monarch.cli``) against this client."""
+        return subprocess.run(
+            [sys.executable, "-c", "from monarch.cli import main; main()", *args],
+            env=self.env(), capture_output=True, text=True, timeout=timeout_s,
+        )
+
+
+@pytest.fixture
+def running_mesh() -> Iterator[RunningMesh]:
+    """A running 4-proc mesh (``per_host={"gpus": 4}``) with ``Worker`` actors, in this process;
+    always stopped afterwards."""
+    from monarch._mesh import current
+
+    procs = this_host().spawn_procs(per_host={"gpus": 4})
+    try:
+        workers = procs.spawn("workers", Worker)
+        more = [procs.spawn(f"more{i}", Worker) for i in range(ACTORS_PER_PROC - 1)]
+        assert workers.ping.call().get(60.0).values() == [0, 1, 2, 3]
+        for m in more:
+            m.ping.call().get(60.0)
+        rt = current.installed()
+        assert rt is not None and rt.admin is not None, "the client runtime serves no admin endpoint (MONARCH_ADMIN=0?)"
+        path = os.path.join(rt.runtime_dir, "admin.json")
+        with open(path) as f:
+            admin = json.load(f)
+        yield RunningMesh(procs, workers, more, path, admin)
+    finally:
+        procs.stop().get(30.0)
