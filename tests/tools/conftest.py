@@ -61,11 +61,17 @@ class RunningMesh:
         """An environment for ``monarch`` subprocesses that points them at this client."""
         return {**os.environ, "MONARCH_ADMIN_FILE": self.admin_file}
 
-    def monarch(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """Run the real ``monarch`` CLI (``python -m monarch.cli``) against this client."""
+    def monarch(
+        self, *args: str, timeout_s: float = 120.0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``monarch`` CLI (``monarch.cli.main``) against this client; ``env``:
+        extra environment variables."""
         return subprocess.run(
             [sys.executable, "-c", "from monarch.cli import main; main()", *args],
-            env=self.env(), capture_output=True, text=True, timeout=timeout_s,
+            env={**self.env(), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
 
 
@@ -83,7 +89,9 @@ def running_mesh() -> Iterator[RunningMesh]:
         for m in more:
             m.ping.call().get(60.0)
         rt = current.installed()
-        assert rt is not None and rt.admin is not None, "the client runtime serves no admin endpoint (MONARCH_ADMIN=0?)"
+        assert rt is not None and rt.admin is not None, (
+            "the client runtime serves no admin endpoint (MONARCH_ADMIN=0?)"
+        )
         path = os.path.join(rt.runtime_dir, "admin.json")
         with open(path) as f:
             admin = json.load(f)

@@ -19,7 +19,9 @@ from tests.tools.conftest import ACTORS_PER_PROC, RunningMesh
 
 
 def _get(m: RunningMesh, path: str, token: str | None = "ok", timeout_s: float = 30.0) -> Any:
-    headers = {"Authorization": f"Bearer {m.admin['token'] if token == 'ok' else token}"} if token else {}
+    headers = (
+        {"Authorization": f"Bearer {m.admin['token'] if token == 'ok' else token}"} if token else {}
+    )
     req = urllib.request.Request(m.admin["url"] + path, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         return json.load(resp)
@@ -38,7 +40,9 @@ def test_admin_file_is_private_and_names_this_client(running_mesh: RunningMesh) 
 
 
 @pytest.mark.parametrize("token", [None, "wrong"])
-def test_requests_without_the_right_token_get_401(running_mesh: RunningMesh, token: str | None) -> None:
+def test_requests_without_the_right_token_get_401(
+    running_mesh: RunningMesh, token: str | None
+) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         _get(running_mesh, "/v1/status", token=token)
     assert err.value.code == 401
@@ -52,7 +56,11 @@ def test_token_in_the_query_is_accepted_for_browser_pages(running_mesh: RunningM
 def test_status_lists_every_proc_and_actor_with_counters(running_mesh: RunningMesh) -> None:
     running_mesh.workers.ping.call().get(30.0)
     doc = _get(running_mesh, "/v1/status")
-    assert doc["client"]["pid"] == os.getpid() and doc["client"]["name"] == "root" and doc["client"]["admin_version"] == 1
+    assert (
+        doc["client"]["pid"] == os.getpid()
+        and doc["client"]["name"] == "root"
+        and doc["client"]["admin_version"] == 1
+    )
     procs = [p for h in doc["hosts"] for p in h["procs"] if p["status"] == "running"]
     assert len(procs) == 4
     assert sorted(p["rank"] for p in procs) == [0, 1, 2, 3]
@@ -67,7 +75,13 @@ def test_status_lists_every_proc_and_actor_with_counters(running_mesh: RunningMe
         assert w["queue_depth"] == 0 and w["coords"] == {"gpus": p["rank"]}
         assert any(a["system"] for a in p["actors"])  # the admin agent, marked
     meshes = {m["name"]: m for m in doc["meshes"]}
-    assert meshes["workers"] == {**meshes["workers"], "kind": "actor", "extent": {"gpus": 4}, "alive": 4, "size": 4}
+    assert meshes["workers"] == {
+        **meshes["workers"],
+        "kind": "actor",
+        "extent": {"gpus": 4},
+        "alive": 4,
+        "size": 4,
+    }
     assert any(m["kind"] == "proc" and m["alive"] >= 4 for m in doc["meshes"])
 
 
@@ -75,8 +89,19 @@ def test_failures_counter_counts_endpoint_exceptions(running_mesh: RunningMesh) 
     with pytest.raises(Exception, match="boom"):
         running_mesh.workers.slice(gpus=2).boom.call_one().get(30.0)
     doc = _get(running_mesh, "/v1/status")
-    rows = [a for h in doc["hosts"] for p in h["procs"] for a in p["actors"] if a["mesh"] == "workers" and a["rank"] == 2]
-    assert rows and rows[0]["failures"] == 1 and rows[0]["last_endpoint"] == "boom" and rows[0]["status"] == "running"
+    rows = [
+        a
+        for h in doc["hosts"]
+        for p in h["procs"]
+        for a in p["actors"]
+        if a["mesh"] == "workers" and a["rank"] == 2
+    ]
+    assert (
+        rows
+        and rows[0]["failures"] == 1
+        and rows[0]["last_endpoint"] == "boom"
+        and rows[0]["status"] == "running"
+    )
 
 
 def _children(m: RunningMesh) -> list[Any]:
@@ -87,7 +112,9 @@ def _children(m: RunningMesh) -> list[Any]:
     return [h for a, h in rt.procs.children.items() if a in addrs]
 
 
-def test_killed_proc_shows_as_failed_with_its_cause(running_mesh: RunningMesh, failures: Any) -> None:
+def test_killed_proc_shows_as_failed_with_its_cause(
+    running_mesh: RunningMesh, failures: Any
+) -> None:
     victim = _children(running_mesh)[1]
     os.kill(victim.pid, signal.SIGKILL)
     failures.wait_for("workers")
@@ -96,7 +123,11 @@ def test_killed_proc_shows_as_failed_with_its_cause(running_mesh: RunningMesh, f
     dead = procs[victim.pid]
     assert dead["status"] == "failed" and "SIGKILL" in dead["failure"]
     assert {a["status"] for a in _user_actors(dead)} == {"failed"}
-    others = [p for pid, p in procs.items() if pid in {h.pid for h in _children(running_mesh)} and pid != victim.pid]
+    others = [
+        p
+        for pid, p in procs.items()
+        if pid in {h.pid for h in _children(running_mesh)} and pid != victim.pid
+    ]
     assert len(others) == 3 and all(p["status"] == "running" for p in others)
     assert {m["name"]: m for m in doc["meshes"]}["workers"]["alive"] == 3
 
@@ -126,9 +157,13 @@ def test_status_of_64_actors_is_fast(running_mesh: RunningMesh) -> None:
         t0 = time.perf_counter()
         doc = _get(running_mesh, "/v1/status")
         times.append(time.perf_counter() - t0)
-    n = sum(len(_user_actors(p)) for h in doc["hosts"] for p in h["procs"] if p["status"] == "running")
+    n = sum(
+        len(_user_actors(p)) for h in doc["hosts"] for p in h["procs"] if p["status"] == "running"
+    )
     assert n == 64
-    print(f"GET /v1/status, 4 procs x 16 actors: median {sorted(times)[2] * 1000:.1f} ms (collect_ms {doc['collect_ms']:.1f})")
+    print(
+        f"GET /v1/status, 4 procs x 16 actors: median {sorted(times)[2] * 1000:.1f} ms (collect_ms {doc['collect_ms']:.1f})"
+    )
     assert sorted(times)[2] < 0.2
 
 
@@ -160,7 +195,15 @@ def test_monarch_status_json_is_the_status_document(running_mesh: RunningMesh) -
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["client"]["pid"] == os.getpid()
-    assert sum(len(_user_actors(p)) for h in doc["hosts"] for p in h["procs"] if p["status"] == "running") == 4 * ACTORS_PER_PROC
+    assert (
+        sum(
+            len(_user_actors(p))
+            for h in doc["hosts"]
+            for p in h["procs"]
+            if p["status"] == "running"
+        )
+        == 4 * ACTORS_PER_PROC
+    )
 
 
 def test_monarch_status_prints_the_tree(running_mesh: RunningMesh) -> None:
@@ -174,7 +217,9 @@ def test_monarch_exec_runs_a_command_on_every_proc(running_mesh: RunningMesh) ->
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)
     assert [x["rank"] for x in results] == [0, 1, 2, 3]
-    assert {x["stdout"].strip() for x in results} == {f"pid={h.pid}" for h in _children(running_mesh)}
+    assert {x["stdout"].strip() for x in results} == {
+        f"pid={h.pid}" for h in _children(running_mesh)
+    }
     assert all(x["stderr"] == "err\n" and x["returncode"] == 0 for x in results)
 
 
@@ -191,7 +236,9 @@ def test_monarch_exec_reports_failures_with_exit_1(running_mesh: RunningMesh) ->
     assert r.returncode == 1
     assert {x["returncode"] for x in json.loads(r.stdout)} == {3}
     r = running_mesh.monarch("exec", "--json", "-c", "1/0")
-    assert r.returncode == 1 and all("ZeroDivisionError" in x["stderr"] for x in json.loads(r.stdout))
+    assert r.returncode == 1 and all(
+        "ZeroDivisionError" in x["stderr"] for x in json.loads(r.stdout)
+    )
 
 
 def test_exec_timeout_kills_the_command(running_mesh: RunningMesh) -> None:
@@ -201,8 +248,12 @@ def test_exec_timeout_kills_the_command(running_mesh: RunningMesh) -> None:
 
 
 def test_exec_rejects_bad_requests(running_mesh: RunningMesh) -> None:
-    req = urllib.request.Request(running_mesh.admin["url"] + "/v1/exec", data=b'{"code": "1", "argv": ["x"]}', method="POST",
-                                 headers={"Authorization": f"Bearer {running_mesh.admin['token']}"})
+    req = urllib.request.Request(
+        running_mesh.admin["url"] + "/v1/exec",
+        data=b'{"code": "1", "argv": ["x"]}',
+        method="POST",
+        headers={"Authorization": f"Bearer {running_mesh.admin['token']}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 400
@@ -211,8 +262,13 @@ def test_exec_rejects_bad_requests(running_mesh: RunningMesh) -> None:
 def test_monarch_without_a_client_says_so_and_exits_1(tmp_path: Any) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     env.pop("MONARCH_ADMIN_FILE", None)
-    r = subprocess.run([sys.executable, "-c", "from monarch.cli import main; main()", "status"], env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "from monarch.cli import main; main()", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "no running Monarch client" in r.stderr
 
 
@@ -238,7 +294,13 @@ def test_admin_off_binds_nothing_and_writes_no_file(tmp_path: Any) -> None:
         "rt = current.installed(); print(rt.admin, os.listdir(rt.runtime_dir).count('admin.json'))\n"
         "p.stop().get(30)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MONARCH_ADMIN": "0"}, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "MONARCH_ADMIN": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["None", "0"]
 
