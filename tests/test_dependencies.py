@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # import name -> distribution name, where they differ
 DIST = {"capnp": "pycapnp", "yaml": "pyyaml", "sklearn": "scikit-learn", "pydantic_settings": "pydantic-settings"}
 # imported only where their absence is handled (optional backends, examples' extras)
-OPTIONAL = {"torch", "pyverbs", "uvloop", "sklearn", "matplotlib"}
+OPTIONAL = {"torch", "pyverbs", "uvloop", "sklearn", "matplotlib", "kubernetes"}
 
 
 def _declared() -> set[str]:
