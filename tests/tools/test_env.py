@@ -84,12 +84,8 @@ def test_get_on_a_mesh_with_a_dead_proc_fails(failures: Any) -> None:
         rt = current.installed()
         pid = rt.procs.children[procs._addrs[1]].pid
         os.kill(pid, signal.SIGKILL)
-        import time
-
-        deadline = time.monotonic() + 20
-        while not rt.router.dead_reason(procs._addrs[1]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with pytest.raises(Exception, match="(?i)fail|lost|dead|kill"):
+        assert rt.procs.children[procs._addrs[1]].exited.wait(20.0)
+        with pytest.raises(Exception, match=r"(?i)fail|lost|dead|kill"):
             procs.env.get("PATH").get(30.0)
     finally:
         procs.stop().get(30.0)
