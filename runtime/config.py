@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import importlib
 import math
 import os
 import sys
@@ -657,6 +658,11 @@ class _ConfigModule(types.ModuleType):
             configure(**{name: value})
             return
         super().__setattr__(name, value)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # pickled by reference, as a plain module is (cloudpickle dispatches on the exact type
+        # ``ModuleType``, so a function that names ``monarch.config`` could not be pickled)
+        return importlib.import_module, (self.__name__,)
 
 
 sys.modules[__name__].__class__ = _ConfigModule

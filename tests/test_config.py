@@ -340,3 +340,15 @@ def test_client_with_no_monarch_variable_starts_without_importing_pydantic():
     )
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MONARCH_")}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_a_function_naming_the_config_module_pickles_by_reference():
+    import pickle
+
+    import cloudpickle
+
+    def reads_a_setting() -> object:
+        return config.prefix_python_logs_with_actor
+
+    assert pickle.loads(pickle.dumps(config)) is config
+    assert pickle.loads(cloudpickle.dumps(reads_a_setting))() == config.prefix_python_logs_with_actor
