@@ -715,6 +715,7 @@ class AdminEndpoint:
         self.url = f"http://127.0.0.1:{self.port}"
         self.path = os.path.join(rt.runtime_dir, ADMIN_FILE)
         self._runner: Any = None
+        self._closed = False
         doc = {
             "url": self.url,
             "token": self.token,
@@ -731,7 +732,13 @@ class AdminEndpoint:
         return f"<AdminEndpoint {self.url} serving={self._runner is not None}>"
 
     def _arm(self) -> None:
-        self.rt.loop.add_reader(self.sock.fileno(), self._first_connection)
+        if not self._closed:
+            self.rt.loop.add_reader(self.sock.fileno(), self._first_connection)
+
+    def _disarm(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.rt.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
     def _first_connection(self) -> None:
         self.rt.loop.remove_reader(self.sock.fileno())
@@ -860,7 +867,8 @@ class AdminEndpoint:
 
     def close(self) -> None:
         """Stop serving and remove ``admin.json`` (any thread)."""
+        self._closed = True
+        with contextlib.suppress(RuntimeError):
+            self.rt.loop.call_soon_threadsafe(self._disarm)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
-        with contextlib.suppress(OSError):
-            self.sock.close()
