@@ -16,7 +16,9 @@ Two ways to average the gradients:
 
 The client shows a progress bar with the loss per step and prints the held-out accuracy.
 
-Run: ``python examples/train_digits.py [--mode client|actors] [--steps 300]``. Exits 1 when the
+Run: ``python examples/train_digits.py [--mode client|actors] [--steps 300] [--keep-running]``
+(``--keep-running``: after the steps, keep training until Ctrl-C, with ``digits_step.py``
+hot-reloaded on every save; see that module). Exits 1 when the
 held-out accuracy is below 95%.
 """
 
@@ -26,8 +28,9 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import digits_step  # the loss, in a module that --keep-running hot-reloads (examples/ is on sys.path)
 from monarch.actor import Port, context, this_host
 from monarch.generated.trainer import (
     Batch,
@@ -163,7 +166,7 @@ class DigitsTrainer(Trainer):
             raise RuntimeError("call connect() before train()")
         batch = self.loader.batch.call_one(step).get()
         self.opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(self.model(batch.inputs), batch.labels)
+        loss = digits_step.step_loss(self.model(batch.inputs), batch.labels)
         torch.autograd.backward(loss)
         return float(loss.item())
 
@@ -239,12 +242,59 @@ def train_by_actors(
             report(sum(losses.pop(progress.step)) / WORLD)
 
 
+def keep_running(procs: Any, one_step: Callable[[int], float], first_step: int) -> None:
+    """``--keep-running``: sync this folder to the procs with hot reload on every save, then train
+    until Ctrl-C, printing the loss every 50 steps (and each reload)."""
+    from pathlib import Path
+
+    from monarch.tools.config.workspace import Workspace
+
+    here = Path(__file__).resolve().parent
+    watch = procs.sync_workspace(Workspace(dirs=[here]), auto_reload=True, watch=True).get(60)
+    print(
+        f"keep running: edit {here / 'digits_step.py'} and save to change the next step; Ctrl-C stops",
+        flush=True,
+    )
+    import signal
+    import threading
+
+    # Ctrl-C ends the loop between two steps (not inside one), then the example evaluates as usual
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    step, seen, errors = first_step, 0, 0
+    try:
+        while not interrupted.is_set():
+            loss = one_step(step)
+            for res in watch.results[seen:]:
+                mods = sorted({m for ms in res.reloaded.values() for m in ms})
+                print(
+                    f"step {step}: synced {res.files_sent} file(s), reloaded {mods} on {len(res.reloaded)} procs",
+                    flush=True,
+                )
+            seen = len(watch.results)
+            for exc in watch.errors[errors:]:
+                print(f"step {step}: sync failed: {type(exc).__name__}: {exc}", flush=True)
+            errors = len(watch.errors)
+            if step % 50 == 0:
+                print(f"step {step} loss {loss:.4f}", flush=True)
+            step += 1
+        print(f"stopped after step {step}", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        watch.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Data-parallel MLP on digits (generated stubs).")
     parser.add_argument("--mode", choices=["client", "actors"], default="client")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after --steps, keep training until Ctrl-C, hot-reloading digits_step.py on save",
+    )
     args = parser.parse_args()
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -278,6 +328,18 @@ def main() -> int:
             else:
                 reducer = procs.slice(gpus=0).spawn("reducer", MeanReducer, WORLD)
                 train_by_actors(trainers, reducer, args.steps, report)
+        if args.keep_running:
+            losses: list[float] = []
+            if args.mode == "client":
+                step_once = lambda step: train_by_client(trainers, 1, losses.append)  # noqa: E731
+            else:
+                step_once = lambda step: train_by_actors(trainers, reducer, 1, losses.append)  # noqa: E731
+
+            def one_step(step: int) -> float:
+                step_once(step)
+                return losses.pop()
+
+            keep_running(procs, one_step, args.steps)
         trained = time.perf_counter()
         correct = total = 0
         for result in trainers.evaluate.call().get().values():

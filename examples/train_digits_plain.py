@@ -7,7 +7,9 @@ the same proc); every step the client calls ``train`` on all of them, gathers th
 with ``call``, averages them and broadcasts the average back; every replica applies the same
 averaged gradient with its own Adam, so the replicas stay identical.
 
-Run: ``python examples/train_digits_plain.py [--steps 300]``. Exits 1 when the held-out
+Run: ``python examples/train_digits_plain.py [--steps 300] [--keep-running]``
+(``--keep-running``: after the steps, keep training until Ctrl-C, with ``digits_step.py``
+hot-reloaded on every save; see that module). Exits 1 when the held-out
 accuracy is below 95%.
 """
 
@@ -16,8 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+import digits_step  # the loss, in a module that --keep-running hot-reloads (examples/ is on sys.path)
 from monarch.actor import Actor, context, endpoint, this_host
 
 SEED = 0
@@ -80,11 +84,9 @@ class Trainer(Actor):
 
     @endpoint
     def train(self, step: int) -> float:
-        import torch
-
         x, y = self.loader.batch.call_one(step).get()
         self.opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        loss = digits_step.step_loss(self.model(x), y)
         loss.backward()
         return float(loss.item())
 
@@ -124,11 +126,58 @@ class Trainer(Actor):
         return int((pred == self.y_te).sum()), len(self.y_te)
 
 
+def keep_running(procs: Any, one_step: Callable[[int], float], first_step: int) -> None:
+    """``--keep-running``: sync this folder to the procs with hot reload on every save, then train
+    until Ctrl-C, printing the loss every 50 steps (and each reload)."""
+    from pathlib import Path
+
+    from monarch.tools.config.workspace import Workspace
+
+    here = Path(__file__).resolve().parent
+    watch = procs.sync_workspace(Workspace(dirs=[here]), auto_reload=True, watch=True).get(60)
+    print(
+        f"keep running: edit {here / 'digits_step.py'} and save to change the next step; Ctrl-C stops",
+        flush=True,
+    )
+    import signal
+    import threading
+
+    # Ctrl-C ends the loop between two steps (not inside one), then the example evaluates as usual
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    step, seen, errors = first_step, 0, 0
+    try:
+        while not interrupted.is_set():
+            loss = one_step(step)
+            for res in watch.results[seen:]:
+                mods = sorted({m for ms in res.reloaded.values() for m in ms})
+                print(
+                    f"step {step}: synced {res.files_sent} file(s), reloaded {mods} on {len(res.reloaded)} procs",
+                    flush=True,
+                )
+            seen = len(watch.results)
+            for exc in watch.errors[errors:]:
+                print(f"step {step}: sync failed: {type(exc).__name__}: {exc}", flush=True)
+            errors = len(watch.errors)
+            if step % 50 == 0:
+                print(f"step {step} loss {loss:.4f}", flush=True)
+            step += 1
+        print(f"stopped after step {step}", flush=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        watch.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after --steps, keep training until Ctrl-C, hot-reloading digits_step.py on save",
+    )
     args = ap.parse_args()
 
     import torch
@@ -142,6 +191,14 @@ def main() -> int:
         trainers = procs.spawn("trainers", Trainer, loaders, x_test, y_test, args.lr)
         # One starting point for every replica: rank 0's initial weights.
         trainers.set_weights.broadcast(trainers.slice(gpus=0).weights.call_one().get())
+
+        def one_step(step: int) -> float:
+            losses = trainers.train.call(step)
+            grads = trainers.gradients.call()  # FIFO per sender: runs after train
+            avg = torch.stack(list(grads.get().values())).mean(dim=0)
+            trainers.apply_gradients.broadcast(avg)
+            return float(sum(losses.get().values()) / 4)
+
         columns = (
             TextColumn("[bold]train"),
             BarColumn(),
@@ -152,12 +209,9 @@ def main() -> int:
         with Progress(*columns) as bar:
             task = bar.add_task("train", total=args.steps, loss=float("nan"))
             for step in range(args.steps):
-                losses = trainers.train.call(step)
-                grads = trainers.gradients.call()  # FIFO per sender: runs after train
-                avg = torch.stack(list(grads.get().values())).mean(dim=0)
-                trainers.apply_gradients.broadcast(avg)
-                loss = sum(losses.get().values()) / 4
-                bar.update(task, advance=1, loss=loss)
+                bar.update(task, advance=1, loss=one_step(step))
+        if args.keep_running:
+            keep_running(procs, one_step, args.steps)
         correct, total = 0, 0
         for c, n in trainers.evaluate.call().get().values():
             correct, total = correct + c, total + n
