@@ -164,10 +164,10 @@ def _selected(sel: Any, rank: int, coords: dict[str, int]) -> bool:
 
 
 class _Controller:
-    def __init__(self) -> None:
+    def __init__(self, token: bytes | None) -> None:
         self.sessions: dict[tuple[str, int], Session] = {}
         self.lock = threading.Lock()
-        self.token = debug_wire.cluster_token()
+        self.token = token or debug_wire.cluster_token()
         if self.token is None:
             self.token = secrets.token_hex(32).encode()
             os.environ["MONARCH_CLUSTER_TOKEN"] = self.token.decode()
@@ -453,11 +453,15 @@ class _CliSession:
                 return
 
 
-def install() -> dict[str, str]:
+def install(token: bytes | None = None) -> dict[str, str]:
     """Start this client's debug controller (once) and return the environment its procs need.
 
     Also sets those variables in ``os.environ`` (procs inherit it), keeping a ``PYTHONBREAKPOINT``
     the user set (``0`` keeps breakpoints off).
+
+    Args:
+        token: the job's cluster token, which paused ranks log in with; None: the one in
+            ``MONARCH_CLUSTER_TOKEN``, else a new one put there (procs inherit it).
 
     Returns:
         ``MONARCH_DEBUG_CONTROLLER`` and ``PYTHONBREAKPOINT``.
@@ -465,7 +469,7 @@ def install() -> dict[str, str]:
     global _controller
     with _state_lock:
         if _controller is None:
-            _controller = _Controller()
+            _controller = _Controller(token)
         env = {
             ENV_CONTROLLER: "unix:" + _controller.path,
             "PYTHONBREAKPOINT": os.environ.get("PYTHONBREAKPOINT") or HOOK,

@@ -31,6 +31,17 @@ class Dbg(Actor):
     def ping(self) -> int:
         return self.x
 
+    @endpoint
+    def explode(self, d: int) -> float:
+        from monarch.tools import debug_hook
+
+        try:
+            return 1 / d
+        except ZeroDivisionError as exc:
+            # what the runtime does for an unhandled endpoint exception once it calls the hook
+            debug_hook.post_mortem(exc)
+            raise
+
 
 class ADbg(Actor):
     @endpoint
@@ -44,6 +55,16 @@ class ADbg(Actor):
 def main() -> int:
     procs = this_host().spawn_procs(per_host={"gpus": 4})
     os.unlink(__file__)
+    if os.environ.get("DEBUG_TEST_POST_MORTEM") == "1":
+        try:
+            dbg = procs.spawn("dbg", Dbg)
+            try:
+                dbg.slice(gpus=2).explode.call_one(0).get(timeout=600)
+            except Exception as exc:
+                print("RAISED", type(exc).__name__, flush=True)
+        finally:
+            procs.stop().get(60)
+        return 0
     try:
         dbg = procs.spawn("dbg", Dbg)
         adbg = procs.spawn("adbg", ADbg)

@@ -22,6 +22,9 @@ from monarch.tools import debug_wire
 from monarch.tools.debug_server import parse_ranks
 
 HERE = Path(__file__).parent
+_LINES = (HERE / "debug_client.py").read_text().splitlines()
+# where pdb stops: the line after each breakpoint() call (1-based), the sync one first
+SYNC_STOP, ASYNC_STOP = (i + 2 for i, line in enumerate(_LINES) if line.strip() == "breakpoint()")
 TIMEOUT = 120  # seconds for any one expect (4 procs start, on a shared 2-core machine)
 
 
@@ -124,9 +127,9 @@ def test_debug_session_on_four_procs(tmp_path: Path, spawned: list[pexpect.spawn
     cli.expect_exact("monarch_dbg> ")
     cli.sendline("list")
     for actor, rank, fn, line in (
-        ("adbg", 3, "awork", 41),
-        ("dbg", 1, "work", 27),
-        ("dbg", 2, "work", 27),
+        ("adbg", 3, "awork", ASYNC_STOP),
+        ("dbg", 1, "work", SYNC_STOP),
+        ("dbg", 2, "work", SYNC_STOP),
     ):
         cli.expect(
             rf"{actor}\s+│ {rank}\s+│ {{'gpus': {rank}}}\s+│ \S+\s+│ {fn}\s+│ \S*client\.py:{line}"
@@ -145,8 +148,8 @@ def test_debug_session_on_four_procs(tmp_path: Path, spawned: list[pexpect.spawn
     cli.expect_exact("-> return y")
     cli.expect_exact("(Pdb) ")
     cli.sendline("l")  # the client deleted its script: these lines came from the client
-    cli.expect(r"26\s+breakpoint\(\)")
-    cli.expect(r"28\s+->\s+return y")
+    cli.expect(rf"{SYNC_STOP - 1}\s+breakpoint\(\)")
+    cli.expect(rf"{SYNC_STOP + 1}\s+->\s+return y")
     cli.expect_exact("(Pdb) ")
     cli.sendline("up")
     cli.expect(r"instance\.py\(\d+\)")
@@ -218,4 +221,31 @@ def test_quit_leaves_sessions_in_place(tmp_path: Path, spawned: list[pexpect.spa
     cli.sendline("continue")
     cli.expect(r"continued \d paused rank\(s\)")
     client.expect(r"ARESULTS \[21, 21, 21, 21\]")
+    client.expect(pexpect.EOF)
+
+
+def test_post_mortem_on_an_endpoint_exception(tmp_path: Path, spawned: list[pexpect.spawn]) -> None:
+    port = _free_port()
+    client = _client(
+        tmp_path, spawned, port, DEBUG_TEST_POST_MORTEM="1", MONARCH_DEBUG_POST_MORTEM="1"
+    )
+    client.expect(r"dbg rank 2 post-mortem at \S+client\.py:\d+")
+    cli = pexpect.spawn(
+        sys.executable,
+        ["-m", "monarch.cli", "debug", "--port", str(port)],
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    spawned.append(cli)
+    cli.expect_exact("monarch_dbg> ")
+    cli.sendline("attach dbg 2")
+    cli.expect_exact("post-mortem: ZeroDivisionError: division by zero")
+    cli.expect_exact("-> return 1 / d")
+    cli.expect_exact("(Pdb) ")
+    cli.sendline("p d")
+    cli.expect(r"\r\n0\r\n")
+    cli.expect_exact("(Pdb) ")
+    cli.sendline("c")
+    cli.expect_exact("Debug session for dbg 2 ended")
+    client.expect(r"RAISED \w+")  # the caller still gets the endpoint's failure
     client.expect(pexpect.EOF)
