@@ -21,8 +21,10 @@ on every host) and its ``auto_reload``, rebuilt on this runtime:
   place), so the next endpoint call runs the new code.
 - ``watch=True``: after the first sync, a client thread syncs again on every save (watchfiles).
 
-Procs spawned after a sync find the files on disk; the next ``sync_workspace`` (cheap when
-nothing changed) puts them on those procs' ``sys.path``.
+``HostMesh.sync_workspace`` (Monarch's form) syncs through one proc of its own per host, so
+the files land in each host's root; ``ProcMesh.sync_workspace`` also puts the folders on its
+procs' ``sys.path`` and reloads there. Procs spawned after a sync find the files on disk; the
+next ``procs.sync_workspace`` (cheap when nothing changed) puts them on their ``sys.path``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from typing import Any
 from monarch._core.future import Future
 from monarch._core.shape import Shape
 from monarch._mesh.actor import Actor
-from monarch._mesh.current import current_runtime
 from monarch._mesh.endpoint import endpoint
 from monarch._mesh.proc_mesh import HostMesh, ProcMesh
 
@@ -109,7 +110,11 @@ class CodeSyncActor(Actor):
     def write_batch(self, items: list[tuple[str, bytes, files.Entry]]) -> None:
         """Write several small files whole (see :meth:`FileSink.write`)."""
         for rel, data, entry in items:
-            self.write(rel, 0, data, entry)
+            try:
+                self._sink.write(rel, 0, data, entry)
+            except BaseException:
+                self._sink.abort(rel)
+                raise
 
     @endpoint
     def activate(self, scopes: list[str], changed: list[str], auto_reload: bool) -> list[str]:
@@ -175,25 +180,15 @@ def _actors_for(addrs: list[str]) -> list[Any]:
         return [_actors[a] for a in addrs]
 
 
-def _proc_addrs(mesh: Any) -> list[str]:
-    if isinstance(mesh, ProcMesh):
-        if mesh._stopped:
-            from monarch._mesh.proc_mesh import ProcMeshStoppedError
+def _proc_addrs(mesh: ProcMesh) -> list[str]:
+    if mesh._stopped:
+        from monarch._mesh.proc_mesh import ProcMeshStoppedError
 
-            raise ProcMeshStoppedError("sync_workspace: this ProcMesh has been stopped")
-        seen: dict[str, None] = {}
-        for r in mesh._shape.ranks():
-            seen.setdefault(mesh._addrs[r], None)
-        return list(seen)
-    rt = current_runtime()
-    if mesh._agents is None:
-        return [
-            a
-            for a, h in list(rt.procs.children.items())
-            if not h.exited.is_set() and not rt.router.dead_reason(a)
-        ]
-    links = {id(rt.remote.attach(mesh._agents[r])) for r in mesh._shape.ranks()}
-    return [a for a in rt.remote.alive() if id(rt.remote.procs.get(a)) in links]
+        raise ProcMeshStoppedError("sync_workspace: this ProcMesh has been stopped")
+    seen: dict[str, None] = {}
+    for r in mesh._shape.ranks():
+        seen.setdefault(mesh._addrs[r], None)
+    return list(seen)
 
 
 def _check(workspace: Any, conda: bool) -> None:
@@ -315,8 +310,10 @@ def sync_workspace(
     ``sync_workspace``); reached as ``ProcMesh.sync_workspace`` / ``HostMesh.sync_workspace``.
 
     Args:
-        mesh: a ProcMesh (its procs), or a HostMesh (every live proc this client started on its
-            hosts; with none, one temporary proc per host receives the files).
+        mesh: a ProcMesh (its procs receive the files, get the folders on ``sys.path`` and
+            reload), or a HostMesh (as in Monarch, a proc of its own per host receives the
+            files, so they land in each host's workspace root; ``auto_reload`` reloads in that
+            proc only: to reload live actors, sync their ProcMesh).
         workspace: the directories to sync.
         conda: sync the active conda environment too: not built (raises).
         auto_reload: after the files land, every proc reloads the modules of changed ``.py``
@@ -328,7 +325,7 @@ def sync_workspace(
         of a :class:`WorkspaceWatch` (its ``first`` is the first sync's result; ``stop()`` it).
 
     Raises:
-        TypeError: ``workspace`` is not a ``Workspace``.
+        TypeError: ``workspace`` is not a ``Workspace``, or ``mesh`` not a ProcMesh/HostMesh.
         NotImplementedError: ``conda=True``.
         ProcMeshStoppedError: the ProcMesh was stopped.
         FileNotFoundError, NotADirectoryError, PermissionError, ValueError: (from the future) a
@@ -336,21 +333,33 @@ def sync_workspace(
             regular file; each names the path.
     """
     _check(workspace, conda)
-    addrs = _proc_addrs(mesh)
     temp: ProcMesh | None = None
-    if not addrs and isinstance(mesh, HostMesh):
+    if isinstance(mesh, HostMesh):
+        # as Monarch's HostMesh does: one proc per host of its own receives the files
         temp = mesh.spawn_procs(name="monarch_code_sync")
-        addrs = _proc_addrs(temp)
+        target = temp
+    elif isinstance(mesh, ProcMesh):
+        target = mesh
+    else:
+        raise TypeError(
+            f"sync_workspace: expected a ProcMesh or HostMesh, got {type(mesh).__name__}"
+        )
+    addrs = _proc_addrs(target)
     out: Future[Any] = Future()
 
     def run() -> None:
+        keep = False
         try:
             first = _sync_once(addrs, workspace, auto_reload)
-            out.set_result(WorkspaceWatch(mesh, workspace, auto_reload, first) if watch else first)
+            if watch:
+                out.set_result(WorkspaceWatch(target, workspace, auto_reload, first, own=temp))
+                keep = True
+            else:
+                out.set_result(first)
         except BaseException as exc:
             out.set_exception(exc)
         finally:
-            if temp is not None:
+            if temp is not None and not keep:
                 temp.stop().get(30.0)
 
     threading.Thread(target=run, name="monarch sync_workspace", daemon=True).start()
@@ -373,9 +382,16 @@ class WorkspaceWatch:
     """
 
     def __init__(
-        self, mesh: Any, workspace: Workspace, auto_reload: bool, first: SyncResult
+        self,
+        mesh: ProcMesh,
+        workspace: Workspace,
+        auto_reload: bool,
+        first: SyncResult,
+        own: ProcMesh | None = None,
     ) -> None:
         import watchfiles
+
+        self._own = own  # a HostMesh's own receiving procs, stopped with the watch
 
         self.first = first
         self.results: list[SyncResult] = []
@@ -439,6 +455,9 @@ class WorkspaceWatch:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
         _watches.discard(self)
+        own, self._own = self._own, None
+        if own is not None:
+            own.stop().get(30.0)
 
     @property
     def running(self) -> bool:

@@ -184,8 +184,14 @@ def test_bad_input_names_the_problem(procs, tmp_path: Path) -> None:
         procs.sync_workspace(Workspace(dirs=[d]), conda=True)
 
 
-def test_host_mesh_sync_reaches_the_procs_of_the_host(procs, tmp_path: Path) -> None:
+def test_host_mesh_sync_lands_files_in_the_host_root_through_a_proc_of_its_own(
+    procs, tmp_path: Path
+) -> None:
     d, name = _project(tmp_path, {"x.txt": "host\n"})
     res = this_host().sync_workspace(Workspace(dirs=[d])).get(60)
-    assert len(res.reloaded) >= 4
-    assert (_root(res) / name / "x.txt").read_text() == "host\n"
+    assert len(res.reloaded) == 1  # its own receiving proc, stopped afterwards
+    root = _root(res)
+    assert (root / name / "x.txt").read_text() == "host\n"
+    # the ProcMesh's procs share that root: nothing left to send them
+    again = procs.sync_workspace(Workspace(dirs=[d])).get(60)
+    assert (again.files_sent, _root(again)) == (0, root)
