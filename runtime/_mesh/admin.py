@@ -564,13 +564,13 @@ async def collect_status(
         ):
             shape = getattr(rec.ref, "shape", None)
             size = len(rec.addrs)
-            failed = len(rec.failed)
+            n_failed = len(rec.failed)
             mesh_rows[rec.mesh_id] = {
                 "name": rec.name,
                 "kind": "actor",
                 "id": rec.mesh_id,
                 "extent": dict(zip(shape.labels, shape.sizes)) if shape is not None else {},
-                "alive": 0 if rec.stopped else size - failed,
+                "alive": 0 if rec.stopped else size - n_failed,
                 "size": size,
                 "system": False,
             }
@@ -580,7 +580,7 @@ async def collect_status(
             {
                 "name": name,
                 "kind": "proc",
-                "extent": {"procs": len(procs)},
+                "extent": _proc_extent(procs, mesh_rows),
                 "alive": sum(p["status"] == "running" for p in procs),
                 "size": len(procs),
             }
@@ -602,6 +602,20 @@ async def collect_status(
 
 
 _STARTED_AT = time.time()
+
+
+def _proc_extent(
+    procs: list[dict[str, Any]], mesh_rows: dict[str, dict[str, Any]]
+) -> dict[str, int]:
+    """A proc mesh's extent: that of a user actor mesh with one actor on each of its procs
+    (the runtime keeps no record of a ProcMesh's dimensions), else ``{"procs": n}``."""
+    n = len(procs)
+    for m in mesh_rows.values():
+        if m["system"] or m["size"] != n or not m["extent"]:
+            continue
+        if all(any(a["mesh"] == m["name"] for a in p["actors"]) for p in procs):
+            return dict(m["extent"])
+    return {"procs": n}
 
 
 def _find_proc(rt: Runtime, proc_id: str) -> str | None:
