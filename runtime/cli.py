@@ -21,12 +21,10 @@ from importlib import metadata
 from typing import Annotated, Any
 
 import typer
-from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import config as _config
 from .job import cli as cli_job
 from .tools import cli_admin, cli_debug, cli_sync, cli_top
 
@@ -73,15 +71,25 @@ def _root(
     """monarch-idl: a typed distributed actor framework for PyTorch."""
 
 
+def _cfg() -> Any:
+    # monarch.config (pydantic, ~0.1 s) is imported by the commands that read settings only, so
+    # ``monarch status`` and the other tools' commands start without it
+    import monarch.config
+
+    return monarch.config
+
+
 def _source(name: str) -> str:
-    if name in _config.get_runtime_config():
+    if name in _cfg().get_runtime_config():
         return "configure()"
-    if _config._environ_value(name):
+    if _cfg()._environ_value(name):
         return "environment"
     return "default"
 
 
 def _shown(value: Any) -> Any:
+    from pydantic import SecretStr
+
     if isinstance(value, SecretStr):
         return "<hidden>"
     return value
@@ -104,14 +112,14 @@ def config_command(
     The cluster token is shown as <hidden> when set.
     """
     if markdown:
-        typer.echo(_config._settings_markdown(), nl=False)
+        typer.echo(_cfg()._settings_markdown(), nl=False)
         return
     try:
-        cfg = _config.get_global_config()
-    except _config.ConfigError as exc:
+        cfg = _cfg().get_global_config()
+    except _cfg().ConfigError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    names = list(_config.MonarchConfig.model_fields)
+    names = list(_cfg().MonarchConfig.model_fields)
     if as_json:
         typer.echo(json.dumps({n: _shown(getattr(cfg, n)) for n in names}, indent=2))
         return
@@ -124,7 +132,7 @@ def config_command(
         value = _shown(getattr(cfg, n))
         text = "unset" if value is None else '""' if value == "" else str(value)
         shown = Text(text)  # Text: a value is never read as rich markup
-        table.add_row(n, _config.env_var(n), shown, _source(n))
+        table.add_row(n, _cfg().env_var(n), shown, _source(n))
     Console().print(table)
 
 
@@ -159,7 +167,7 @@ def host_serve_command(
     try:
         token = token_from_config()
         agent = HostAgent(listen, advertise=advertise, token=token, insecure=insecure)
-    except (InsecureAgentError, ValueError, _config.ConfigError) as exc:
+    except (InsecureAgentError, ValueError, _cfg().ConfigError) as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
 

@@ -4,15 +4,15 @@ meshes by name: ``job.state().trainers``. See docs/jobs.md."""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._trait import DEFAULT_JOB_PATH, JobError, JobState, JobTrait, job_load, job_loads
-from .process import LocalJob, ProcessJob
-from .slurm import SlurmJob
-from .ssh import SSHJob
-
 if TYPE_CHECKING:
+    from ._trait import DEFAULT_JOB_PATH, JobError, JobState, JobTrait, job_load, job_loads
     from .kubernetes import KubernetesJob
+    from .process import LocalJob, ProcessJob
+    from .slurm import SlurmJob
+    from .ssh import SSHJob
 
 __all__ = [
     "DEFAULT_JOB_PATH",
@@ -29,9 +29,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "KubernetesJob":  # the kubernetes client is imported only when a job uses it
-        from .kubernetes import KubernetesJob
+# exported lazily: ``monarch job --help`` (which imports this package for its commands) does not
+# import the runtime, and the kubernetes client is imported only when a job uses it
+_HOMES = {
+    "DEFAULT_JOB_PATH": "_trait", "JobError": "_trait", "JobState": "_trait", "JobTrait": "_trait",
+    "job_load": "_trait", "job_loads": "_trait", "KubernetesJob": "kubernetes",
+    "LocalJob": "process", "ProcessJob": "process", "SlurmJob": "slurm", "SSHJob": "ssh",
+}  # fmt: skip
 
-        return KubernetesJob
-    raise AttributeError(f"module 'monarch.job' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'monarch.job' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
