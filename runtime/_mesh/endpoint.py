@@ -8,7 +8,9 @@ checked against the endpoint's signature at the call site, before anything is se
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -34,6 +36,22 @@ INIT_PROBE = "__monarch_initialized__"
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# The tensor engine (monarch.tensor._rref, layer 5) registers here on import: ``rref(mesh,
+# spec, args, kwargs)`` runs an endpoint at a point of the op stream and returns handles;
+# ``invoke(mesh, spec, adverb, args, kwargs)`` sends a call whose arguments may hold handles.
+# Until then (and without torch) neither is used: this module never imports the tensor engine.
+_TENSOR_HOOKS: list[Any] = [None, None]
+
+# actor side: the tensor call being decoded on this thread (set while its arguments unpickle,
+# taken by the endpoint's bound wrapper, which runs it through the tensor engine)
+_tensor_call = threading.local()
+
+
+def set_tensor_hooks(rref: Callable[..., Any], invoke: Callable[..., Any]) -> None:
+    """Called by ``monarch.tensor`` on import (see ``_TENSOR_HOOKS``)."""
+    _TENSOR_HOOKS[0] = rref
+    _TENSOR_HOOKS[1] = invoke
 
 
 @dataclass(eq=False)
@@ -93,7 +111,9 @@ class EndpointSpec:
                     if k not in by_keyword:
                         close = difflib.get_close_matches(k, by_keyword, n=1)
                         hint = f" (did you mean {close[0]!r}?)" if close else ""
-                        raise TypeError(f"{who}() got an unexpected keyword argument {k!r}{hint}") from None
+                        raise TypeError(
+                            f"{who}() got an unexpected keyword argument {k!r}{hint}"
+                        ) from None
             raise TypeError(f"{who}(): {exc}") from None
 
 
@@ -101,12 +121,17 @@ def _simple_arity(sig: inspect.Signature) -> int:
     """The number of parameters when all are plain positional-or-keyword without defaults
     (then exactly that many positional arguments bind), else -1."""
     for p in sig.parameters.values():
-        if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or p.default is not inspect.Parameter.empty:
+        if (
+            p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD
+            or p.default is not inspect.Parameter.empty
+        ):
             return -1
     return len(sig.parameters)
 
 
-def _user_signature(fn: Callable[..., Any], explicit_response_port: bool) -> inspect.Signature | None:
+def _user_signature(
+    fn: Callable[..., Any], explicit_response_port: bool
+) -> inspect.Signature | None:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -135,16 +160,57 @@ class Endpoint(Generic[P, R]):
         Raises:
             ValueError: the mesh does not have exactly one actor.
             TypeError: the arguments do not match the endpoint.
+
+        ``monarch.Tensor`` handles in the arguments arrive as the actor's rank's local tensor
+        (inside ``procs.activate()``; see ``rref``).
         """
+        inv = _TENSOR_HOOKS[1]
+        if inv is not None:
+            return inv(self._mesh, self._spec, "call_one", args, kwargs)  # type: ignore[no-any-return]
         return self._mesh._invoke(self._spec, "call_one", args, kwargs)  # type: ignore[no-any-return]
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Future[ValueMesh[R]]:
-        """Call every actor of the mesh; the future's ``ValueMesh`` is shaped like the mesh."""
+        """Call every actor of the mesh; the future's ``ValueMesh`` is shaped like the mesh.
+
+        ``monarch.Tensor`` handles in the arguments arrive as each rank's local tensor.
+        """
+        inv = _TENSOR_HOOKS[1]
+        if inv is not None:
+            return inv(self._mesh, self._spec, "call", args, kwargs)  # type: ignore[no-any-return]
         return self._mesh._invoke(self._spec, "call", args, kwargs)  # type: ignore[no-any-return]
 
     def broadcast(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Send to every actor without waiting; a failing handler fails its actor (supervision)."""
+        """Send to every actor without waiting; a failing handler fails its actor (supervision).
+
+        ``monarch.Tensor`` handles in the arguments arrive as each rank's local tensor.
+        """
+        inv = _TENSOR_HOOKS[1]
+        if inv is not None:
+            inv(self._mesh, self._spec, "broadcast", args, kwargs)
+            return
         self._mesh._invoke(self._spec, "broadcast", args, kwargs)
+
+    def rref(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the endpoint on every actor at this point of the active mesh's op stream, on the
+        ranks' real local tensors, and return handles (``monarch.Tensor``) to the tensors it
+        returns: not a Future (Monarch's ``Endpoint.rref``).
+
+        The handles' shapes come from ``@endpoint(propagate=fn)`` (``fn`` is called on the
+        client with the arguments as meta tensors); ``propagate="inspect"`` runs it for its
+        effects and returns None. Ops issued before it are visible to it, ops after it see its
+        results; a failure poisons the results like a failing op. Needs ``monarch.tensor``
+        (torch), a sync actor and a synchronous endpoint.
+
+        Raises:
+            ValueError: no active mesh, or the endpoint declares no ``propagate``.
+            TypeError: the arguments do not match the endpoint.
+            NotImplementedError: an IDL (capnp-coded) endpoint.
+        """
+        if _TENSOR_HOOKS[0] is None:
+            import importlib
+
+            importlib.import_module("monarch.tensor._rref")
+        return _TENSOR_HOOKS[0](self._mesh, self._spec, args, kwargs)  # type: ignore[no-any-return]
 
     def choose(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Call one actor of the mesh, chosen by the runtime (round robin)."""
@@ -193,6 +259,14 @@ class EndpointProperty(Generic[P, R]):
     def __set_name__(self, owner: type, name: str) -> None:
         self._spec.py_name = name
 
+    @functools.cached_property
+    def _plain_sync(self) -> bool:
+        spec = self._spec
+        if spec.stream or spec.explicit_response_port or spec.concurrent:
+            return False
+        fn = inspect.unwrap(self._method)
+        return not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
+
     @overload
     def __get__(self, instance: None, owner: type) -> EndpointProperty[P, R]: ...
     @overload
@@ -202,7 +276,10 @@ class EndpointProperty(Generic[P, R]):
             return self
         if getattr(instance, "_is_actor_mesh", False):
             return Endpoint(instance, self._spec)
-        return self._method.__get__(instance, owner)
+        bound = self._method.__get__(instance, owner)
+        if self._plain_sync:
+            return _Bound(bound)
+        return bound
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._method(*args, **kwargs)
@@ -215,8 +292,36 @@ class EndpointProperty(Generic[P, R]):
         return self._spec.explicit_response_port or self._spec.concurrent
 
 
+class _Bound:
+    """A sync endpoint bound to its actor: the method, unless a tensor call (rref, or handles
+    in the arguments) was decoded for it on this thread; then the tensor engine runs it."""
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, method: Any) -> None:
+        self.__wrapped__ = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        p = getattr(_tensor_call, "pending", None)
+        if p is None:
+            return self.__wrapped__(*args, **kwargs)
+        _tensor_call.pending = None
+        return p.run(self.__wrapped__, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+
 def _make(
-    fn: Callable[..., Any], *, explicit_response_port: bool, concurrent: bool = False, timeout_s: float | None = None
+    fn: Callable[..., Any],
+    *,
+    explicit_response_port: bool,
+    concurrent: bool = False,
+    timeout_s: float | None = None,
+    propagate: Any = None,
 ) -> EndpointProperty[Any, Any]:
     is_gen = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
     spec = EndpointSpec(
@@ -229,17 +334,34 @@ def _make(
         signature=_user_signature(fn, explicit_response_port),
         qualname=getattr(fn, "__qualname__", fn.__name__).rpartition("<locals>.")[2],
     )
+    if propagate is not None:
+        if not (callable(propagate) or propagate == "inspect"):
+            raise ValueError(f"propagate must be a callable or 'inspect', got {propagate!r}")
+        spec.extra["propagate"] = propagate
     return EndpointProperty(fn, spec)
 
 
 class _EndpointIfy:
-    def __init__(self, explicit_response_port: bool, concurrent: bool, timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        explicit_response_port: bool,
+        concurrent: bool,
+        timeout_s: float | None,
+        propagate: Any = None,
+    ) -> None:
         self._erp = explicit_response_port
         self._concurrent = concurrent
         self._timeout_s = timeout_s
+        self._propagate = propagate
 
     def __call__(self, fn: Callable[..., Any]) -> Any:
-        return _make(fn, explicit_response_port=self._erp, concurrent=self._concurrent, timeout_s=self._timeout_s)
+        return _make(
+            fn,
+            explicit_response_port=self._erp,
+            concurrent=self._concurrent,
+            timeout_s=self._timeout_s,
+            propagate=self._propagate,
+        )
 
 
 @overload
@@ -252,11 +374,16 @@ def endpoint(method: Callable[Concatenate[Any, P], Iterator[R]]) -> EndpointProp
 def endpoint(method: Callable[Concatenate[Any, P], R]) -> EndpointProperty[P, R]: ...
 @overload
 def endpoint(
-    *, explicit_response_port: bool = ..., concurrent: bool = ..., timeout: float | None = ...
+    *,
+    propagate: Any = ...,
+    explicit_response_port: bool = ...,
+    concurrent: bool = ...,
+    timeout: float | None = ...,
 ) -> Any: ...
 def endpoint(
     method: Callable[..., Any] | None = None,
     *,
+    propagate: Any = None,
     explicit_response_port: bool = False,
     concurrent: bool = False,
     timeout: float | None = None,
@@ -265,16 +392,24 @@ def endpoint(
 
     Args:
         method: the method (when used bare as ``@endpoint``).
+        propagate: for ``ep.rref(...)``: a function called on the client with the arguments as
+            meta tensors, returning tensors shaped like the endpoint's result; or ``"inspect"``
+            (the endpoint returns no tensor). None: the endpoint cannot be ``rref``-ed.
         explicit_response_port: the method takes a ``Port`` after ``self`` and answers on it,
             possibly later or from another thread; exceptions then fail the actor.
         concurrent: async handlers may run concurrently with each other.
         timeout: default call timeout in seconds for callers (``CallTimeout``).
 
     A generator or async-generator method becomes a streaming endpoint.
+
+    Raises:
+        ValueError: ``propagate`` is neither a callable, ``"inspect"`` nor None.
     """
     if method is not None:
         return _make(method, explicit_response_port=False)
-    return _EndpointIfy(explicit_response_port, concurrent, timeout)
+    if propagate is not None and not (callable(propagate) or propagate == "inspect"):
+        raise ValueError(f"propagate must be a callable or 'inspect', got {propagate!r}")
+    return _EndpointIfy(explicit_response_port, concurrent, timeout, propagate)
 
 
 def concurrent_endpoint(
@@ -297,27 +432,34 @@ def concurrent_endpoint(
 
     Args:
         method: the method (when used bare as ``@concurrent_endpoint``).
-        propagate: the tensor engine's shape propagator; not built yet, only None is accepted.
+        propagate: the tensor engine's shape propagator, as for ``@endpoint``; concurrent
+            (async) endpoints cannot be ``rref``-ed, so it is recorded but ``rref`` refuses them.
         explicit_response_port: the method takes a ``Port`` after ``self`` and answers on it.
         instrument: Monarch's telemetry switch; this runtime has no per-endpoint telemetry, so
             both values behave the same.
         timeout: default call timeout in seconds for callers (``CallTimeout``).
 
     Raises:
-        ValueError: ``method`` is already an ``@endpoint``, or is not an ``async def``.
-        NotImplementedError: ``propagate`` is given.
+        ValueError: ``method`` is already an ``@endpoint``, or is not an ``async def``, or
+            ``propagate`` is neither a callable, ``"inspect"`` nor None.
     """
-    if propagate is not None:
-        raise NotImplementedError("concurrent_endpoint(propagate=...) needs the tensor engine, which is not built yet")
 
     def wrap(fn: Callable[..., Any]) -> EndpointProperty[Any, Any]:
         if isinstance(fn, EndpointProperty):
-            raise ValueError("concurrent_endpoint does not wrap @endpoint; pass endpoint options to @concurrent_endpoint")
+            raise ValueError(
+                "concurrent_endpoint does not wrap @endpoint; pass endpoint options to @concurrent_endpoint"
+            )
         target = inspect.unwrap(fn)
         if not (inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)):
             raise ValueError(
                 f"concurrent_endpoint can only wrap async endpoints; {getattr(fn, '__qualname__', fn)!r} is not async"
             )
-        return _make(fn, explicit_response_port=explicit_response_port, concurrent=True, timeout_s=timeout)
+        return _make(
+            fn,
+            explicit_response_port=explicit_response_port,
+            concurrent=True,
+            timeout_s=timeout,
+            propagate=propagate,
+        )
 
     return wrap if method is None else wrap(method)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,11 @@ class MeshClient:
         self.labels: list[str] = list(ext.labels)
         self.sizes: list[int] = list(ext.sizes)
         self.procs = procs
-        self.workers: Any = procs.spawn("tensor_engine", TensorWorker, self.labels, self.sizes, COLLECTIVE_TIMEOUT_S)
+        self.token = uuid.uuid4().hex  # names this client's stores on the procs (see _rref)
+        self.workers: Any = procs.spawn(
+            "tensor_engine", TensorWorker, self.labels, self.sizes, COLLECTIVE_TIMEOUT_S, self.token
+        )
+        self._seqs = itertools.count(1)
         self.cmds: list[tuple[Any, ...]] = []
         self.deletes: list[int] = []
         self._ids = itertools.count(1)
@@ -50,6 +55,10 @@ class MeshClient:
 
     def new_id(self) -> int:
         return next(self._ids)
+
+    def new_seq(self) -> int:
+        """The next SYNC point's number (increasing: the workers wait for each in turn)."""
+        return next(self._seqs)
 
     def fn_id(self, fn: Callable[..., Any] | str) -> int:
         """The id the workers know ``fn`` by (defined on first use, in the same batch)."""
@@ -73,7 +82,8 @@ class MeshClient:
 
         host = os.environ.get("MONARCH_TENSOR_STORE_HOST", "127.0.0.1")
         self._store = dist.TCPStore(  # type: ignore[attr-defined]  # exported by torch.distributed at run time
-            host, 0, _prod(self.sizes) + 1, True, wait_for_workers=False)
+            host, 0, _prod(self.sizes) + 1, True, wait_for_workers=False
+        )
         self.cmds.append((STORE, host, self._store.port))
 
     def flush(self) -> None:

@@ -9,6 +9,7 @@ Monarch's worker (python/monarch/worker in Meta Monarch).
 from __future__ import annotations
 
 import importlib
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,11 @@ from torch.utils._pytree import tree_flatten
 
 from . import _collectives
 from ._errors import TensorOpError
-from ._wire import CALL, DEFINE_FN, RANK, REDUCE, STORE, Poison, Ref
+from ._wire import CALL, DEFINE_FN, RANK, REDUCE, STORE, SYNC, Poison, Ref
+
+# this proc's stores by their client's token: an actor on the same proc reads and writes the
+# store of its rank directly for ``rref`` and for handles passed to its endpoints (``_rref``)
+LOCAL: dict[str, TensorStore] = {}
 
 
 def _resolve(spec: Any) -> Callable[..., Any]:
@@ -45,10 +50,21 @@ class TensorStore:
         labels: the activated mesh's dimension names.
         sizes: its sizes.
         point: this rank's coordinates, by label.
-        timeout_s: bound on every collective (gloo group timeout).
+        timeout_s: bound on every collective (gloo group timeout), and on the wait for an
+            actor call at a ``SYNC`` point.
+        flat_rank: this rank's row-major rank in the mesh (``SYNC`` names ranks so).
+        token: the client's token; the store registers itself in ``LOCAL`` under it.
     """
 
-    def __init__(self, labels: list[str], sizes: list[int], point: dict[str, int], timeout_s: float) -> None:
+    def __init__(
+        self,
+        labels: list[str],
+        sizes: list[int],
+        point: dict[str, int],
+        timeout_s: float,
+        flat_rank: int = 0,
+        token: str = "",
+    ) -> None:
         self._coords = [point[label] for label in labels]
         self._rank = dict(zip(labels, self._coords))
         self._labels = labels
@@ -56,6 +72,15 @@ class TensorStore:
         self._store: dict[int, Any] = {}
         self._fns: dict[int, Callable[..., Any]] = {}
         self._groups = _collectives.Groups(labels, sizes, self._coords, timeout_s)
+        self.flat_rank = flat_rank
+        self.timeout_s = timeout_s
+        # the SYNC hand-off with actors on this proc: ``reached`` is the last SYNC point this
+        # worker has arrived at (it then blocks until the actor adds that seq to ``done``)
+        self.cond = threading.Condition()
+        self.reached = 0
+        self.done: set[int] = set()
+        if token:
+            LOCAL[token] = self
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -78,10 +103,55 @@ class TensorStore:
                 self._store[cmd[1]] = self._rank_of(cmd[2])
             elif tag == STORE:
                 self._groups.set_store(cmd[1], cmd[2])
+            elif tag == SYNC:
+                self._sync(cmd[1], cmd[2], cmd[3])
         # after the commands: a handle made and dropped within one batch is used by it first (the
         # client sends only ids of handles that were dead when the batch left)
         for i in deletes:
             store.pop(i, None)
+
+    def _sync(self, seq: int, ranks: list[int], out_ids: tuple[int, ...]) -> None:
+        """An actor call at this point of the op order: let the actor of this rank in (it has
+        been waiting for ``reached >= seq``), and block until it has run and stored its results
+        (``done``), at most ``timeout_s``; then its outputs are poisoned."""
+        if self.flat_rank not in ranks:
+            return
+        with self.cond:
+            self.reached = seq
+            self.cond.notify_all()
+            ok = self.cond.wait_for(lambda: seq in self.done, self.timeout_s)
+            self.done.discard(seq)
+        if not ok:
+            p = Poison(
+                self._rank,
+                "actor call",
+                f"TimeoutError: the actor call did not run within {self.timeout_s} s",
+                "",
+            )
+            for i in out_ids:
+                self._store[i] = p
+
+    def wait_reached(self, seq: int) -> bool:
+        """(actor side) Wait until this worker has run every command before SYNC point ``seq``."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.reached >= seq, self.timeout_s)
+
+    def signal_done(self, seq: int) -> None:
+        """(actor side) The actor call of SYNC point ``seq`` has finished: release the worker."""
+        with self.cond:
+            self.done.add(seq)
+            self.cond.notify_all()
+
+    def poison(self, op: str, exc: BaseException) -> Poison:
+        """A ``Poison`` for ``exc`` raised by ``op`` on this rank."""
+        return self._poison(op, exc)
+
+    def get(self, i: int) -> Any:
+        """The stored value ``i`` (a tensor or a ``Poison``), or None."""
+        return self._store.get(i)
+
+    def put(self, i: int, v: Any) -> None:
+        self._store[i] = v
 
     def _poison(self, op: str, exc: BaseException) -> Poison:
         tb = "".join(traceback.format_exception(exc))
@@ -91,7 +161,12 @@ class TensorStore:
         if type(obj) is Ref:
             v = self._store.get(obj.id)
             if v is None:
-                v = Poison(self._rank, "lookup", f"KeyError: tensor {obj.id} is not on this worker (deleted?)", "")
+                v = Poison(
+                    self._rank,
+                    "lookup",
+                    f"KeyError: tensor {obj.id} is not on this worker (deleted?)",
+                    "",
+                )
             if type(v) is Poison:
                 bad.append(v)
             return v
@@ -120,7 +195,9 @@ class TensorStore:
             else:
                 leaves = [x for x in tree_flatten(out)[0] if isinstance(x, torch.Tensor)]
             if len(leaves) != len(out_ids):
-                raise RuntimeError(f"{_fn_name(fn)} returned {len(leaves)} tensors here, its propagation said {len(out_ids)}")
+                raise RuntimeError(
+                    f"{_fn_name(fn)} returned {len(leaves)} tensors here, its propagation said {len(out_ids)}"
+                )
         except Exception as exc:
             p = self._poison(_fn_name(fn), exc)
             for i in out_ids:
@@ -136,10 +213,23 @@ class TensorStore:
                 r = r * size + c
         return torch.tensor(r, dtype=torch.long)
 
-    def _reduce(self, out_id: int, in_id: int, dims: tuple[str, ...], reduction: str, scatter: bool, inplace: bool) -> None:
+    def _reduce(
+        self,
+        out_id: int,
+        in_id: int,
+        dims: tuple[str, ...],
+        reduction: str,
+        scatter: bool,
+        inplace: bool,
+    ) -> None:
         v = self._store.get(in_id)
         if v is None:
-            v = Poison(self._rank, "reduce", f"KeyError: tensor {in_id} is not on this worker (deleted?)", "")
+            v = Poison(
+                self._rank,
+                "reduce",
+                f"KeyError: tensor {in_id} is not on this worker (deleted?)",
+                "",
+            )
         op = f"reduce({dims}, {reduction!r}, scatter={scatter})"
         try:
             pg, ri, g = self._groups.get(dims)
@@ -148,7 +238,12 @@ class TensorStore:
                 self._store[out_id] = v
                 return
             if bad:
-                self._store[out_id] = Poison(self._rank, op, f"RuntimeError: the input is poisoned on group ranks {bad} along {dims}", "")
+                self._store[out_id] = Poison(
+                    self._rank,
+                    op,
+                    f"RuntimeError: the input is poisoned on group ranks {bad} along {dims}",
+                    "",
+                )
                 return
             assert isinstance(v, torch.Tensor)
             out = _collectives.reduce_tensor(pg, g, v, reduction, scatter)
@@ -169,7 +264,12 @@ class TensorStore:
         for i in ids:
             v = self._store.get(i)
             if v is None:
-                raise TensorOpError(self._rank, "fetch", f"KeyError: tensor {i} is not on this worker (deleted?)", "")
+                raise TensorOpError(
+                    self._rank,
+                    "fetch",
+                    f"KeyError: tensor {i} is not on this worker (deleted?)",
+                    "",
+                )
             if type(v) is Poison:
                 raise TensorOpError(v.rank, v.op, v.error, v.traceback)
             out.append(v.detach())

@@ -54,11 +54,23 @@ class Tensor(torch.Tensor):
         if c is not None:
             c.deletes.append(self._id)  # list.append: atomic, safe from a GC on any thread
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # as an argument of an actor endpoint: the receiving rank's local tensor (see _rref)
+        from ._rref import reduce_handle
+
+        return reduce_handle(self)
+
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         return dispatch(func, args, kwargs or {}, None)
 
-    def reduce(self, dims: str | tuple[str, ...] | list[str], reduction: str = "sum", scatter: bool = False, mesh: Any = None) -> Tensor:
+    def reduce(
+        self,
+        dims: str | tuple[str, ...] | list[str],
+        reduction: str = "sum",
+        scatter: bool = False,
+        mesh: Any = None,
+    ) -> Tensor:
         """Combine this tensor across the ranks along ``dims`` (Monarch's ``Tensor.reduce``).
 
         Args:
@@ -83,7 +95,13 @@ class Tensor(torch.Tensor):
 
         return reduce(self, dims, reduction, scatter, mesh, inplace=False)
 
-    def reduce_(self, dims: str | tuple[str, ...] | list[str], reduction: str = "sum", scatter: bool = False, mesh: Any = None) -> Tensor:
+    def reduce_(
+        self,
+        dims: str | tuple[str, ...] | list[str],
+        reduction: str = "sum",
+        scatter: bool = False,
+        mesh: Any = None,
+    ) -> Tensor:
         """``reduce`` in place: this handle names the result (shape must be unchanged)."""
         from ._reduce import reduce
 
@@ -185,7 +203,9 @@ def _wire(obj: Any, w: _Walk, key: list[Any]) -> Any:
         if w.client is None:
             w.client = obj._client
         elif obj._client is not w.client:
-            raise ValueError(f"an op mixes tensors of two meshes: {obj!r} and a tensor of {w.client!r}")
+            raise ValueError(
+                f"an op mixes tensors of two meshes: {obj!r} and a tensor of {w.client!r}"
+            )
         w.handles.append(obj)
         f = obj._fake
         key.append((f.shape, f.stride(), f.dtype, f.storage_offset()))
@@ -239,7 +259,9 @@ def _func_name(func: Any) -> str:
     return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
 
 
-def propagate_meta(func: Any, args: Any, kwargs: Any, handles: list[Tensor], factory: bool) -> tuple[Any, list[Any], list[Any]]:
+def propagate_meta(
+    func: Any, args: Any, kwargs: Any, handles: list[Tensor], factory: bool
+) -> tuple[Any, list[Any], list[Any]]:
     """Run ``func`` on meta tensors: ``(result_spec, leaves, templates)`` where ``templates``
     has one entry per tensor leaf of the result: ``(leaf_index, "new", shape, stride, dtype,
     storage_offset)`` or ``(leaf_index, "alias", i)`` (the leaf is the i-th input handle
@@ -255,7 +277,9 @@ def propagate_meta(func: Any, args: Any, kwargs: Any, handles: list[Tensor], fac
         else:
             out = func(*margs, **mkwargs)
     except NotImplementedError as exc:
-        raise NotImplementedError(f"{_func_name(func)} cannot run on a monarch.Tensor: its output shape is not known without running it ({exc})") from exc
+        raise NotImplementedError(
+            f"{_func_name(func)} cannot run on a monarch.Tensor: its output shape is not known without running it ({exc})"
+        ) from exc
     leaves, spec = tree_flatten(out)
     # an op that returns one of its inputs (``add_``) names it; a remote function's results are
     # new tensors on the workers whatever its propagator returns
@@ -267,11 +291,22 @@ def propagate_meta(func: Any, args: Any, kwargs: Any, handles: list[Tensor], fac
             if j is not None:
                 templates.append((i, "alias", j))
             else:
-                templates.append((i, "new", tuple(leaf.shape), tuple(leaf.stride()), leaf.dtype, leaf.storage_offset()))
+                templates.append(
+                    (
+                        i,
+                        "new",
+                        tuple(leaf.shape),
+                        tuple(leaf.stride()),
+                        leaf.dtype,
+                        leaf.storage_offset(),
+                    )
+                )
     return (spec, leaves, templates)
 
 
-def dispatch(func: Any, args: Any, kwargs: Any, ambient: MeshClient | None, fid_key: Any = None) -> Any:
+def dispatch(
+    func: Any, args: Any, kwargs: Any, ambient: MeshClient | None, fid_key: Any = None
+) -> Any:
     """Run ``func(*args, **kwargs)`` on the mesh of the handles in it (or ``ambient``'s).
 
     Returns:
@@ -297,7 +332,9 @@ def dispatch(func: Any, args: Any, kwargs: Any, ambient: MeshClient | None, fid_
         if client is None:
             client = ambient
         elif client is not ambient:
-            raise ValueError(f"{_func_name(func)}: a tensor of another mesh is used inside {ambient!r}.activate()")
+            raise ValueError(
+                f"{_func_name(func)}: a tensor of another mesh is used inside {ambient!r}.activate()"
+            )
     if client is None:  # not reached through our hooks
         return func(*args, **kwargs)
     factory = not w.handles
@@ -323,7 +360,17 @@ def dispatch(func: Any, args: Any, kwargs: Any, ambient: MeshClient | None, fid_
     return _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates)
 
 
-def _emit(client: MeshClient, func: Any, fid_key: Any, w: _Walk, wargs: Any, wkwargs: Any, spec: Any, leaves: list[Any], templates: list[Any]) -> Any:
+def _emit(
+    client: MeshClient,
+    func: Any,
+    fid_key: Any,
+    w: _Walk,
+    wargs: Any,
+    wkwargs: Any,
+    spec: Any,
+    leaves: list[Any],
+    templates: list[Any],
+) -> Any:
     """Make the result handles and queue the command."""
     out_leaves = list(leaves)
     out_ids = []
@@ -344,7 +391,13 @@ def _emit(client: MeshClient, func: Any, fid_key: Any, w: _Walk, wargs: Any, wkw
     return tree_unflatten(out_leaves, spec)
 
 
-def call_remote(fn: Callable[..., Any] | str, propagate: Callable[..., Any], args: Any, kwargs: Any, ambient: MeshClient | None) -> Any:
+def call_remote(
+    fn: Callable[..., Any] | str,
+    propagate: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    ambient: MeshClient | None,
+) -> Any:
     """Run ``fn`` on every rank with handles as the ranks' local tensors; ``propagate`` gives the
     result's metadata (called with meta tensors on the client)."""
     return dispatch(_Remote(fn, propagate), args, kwargs, ambient, fid_key=fn)
@@ -368,3 +421,6 @@ class _Remote:
 
     def __eq__(self, other: object) -> bool:
         return type(other) is _Remote and other.fn == self.fn and other.propagate == self.propagate
+
+
+from . import _rref as _rref  # noqa: E402  # registers the actor-endpoint hooks (rref, handles to .call())

@@ -14,6 +14,7 @@ CALL = 1  # (CALL, fid, out_ids, args, kwargs): run function fid; tensor leaves 
 RANK = 2  # (RANK, out_id, dims): this rank's (combined) coordinate along dims, a 0-d int64 tensor
 REDUCE = 3  # (REDUCE, out_id, in_id, dims, reduction, scatter, inplace)
 STORE = 4  # (STORE, host, port): where the collectives' TCPStore listens
+SYNC = 5  # (SYNC, seq, ranks, out_ids): an actor call at this point of the op order (see _rref)
 
 
 class Ref:

@@ -25,12 +25,17 @@ class TensorWorker(Actor):
         labels: the activated mesh's dimension names.
         sizes: its sizes.
         timeout_s: bound on every collective (gloo group timeout).
+        token: the client's token (actors on this proc find this store by it).
     """
 
-    def __init__(self, labels: list[str], sizes: list[int], timeout_s: float) -> None:
+    def __init__(
+        self, labels: list[str], sizes: list[int], timeout_s: float, token: str = ""
+    ) -> None:
         point = context().actor_instance.rank
         store = importlib.import_module("monarch.tensor._store")
-        self._store = store.TensorStore(labels, sizes, {k: point[k] for k in labels}, timeout_s)
+        self._store = store.TensorStore(
+            labels, sizes, {k: point[k] for k in labels}, timeout_s, point.rank, token
+        )
 
     @endpoint
     def run(self, deletes: list[int], cmds: list[tuple[Any, ...]]) -> None:

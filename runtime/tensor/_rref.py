@@ -1,0 +1,301 @@
+"""Actor endpoints and tensor handles: ``ep.rref(*args)`` (Monarch's ``Endpoint.rref``) and
+handles passed to ``call`` / ``call_one`` / ``broadcast``.
+
+The hand-off between the TensorWorker and an actor on the same proc (two actors, two threads,
+one process) is a numbered SYNC point in the op stream:
+
+1. The client queues ``(SYNC, seq, ranks, out_ids)`` after the ops issued so far, flushes, and
+   then sends the endpoint message, whose arguments are wrapped in ``_CallArgs`` carrying
+   ``(token, seq, mode, out_ids)``; handles in them pickle as ``(token, id)`` references.
+2. The worker of each rank in ``ranks`` runs the ops before the SYNC, sets its store's
+   ``reached = seq`` and blocks until the actor reports ``seq`` done (at most the collective
+   timeout; the outputs are then poisoned).
+3. The actor's thread decodes the message: ``_begin`` (unpickled before the arguments) finds
+   the store of this proc by token (``_store.LOCAL``) and waits for ``reached >= seq``; each
+   handle then becomes the rank's local tensor, read from the store directly. The endpoint
+   runs (``endpoint._tensor_call`` hands it the pending call); an ``rref`` stores the tensors
+   it returns under ``out_ids``, then the actor signals ``done`` and the worker goes on.
+
+So an rref sees every op issued before it, and ops issued after it see its results and any
+in-place change it made. A failure poisons the outputs like a failing op. Only synchronous
+endpoints of sync (non-async) actors take part: their messages are decoded on the actor's own
+thread, where waiting is allowed.
+"""
+
+from __future__ import annotations
+
+import inspect as _inspect
+import threading
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from .._core.future import loop_thread_marker
+from .._mesh import endpoint as _endpoint
+from .._mesh.endpoint import EndpointSpec
+from ._errors import TensorOpError
+from ._store import LOCAL, TensorStore
+from ._tensor import Tensor, _bare, active_client, new_handle
+from ._wire import SYNC, Poison
+
+_sending = threading.local()  # client side: set while a message with handles is encoded
+
+
+# -- client side ----------------------------------------------------------------------------
+
+
+def _to_meta(obj: Any) -> Any:
+    leaves, spec = tree_flatten(obj)
+    return tree_unflatten([x._fake if type(x) is Tensor else x for x in leaves], spec)
+
+
+def _client_of(obj: Any) -> Any:
+    client = active_client()
+    for x in tree_flatten(obj)[0]:
+        if type(x) is Tensor:
+            if client is None:
+                client = x._client
+            elif x._client is not client:
+                raise ValueError(f"a handle of another mesh is passed to an actor: {x!r}")
+    return client
+
+
+def _ranks(mesh: Any) -> list[int]:
+    plan = mesh._cplan or mesh._make_plan()
+    return list(plan.ranks)
+
+
+def rref(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``spec``'s endpoint on every actor of ``mesh`` at this point of the op stream, on the
+    ranks' local tensors; return handles to the tensors it returns (see the module docstring)."""
+    if spec.codec is not None:
+        raise NotImplementedError(
+            f"rref() of {spec.qualname or spec.name}: only pickle-coded (Python) endpoints support rref yet"
+        )
+    if spec.stream or spec.explicit_response_port:
+        raise ValueError(
+            f"rref() of {spec.qualname or spec.name}: streaming and explicit-port endpoints cannot return a tensor"
+        )
+    client = _client_of((args, kwargs))
+    if client is None:
+        raise ValueError(
+            "rref() needs an active mesh (`with procs.activate():`) or a monarch.Tensor argument"
+        )
+    spec.check_arguments(args, kwargs)
+    prop = spec.extra.get("propagate")
+    if prop is None:
+        raise ValueError(
+            f"rref() of {spec.qualname or spec.name}: the result's shape is not known; declare it with "
+            "@endpoint(propagate=fn) (fn takes the endpoint's arguments as meta tensors and returns "
+            "tensors shaped like its result) or propagate='inspect' (no tensor result)"
+        )
+    out_ids: tuple[int, ...] = ()
+    result: Any = None
+    if prop != "inspect":
+        with _bare(), torch.device("meta"):
+            fake = prop(*_to_meta(args), **_to_meta(kwargs))
+        leaves, tspec = tree_flatten(fake)
+        outs: list[Any] = []
+        ids = []
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor):
+                with _bare():
+                    meta = torch.empty_strided(
+                        tuple(leaf.shape), tuple(leaf.stride()), dtype=leaf.dtype, device="meta"
+                    )
+                h = new_handle(meta, client, client.new_id())
+                ids.append(h._id)
+                outs.append(h)
+            else:
+                outs.append(leaf)
+        out_ids = tuple(ids)
+        result = tree_unflatten(outs, tspec)
+    _send(client, mesh, spec, "call", args, kwargs, "rref", out_ids)
+    return result
+
+
+def invoke(
+    mesh: Any, spec: EndpointSpec, adverb: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``mesh._invoke`` for a call whose arguments may hold handles (they arrive as the ranks'
+    local tensors, at this point of the op stream)."""
+    if not _has_handle(args, kwargs):
+        return mesh._invoke(spec, adverb, args, kwargs)
+    if spec.codec is not None:
+        raise NotImplementedError(
+            f"{spec.qualname or spec.name}: monarch.Tensor arguments need a pickle-coded (Python) endpoint"
+        )
+    client = _client_of((args, kwargs))
+    return _send(client, mesh, spec, adverb, args, kwargs, "call", ())
+
+
+def _send(
+    client: Any,
+    mesh: Any,
+    spec: EndpointSpec,
+    adverb: str,
+    args: Any,
+    kwargs: Any,
+    mode: str,
+    out_ids: tuple[int, ...],
+) -> Any:
+    seq = client.new_seq()
+    client.push((SYNC, seq, _ranks(mesh), out_ids))
+    client.flush()
+    _sending.token = client.token
+    try:
+        return mesh._invoke(
+            spec, adverb, _CallArgs(args, (client.token, seq, mode, out_ids)), kwargs
+        )
+    finally:
+        _sending.token = None
+
+
+def _has_handle(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for v in (*args, *kwargs.values()):
+        t = type(v)
+        if t is Tensor:
+            return True
+        if (t is list or t is tuple or t is dict) and any(
+            type(x) is Tensor for x in tree_flatten(v)[0]
+        ):
+            return True
+    return False
+
+
+def reduce_handle(h: Tensor) -> tuple[Any, ...]:
+    """How a handle pickles: a reference the receiving actor resolves to its rank's tensor."""
+    if getattr(_sending, "token", None) != h._client.token:
+        raise TypeError(
+            f"{h!r} can only be sent as an argument of an actor endpoint (call, call_one, broadcast, rref); "
+            "fetch it with monarch.fetch_shard to send its values"
+        )
+    return (_local, (h._client.token, h._id))
+
+
+class _CallArgs(tuple):  # type: ignore[type-arg]
+    """An endpoint's positional arguments with the SYNC point they belong to."""
+
+    info: tuple[str, int, str, tuple[int, ...]]
+
+    def __new__(
+        cls, args: tuple[Any, ...], info: tuple[str, int, str, tuple[int, ...]]
+    ) -> _CallArgs:
+        self = super().__new__(cls, args)
+        self.info = info
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # _Begin is unpickled (and _begin runs) before the arguments: they find their store
+        return (_args, (_Begin(self.info), tuple(self)))
+
+
+class _Begin:
+    __slots__ = ("info",)
+
+    def __init__(self, info: tuple[str, int, str, tuple[int, ...]]) -> None:
+        self.info = info
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_begin, self.info)
+
+
+# -- actor side -----------------------------------------------------------------------------
+
+
+class _Pending:
+    """An actor call at a SYNC point, between its decoding and the end of its endpoint."""
+
+    __slots__ = ("error", "mode", "out_ids", "seq", "store", "thread")
+
+    def __init__(self, store: TensorStore, seq: int, mode: str, out_ids: tuple[int, ...]) -> None:
+        self.store = store
+        self.seq = seq
+        self.mode = mode
+        self.out_ids = out_ids
+        self.error: Poison | None = None
+        self.thread = threading.get_ident()
+
+    def run(self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run the endpoint (``endpoint._tensor_call`` calls this in place of it)."""
+        store = self.store
+        name = getattr(method, "__qualname__", repr(method))
+        try:
+            if self.error is not None:
+                self._poison_outs(self.error)
+                e = self.error
+                raise TensorOpError(e.rank, e.op, e.error, e.traceback)
+            try:
+                result = method(*args, **kwargs)
+                if _inspect.isawaitable(result):
+                    if hasattr(result, "close"):
+                        result.close()
+                    raise TypeError(
+                        f"{name}: rref and monarch.Tensor arguments need a synchronous (def) endpoint"
+                    )
+            except TensorOpError:
+                raise
+            except Exception as exc:
+                self._poison_outs(store.poison(name, exc))
+                raise
+            if self.mode != "rref":
+                return result
+            leaves = [x for x in tree_flatten(result)[0] if isinstance(x, torch.Tensor)]
+            if len(leaves) != len(self.out_ids):
+                err = RuntimeError(
+                    f"{name} returned {len(leaves)} tensors here, its propagate said {len(self.out_ids)}"
+                )
+                self._poison_outs(store.poison(name, err))
+                raise err
+            for i, t in zip(self.out_ids, leaves):
+                store.put(i, t)
+            return None
+        finally:
+            store.signal_done(self.seq)
+
+    def _poison_outs(self, p: Poison) -> None:
+        for i in self.out_ids:
+            self.store.put(i, p)
+
+
+def _begin(token: str, seq: int, mode: str, out_ids: tuple[int, ...]) -> _Pending:
+    if getattr(loop_thread_marker, "active", False):
+        raise TypeError(
+            "rref and monarch.Tensor arguments need an endpoint of a sync (non-async) actor"
+        )
+    store = LOCAL.get(token)
+    if store is None:
+        raise ValueError(
+            "a monarch.Tensor call reached an actor on a proc that is not in the activated mesh"
+        )
+    if not store.wait_reached(seq):
+        raise TimeoutError(
+            f"the tensor worker of this proc did not reach this call within {store.timeout_s} s"
+        )
+    p = _Pending(store, seq, mode, out_ids)
+    _endpoint._tensor_call.pending = p
+    return p
+
+
+def _args(begin: _Pending, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return args
+
+
+def _local(token: str, id: int) -> Any:
+    p: _Pending | None = getattr(_endpoint._tensor_call, "pending", None)
+    if p is None or p.thread != threading.get_ident():
+        raise ValueError("a monarch.Tensor reference arrived outside a tensor call")
+    v = p.store.get(id)
+    if v is None:
+        v = Poison(
+            p.store._rank, "lookup", f"KeyError: tensor {id} is not on this worker (deleted?)", ""
+        )
+    if type(v) is Poison:
+        if p.error is None:
+            p.error = v
+        return None
+    return v
+
+
+_endpoint.set_tensor_hooks(rref, invoke)
