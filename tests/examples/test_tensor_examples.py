@@ -57,3 +57,9 @@ def test_ddp_spmd_example_keeps_replicas_identical_and_learns() -> None:
     assert len({x[7] for x in lines}) == 1, out  # DDP: identical weights on every rank
     assert all(float(x[5]) < 0.01 for x in lines), out
     assert abs(float(lines[0][7]) - 3.5) < 0.05, out  # the target weights sum to 3.5
+
+
+@pytest.mark.timeout(200)
+def test_tensor_seed_example_checks_its_results_and_succeeds() -> None:
+    out = run_example("tensor_seed.py", timeout_s=180)
+    assert "tensor seed example: ok" in out, out
