@@ -63,3 +63,11 @@ def test_ddp_spmd_example_keeps_replicas_identical_and_learns() -> None:
 def test_tensor_seed_example_checks_its_results_and_succeeds() -> None:
     out = run_example("tensor_seed.py", timeout_s=180)
     assert "tensor seed example: ok" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(250)
+def test_digits_ddp_mode_reaches_95_percent() -> None:
+    out = run_example("digits_ddp.py", timeout_s=220)
+    line = next(x for x in out.splitlines() if x.startswith("held-out accuracy:"))
+    assert float(line.split()[2].rstrip("%")) >= 95.0, out
