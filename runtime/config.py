@@ -67,6 +67,14 @@ BOOTSTRAP_VARIABLES: Mapping[str, str] = {
     "which hosts the controllers of get_or_spawn_controller.",
     "MONARCH_IN_ZYGOTE": "Set in the fork server and everything it forks: a fork server refuses "
     "to start under it, so an import hook cannot chain fork servers.",
+    "MONARCH_DEBUG_CONTROLLER": "Set by the root client for its procs: the Unix socket of its debug "
+    "controller, which a rank paused in breakpoint() connects to (monarch debug).",
+    "MONARCH_LOG_SINK": "Set by the root client for its procs: where their output lines go (the "
+    "client's log sink port).",
+    "MONARCH_PROC_LOG_FILE": "Set by a proc's spawner: the proc's log file on its host.",
+    "MONARCH_PROC_RANK": "Set by a proc's spawner: the proc's rank in its spawn (log prefixes).",
+    "MONARCH_PROC_RANK_BASE": "Set by a host agent's client: added to the ranks the agent gives its "
+    "procs (the host's first rank in a multi-host mesh).",
 }
 """Environment variables the runtime sets for the processes it starts. They carry one process's
 bootstrap, not a user's choice, so they are not fields of :class:`MonarchConfig`; setting them
@@ -88,8 +96,9 @@ class ChannelTransport(enum.Enum):
 
     Named for compatibility with Monarch programs but NOT supported (nothing here can use them):
     ``Local`` (Monarch's in-process channel; our in-memory transport exists only in
-    ``monarch.testing``), ``Tls``, ``MetaTlsWithHostname``, ``MetaTlsWithIpV6`` (TLS; we
-    authenticate TCP with the cluster token instead), ``Quic``, ``MetaQuicWithHostname``,
+    ``monarch.testing``), ``Tls``, ``MetaTlsWithHostname``, ``MetaTlsWithIpV6`` (as transports
+    to select: here TLS is a property of every TCP link, turned on by the ``tls_ca``/``tls_cert``
+    settings or ``attach_to_workers(ca=, private_key=)``), ``Quic``, ``MetaQuicWithHostname``,
     ``MetaQuicWithIpV6`` (QUIC).
     """
 
@@ -250,6 +259,33 @@ class MonarchConfig(BaseSettings):
         None,
         description="Shared secret that authenticates both ends of every TCP connection. "
         "Unset: TCP peers cannot be reached. Never printed.",
+    )
+
+    tls_ca: str | None = Field(
+        None,
+        min_length=1,
+        description="CA bundle (PEM file) for mutual TLS on every TCP link: peers must present a "
+        "certificate signed by it. Set with tls_cert. Unset: TCP links are authenticated by the "
+        "cluster token only. See docs/multihost.md.",
+    )
+    tls_cert: str | None = Field(
+        None,
+        min_length=1,
+        description="This process's certificate chain (PEM file) for mutual TLS; it may also hold "
+        "the private key.",
+    )
+    tls_key: str | None = Field(
+        None,
+        min_length=1,
+        description="The private key (PEM file) of tls_cert. Unset: tls_cert holds the key.",
+    )
+
+    # -- tools ----------------------------------------------------------------------------------
+    admin: bool = Field(
+        True,
+        description="The client serves its admin endpoint (HTTP/JSON on 127.0.0.1, token in the "
+        "client's private admin.json) for monarch status/exec/env/top/dashboard. aiohttp is "
+        "imported only when a tool connects. See docs/tools.md.",
     )
 
     # -- diagnostics ----------------------------------------------------------------------------
@@ -513,6 +549,7 @@ def _validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         if adapter is None:
             field = MonarchConfig.model_fields[name]
             # the field's own constraints (ranges, lengths) are checked when the model is built
+            assert field.annotation is not None  # every setting is annotated
             adapter = _state.adapters[name] = TypeAdapter(field.annotation)
         try:
             out[name] = adapter.validate_python(value, strict=True)

@@ -48,13 +48,11 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 __all__ = [
-    "ADMIN_ENV",
     "ADMIN_FILE",
     "ADMIN_VERSION",
     "AdminAgent",
     "AdminEndpoint",
     "SystemAgents",
-    "admin_enabled",
     "collect_status",
     "validate_env_name",
 ]
@@ -65,7 +63,6 @@ ADMIN_VERSION = 1
 #: the discovery file's name in the client's runtime folder
 ADMIN_FILE = "admin.json"
 #: set to ``0`` (or false/no/off) to turn the admin endpoint off
-ADMIN_ENV = "MONARCH_ADMIN"
 #: how long one proc may take to answer a status request, seconds
 STATUS_TIMEOUT_S = 1.0
 #: the same for a proc whose agent was just spawned (its first answer waits for its start)
@@ -75,11 +72,6 @@ EXEC_TIMEOUT_S = 30.0
 EXEC_MAX_TIMEOUT_S = 600.0
 # module prefixes of the runtime's own actors (shown with "system": true)
 _SYSTEM_MODULES = ("monarch._", "monarch.tools", "monarch.tensor", "monarch.rdma")
-
-
-def admin_enabled() -> bool:
-    """Whether ``MONARCH_ADMIN`` leaves the admin endpoint on (the default)."""
-    return os.environ.get(ADMIN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def validate_env_name(name: Any) -> str:

@@ -29,6 +29,7 @@ arguments that cannot be decoded is answered with an error (or logged, for a bro
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import os
@@ -395,6 +396,9 @@ class ActorInstance:
                     if not spec.explicit_response_port:
                         self.host.reply(msg, spec, result, None, last=True)
             except Exception as exc:
+                # read at call time: a forked proc imported this module before its environment
+                if os.environ.get("MONARCH_DEBUG_POST_MORTEM") == "1" and not isinstance(exc, _BadInput):
+                    importlib.import_module("monarch.tools.debug_hook").post_mortem(exc)
                 self._handler_raised(msg, spec, exc)
             except asyncio.CancelledError:
                 # a concurrent endpoint's body cancelled as the actor stops: its caller is told

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib
 import logging
 import os
 import secrets
@@ -37,9 +38,10 @@ from .._transport.codec import Codec
 from .._transport.messages import ControlOp
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
 from .._transport.sockets import SocketTransport
+from .._transport.tls import TlsConfig, tls_from_env
 from . import current
 from .actor_mesh import ActorMesh, MeshRef
-from .admin import AdminEndpoint, SystemAgents, admin_enabled
+from .admin import AdminEndpoint, SystemAgents
 from .context import EMPTY_EXTENT, Context, Instance, current_creator, install_log_prefix
 from .controller import ControllerRegistry, serve_controller_requests
 from .endpoint import INIT_PROBE, EndpointSpec
@@ -74,6 +76,8 @@ class RuntimeSettings:
         proc_stop_timeout_s: how long a stopped proc may take to exit before SIGKILL, seconds.
         heartbeat_interval_s: how often a proc tells its owner it is alive, seconds (None: never).
         child_env: the environment every child proc gets (the job's configuration, propagated).
+        tls: mutual TLS files for every TCP link (``tls_ca``/``tls_cert``/``tls_key``); None: off.
+        admin: the root client serves the admin endpoint (``monarch status``, ...).
     """
 
     transport: TransportSettings = field(default_factory=TransportSettings)
@@ -84,6 +88,8 @@ class RuntimeSettings:
     proc_stop_timeout_s: float = 5.0
     heartbeat_interval_s: float | None = 0.75
     child_env: dict[str, str] = field(default_factory=dict)
+    tls: TlsConfig | None = None
+    admin: bool = True
 
 
 class Runtime:
@@ -134,8 +140,12 @@ class Runtime:
         child_env["MONARCH_RUNTIME_DIR"] = runtime_dir
         if token is not None:
             child_env["MONARCH_CLUSTER_TOKEN"] = token.decode()
+        if parent_addr is None and "MONARCH_DEBUG_CONTROLLER" not in os.environ:
+            # the root client: breakpoint() in its procs reaches `monarch debug` (a Unix socket
+            # and one idle thread; the tools' module is imported by name: it is layer 5)
+            child_env.update(importlib.import_module("monarch.tools.debug_server").install(token))
         if transport is None:
-            transport = _socket_transport(loop, token, self.settings.transport)
+            transport = _socket_transport(loop, token, self.settings.transport, self.settings.tls)
         self.router = Router(loop, listen, transport=transport, name=name, limits=self.settings.limits)
         self.procs = ProcManager(
             self.router,
@@ -367,9 +377,11 @@ class Runtime:
             self._shutdown_done.set()
 
 
-def _socket_transport(loop: asyncio.AbstractEventLoop, token: bytes | None, settings: TransportSettings) -> TransportFactory:
+def _socket_transport(
+    loop: asyncio.AbstractEventLoop, token: bytes | None, settings: TransportSettings, tls: TlsConfig | None
+) -> TransportFactory:
     def make(on_frame: FrameHandler, on_close: CloseHandler) -> Transport:
-        return SocketTransport(loop, on_frame, on_close, token=token, settings=settings)
+        return SocketTransport(loop, on_frame, on_close, token=token, settings=settings, tls=tls)
 
     return make
 
@@ -410,8 +422,12 @@ def new_loop() -> asyncio.AbstractEventLoop:
 # MONARCH_* variables that are not settings: the bootstrap of one process (monarch.config's
 # BOOTSTRAP_VARIABLES; a test keeps the two equal) and the job's token every proc is given
 _NOT_SETTINGS = frozenset(
-    {"MONARCH_BOOTSTRAP", "MONARCH_RUNTIME_DIR", "MONARCH_PYTHON_EXECUTABLE", "MONARCH_ROOT_ADDR", "MONARCH_IN_ZYGOTE", "MONARCH_CLUSTER_TOKEN"}
-)
+    {
+        "MONARCH_BOOTSTRAP", "MONARCH_RUNTIME_DIR", "MONARCH_PYTHON_EXECUTABLE", "MONARCH_ROOT_ADDR",
+        "MONARCH_IN_ZYGOTE", "MONARCH_DEBUG_CONTROLLER", "MONARCH_LOG_SINK", "MONARCH_PROC_LOG_FILE",
+        "MONARCH_PROC_RANK", "MONARCH_PROC_RANK_BASE", "MONARCH_CLUSTER_TOKEN",
+    }
+)  # fmt: skip
 
 
 def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
@@ -458,9 +474,23 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
         proc_stop_timeout_s=cfg.proc_stop_timeout_s,
         heartbeat_interval_s=cfg.peer_timeout_s / 4 if cfg.peer_timeout_s else None,
         child_env={k: v for k, v in to_env(cfg).items() if k != "MONARCH_CLUSTER_TOKEN"},
+        tls=_tls(cfg.tls_ca, cfg.tls_cert, cfg.tls_key),
+        admin=cfg.admin,
     )
     token = cfg.cluster_token.get_secret_value().encode() if cfg.cluster_token is not None else None
     return settings, token
+
+
+def _tls(ca: str | None, cert: str | None, key: str | None) -> TlsConfig | None:
+    if ca is None and cert is None and key is None:
+        # the variables as they are now: attach_to_workers(ca=, private_key=) sets them before
+        # the client runtime starts, possibly after monarch.config was first read
+        return tls_from_env()
+    if ca is None or cert is None:
+        from ..config import ConfigError
+
+        raise ConfigError("mutual TLS needs both tls_ca and tls_cert (and tls_key unless tls_cert holds the key)")
+    return TlsConfig(ca, cert, key)
 
 
 def log_prefix_enabled(settings: RuntimeSettings) -> Callable[[], bool]:
@@ -533,7 +563,7 @@ def start_client_runtime() -> Runtime:
         raise SupervisionError("the client runtime did not start within 10 s")
     rt = holder[0]
     rt.loop_thread = thread
-    if admin_enabled():
+    if settings.admin:
         try:
             rt.admin = AdminEndpoint(rt, rt.system_agents)
         except OSError as exc:

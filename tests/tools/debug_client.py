@@ -8,11 +8,6 @@ import sys
 
 from monarch.actor import Actor, context, endpoint, this_host
 
-if os.environ.get("DEBUG_TEST_INSTALL") == "1":  # until the runtime installs it itself
-    from monarch.tools import debug_server
-
-    debug_server.install()
-
 
 class Dbg(Actor):
     def __init__(self) -> None:
@@ -33,14 +28,7 @@ class Dbg(Actor):
 
     @endpoint
     def explode(self, d: int) -> float:
-        from monarch.tools import debug_hook
-
-        try:
-            return 1 / d
-        except ZeroDivisionError as exc:
-            # what the runtime does for an unhandled endpoint exception once it calls the hook
-            debug_hook.post_mortem(exc)
-            raise
+        return 1 / d  # unhandled: with MONARCH_DEBUG_POST_MORTEM=1 the runtime opens post-mortem
 
 
 class ADbg(Actor):

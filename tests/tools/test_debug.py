@@ -51,7 +51,7 @@ def _client(
 ) -> pexpect.spawn:
     script = tmp_path / "client.py"
     shutil.copy(HERE / "debug_client.py", script)
-    env = dict(os.environ, DEBUG_TEST_INSTALL="1", MONARCH_DEBUG_SERVER_PORT=str(port), **extra)
+    env = dict(os.environ, MONARCH_DEBUG_SERVER_PORT=str(port), **extra)
     env.pop("PYTHONBREAKPOINT", None) if "PYTHONBREAKPOINT" not in extra else None
     child = pexpect.spawn(
         sys.executable, [str(script)], cwd=str(tmp_path), env=env, encoding="utf-8", timeout=TIMEOUT
