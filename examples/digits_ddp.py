@@ -62,7 +62,7 @@ class DDPTrainer(SPMDActor):
         loss = torch.nn.functional.cross_entropy(self.model(self.x[idx]), self.y[idx])
         loss.backward()  # DDP all-reduces the gradients among the trainers here
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     @endpoint
     def evaluate(self) -> tuple[int, int]:
