@@ -8,7 +8,6 @@ checked against the endpoint's signature at the call site, before anything is se
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -44,8 +43,30 @@ R = TypeVar("R")
 _TENSOR_HOOKS: list[Any] = [None, None]
 
 # actor side: the tensor call being decoded on this thread (set while its arguments unpickle,
-# taken by the endpoint's bound wrapper, which runs it through the tensor engine)
-_tensor_call = threading.local()
+# taken by the actor's dispatch, which runs the endpoint through the tensor engine); the dispatch
+# looks only once a tensor call has reached this process (TENSOR_CALLS_SEEN), so other jobs pay
+# one list read per message
+class _TensorCall(threading.local):
+    pending: Any = None  # a class default: reading it never raises (a missing attribute would
+    # cost ~1.5 us per message through getattr's AttributeError)
+
+
+_tensor_call = _TensorCall()
+TENSOR_CALLS_SEEN = [False]
+
+
+def take_tensor_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, or, when a tensor call was decoded for it on this thread, ``fn`` run through the
+    tensor engine (a sync endpoint's call carrying ``monarch.Tensor`` handles or an ``rref``)."""
+    p = _tensor_call.pending
+    if p is None:
+        return fn
+    _tensor_call.pending = None
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return p.run(fn, args, kwargs)
+
+    return run
 
 
 def set_tensor_hooks(rref: Callable[..., Any], invoke: Callable[..., Any]) -> None:
@@ -259,14 +280,6 @@ class EndpointProperty(Generic[P, R]):
     def __set_name__(self, owner: type, name: str) -> None:
         self._spec.py_name = name
 
-    @functools.cached_property
-    def _plain_sync(self) -> bool:
-        spec = self._spec
-        if spec.stream or spec.explicit_response_port or spec.concurrent:
-            return False
-        fn = inspect.unwrap(self._method)
-        return not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
-
     @overload
     def __get__(self, instance: None, owner: type) -> EndpointProperty[P, R]: ...
     @overload
@@ -276,10 +289,7 @@ class EndpointProperty(Generic[P, R]):
             return self
         if getattr(instance, "_is_actor_mesh", False):
             return Endpoint(instance, self._spec)
-        bound = self._method.__get__(instance, owner)
-        if self._plain_sync:
-            return _Bound(bound)
-        return bound
+        return self._method.__get__(instance, owner)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._method(*args, **kwargs)
@@ -290,29 +300,6 @@ class EndpointProperty(Generic[P, R]):
         and concurrent endpoints, whose body runs as a task that answers later: Monarch's
         attribute of the same name)."""
         return self._spec.explicit_response_port or self._spec.concurrent
-
-
-class _Bound:
-    """A sync endpoint bound to its actor: the method, unless a tensor call (rref, or handles
-    in the arguments) was decoded for it on this thread; then the tensor engine runs it."""
-
-    __slots__ = ("__wrapped__",)
-
-    def __init__(self, method: Any) -> None:
-        self.__wrapped__ = method
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        p = getattr(_tensor_call, "pending", None)
-        if p is None:
-            return self.__wrapped__(*args, **kwargs)
-        _tensor_call.pending = None
-        return p.run(self.__wrapped__, args, kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__wrapped__, name)
-
-    def __repr__(self) -> str:
-        return repr(self.__wrapped__)
 
 
 def _make(

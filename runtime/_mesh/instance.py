@@ -45,7 +45,7 @@ from .._core.future import Future, loop_thread_marker
 from .._core.shape import Point
 from .actor import endpoint_table
 from .context import Context, CreatorInstance, Instance, reset_context, set_context
-from .endpoint import INIT_PROBE, EndpointSpec
+from .endpoint import INIT_PROBE, TENSOR_CALLS_SEEN, EndpointSpec, take_tensor_call
 
 if TYPE_CHECKING:
     from .hosting import ActorHost, Msg
@@ -362,6 +362,8 @@ class ActorInstance:
         msg.bufs = []  # the decoded arguments own the buffers now
         if spec.explicit_response_port:
             args = (msg.port(spec), *args)
+        elif TENSOR_CALLS_SEEN[0] and not (self.table.is_async or spec.stream or spec.concurrent):
+            fn = take_tensor_call(fn)  # an rref, or monarch.Tensor handles among the arguments
         return spec, fn, tuple(args), kwargs
 
     def _handle_steps(self, msg: Msg, on_loop: bool) -> Steps:

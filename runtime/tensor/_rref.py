@@ -275,6 +275,7 @@ def _begin(token: str, seq: int, mode: str, out_ids: tuple[int, ...]) -> _Pendin
         )
     p = _Pending(store, seq, mode, out_ids)
     _endpoint._tensor_call.pending = p
+    _endpoint.TENSOR_CALLS_SEEN[0] = True
     return p
 
 
