@@ -9,7 +9,7 @@ Layers, low to high; a module imports only from its own layer or lower:
 4. public modules: ``monarch.actor``, ``monarch.stubs``, ``monarch.testing``
 5. ``monarch.cli`` (the entry point over every tool), ``monarch.rdma``, ``monarch.generator``, ``monarch.generated``, ``monarch.tensor``,
    ``monarch.tools`` (the admin endpoint, code sync, the debugger, the TUI and the dashboard),
-   ``monarch.job`` (jobs on schedulers)
+   ``monarch.job`` (jobs on schedulers), ``monarch.spmd``
 
 Further rules: ``monarch._mesh.current`` (the process's runtime slot) is read only by the
 user-facing objects and the composition root; the runtime never imports the generator; generated
@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, int]] = [
     ("monarch.tensor", 5),
     ("monarch.tools", 5),
     ("monarch.job", 5),
+    ("monarch.spmd", 5),
     ("monarch", 1),  # the package itself: a docstring and __version__
 ]
 
