@@ -284,9 +284,43 @@ def keep_running(procs: Any, one_step: Callable[[int], float], first_step: int) 
         watch.stop()
 
 
+def train_ddp_mode(steps: int, lr: float, batch_size: int) -> int:
+    """``--mode ddp``: DDP inside the mesh (examples/digits_ddp.py); prints the held-out accuracy."""
+    from digits_ddp import train_ddp  # examples/ is on sys.path
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    start = time.perf_counter()
+    procs = this_host().spawn_procs(per_host={"gpus": WORLD})
+    try:
+        with Progress(
+            TextColumn("[bold]train (ddp)"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+        ) as bar:  # fmt: skip
+            task = bar.add_task("train", total=steps, loss=float("nan"))
+
+            def progress(step: int, loss: float) -> None:
+                bar.update(task, completed=step + 1, loss=loss)
+
+            accuracy = train_ddp(procs, steps=steps, lr=lr, batch_size=batch_size, progress=progress)
+    finally:
+        procs.stop().get(30)
+    print(f"held-out accuracy: {accuracy:.2%}; total {time.perf_counter() - start:.1f} s")
+    if accuracy < TARGET_ACCURACY:
+        print(f"FAILED: accuracy below {TARGET_ACCURACY:.0%}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Data-parallel MLP on digits (generated stubs).")
-    parser.add_argument("--mode", choices=["client", "actors"], default="client")
+    parser.add_argument(
+        "--mode",
+        choices=["client", "actors", "ddp"],
+        default="client",
+        help="client: the client averages gradients; actors: a reducer actor does; ddp: the "
+        "trainers all-reduce among themselves with torch.distributed DDP (gloo), the client only "
+        "drives steps",
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -296,6 +330,10 @@ def main() -> int:
         help="after --steps, keep training until Ctrl-C, hot-reloading digits_step.py on save",
     )
     args = parser.parse_args()
+    if args.mode == "ddp":
+        if args.keep_running:
+            parser.error("--keep-running works with --mode client or actors")
+        return train_ddp_mode(args.steps, args.lr, args.batch_size)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

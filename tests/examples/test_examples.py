@@ -101,6 +101,14 @@ def test_train_digits_averaging_among_actors_reaches_95_percent() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
+def test_train_digits_ddp_inside_the_mesh_reaches_95_percent() -> None:
+    out = run_example("train_digits.py", "--mode", "ddp", timeout_s=180)
+    line = next(x for x in out.splitlines() if x.startswith("held-out accuracy:"))
+    assert float(line.split()[2].rstrip("%;")) >= 95.0, out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_train_digits_plain_api_reaches_95_percent() -> None:
     out = run_example("train_digits_plain.py", timeout_s=180)
     assert "held-out accuracy:" in out, out
