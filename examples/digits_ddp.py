@@ -60,7 +60,7 @@ class DDPTrainer(SPMDActor):
         idx = torch.arange(i, i + self.batch_size) % n
         self.opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(self.model(self.x[idx]), self.y[idx])
-        loss.backward()  # DDP all-reduces the gradients among the trainers here
+        torch.autograd.backward(loss)  # DDP all-reduces the gradients among the trainers here
         self.opt.step()
         return float(loss.detach())
 
@@ -112,7 +112,7 @@ def train_ddp(
         counts = list(trainers.evaluate.call().get(60).values())
     finally:
         trainers.close.call().get(60)
-    return sum(c for c, _ in counts) / sum(n for _, n in counts)
+    return float(sum(c for c, _ in counts) / sum(n for _, n in counts))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import digits_step  # the loss, in a module that --keep-running hot-reloads (examples/ is on sys.path)
+from keep_running import keep_running  # the --keep-running loop (examples/ is on sys.path)
 from monarch.actor import Port, context, this_host
 from monarch.generated.trainer import (
     Batch,
@@ -242,48 +243,6 @@ def train_by_actors(
             report(sum(losses.pop(progress.step)) / WORLD)
 
 
-def keep_running(procs: Any, one_step: Callable[[int], float], first_step: int) -> None:
-    """``--keep-running``: sync this folder to the procs with hot reload on every save, then train
-    until Ctrl-C, printing the loss every 50 steps (and each reload)."""
-    from pathlib import Path
-
-    from monarch.tools.config.workspace import Workspace
-
-    here = Path(__file__).resolve().parent
-    watch = procs.sync_workspace(Workspace(dirs=[here]), auto_reload=True, watch=True).get(60)
-    print(
-        f"keep running: edit {here / 'digits_step.py'} and save to change the next step; Ctrl-C stops",
-        flush=True,
-    )
-    import signal
-    import threading
-
-    # Ctrl-C ends the loop between two steps (not inside one), then the example evaluates as usual
-    interrupted = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
-    step, seen, errors = first_step, 0, 0
-    try:
-        while not interrupted.is_set():
-            loss = one_step(step)
-            for res in watch.results[seen:]:
-                mods = sorted({m for ms in res.reloaded.values() for m in ms})
-                print(
-                    f"step {step}: synced {res.files_sent} file(s), reloaded {mods} on {len(res.reloaded)} procs",
-                    flush=True,
-                )
-            seen = len(watch.results)
-            for exc in watch.errors[errors:]:
-                print(f"step {step}: sync failed: {type(exc).__name__}: {exc}", flush=True)
-            errors = len(watch.errors)
-            if step % 50 == 0:
-                print(f"step {step} loss {loss:.4f}", flush=True)
-            step += 1
-        print(f"stopped after step {step}", flush=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        watch.stop()
-
-
 def train_ddp_mode(steps: int, lr: float, batch_size: int) -> int:
     """``--mode ddp``: DDP inside the mesh (examples/digits_ddp.py); prints the held-out accuracy."""
     from digits_ddp import train_ddp  # examples/ is on sys.path
@@ -368,13 +327,12 @@ def main() -> int:
                 train_by_actors(trainers, reducer, args.steps, report)
         if args.keep_running:
             losses: list[float] = []
-            if args.mode == "client":
-                step_once = lambda step: train_by_client(trainers, 1, losses.append)  # noqa: E731
-            else:
-                step_once = lambda step: train_by_actors(trainers, reducer, 1, losses.append)  # noqa: E731
 
             def one_step(step: int) -> float:
-                step_once(step)
+                if args.mode == "client":
+                    train_by_client(trainers, 1, losses.append)
+                else:
+                    train_by_actors(trainers, reducer, 1, losses.append)
                 return losses.pop()
 
             keep_running(procs, one_step, args.steps)
