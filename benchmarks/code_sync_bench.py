@@ -62,9 +62,9 @@ def main() -> None:
                     t = time.perf_counter()
                     res = procs.sync_workspace(ws, auto_reload=True).get(60)
                     reload_.append(time.perf_counter() - t)
-        ms = lambda xs: (
-            f"median {statistics.median(xs) * 1e3:7.1f} ms  (min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f}, n={len(xs)})"
-        )  # noqa: E731
+        def ms(xs: list[float]) -> str:
+            return f"median {statistics.median(xs) * 1e3:7.1f} ms  (min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f}, n={len(xs)})"
+
         print(f"workspace: {args.files} files, 4 procs on one host")
         print(f"first (full) sync        {ms(full)}")
         print(f"one changed file         {ms(one)}   target < 1000 ms")
