@@ -80,3 +80,30 @@ def test_config_markdown_prints_the_docs_table():
     assert out.returncode == 0, out.stderr
     doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     assert out.stdout in doc
+
+
+def test_shell_completion_completes_the_tools_commands():
+    out = subprocess.run(
+        [_script()],
+        env={
+            **os.environ,
+            "_MONARCH_COMPLETE": "complete_bash",
+            "COMP_WORDS": "monarch st",
+            "COMP_CWORD": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["status"]
+    assert "--show-completion" in _run("--help").stdout
+
+
+@pytest.mark.parametrize(
+    "command", ["status", "exec", "env", "top", "dashboard", "debug", "job", "host"]
+)
+def test_every_command_has_help(command):
+    out = _run(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert f"Usage: monarch {command}" in out.stdout
