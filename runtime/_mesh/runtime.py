@@ -143,7 +143,7 @@ class Runtime:
         if parent_addr is None and "MONARCH_DEBUG_CONTROLLER" not in os.environ:
             # the root client: breakpoint() in its procs reaches `monarch debug` (a Unix socket
             # and one idle thread; the tools' module is imported by name: it is layer 5)
-            child_env.update(importlib.import_module("monarch.tools.debug_server").install(token))
+            child_env.update(importlib.import_module("monarch.tools.debug_server").install(token, runtime_dir))
         if transport is None:
             transport = _socket_transport(loop, token, self.settings.transport, self.settings.tls)
         self.router = Router(loop, listen, transport=transport, name=name, limits=self.settings.limits)

@@ -164,14 +164,15 @@ def _selected(sel: Any, rank: int, coords: dict[str, int]) -> bool:
 
 
 class _Controller:
-    def __init__(self, token: bytes | None) -> None:
+    def __init__(self, token: bytes | None, folder: str | None = None) -> None:
         self.sessions: dict[tuple[str, int], Session] = {}
         self.lock = threading.Lock()
         self.token = token or debug_wire.cluster_token()
         if self.token is None:
             self.token = secrets.token_hex(32).encode()
             os.environ["MONARCH_CLUSTER_TOKEN"] = self.token.decode()
-        self.folder = tempfile.mkdtemp(prefix="monarch-dbg-")  # mode 0700
+        # the client's private runtime folder (removed when the client ends), else a new 0700 one
+        self.folder = folder if folder is not None else tempfile.mkdtemp(prefix="monarch-dbg-")
         self.path = os.path.join(self.folder, "controller.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.path)
@@ -453,15 +454,18 @@ class _CliSession:
                 return
 
 
-def install(token: bytes | None = None) -> dict[str, str]:
+def install(token: bytes | None = None, folder: str | None = None) -> dict[str, str]:
     """Start this client's debug controller (once) and return the environment its procs need.
 
-    Also sets those variables in ``os.environ`` (procs inherit it), keeping a ``PYTHONBREAKPOINT``
-    the user set (``0`` keeps breakpoints off).
+    The caller passes them to its procs only (not ``os.environ``: other programs this client starts
+    must not route their breakpoints here); a ``PYTHONBREAKPOINT`` the user set is kept (``0``
+    keeps breakpoints off).
 
     Args:
         token: the job's cluster token, which paused ranks log in with; None: the one in
             ``MONARCH_CLUSTER_TOKEN``, else a new one put there (procs inherit it).
+        folder: a private (0700) folder for the controller's Unix socket, removed by its owner
+            (the client runtime passes its runtime folder); None: a new ``monarch-dbg-*`` folder.
 
     Returns:
         ``MONARCH_DEBUG_CONTROLLER`` and ``PYTHONBREAKPOINT``.
@@ -469,10 +473,9 @@ def install(token: bytes | None = None) -> dict[str, str]:
     global _controller
     with _state_lock:
         if _controller is None:
-            _controller = _Controller(token)
+            _controller = _Controller(token, folder)
         env = {
             ENV_CONTROLLER: "unix:" + _controller.path,
             "PYTHONBREAKPOINT": os.environ.get("PYTHONBREAKPOINT") or HOOK,
         }
-        os.environ.update(env)
         return env
