@@ -49,6 +49,7 @@ class RunningMesh:
         more: a second ``Worker`` mesh per proc, ``ACTORS_PER_PROC - 1`` of them.
         admin_file: the path of this client's ``admin.json``.
         admin: its contents (``url``, ``token``, ``pid``, ...).
+        pids: the pids of its 4 procs (a status also lists failed procs of earlier tests).
     """
 
     procs: Any
@@ -56,6 +57,7 @@ class RunningMesh:
     more: list[Any]
     admin_file: str
     admin: dict[str, Any]
+    pids: set[int]
 
     def env(self) -> dict[str, str]:
         """An environment for ``monarch`` subprocesses that points them at this client."""
@@ -95,6 +97,7 @@ def running_mesh() -> Iterator[RunningMesh]:
         path = os.path.join(rt.runtime_dir, "admin.json")
         with open(path) as f:
             admin = json.load(f)
-        yield RunningMesh(procs, workers, more, path, admin)
+        pids = {rt.procs.children[a].pid for a in set(procs._addrs)}
+        yield RunningMesh(procs, workers, more, path, admin, pids)
     finally:
         procs.stop().get(30.0)
