@@ -106,8 +106,9 @@ def test_headless_chromium_renders_the_live_actors_and_a_killed_proc_as_failed(
     workers = {a: s for a, s in actors.items() if "workers" in a}
     assert len(workers) == 4 and set(workers.values()) == {"running"}, actors
     assert sum("more0" in a for a in actors) == 4
-    procs = _procs(dom)
-    assert len(procs) == 4 and set(procs.values()) == {"running"}, procs
+    procs = _procs(dom)  # with failed procs that earlier tests of this process left behind
+    running = [p for p, st in procs.items() if st == "running"]
+    assert len(running) == 4 and set(procs.values()) <= {"running", "failed"}, procs
     assert 'id="plot"' in dom and "<polyline" in dom, "no rate plot"
     assert re.search(r"\d+ procs \(\d+ failed\)", dom), dom[-2000:]  # other tests may have left failed procs
 
