@@ -49,7 +49,11 @@ def main() -> None:
     mode, gateway, agents = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
     import faulthandler
 
-    faulthandler.dump_traceback_later(40.0, exit=True)  # a hung client says where, then ends
+    def phase(budget_s: float = 60.0) -> None:
+        """Re-arm the watchdog for the next phase: a hung client says where, then ends."""
+        faulthandler.dump_traceback_later(budget_s, exit=True)
+
+    phase()
     import monarch.actor
 
     failures: list[str] = []
@@ -70,6 +74,7 @@ def main() -> None:
     found = mesh.where.call().get(60.0)
     first_s = time.monotonic() - started
     emit(event="where", points=[v for _, v in found.items()], first_s=first_s)
+    phase()
     if mode == "hold":
         faulthandler.cancel_dump_traceback_later()
         sys.stdin.readline()
@@ -77,6 +82,7 @@ def main() -> None:
     relayed = mesh.slice(hosts=0, gpus=0).relay.call_one(mesh.slice(hosts=1)).get(30.0)
     broadcast_seen = mesh.echo.call(b"x").get(30.0)
     emit(event="relayed", from_h0=relayed, call_all=len(list(broadcast_seen.items())))
+    phase()
     one = mesh.slice(hosts=1, gpus=0)
     times = []
     for _ in range(200):
@@ -89,9 +95,10 @@ def main() -> None:
     mib_s = 16 / (time.perf_counter() - t)
     emit(event="measured", call_one_ms=statistics.median(times) * 1e3, echo_ok=back == blob, echo_mib_s=mib_s)
     in_flight = mesh.slice(hosts=0, gpus=1).sleep.call_one(30.0)
+    faulthandler.cancel_dump_traceback_later()  # the test kills the host now; it bounds its own wait
     emit(event="kill_host0")
     killed_at = float(sys.stdin.readline())
-    faulthandler.dump_traceback_later(40.0, exit=True)
+    phase(40.0)
     try:
         in_flight.get(20.0)
         emit(event="error", error="the in-flight call to the killed host returned")
