@@ -40,7 +40,14 @@ from . import agent_wire, logs
 from .procs import describe_status
 from .zygote import ZygoteClient, ZygoteError, ZygoteRefused
 
-__all__ = ["HostAgent", "InsecureAgentError", "run_worker_loop_forever", "start_worker_loop_forever", "token_from_config"]
+__all__ = [
+    "HostAgent",
+    "InsecureAgentError",
+    "run_worker_loop_forever",
+    "start_worker_loop_forever",
+    "tls_from_options",
+    "token_from_config",
+]
 
 log = logging.getLogger("monarch.host_agent")
 
@@ -119,7 +126,10 @@ class HostAgent:
                 "or pass --insecure to accept any client that can connect"
             )
         if token is None and self.tls is None:
-            log.warning("host agent on %s is INSECURE: any client that can connect may start processes here", self.listen_addr)
+            log.warning(
+                "host agent on %s is INSECURE: any client that can connect may start processes here",
+                self.listen_addr,
+            )
         self.token = token
         self.proc_host = _proc_host(self.listen_addr, advertise)
         self.use_fork_server = use_fork_server
@@ -157,7 +167,9 @@ class HostAgent:
         os.chmod(self._runtime_dir, 0o700)
         if self.use_fork_server:
             try:
-                self._zygote = ZygoteClient.start(on_exit=self._zygote_exit, on_lost=self._zygote_lost)
+                self._zygote = ZygoteClient.start(
+                    on_exit=self._zygote_exit, on_lost=self._zygote_lost
+                )
             except (OSError, ZygoteError) as exc:
                 log.warning("no fork server, procs start from scratch: %s", exc)
         log.info("host agent serving on %s (procs on %s)", self.address, self.proc_host)
@@ -199,7 +211,9 @@ class HostAgent:
         conn.setblocking(False)
         self._pending_auth += 1
         try:
-            io = await agent_wire.accept_client(loop, conn, token=self.token, tls=self.tls, timeout_s=AUTH_TIMEOUT_S)
+            io = await agent_wire.accept_client(
+                loop, conn, token=self.token, tls=self.tls, timeout_s=AUTH_TIMEOUT_S
+            )
             async with asyncio.timeout(AUTH_TIMEOUT_S):
                 hello = await agent_wire.recv_frame(io)
             if hello.get("op") != "hello" or not isinstance(hello.get("client"), str):
@@ -219,7 +233,15 @@ class HostAgent:
         log.info("client %s (%s) attached", session.client_addr, peer)
         why = "disconnected"
         try:
-            await self._send(session, {"op": "hello", "hostname": socket.gethostname(), "ip": self.proc_host, "pid": os.getpid()})
+            await self._send(
+                session,
+                {
+                    "op": "hello",
+                    "hostname": socket.gethostname(),
+                    "ip": self.proc_host,
+                    "pid": os.getpid(),
+                },
+            )
             while True:
                 msg = await agent_wire.recv_frame(io)
                 await self._handle(session, msg)
@@ -235,9 +257,16 @@ class HostAgent:
         if op == "spawn":
             rid = msg.get("id")
             try:
-                procs = await self._spawn(session, int(msg.get("count", 1)), str(msg.get("name", "procs")), dict(msg.get("env") or {}))
+                procs = await self._spawn(
+                    session,
+                    int(msg.get("count", 1)),
+                    str(msg.get("name", "procs")),
+                    dict(msg.get("env") or {}),
+                )
             except Exception as exc:
-                await self._send(session, {"op": "error", "id": rid, "error": f"{type(exc).__name__}: {exc}"})
+                await self._send(
+                    session, {"op": "error", "id": rid, "error": f"{type(exc).__name__}: {exc}"}
+                )
                 return
             await self._send(session, {"op": "spawned", "id": rid, "procs": procs})
         elif op == "kill":
@@ -253,7 +282,9 @@ class HostAgent:
         await session.io.sendall(agent_wire.encode(msg))
 
     # -- procs ------------------------------------------------------------------------------------
-    async def _spawn(self, session: _Session, count: int, name: str, extra_env: dict[str, str]) -> list[dict[str, Any]]:
+    async def _spawn(
+        self, session: _Session, count: int, name: str, extra_env: dict[str, str]
+    ) -> list[dict[str, Any]]:
         if not 1 <= count <= 4096:
             raise ValueError(f"count must be in 1..4096, got {count}")
         assert self._loop is not None
@@ -298,13 +329,20 @@ class HostAgent:
             pid = 0
             if self._zygote is not None and self._zygote.alive:
                 try:
-                    pid = self._zygote.spawn(argv, env, os.getcwd(), lsock.fileno(), SPAWN_TIMEOUT_S)
+                    pid = self._zygote.spawn(
+                        argv, env, os.getcwd(), lsock.fileno(), SPAWN_TIMEOUT_S
+                    )
                 except ZygoteRefused as exc:
                     log.info("starting %s from scratch: %s", name, exc)
                 except ZygoteError as exc:
                     log.warning("fork server failed, starting %s from scratch: %s", name, exc)
             if not pid:
-                cmd = [sys.executable, "-m", "monarch._mesh.proc_main", *[str(lsock.fileno()) if a == "{fd}" else a for a in argv]]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "monarch._mesh.proc_main",
+                    *[str(lsock.fileno()) if a == "{fd}" else a for a in argv],
+                ]
                 popen = subprocess.Popen(cmd, pass_fds=[lsock.fileno()], env=env, cwd=os.getcwd())
                 pid = popen.pid
         finally:
@@ -375,7 +413,9 @@ class HostAgent:
 
     async def _report(self, session: _Session, proc: _Proc) -> None:
         with contextlib.suppress(OSError, ConnectionError):
-            await self._send(session, {"op": "exited", "addr": proc.addr, "pid": proc.pid, "reason": proc.reason})
+            await self._send(
+                session, {"op": "exited", "addr": proc.addr, "pid": proc.pid, "reason": proc.reason}
+            )
 
     async def _end_session(self, session: _Session, why: str) -> None:
         if session.closed:
@@ -390,7 +430,12 @@ class HostAgent:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_KILL_WAIT_S):
                     await p.exited.wait()
-        log.info("client %s %s; killed its %d procs", session.client_addr or session.peer, why, len(procs))
+        log.info(
+            "client %s %s; killed its %d procs",
+            session.client_addr or session.peer,
+            why,
+            len(procs),
+        )
 
 
 def _sigkill(pid: int) -> None:
@@ -427,6 +472,39 @@ def token_from_config() -> bytes | None:
     return tok.get_secret_value().encode() if tok is not None else None
 
 
+def tls_from_options(ca: str | None, cert: str | None, key: str | None) -> TlsConfig | None:
+    """The agent's TLS files: the given paths (``monarch host serve --tls-*``), else the
+    ``tls_ca`` / ``tls_cert`` / ``tls_key`` settings of ``monarch.config`` (``MONARCH_TLS_*``).
+
+    Args:
+        ca: PEM CA bundle clients' certificates must be signed by; None: not given.
+        cert: this host's PEM certificate chain (it may hold the key); None: not given.
+        key: the PEM private key when ``cert`` does not hold it; None: not given.
+
+    Returns:
+        The configuration, or None when neither the arguments nor the settings name TLS files.
+
+    Raises:
+        ValueError: a CA without a certificate (or the reverse), or a missing or invalid file.
+        ConfigError: a bad setting in the environment.
+    """
+    if ca is None and cert is None and key is None:
+        from ..config import get_global_config
+
+        cfg = get_global_config()
+        ca, cert, key = cfg.tls_ca, cfg.tls_cert, cfg.tls_key
+        if ca is None and cert is None and key is None:
+            return None
+        given = "the tls_ca / tls_cert / tls_key settings (MONARCH_TLS_CA / _CERT / _KEY)"
+    else:
+        given = "--tls-ca / --tls-cert / --tls-key"
+    if ca is None or cert is None:
+        raise ValueError(
+            f"mutual TLS needs both a CA bundle and a certificate ({given}; the key unless the certificate file holds it)"
+        )
+    return TlsConfig(ca, cert, key)
+
+
 def _split_address(address: str) -> tuple[str, str | None]:
     """Monarch's ``BIND@ADVERTISE`` form: where to bind, and what to advertise."""
     if "@" in address:
@@ -435,7 +513,9 @@ def _split_address(address: str) -> tuple[str, str | None]:
     return address, None
 
 
-def run_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False) -> None:
+def run_worker_loop_forever(
+    *, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False
+) -> None:
     """Serve this machine as a host agent until the process is killed (Monarch's
     ``run_worker_loop_forever``): clients ``attach_to_workers`` to it and spawn procs here.
 
@@ -458,11 +538,15 @@ def run_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = 
     """
     tls = tls_from_monarch(ca, private_key)
     bind, advertise = _split_address(address)
-    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls)
+    agent = HostAgent(
+        bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls
+    )
     asyncio.run(agent.serve())
 
 
-def start_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False) -> Future[str]:
+def start_worker_loop_forever(
+    *, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False
+) -> Future[str]:
     """Start a host agent on a daemon thread of this process (Monarch's ``start_worker_loop_forever``).
 
     Args:
@@ -478,7 +562,9 @@ def start_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any 
     """
     tls = tls_from_monarch(ca, private_key)
     bind, advertise = _split_address(address)
-    agent = HostAgent(bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls)
+    agent = HostAgent(
+        bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls
+    )
     fut: Future[str] = Future()
 
     def run() -> None:

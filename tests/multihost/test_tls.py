@@ -178,6 +178,113 @@ def test_an_agent_with_tls_alone_needs_no_token_and_one_with_neither_refuses(
     assert "INSECURE" not in _agent_log(proc)
 
 
+def test_host_serve_tls_options_accept_a_tls_client_and_refuse_plain_and_other_ca_clients(
+    request, hosts: HostNet, pki: Path
+) -> None:
+    """``monarch host serve --tls-ca/--tls-cert/--tls-key`` (no ``MONARCH_TLS_*`` set): a client
+    with a certificate of that CA attaches and runs procs there (they present the host's
+    certificate); a plain client, a raw plaintext peer and a certificate of another CA are refused."""
+    import socket
+
+    from monarch._core.errors import ConnectError
+    from monarch._mesh import agent_wire
+    from monarch._mesh.host_client import AgentLink
+    from monarch._transport.tls import TlsConfig
+
+    def serve(host: Host, leaf: str) -> tuple[subprocess.Popen, str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "monarch.cli",
+            "host",
+            "serve",
+            "--listen",
+            f"tcp://{host.ip}:0",
+        ]
+        argv += [
+            "--tls-ca",
+            str(pki / "ca.pem"),
+            "--tls-cert",
+            str(pki / f"{leaf}.pem"),
+            "--tls-key",
+            str(pki / f"{leaf}.key"),
+        ]
+        log = open(
+            host.net.state_dir / f"agent-tls-opts-{host.name}-{time.monotonic_ns()}.log", "w+"
+        )
+        proc = host.popen(
+            argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(None), cwd=ROOT
+        )
+        proc.log = log  # type: ignore[attr-defined]  # read by _agent_log
+        try:
+            line = _readline(proc, READY_TIMEOUT_S)
+        except EOFError:
+            raise AssertionError(_agent_log(proc)) from None
+        assert line.startswith("monarch host agent listening on "), line
+        return proc, line.split()[-1]
+
+    proc, addr = serve(hosts[0], "b")
+    _, addr1 = serve(hosts[1], "a")
+    assert "INSECURE" not in _agent_log(proc)  # TLS alone authenticates
+
+    def link(tls: TlsConfig | None) -> AgentLink:
+        return AgentLink(
+            addr,
+            token=None,
+            client_addr="tcp:127.0.0.1:1",
+            on_event=lambda *_: None,
+            on_lost=lambda *_: None,
+            tls=tls,
+        )
+
+    good = link(TlsConfig(str(pki / "ca.pem"), str(pki / "a.pem"), str(pki / "a.key")))
+    assert good.ready.get(20.0)["hostname"] == "h0"
+    good.close()
+    with pytest.raises(ConnectError, match="requires TLS"):
+        link(None).ready.get(20.0)  # a client without TLS files: a clear refusal, no timeout
+    # a certificate of another CA: the agent refuses it in the handshake
+    with pytest.raises(ConnectError):
+        link(TlsConfig(str(pki / "ca.pem"), str(pki / "x.pem"), str(pki / "x.key"))).ready.get(20.0)
+    # a client of another CA: it refuses the agent's certificate
+    with pytest.raises(ConnectError, match="certificate verify failed"):
+        link(TlsConfig(str(pki / "other.pem"), str(pki / "x.pem"), str(pki / "x.key"))).ready.get(
+            20.0
+        )
+    # a raw plaintext peer that ignores the preface and sends a hello: nothing is answered
+    host, port = addr[4:].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20.0) as s:
+        assert s.recv(9) == agent_wire.PREFACE + agent_wire.MODE_TLS
+        s.sendall(agent_wire.encode({"op": "hello", "client": "tcp:127.0.0.1:1"}))
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+        assert agent_wire.PREFACE not in got and b"hostname" not in got, got  # at most a TLS alert
+    assert _until(lambda: _agent_log(proc).count("refused a client") >= 4, 20.0), _agent_log(proc)
+    agent_log = _agent_log(proc)
+    assert "certificate verify failed" in agent_log, agent_log
+    # end to end: procs on the agent started with the options, called over TLS
+    events = _run_client(
+        request, hosts, [addr, addr1], str(pki / "ca.pem"), str(pki / "a-both.pem"), None
+    )
+    assert events[0]["event"] == "where", events
+    assert [p["hostname"] for p in events[0]["points"]] == ["h0", "h0", "h1", "h1"], events
+    done = events[-1]
+    assert done["event"] == "done" and done["relayed"] == ["h1", "h1"] and done["echo_ok"], events
+    assert done["tcp_link_kinds"] == ["TlsLink"], done
+    # a CA without a certificate is a usage error, named
+    argv = [
+        sys.executable,
+        "-m",
+        "monarch.cli",
+        "host",
+        "serve",
+        "--listen",
+        f"tcp://{hosts[0].ip}:0",
+    ]
+    bad = hosts[0].run([*argv, "--tls-ca", str(pki / "ca.pem")], env=_env(None), timeout_s=60.0)
+    assert bad.returncode == 2 and "--tls-cert" in bad.stderr, bad
+
+
 # -- the agent's pre-authentication limits, on an in-process agent (no namespaces needed) -------
 
 
