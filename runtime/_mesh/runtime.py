@@ -41,7 +41,8 @@ from .._transport.sockets import SocketTransport
 from .._transport.tls import TlsConfig, tls_from_env
 from . import current
 from .actor_mesh import ActorMesh, MeshRef
-from .admin import AdminEndpoint, SystemAgents
+from .admin import AdminEndpoint
+from .admin_collect import SystemAgents
 from .context import EMPTY_EXTENT, Context, Instance, current_creator, install_log_prefix
 from .controller import ControllerRegistry, serve_controller_requests
 from .endpoint import INIT_PROBE, EndpointSpec

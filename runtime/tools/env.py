@@ -1,7 +1,7 @@
 """Environment inspection of a mesh's procs: ``procs.env.get/list/set`` (issue 14 §4).
 
 Every call goes to the procs' admin agents (one system actor per proc, see
-:mod:`monarch._mesh.admin`) over the runtime's own links and returns a runtime ``Future``, as
+:mod:`monarch._mesh.admin_agent`) over the runtime's own links and returns a runtime ``Future``, as
 ``call()`` does: ``.get()`` it in plain code, ``await`` it in async code. The result of ``get``
 and ``list`` is a ``ValueMesh`` shaped like the ProcMesh (several points packed into one process
 share its values).
@@ -14,7 +14,7 @@ from typing import Any
 
 from .._core.future import Future
 from .._core.value_mesh import ValueMesh
-from .._mesh.admin import validate_env_name
+from .._mesh.admin_agent import validate_env_name
 from .._mesh.runtime import system_agents
 
 __all__ = ["ProcEnv"]
