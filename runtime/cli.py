@@ -7,6 +7,7 @@ Commands::
     monarch config --json        the same as one JSON object, for scripts
     monarch config --markdown    the reference table of every setting (docs/configuration.md)
     monarch host serve --listen tcp://HOST:PORT [--advertise HOST] [--insecure]
+                       [--tls-ca CA.pem --tls-cert CERT.pem [--tls-key KEY.pem]]
                                  serve this machine as a host agent (clients attach_to_workers)
 
 The root :data:`app` is a typer app; a group of commands is a typer sub-app added with
@@ -151,22 +152,37 @@ def host_serve_command(
         bool, typer.Option("--insecure", help="Serve with no cluster token: ANY client that can connect may start processes.")
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="Logging level of the agent.")] = "INFO",
+    tls_ca: Annotated[
+        str | None,
+        typer.Option("--tls-ca", help="Mutual TLS: the CA bundle (PEM) clients' certificates must be signed by. Default: tls_ca."),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option("--tls-cert", help="Mutual TLS: this host's certificate chain (PEM; may hold the key). Default: tls_cert."),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option("--tls-key", help="Mutual TLS: this host's private key (PEM) when --tls-cert does not hold it."),
+    ] = None,
 ) -> None:
     """Serve this machine as a host agent until killed.
 
-    Clients authenticate with the cluster token (MONARCH_CLUSTER_TOKEN or monarch.config); the
-    agent starts procs for each and kills them when it disconnects. The bound address is printed
-    as the first line of stdout: "monarch host agent listening on tcp:HOST:PORT".
+    Clients authenticate with the cluster token (MONARCH_CLUSTER_TOKEN or monarch.config) and/or
+    mutual TLS (--tls-ca/--tls-cert/--tls-key; without them the tls_ca/tls_cert/tls_key settings,
+    MONARCH_TLS_CA/_CERT/_KEY); procs started here present the same certificate. The agent starts
+    procs for each client and kills them when it disconnects. The bound address is printed as the
+    first line of stdout: "monarch host agent listening on tcp:HOST:PORT".
     """
     import asyncio
     import logging
 
-    from ._mesh.host_agent import HostAgent, InsecureAgentError, token_from_config
+    from ._mesh.host_agent import HostAgent, InsecureAgentError, tls_from_options, token_from_config
 
     logging.basicConfig(level=log_level.upper(), format="[monarch host %(levelname)s] %(message)s")
     try:
         token = token_from_config()
-        agent = HostAgent(listen, advertise=advertise, token=token, insecure=insecure)
+        tls = tls_from_options(tls_ca, tls_cert, tls_key)
+        agent = HostAgent(listen, advertise=advertise, token=token, insecure=insecure, tls=tls)
     except (InsecureAgentError, ValueError, _cfg().ConfigError) as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
