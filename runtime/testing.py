@@ -41,7 +41,8 @@ from ._mesh.instance import ActorInstance
 from ._mesh.memory_transport import MemoryLink, MemoryListening, MemoryNetwork, MemoryTransport
 from ._mesh.proc_mesh import ProcMesh, this_host
 from ._mesh.router import RouterLimits
-from ._mesh.runtime import Runtime, RuntimeSettings
+from ._mesh.runtime import Runtime
+from ._mesh.settings import RuntimeSettings
 from ._mesh.sinks import OneSink
 from ._transport.frame import Envelope
 from ._transport.messages import ControlOp, Kind, MessageFlags

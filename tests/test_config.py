@@ -315,7 +315,7 @@ def test_runtime_defaults_without_config_import_equal_the_config_defaults():
     # without importing pydantic: those defaults must be the documented ones
     import dataclasses
 
-    from monarch._mesh.runtime import RuntimeSettings, settings_from_config
+    from monarch._mesh.settings import RuntimeSettings, settings_from_config
 
     built, token = settings_from_config()  # monarch.config is imported here: the full path
     assert token is None
@@ -323,7 +323,7 @@ def test_runtime_defaults_without_config_import_equal_the_config_defaults():
 
 
 def test_variables_that_are_not_settings_are_the_bootstrap_ones_and_the_token():
-    from monarch._mesh.runtime import _NOT_SETTINGS
+    from monarch._mesh.settings import _NOT_SETTINGS
 
     assert _NOT_SETTINGS == {*config.BOOTSTRAP_VARIABLES, "MONARCH_CLUSTER_TOKEN"}
 
@@ -331,7 +331,8 @@ def test_variables_that_are_not_settings_are_the_bootstrap_ones_and_the_token():
 def test_client_with_no_monarch_variable_starts_without_importing_pydantic():
     code = (
         "import sys\n"
-        "from monarch._mesh.runtime import RuntimeSettings, settings_from_config\n"
+        "import monarch._mesh.runtime\n"  # the composition root imports no pydantic either
+        "from monarch._mesh.settings import RuntimeSettings, settings_from_config\n"
         "settings, token = settings_from_config()\n"
         "assert settings == RuntimeSettings() and token is None\n"
         "assert 'pydantic' not in sys.modules and 'monarch.config' not in sys.modules, 'imported'\n"

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     from .._transport.messages import ControlOp
     from . import current
     from . import logs as proc_logs
-    from .runtime import Runtime, new_loop, settings_from_config
+    from .runtime import Runtime, new_loop
+    from .settings import settings_from_config
 
     plogs = proc_logs.install_proc_logs(ns.name)
     settings, token = settings_from_config()
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         handlers=[proc_logs.record_handler(plogs)] if plogs is not None else None,
     )
     from .context import install_log_prefix
-    from .runtime import log_prefix_enabled
+    from .settings import log_prefix_enabled
 
     install_log_prefix(log_prefix_enabled(settings), None)
     boot = os.environ.pop("MONARCH_BOOTSTRAP", None)

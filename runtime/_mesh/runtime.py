@@ -25,8 +25,6 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._core.errors import SupervisionError
@@ -38,7 +36,7 @@ from .._transport.codec import Codec
 from .._transport.messages import ControlOp
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
 from .._transport.sockets import SocketTransport
-from .._transport.tls import TlsConfig, tls_from_env
+from .._transport.tls import TlsConfig
 from . import current
 from .actor_mesh import ActorMesh, MeshRef
 from .admin import AdminEndpoint
@@ -51,46 +49,18 @@ from .hosting import ActorHost, pickle_spawn
 from .port import Port
 from .proc_mesh import ProcMesh
 from .procs import ProcManager
-from .router import Router, RouterLimits, TransportFactory
+from .router import Router, TransportFactory
+from .settings import RuntimeSettings, log_prefix_enabled, settings_from_config
 from .sinks import OneSink, ValueMeshSink
 from .supervision import Supervisor, fault_hooks
 from .zygote import GUARD_ENV, ZygoteClient
 
-__all__ = ["Runtime", "RuntimeSettings", "new_loop", "start_client_runtime", "system_agents"]
+__all__ = ["Runtime", "new_loop", "start_client_runtime", "system_agents"]
 
 log = logging.getLogger("monarch.runtime")
 
 # every actor answers this reserved endpoint once its __init__ ran (ActorMesh.initialized)
 _INIT_SPEC = EndpointSpec(name=INIT_PROBE, py_name=INIT_PROBE)
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """Everything a runtime is configured with, resolved once from ``monarch.config``.
-
-    Attributes:
-        transport: the socket transport's limits and timeouts.
-        limits: bounds on what peers may make this process hold, and the liveness bound.
-        use_fork_server: fork procs from a pre-imported fork server (root client only).
-        log_level: the logging level a proc configures (``logging`` level name).
-        prefix_logs_with_actor: procs prefix actor log lines with the actor's name.
-        proc_stop_timeout_s: how long a stopped proc may take to exit before SIGKILL, seconds.
-        heartbeat_interval_s: how often a proc tells its owner it is alive, seconds (None: never).
-        child_env: the environment every child proc gets (the job's configuration, propagated).
-        tls: mutual TLS files for every TCP link (``tls_ca``/``tls_cert``/``tls_key``); None: off.
-        admin: the root client serves the admin endpoint (``monarch status``, ...).
-    """
-
-    transport: TransportSettings = field(default_factory=TransportSettings)
-    limits: RouterLimits = field(default_factory=RouterLimits)
-    use_fork_server: bool = True
-    log_level: str = "WARNING"
-    prefix_logs_with_actor: bool = True
-    proc_stop_timeout_s: float = 5.0
-    heartbeat_interval_s: float | None = 0.75
-    child_env: dict[str, str] = field(default_factory=dict)
-    tls: TlsConfig | None = None
-    admin: bool = True
 
 
 class Runtime:
@@ -418,93 +388,6 @@ def new_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # uvloop is optional off Linux
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
-
-
-# MONARCH_* variables that are not settings: the bootstrap of one process (monarch.config's
-# BOOTSTRAP_VARIABLES; a test keeps the two equal) and the job's token every proc is given
-_NOT_SETTINGS = frozenset(
-    {
-        "MONARCH_BOOTSTRAP", "MONARCH_RUNTIME_DIR", "MONARCH_PYTHON_EXECUTABLE", "MONARCH_ROOT_ADDR",
-        "MONARCH_IN_ZYGOTE", "MONARCH_DEBUG_CONTROLLER", "MONARCH_LOG_SINK", "MONARCH_PROC_LOG_FILE",
-        "MONARCH_PROC_RANK", "MONARCH_PROC_RANK_BASE", "MONARCH_CLUSTER_TOKEN",
-    }
-)  # fmt: skip
-
-
-def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
-    """This process's :class:`RuntimeSettings` and cluster token, from ``monarch.config``.
-
-    A process whose environment sets no ``MONARCH_*`` setting (only the runtime's bootstrap
-    variables and the cluster token, as every proc of a job left on the defaults has) and that has
-    not imported ``monarch.config`` (so has called no ``configure()``) runs on the defaults: it
-    gets ``RuntimeSettings()`` without importing pydantic-settings (~0.1 s, and ~13,000 objects
-    that every full garbage collection would walk). A test keeps those defaults equal to
-    ``MonarchConfig``'s; children inherit the same environment and so read the same defaults.
-    """
-    if "monarch.config" not in sys.modules and all(k in _NOT_SETTINGS for k in os.environ if k.startswith("MONARCH_")):
-        raw = os.environ.get("MONARCH_CLUSTER_TOKEN")  # empty counts as unset, as in monarch.config
-        return RuntimeSettings(), raw.encode() if raw else None
-    from ..config import get_global_config, to_env
-
-    cfg = get_global_config()
-    limits = RouterLimits(
-        max_envelope_bytes=cfg.max_envelope_bytes,
-        max_frame_bytes=cfg.max_frame_bytes,
-        max_held_frames=cfg.max_held_frames,
-        max_held_bytes=cfg.max_held_bytes,
-        peer_timeout_s=cfg.peer_timeout_s,
-        start_timeout_s=cfg.spawn_timeout_s,
-    )
-    transport = TransportSettings(
-        peer_timeout_s=cfg.peer_timeout_s,
-        connect_timeout_s=cfg.connect_timeout_s,
-        max_envelope_bytes=cfg.max_envelope_bytes,
-        max_frame_bytes=cfg.max_frame_bytes,
-        max_connections=cfg.max_connections,
-        shm_enabled=cfg.shm,
-        shm_min_bytes=cfg.shm_min_bytes,
-        shm_pool_keep_bytes=cfg.shm_pool_max_bytes,
-        capture_frames_dir=cfg.capture_frames_dir,
-    )
-    settings = RuntimeSettings(
-        transport=transport,
-        limits=limits,
-        use_fork_server=cfg.zygote,
-        log_level=cfg.log_level,
-        prefix_logs_with_actor=cfg.prefix_python_logs_with_actor,
-        proc_stop_timeout_s=cfg.proc_stop_timeout_s,
-        heartbeat_interval_s=cfg.peer_timeout_s / 4 if cfg.peer_timeout_s else None,
-        child_env={k: v for k, v in to_env(cfg).items() if k != "MONARCH_CLUSTER_TOKEN"},
-        tls=_tls(cfg.tls_ca, cfg.tls_cert, cfg.tls_key),
-        admin=cfg.admin,
-    )
-    token = cfg.cluster_token.get_secret_value().encode() if cfg.cluster_token is not None else None
-    return settings, token
-
-
-def _tls(ca: str | None, cert: str | None, key: str | None) -> TlsConfig | None:
-    if ca is None and cert is None and key is None:
-        # the variables as they are now: attach_to_workers(ca=, private_key=) sets them before
-        # the client runtime starts, possibly after monarch.config was first read
-        return tls_from_env()
-    if ca is None or cert is None:
-        from ..config import ConfigError
-
-        raise ConfigError("mutual TLS needs both tls_ca and tls_cert (and tls_key unless tls_cert holds the key)")
-    return TlsConfig(ca, cert, key)
-
-
-def log_prefix_enabled(settings: RuntimeSettings) -> Callable[[], bool]:
-    """Whether log records get the actor prefix now: ``monarch.config``'s
-    ``prefix_python_logs_with_actor`` once that module is in use (it may change at run time,
-    e.g. ``monarch.config.prefix_python_logs_with_actor = False``), else the start-up setting."""
-    default = settings.prefix_logs_with_actor
-
-    def enabled() -> bool:
-        cfg = sys.modules.get("monarch.config")
-        return default if cfg is None else bool(cfg.get_global_config().prefix_python_logs_with_actor)
-
-    return enabled
 
 
 def start_client_runtime() -> Runtime:
