@@ -288,6 +288,22 @@ class MonarchConfig(BaseSettings):
         "imported only when a tool connects. See docs/tools.md.",
     )
 
+    # -- distributed tensors (monarch.tensor) ---------------------------------------------------
+    tensor_collective_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Bound on every collective of the tensor engine (the gloo groups' timeout, "
+        "their rendezvous included) and on a tensor worker's wait for an rref actor call; past it "
+        "the result is poisoned. Read when a ProcMesh is first activated.",
+    )
+    tensor_store_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the client's rendezvous store for the tensor engine's gloo groups "
+        "binds; collectives across hosts need an address the procs can reach.",
+    )
+
     # -- diagnostics ----------------------------------------------------------------------------
     capture_frames_dir: str | None = Field(
         None,

@@ -219,6 +219,8 @@ def test_to_env_round_trips_every_field_with_non_default_values(monkeypatch):
         tls_cert="/etc/monarch/cert.pem",
         tls_key="/etc/monarch/key.pem",
         admin=False,
+        tensor_collective_timeout_s=7.5,
+        tensor_store_host="10.0.0.2",
         rdma_backend="cma",
         rdma_control="actor",
         rdma_tcp_host="10.0.0.1",

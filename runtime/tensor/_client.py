@@ -10,7 +10,6 @@ are garbage-collected add their ids to ``deletes`` (from any thread), sent with 
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import uuid
 import weakref
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core.future import Future
+from ..config import get_global_config
 from ._wire import DEFINE_FN, STORE
 from ._worker import TensorWorker
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from ..actor import ProcMesh
 
 MAX_BATCH = 1024
-COLLECTIVE_TIMEOUT_S = float(os.environ.get("MONARCH_TENSOR_COLLECTIVE_TIMEOUT_S", "30"))
 
 
 class MeshClient:
@@ -39,8 +38,11 @@ class MeshClient:
         self.sizes: list[int] = list(ext.sizes)
         self.procs = procs
         self.token = uuid.uuid4().hex  # names this client's stores on the procs (see _rref)
+        cfg = get_global_config()
+        self.timeout_s = cfg.tensor_collective_timeout_s
+        self._store_host = cfg.tensor_store_host
         self.workers: Any = procs.spawn(
-            "tensor_engine", TensorWorker, self.labels, self.sizes, COLLECTIVE_TIMEOUT_S, self.token
+            "tensor_engine", TensorWorker, self.labels, self.sizes, self.timeout_s, self.token
         )
         self._seqs = itertools.count(1)
         self.cmds: list[tuple[Any, ...]] = []
@@ -80,7 +82,7 @@ class MeshClient:
             return
         import torch.distributed as dist
 
-        host = os.environ.get("MONARCH_TENSOR_STORE_HOST", "127.0.0.1")
+        host = self._store_host
         self._store = dist.TCPStore(  # type: ignore[attr-defined]  # exported by torch.distributed at run time
             host, 0, _prod(self.sizes) + 1, True, wait_for_workers=False
         )
@@ -108,7 +110,7 @@ class MeshClient:
     def stored(self) -> list[list[int]]:
         """Every rank's stored ids (after flushing pending deletes), by flat rank."""
         self.flush()
-        vm = self.workers.stored.call().get(COLLECTIVE_TIMEOUT_S)
+        vm = self.workers.stored.call().get(self.timeout_s)
         return [v for _, v in sorted(vm.items(), key=lambda kv: kv[0].rank)]
 
 
