@@ -1,4 +1,4 @@
-"""The fork server (runtime/_mesh/zygote.py) on real processes: framing, exit reports, close
+"""The fork server (runtime/_mesh/zygote*.py) on real processes: framing, exit reports, close
 time, no leaked children, clean forked state, and no chained zygotes from sitecustomize."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from monarch._mesh import zygote as zmod
+from monarch._mesh import zygote_wire as wire
 from monarch._mesh.zygote import GUARD_ENV, ZygoteClient, ZygoteError, ZygoteRefused
 
 CHILD = "tests.runtime.zygote_child"
@@ -140,7 +140,7 @@ def test_frame_reader_yields_every_frame_that_arrives_in_one_read() -> None:
     a, b = socket.socketpair()
     with a, b:
         a.sendall(_frame(b"one") + _frame(b"two") + _frame(b"") + _frame(b"three")[:5])
-        r = zmod._FrameReader(b, 1024, 0)
+        r = wire.FrameReader(b, 1024, 0)
         assert r.read_some()
         assert [body for body, _ in r.frames()] == [b"one", b"two", b""]
         a.sendall(_frame(b"three")[5:])
@@ -153,9 +153,9 @@ def test_frame_reader_gives_each_frame_the_descriptors_sent_with_it() -> None:
     p1, p2 = os.pipe()
     try:
         with a, b:
-            zmod._send_frame(a, b"x" * 100_000, [p1])  # larger than one read
-            zmod._send_frame(a, b"y", [p2])
-            r = zmod._FrameReader(b, 1 << 20, 1)
+            wire.send_frame(a, b"x" * 100_000, [p1])  # larger than one read
+            wire.send_frame(a, b"y", [p2])
+            r = wire.FrameReader(b, 1 << 20, 1)
             got: list[tuple[bytes, list[int]]] = []
             while len(got) < 2:
                 assert r.read_some()
@@ -174,9 +174,9 @@ def test_frame_reader_rejects_an_oversized_frame_before_reading_it() -> None:
     a, b = socket.socketpair()
     with a, b:
         a.sendall(struct.pack("<IH", 1 << 30, 0))
-        r = zmod._FrameReader(b, 1024, 0)
+        r = wire.FrameReader(b, 1024, 0)
         assert r.read_some()
-        with pytest.raises(zmod._ProtocolViolation, match="1073741824 bytes"):
+        with pytest.raises(wire.ProtocolViolation, match="1073741824 bytes"):
             list(r.frames())
 
 
@@ -184,9 +184,9 @@ def test_frame_reader_rejects_a_frame_without_its_announced_descriptors() -> Non
     a, b = socket.socketpair()
     with a, b:
         a.sendall(_frame(b"abc", nfds=1))
-        r = zmod._FrameReader(b, 1024, 1)
+        r = wire.FrameReader(b, 1024, 1)
         assert r.read_some()
-        with pytest.raises(zmod._ProtocolViolation, match="announces 1 descriptors, 0 arrived"):
+        with pytest.raises(wire.ProtocolViolation, match="announces 1 descriptors, 0 arrived"):
             list(r.frames())
 
 
@@ -195,18 +195,18 @@ def test_frame_reader_rejects_a_stream_that_ends_inside_a_frame() -> None:
     with b:
         a.sendall(_frame(b"abcdef")[:6])
         a.close()
-        r = zmod._FrameReader(b, 1024, 0)
+        r = wire.FrameReader(b, 1024, 0)
         assert r.read_some()
         assert list(r.frames()) == []
-        with pytest.raises(zmod._ProtocolViolation, match="inside a frame"):
+        with pytest.raises(wire.ProtocolViolation, match="inside a frame"):
             r.read_some()
 
 
 def test_malformed_spawn_request_is_a_protocol_violation() -> None:
-    with pytest.raises(zmod._ProtocolViolation, match="malformed"):
-        zmod._parse_request(b"{not json")
-    with pytest.raises(zmod._ProtocolViolation, match="wrong types"):
-        zmod._parse_request(
+    with pytest.raises(wire.ProtocolViolation, match="malformed"):
+        wire.parse_request(b"{not json")
+    with pytest.raises(wire.ProtocolViolation, match="wrong types"):
+        wire.parse_request(
             json.dumps(
                 {"id": 1, "target": "m:f", "argv": [1], "env": {}, "cwd": "/", "path": []}
             ).encode()
