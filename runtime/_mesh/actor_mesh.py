@@ -27,7 +27,7 @@ from .actor import endpoint_table
 from .context import _current
 from .current import current_runtime
 from .endpoint import Endpoint, EndpointSpec
-from .router import TemplateMessage
+from .outgoing import TemplateMessage
 from .sinks import OneSink, StreamSink, ValueMeshSink
 from .stream import Stream
 

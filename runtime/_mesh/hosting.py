@@ -22,7 +22,8 @@ from .._transport.messages import END_OF_STREAM_BIT, STREAM_BIT, ControlOp, Kind
 from .._transport.pickle_codec import PICKLE_CODEC, dumps, loads
 from .endpoint import EndpointSpec
 from .instance import ActorInstance
-from .router import ReplyPart, Router, Sink
+from .outgoing import ReplyPart
+from .router import Router, Sink
 from .wire_errors import decode_error, encode_error
 
 if TYPE_CHECKING:

@@ -21,19 +21,19 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .._core.errors import ConnectError, SupervisionError
 from .._transport.base import CloseHandler, FrameHandler, Link, Transport
-from .._transport.encoder import encode_reply
-from .._transport.frame import Envelope, EnvelopeTemplate, encode_frame, frame_iov
+from .._transport.frame import Envelope, encode_frame, frame_iov
 from .._transport.messages import ControlOp, Kind
 from .._transport.pickle_codec import dumps, loads
+from .liveness import Heartbeats
+from .outgoing import ReplyPart, TemplateMessage, encode, local_buffers
 
-__all__ = ["ReplyPart", "Router", "RouterLimits", "Sink", "TemplateMessage"]
+__all__ = ["Router", "RouterLimits", "Sink"]
 
 log = logging.getLogger("monarch.router")
 
@@ -88,78 +88,6 @@ class Sink:
         return False
 
 
-class TemplateMessage:
-    """A call built from a pre-encoded template (the calls of one endpoint to one slice)."""
-
-    __slots__ = ("base", "payload", "reply_port", "template")
-
-    def __init__(self, template: EnvelopeTemplate, base: Any, reply_port: int, payload: Any) -> None:
-        self.template = template
-        self.base = base
-        self.reply_port = reply_port
-        self.payload = payload
-
-    def envelope(self) -> Any:
-        env = self.base.copy()
-        env.replyPort = self.reply_port
-        env.payload = self.payload
-        return env
-
-
-class ReplyPart:
-    """One rank's result for the reply port ``port`` of a caller: one ``Part`` of a ``reply``.
-
-    Attributes:
-        port: the caller's reply port.
-        rank: the answering rank's position in the called mesh.
-        error: ``payload`` is an encoded error.
-        last: the last part of this rank (streams send several).
-        flags: ``Envelope.flags`` bits (``END_OF_STREAM_BIT`` for an end-of-stream marker).
-        payload: the encoded result.
-    """
-
-    __slots__ = ("error", "flags", "last", "payload", "port", "rank")
-
-    def __init__(self, port: int, rank: int, error: bool, last: bool, flags: int, payload: Any) -> None:
-        self.port = port
-        self.rank = rank
-        self.error = error
-        self.last = last
-        self.flags = flags
-        self.payload = payload
-
-    def envelope(self, nbufs: int) -> Any:
-        """The same reply as an :class:`Envelope` with ``nbufs`` out-of-band buffers (for a
-        delivery inside this process, which skips encoding)."""
-        env = Envelope.new_message()
-        env.kind = Kind.REPLY
-        env.port = self.port
-        p = env.init("parts", 1)[0]
-        p.rank = self.rank
-        p.error = self.error
-        p.length = len(self.payload) if type(self.payload) is bytes else memoryview(self.payload).nbytes
-        p.buffers = nbufs
-        p.last = self.last
-        if self.flags:
-            env.flags = self.flags
-        env.payload = self.payload
-        return env
-
-
-def _encode(msg: Any, seq: int, lengths: list[int], shm: list[int] | None) -> Any:
-    """The envelope bytes of ``msg`` (an Envelope, TemplateMessage or ReplyPart) with ``seq``."""
-    t = type(msg)
-    if t is TemplateMessage:
-        return msg.template.encode(seq, msg.reply_port, msg.payload, lengths, shm)
-    if t is ReplyPart:  # never sequenced: a reply port takes parts in any order
-        return encode_reply(msg.port, msg.rank, msg.error, msg.last, msg.flags, msg.payload, lengths, shm)
-    msg.seq = seq
-    if lengths or msg.buffers:
-        msg.buffers = lengths
-    msg.shm = shm or ()
-    return msg.to_bytes()
-
-
 _NO_BUFS: list[int] = []  # never mutated: the lengths of a message without buffers
 # the kinds as module constants: a class attribute of an Enum costs a lookup per frame
 _CALL, _REPLY, _PORT, _HELLO = Kind.CALL, Kind.REPLY, Kind.PORT, Kind.HELLO
@@ -209,12 +137,12 @@ class Router:
         self._via: dict[str, collections.deque[tuple[str, int]]] = {}
         self._port_ids = itertools.count(1)
         self.sinks: dict[int, Sink] = {}
-        # child address -> (monotonic time of its last heartbeat or start, has it beaten yet)
-        self._watched: dict[str, tuple[float, bool]] = {}
-        self._probes: dict[str, Callable[[], str | None] | None] = {}
-        self._last_check = 0.0
+        self.heartbeats = Heartbeats(
+            loop, peer_timeout_s=self.limits.peer_timeout_s, start_timeout_s=self.limits.start_timeout_s,
+            frozen_timeout_s=self.limits.frozen_timeout_s, is_dead=self._dead.__contains__, hung=self._declare_hung,
+        )
         self._on_call: Handler = lambda env, bufs: None
-        self._control: dict[str, Handler] = {ControlOp.SKIP: self._on_skip, ControlOp.HEARTBEAT: self._on_heartbeat}
+        self._control: dict[str, Handler] = {ControlOp.SKIP: self._on_skip, ControlOp.HEARTBEAT: self.heartbeats.beat}
         self._owner_only: set[str] = set()
         self._on_peer_lost: list[Callable[[str, str], None]] = []
         self._on_owner_lost: list[Callable[[], None]] = []
@@ -314,7 +242,7 @@ class Router:
                 del self._out[addr]
         if addr and addr not in self._dead and not self._closed:
             reason = f"connection lost{': ' + str(exc) if exc else ''}"
-            if addr in self._watched:
+            if addr in self.heartbeats:
                 # a child watched through its pidfd: its exit status arrives within
                 # milliseconds and names the cause; fall back to EOF if it does not
                 self.loop.call_later(0.25, self.mark_dead, addr, reason)
@@ -332,58 +260,12 @@ class Router:
                 is running but silent (a busy machine, a loaded link) gets ``frozen_timeout_s``.
                 None: no OS view (a remote peer), late beats alone decide at ``peer_timeout_s``.
         """
-        first = not self._watched
-        self._watched[addr] = (time.monotonic(), False)
-        self._probes[addr] = probe
-        if first and self.limits.peer_timeout_s is not None:
-            self._last_check = time.monotonic()
-            self.loop.call_later(self.limits.peer_timeout_s / 4, self._check_heartbeats)
+        self.heartbeats.watch(addr, probe)
 
-    def _on_heartbeat(self, env: Any, bufs: list[memoryview]) -> None:
-        if env.origin in self._watched:
-            self._watched[env.origin] = (time.monotonic(), True)
-
-    def _check_heartbeats(self) -> None:
-        timeout_s = self.limits.peer_timeout_s
-        if timeout_s is None or self._closed:
-            return
-        now = time.monotonic()
-        interval = timeout_s / 4
-        if now - self._last_check > 2 * interval + 0.5:
-            # this loop itself was starved (busy handlers, a loaded machine): the beats it did
-            # not read in time say nothing about the children; start their clocks again
-            for addr, (_seen, beating) in list(self._watched.items()):
-                self._watched[addr] = (now, beating)
-        self._last_check = now
-        for addr, (seen, beating) in list(self._watched.items()):
-            if addr in self._dead:
-                del self._watched[addr]
-                self._probes.pop(addr, None)
-                continue
-            silent = now - seen
-            limit = timeout_s if beating else max(timeout_s, self.limits.start_timeout_s)
-            if silent <= limit:
-                continue
-            probe = self._probes.get(addr)
-            state = probe() if probe is not None else None
-            if probe is not None and state is None:
-                continue  # it is gone: its exit is being reported
-            if probe is None or state in ("T", "t"):
-                what = "stopped" if state in ("T", "t") else "silent"
-            elif silent > max(limit, self.limits.frozen_timeout_s):
-                what = f"frozen (state {state})"
-            else:
-                continue  # running, only slow: not hung
-            del self._watched[addr]
-            self._probes.pop(addr, None)
-            beat = "heartbeat" if beating else "heartbeat since it was started"
-            reason = f"hung: {what}, no {beat} for {silent:.1f} s (limit {limit} s)"
-            log.error("proc at %s %s", addr, reason)
-            self.mark_dead(addr, reason)
-            if self._on_hung is not None:
-                self._on_hung(addr, reason)
-        if self._watched:
-            self.loop.call_later(interval, self._check_heartbeats)
+    def _declare_hung(self, addr: str, reason: str) -> None:
+        self.mark_dead(addr, reason)
+        if self._on_hung is not None:
+            self._on_hung(addr, reason)
 
     def mark_dead(self, addr: str, reason: str) -> None:
         """Record that the proc at ``addr`` is gone and fail everything awaiting it (loop thread)."""
@@ -396,8 +278,7 @@ class Router:
             if len(self._dead) > _DEAD_KEPT:  # the oldest first: a later send there just fails again
                 del self._dead[next(iter(self._dead))]
             conn = self._out.pop(addr, None)
-            self._watched.pop(addr, None)
-            self._probes.pop(addr, None)
+            self.heartbeats.forget(addr)
             self._seq_out.pop(addr, None)
             via = self._via.pop(addr, None)
             # what it sent us that still waits for a gap will never be completed by it
@@ -442,7 +323,6 @@ class Router:
 
         Args:
             msg: an :class:`Envelope`, a :class:`TemplateMessage` or a :class:`ReplyPart`.
-            msg: an :class:`Envelope`, or a :class:`TemplateMessage`.
             bufs: out-of-band buffers sent after the envelope (large ones by shared memory).
             sequenced: give it the next sequence number to ``addr`` (per-sender FIFO).
             seq: a sequence number fixed by the caller (cast trees); overrides ``sequenced``.
@@ -456,7 +336,7 @@ class Router:
             env = msg.envelope() if t is TemplateMessage else msg.envelope(len(bufs)) if t is ReplyPart else msg.copy()
             env.origin = self.addr
             env.seq = 0
-            self.call_on_loop(self._dispatch, env, _local_buffers(bufs))
+            self.call_on_loop(self._dispatch, env, local_buffers(bufs))
             return
         conn = self._out.get(addr)
         if conn is None or conn.closed:
@@ -469,12 +349,12 @@ class Router:
             lengths, shm, inline = _NO_BUFS, None, bufs
         try:
             if seq or not sequenced:
-                conn.send(frame_iov(_encode(msg, seq, lengths, shm), inline))
+                conn.send(frame_iov(encode(msg, seq, lengths, shm), inline))
                 return
             with self._lock:
                 n = self._seq_out.get(addr, 0) + 1
                 self._seq_out[addr] = n
-                conn.send(frame_iov(_encode(msg, n, lengths, shm), inline))
+                conn.send(frame_iov(encode(msg, n, lengths, shm), inline))
         except ConnectionError as exc:
             dead = self._dead.get(addr)
             if dead:
@@ -636,19 +516,11 @@ class Router:
     def close(self) -> None:
         """Close the listener and every link; call on the loop thread."""
         self._closed = True
+        self.heartbeats.close()
         self.transport.close()
 
     def __repr__(self) -> str:
         return f"<Router {self.name!r} addr={self.addr!r} peers={len(self._out)} ports={len(self.sinks)} dead={len(self._dead)}>"
-
-
-def _local_buffers(bufs: list[Any]) -> list[memoryview]:
-    """Buffers for an in-process delivery: writable views (read-only ones are copied)."""
-    out = []
-    for b in bufs:
-        mv = (b if type(b) is memoryview else memoryview(b)).cast("B")
-        out.append(memoryview(bytearray(mv)) if mv.readonly else mv)
-    return out
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

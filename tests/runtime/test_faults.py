@@ -385,7 +385,7 @@ def test_sigstopped_proc_fails_call_one_get_without_timeout_within_peer_timeout_
         pid = m.ping.call_one().get(timeout=60)
         addr = _addr_of(pid)
         # until its first heartbeat a child gets the (longer) start-up bound; wait for it
-        assert _wait_until(lambda: rt.router._watched.get(addr, (0.0, False))[1], 30.0)
+        assert _wait_until(lambda: rt.router.heartbeats.has_beaten(addr), 30.0)
         outcome: list[BaseException | object] = []
         try:
             _stop(pid)
