@@ -32,11 +32,12 @@ import sys
 import threading
 import types
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ._config_knobs import KNOB_EFFECT, Encoding, MonarchKnobs
 from ._core.errors import MonarchError
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "ENV_PREFIX",
     "ChannelTransport",
     "ConfigError",
+    "Encoding",
     "MonarchConfig",
     "clear_runtime_config",
     "configure",
@@ -132,12 +134,18 @@ _LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _MiB = 1 << 20
 
 
-class MonarchConfig(BaseSettings):
+class MonarchConfig(MonarchKnobs):
     """The settings of monarch-idl: one frozen snapshot, built by :func:`get_global_config`.
 
     Each field ``name`` is read from the environment variable ``MONARCH_<NAME>`` (see
     :func:`env_var`) and can be overridden in code with ``configure(name=value)``. Units are in
     the names: ``_s`` seconds, ``_bytes`` bytes.
+
+    It also holds Monarch's own knobs under Monarch's names, types, defaults and environment
+    variables (``codec_max_frame_length``, ``message_delivery_timeout="30s"``, ...; see
+    ``docs/configuration.md``, which says which of them this runtime acts on). Every field reads
+    as an attribute (``cfg.peer_timeout_s``) and, as Monarch's ``get_global_config()`` dict does,
+    by subscript (``cfg["tail_log_lines"]``).
 
     Raises:
         pydantic.ValidationError: on direct construction with a bad value; use
@@ -151,6 +159,8 @@ class MonarchConfig(BaseSettings):
         env_ignore_empty=True,
         case_sensitive=False,
         validate_default=True,
+        validate_by_name=True,
+        validate_by_alias=True,
     )
 
     # -- liveness and timeouts ------------------------------------------------------------------
@@ -406,6 +416,27 @@ class MonarchConfig(BaseSettings):
         """Overrides, then the environment; no dotenv or secret files are read."""
         return (init_settings, env_settings)
 
+    def __getitem__(self, name: str) -> Any:
+        """The value of setting ``name`` (Monarch's ``get_global_config()[name]``).
+
+        Raises:
+            KeyError: ``name`` is not a setting.
+        """
+        if name not in type(self).model_fields:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in type(self).model_fields
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of setting ``name``, or ``default`` where ``name`` is not a setting."""
+        return getattr(self, name) if name in type(self).model_fields else default
+
+    def keys(self) -> list[str]:
+        """Every setting's name (Monarch's knobs first), as ``dict.keys()`` of Monarch's view."""
+        return list(type(self).model_fields)
+
     def __repr__(self) -> str:
         changed = {k: getattr(self, k) for k in sorted(self.model_fields_set)}
         inner = " ".join(f"{k}={v!r}" for k, v in changed.items())
@@ -413,13 +444,15 @@ class MonarchConfig(BaseSettings):
 
 
 def env_var(name: str) -> str:
-    """The environment variable of the setting ``name``: ``MONARCH_`` and the name in capitals.
+    """The environment variable of the setting ``name``: ``MONARCH_`` and the name in capitals,
+    or for Monarch's knobs Monarch's variable (``HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT``).
 
     Raises:
         ConfigError: ``name`` is not a field of :class:`MonarchConfig`.
     """
     _check_names([name])
-    return ENV_PREFIX + name.upper()
+    alias = MonarchConfig.model_fields[name].validation_alias
+    return alias if isinstance(alias, str) else ENV_PREFIX + name.upper()
 
 
 def to_env(config: MonarchConfig | None = None) -> dict[str, str]:
@@ -440,7 +473,12 @@ def to_env(config: MonarchConfig | None = None) -> dict[str, str]:
         ConfigError: ``config`` is None and a setting in the environment is bad.
     """
     cfg = get_global_config() if config is None else config
-    return {env_var(name): _env_text(getattr(cfg, name)) for name in MonarchConfig.model_fields}
+    fields = MonarchConfig.model_fields
+    return {
+        # None of a setting whose default is not None (a knob's "no timeout") is spelled "none"
+        env_var(name): "none" if value is None and fields[name].default is not None else _env_text(value)
+        for name, value in ((n, getattr(cfg, n)) for n in fields)
+    }
 
 
 def get_global_config() -> MonarchConfig:
@@ -566,16 +604,23 @@ def _validate_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
             field = MonarchConfig.model_fields[name]
             # the field's own constraints (ranges, lengths) are checked when the model is built
             assert field.annotation is not None  # every setting is annotated
-            adapter = _state.adapters[name] = TypeAdapter(field.annotation)
+            # a format check of the type itself (a humantime duration) is a TypeError, as in
+            # Monarch; ranges are checked when the model is built (ConfigError)
+            checks = [m for m in field.metadata if isinstance(m, AfterValidator)]
+            typ: Any = Annotated.__class_getitem__((field.annotation, *checks)) if checks else field.annotation  # type: ignore[attr-defined]  # a type built at run time
+            adapter = _state.adapters[name] = TypeAdapter(typ)
         try:
             out[name] = adapter.validate_python(value, strict=True)
-        except ValidationError:
+        except ValidationError as exc:
             if isinstance(value, str) and _base_type(name) is SecretStr:
                 out[name] = SecretStr(value)
                 continue
+            why = "".join(
+                f"; {e['msg'].removeprefix('Value error, ')}" for e in exc.errors(include_url=False) if e["type"] == "value_error"
+            )
             raise TypeError(
                 f"configure({name}=...): expected {_type_text(name)}, got "
-                f"{type(value).__name__} {_shown(name, value)}"
+                f"{type(value).__name__} {_shown(name, value)}{why}"
             ) from None
     return out
 
@@ -585,8 +630,10 @@ def _build(overrides: Mapping[str, Any]) -> MonarchConfig:
         return MonarchConfig(**overrides)
     except ValidationError as exc:
         problems = []
+        by_var = {env_var(n).upper(): n for n in MonarchConfig.model_fields}
         for err in exc.errors(include_url=False):
             name = str(err["loc"][0]) if err["loc"] else "?"
+            name = by_var.get(name.upper(), name)
             if name in overrides:
                 where = f"configure({name}={_shown(name, overrides[name])})"
             else:
@@ -624,6 +671,8 @@ def _env_text(value: Any) -> str:
         return "1" if value else "0"
     if isinstance(value, SecretStr):
         return value.get_secret_value()
+    if isinstance(value, enum.Enum):
+        return str(value.value)
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else str(value)
     return str(value)
@@ -634,7 +683,9 @@ def _type_text(name: str) -> str:
     ann = MonarchConfig.model_fields[name].annotation
     optional = type(None) in get_args(ann)
     base = _base_type(name)
-    if get_origin(base) is Literal:
+    if _is_duration(name):
+        text = "duration (humantime)"
+    elif get_origin(base) is Literal:
         text = " / ".join(str(a) for a in get_args(base))
     elif base is SecretStr:
         text = "str (secret)"
@@ -643,6 +694,14 @@ def _type_text(name: str) -> str:
     else:
         text = str(base)
     return f"{text}, optional" if optional else text
+
+
+def _is_duration(name: str) -> bool:
+    from ._config_knobs import HumanDuration
+
+    field = MonarchConfig.model_fields[name]
+    checks = [m for m in field.metadata if isinstance(m, AfterValidator)]
+    return checks == list(get_args(HumanDuration)[1:]) or HumanDuration in get_args(field.annotation)
 
 
 def _unit(name: str) -> str:
@@ -658,7 +717,7 @@ def _default_text(name: str) -> str:
     if default is None:
         return "unset"
     text = _env_text(default)
-    if _unit(name) == "bytes" and default >= 1024:
+    if (_unit(name) == "bytes" or name == "codec_max_frame_length") and default >= 1024:
         for shift, suffix in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
             if default % (1 << shift) == 0:
                 return f"{text} ({default >> shift} {suffix})"
@@ -677,17 +736,38 @@ def _settings_rows() -> list[tuple[str, str, str, str, str, str]]:
             field.description or "",
         )
         for name, field in MonarchConfig.model_fields.items()
+        if name not in KNOB_EFFECT
     ]
 
 
+def _knob_rows() -> list[tuple[str, str, str, str, str, str]]:
+    """``(knob, env var, type, default, here, meaning)`` per Monarch knob, in declaration order."""
+    rows = []
+    for name, field in MonarchConfig.model_fields.items():
+        if name not in KNOB_EFFECT:
+            continue
+        effect, _, meaning = (field.description or "").partition(" Monarch: ")
+        rows.append((name, env_var(name), _type_text(name), _default_text(name), effect, meaning))
+    return rows
+
+
 def _settings_markdown() -> str:
-    """The settings table of ``docs/configuration.md`` (``monarch config --markdown``)."""
+    """The settings tables of ``docs/configuration.md`` (``monarch config --markdown``): this
+    project's settings, a blank line, then Monarch's knobs with what each does here."""
     lines = [
         "| Environment variable | `configure()` key | Type | Default | Unit | Meaning |",
         "|---|---|---|---|---|---|",
     ]
     for name, var, typ, default, unit, meaning in _settings_rows():
         cells = [f"`{var}`", f"`{name}`", typ, f"`{default}`", unit or "-", meaning]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += [
+        "",
+        "| Monarch's environment variable | `configure()` key | Type | Default | Here | Monarch's meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, var, typ, default, effect, meaning in _knob_rows():
+        cells = [f"`{var}`", f"`{name}`", typ, f"`{default}`", effect, meaning]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from monarch.config import MonarchConfig
+from monarch.config import MonarchConfig, env_var
 
 
 def _script() -> str:
@@ -62,7 +62,7 @@ def test_config_table_lists_every_setting_with_its_source():
     out = _run("config", MONARCH_SHM="0")
     assert out.returncode == 0, out.stderr
     for name in MonarchConfig.model_fields:
-        assert f"MONARCH_{name.upper()}" in out.stdout
+        assert env_var(name) in out.stdout  # Monarch's knobs: Monarch's variables
     shm_row = next(line for line in out.stdout.splitlines() if "MONARCH_SHM " in line)
     assert "False" in shm_row and "environment" in shm_row
 

@@ -1,0 +1,242 @@
+"""Monarch's own configuration knobs in monarch.config: names, defaults, types, Monarch's
+environment variables, humantime durations, read-back by subscript, propagation to procs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from monarch import config
+from monarch._config_knobs import KNOB_EFFECT, format_duration, parse_duration
+from monarch.config import (
+    ConfigError,
+    Encoding,
+    MonarchConfig,
+    clear_runtime_config,
+    configure,
+    configured,
+    env_var,
+    get_global_config,
+    get_runtime_config,
+    to_env,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_config(monkeypatch: pytest.MonkeyPatch):
+    for key in list(os.environ):
+        if key.upper().startswith(("MONARCH_", "HYPERACTOR_")):
+            monkeypatch.delenv(key)
+    clear_runtime_config()
+    yield
+    clear_runtime_config()
+
+
+# A value other than the default for every knob (Monarch's defaults are asserted below).
+CHANGED = dict(
+    enable_log_forwarding=True,
+    enable_file_capture=True,
+    tail_log_lines=100,
+    read_log_buffer=16384,
+    force_file_log=True,
+    prefix_with_rank=False,
+    codec_max_frame_length=1 << 21,
+    message_delivery_timeout="5m",
+    message_ack_time_interval="2s",
+    message_ack_every_n_messages=500,
+    message_ttl_default=20,
+    split_max_buffer_size=2048,
+    split_max_buffer_age="100ms",
+    default_encoding=Encoding.Json,
+    message_latency_sampling_rate=0.5,
+    enable_dest_actor_reordering_buffer=False,
+    small_write_threshold=512,
+    max_cast_dimension_size=2048,
+    channel_net_rx_buffer_full_check_interval="200ms",
+    channel_tcp_congestion="bbr",
+    host_spawn_ready_timeout="10m",
+    mesh_proc_spawn_max_idle="2m",
+    actor_spawn_max_idle="45s",
+    get_actor_state_max_idle="1m 30s",
+    get_proc_state_max_idle="1m 30s",
+    process_exit_timeout="20s",
+    stop_actor_timeout="15s",
+    cleanup_timeout="25s",
+    proc_stop_max_idle="45s",
+    mesh_terminate_timeout="20s",
+    mesh_terminate_concurrency=32,
+    mesh_bootstrap_enable_pdeathsig=False,
+    mesh_orphan_timeout=None,
+    supervision_watchdog_timeout="1m 30s",
+    mesh_admin_addr="0.0.0.0:8080",
+    mesh_attach_config_timeout="20s",
+    rdma_allow_tcp_fallback=False,
+    rdma_disable_ibverbs=True,
+    rdma_max_chunk_size_mb=8,
+    rdma_ibverbs_target="nic:mlx5_0",
+    rdma_peer_device_affinity="groups:mlx5_0,mlx5_1|mlx5_2",
+    rdma_runtime_worker_threads=32,
+)
+
+
+def test_every_knob_has_a_changed_value_here_and_says_whether_it_is_honoured():
+    assert set(CHANGED) == set(KNOB_EFFECT), "a new knob needs a value in CHANGED"
+    for name in KNOB_EFFECT:
+        text = MonarchConfig.model_fields[name].description or ""
+        assert text.startswith(("Honoured: ", "Accepted, no effect: ")), name
+        assert " Monarch: " in text, name
+    assert KNOB_EFFECT["message_delivery_timeout"] is False
+
+
+def test_knobs_have_monarchs_defaults_and_read_by_subscript():
+    cfg = get_global_config()
+    assert cfg["message_delivery_timeout"] == "30s"
+    assert cfg["host_spawn_ready_timeout"] == "30s"
+    assert cfg["message_ack_time_interval"] == "500ms"
+    assert cfg["supervision_watchdog_timeout"] == "2m"
+    assert cfg["get_proc_state_max_idle"] == "1m"
+    assert cfg["mesh_orphan_timeout"] == "1m"
+    assert cfg["codec_max_frame_length"] == 10 << 30
+    assert cfg["message_ttl_default"] == 64
+    assert cfg["split_max_buffer_size"] == 5
+    assert cfg["default_encoding"] is Encoding.Multipart
+    assert cfg["enable_dest_actor_reordering_buffer"] is True
+    assert cfg["enable_log_forwarding"] is False
+    assert cfg["tail_log_lines"] == 0
+    assert cfg["mesh_admin_addr"] == "[::]:1729"
+    assert cfg["rdma_runtime_worker_threads"] == 16
+    assert cfg["peer_timeout_s"] == cfg.peer_timeout_s  # this project's settings read so too
+    assert "tail_log_lines" in cfg and "nope" not in cfg
+    assert cfg.get("nope", 7) == 7
+    assert cfg.keys()[: len(KNOB_EFFECT)] == list(KNOB_EFFECT)
+    with pytest.raises(KeyError):
+        cfg["nope"]
+
+
+def test_duration_knobs_read_back_in_humantime_form_and_restore_on_exit():
+    with configured(
+        host_spawn_ready_timeout="300s", get_actor_state_max_idle="90s", cleanup_timeout="1h30m"
+    ) as cfg:
+        assert cfg["host_spawn_ready_timeout"] == "5m"
+        assert cfg["get_actor_state_max_idle"] == "1m 30s"
+        assert cfg["cleanup_timeout"] == "1h 30m"
+        assert get_runtime_config()["get_actor_state_max_idle"] == "1m 30s"
+        # the runtime layer re-applies as is (Monarch's configured() restores this way)
+        configure(**get_runtime_config())
+    assert get_global_config()["host_spawn_ready_timeout"] == "30s"
+    assert get_runtime_config() == {}
+
+
+@pytest.mark.parametrize("text", ["invalid", "30", "abc123", "", "5 parsecs", "1.5s"])
+def test_a_duration_that_does_not_parse_is_a_type_error_naming_the_format(text):
+    with pytest.raises(TypeError, match="Invalid duration format"):
+        configure(message_delivery_timeout=text)
+    assert get_runtime_config() == {}
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("host_spawn_ready_timeout", 30),
+        ("message_delivery_timeout", 30.5),
+        ("message_ack_every_n_messages", "100"),
+        ("enable_dest_actor_reordering_buffer", "true"),
+        ("message_latency_sampling_rate", "0.5"),
+        ("default_encoding", "bincode"),
+        ("default_encoding", 123),
+        ("tail_log_lines", 1.0),
+    ],
+)
+def test_a_knob_of_the_wrong_type_is_a_type_error(name, value):
+    with pytest.raises(TypeError):
+        configure(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("message_ttl_default", 256),
+        ("tail_log_lines", -1),
+        ("message_latency_sampling_rate", 1.5),
+        ("mesh_admin_addr", "nohost"),
+    ],
+)
+def test_a_knob_out_of_range_is_a_config_error(name, value):
+    with pytest.raises(ConfigError, match=name):
+        configure(**{name: value})
+
+
+def test_knobs_read_monarchs_environment_variables(monkeypatch):
+    assert env_var("message_delivery_timeout") == "HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT"
+    assert env_var("small_write_threshold") == "MONARCH_HYPERACTOR_SMALL_WRITE_THRESHOLD"
+    assert env_var("rdma_ibverbs_target") == "MONARCH_RDMA_IBVERBS_TARGET"
+    monkeypatch.setenv("HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT", "90s")
+    monkeypatch.setenv("HYPERACTOR_DEFAULT_ENCODING", "bincode")
+    monkeypatch.setenv("HYPERACTOR_MESH_TAIL_LOG_LINES", "12")
+    monkeypatch.setenv("MONARCH_TAIL_LOG_LINES", "99")  # not this knob's variable: ignored
+    clear_runtime_config()
+    cfg = get_global_config()
+    assert cfg["message_delivery_timeout"] == "1m 30s"
+    assert cfg["default_encoding"] is Encoding.Bincode
+    assert cfg["tail_log_lines"] == 12
+    with configured(tail_log_lines=3) as cfg:  # configure() wins over the environment
+        assert cfg["tail_log_lines"] == 3
+
+
+def test_a_bad_knob_in_the_environment_names_monarchs_variable(monkeypatch):
+    monkeypatch.setenv("HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT", "30")
+    clear_runtime_config()
+    with pytest.raises(
+        ConfigError, match=r"HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT='30'.*Invalid duration format"
+    ):
+        get_global_config()
+
+
+def test_to_env_round_trips_every_knob_with_non_default_values(monkeypatch):
+    parent = configure(**CHANGED)
+    env = to_env()
+    assert env["HYPERACTOR_MESH_ORPHAN_TIMEOUT"] == "none"
+    assert env["HYPERACTOR_DEFAULT_ENCODING"] == "serde_json"
+    clear_runtime_config()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert get_global_config() == parent
+
+
+def test_a_knob_set_in_the_client_holds_in_a_spawned_proc():
+    from monarch.actor import Actor, endpoint, this_host
+
+    class Probe(Actor):
+        @endpoint
+        def knobs(self) -> tuple[str, str, int]:
+            cfg = config.get_global_config()
+            return (
+                cfg["rdma_ibverbs_target"],
+                cfg["message_delivery_timeout"],
+                cfg["codec_max_frame_length"],
+            )
+
+    with configured(
+        rdma_ibverbs_target="nic:mlx5_0",
+        message_delivery_timeout="90s",
+        codec_max_frame_length=3 << 20,
+    ):
+        procs = this_host().spawn_procs()
+        try:
+            probe = procs.spawn("probe", Probe)
+            assert probe.knobs.call_one().get(timeout=60) == ("nic:mlx5_0", "1m 30s", 3 << 20)
+        finally:
+            procs.stop().get(timeout=60)
+
+
+def test_humantime_parse_and_format():
+    assert parse_duration("1h 30m") == parse_duration("1h30m") == 5400 * 10**9
+    assert parse_duration("500ms") == 500 * 10**6
+    assert parse_duration("2 days 3ns") == 2 * 86400 * 10**9 + 3
+    assert parse_duration("1M") == 2_630_016 * 10**9  # humantime's month: 30.44 days
+    assert format_duration(0) == "0s"
+    assert format_duration(90 * 10**9) == "1m 30s"
+    assert format_duration(86400 * 2 * 10**9 + 1500 * 10**6) == "2days 1s 500ms"
+    assert format_duration(31_557_600 * 10**9) == "1year"
+    for text in ("30s", "5m", "2h", "1h 30m", "1m 30s", "100ms"):
+        assert format_duration(parse_duration(text)) == text
