@@ -6,7 +6,8 @@ concurrent. ``__supervise__`` and ``__cleanup__`` run the same way, in order wit
 
 Every handler is written once, as a generator of "steps" that yields whatever must be awaited
 (an endpoint's coroutine, the next item of an async generator, a runtime future); two small
-drivers run the steps: :func:`_drive_sync` on the actor's thread, :func:`_drive_async` on the loop.
+drivers in :mod:`monarch._mesh.steps` run the steps: ``drive_sync`` on the actor's thread,
+``drive_async`` on the loop.
 
 The failure policy lives in :meth:`ActorInstance._handler_raised` and nowhere else (as in
 Monarch, and pykka's single failure policy):
@@ -36,16 +37,16 @@ import os
 import queue
 import threading
 import traceback
-from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .._core.errors import SupervisionError
 from .._core.failure import MeshFailure
-from .._core.future import Future, loop_thread_marker
+from .._core.future import loop_thread_marker
 from .._core.shape import Point
 from .actor import endpoint_table
 from .context import Context, CreatorInstance, Instance, reset_context, set_context
 from .endpoint import INIT_PROBE, TENSOR_CALLS_SEEN, EndpointSpec, take_tensor_call
+from .steps import Steps, WaitFuture, awaitable, drive_async, drive_sync
 
 if TYPE_CHECKING:
     from .hosting import ActorHost, Msg
@@ -60,9 +61,6 @@ _PROC_ENDING = (SystemExit, KeyboardInterrupt)
 # how long stopping an actor waits for each mesh it owns to stop, in seconds
 _OWNED_STOP_TIMEOUT_S = 10.0
 
-# A handler: a generator that yields what must be awaited and receives its result.
-Steps = Generator[Any, Any, Any]
-
 
 class _Supervise:
     __slots__ = ("failure",)
@@ -71,65 +69,8 @@ class _Supervise:
         self.failure = failure
 
 
-class _WaitFuture:
-    """A step that waits for a runtime :class:`Future` (bounded by ``timeout_s``)."""
-
-    __slots__ = ("future", "timeout_s")
-
-    def __init__(self, future: Future[Any], timeout_s: float) -> None:
-        self.future = future
-        self.timeout_s = timeout_s
-
-
 class _BadInput(Exception):
     """A message the actor cannot even start handling (unknown endpoint, undecodable args)."""
-
-
-# results that can never be awaited, checked by type first: ``inspect.isawaitable`` ends in an
-# ABC ``isinstance`` check (~0.4 us) that every handler returning a plain value would pay
-_NEVER_AWAITABLE = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset})
-
-
-def _awaitable(value: Any) -> bool:
-    return type(value) not in _NEVER_AWAITABLE and inspect.isawaitable(value)
-
-
-def _drive_sync(steps: Steps) -> Any:
-    """Run a handler on the actor's own thread: awaitables run to completion with ``asyncio.run``."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            if type(step) is _WaitFuture:
-                value = step.future.get(step.timeout_s)
-            else:
-                value = asyncio.run(_await(step))
-        except BaseException as exc:  # handed to the handler, which decides
-            error = exc
-
-
-async def _drive_async(steps: Steps) -> Any:
-    """Run a handler on the proc's event loop: awaitables are awaited."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            if type(step) is _WaitFuture:
-                value = await asyncio.wait_for(_await(step.future), step.timeout_s)
-            else:
-                value = await step
-        except BaseException as exc:  # handed to the handler (CancelledError too)
-            error = exc
 
 
 class ActorInstance:
@@ -255,7 +196,7 @@ class ActorInstance:
                 failure = q.get(timeout=1.0)
             except queue.Empty:
                 continue
-            _drive_sync(self._supervise_steps(failure))
+            drive_sync(self._supervise_steps(failure))
 
     def _supervise_task(self, failure: MeshFailure) -> None:
         if self._supervising is None:
@@ -264,7 +205,7 @@ class ActorInstance:
 
         async def run() -> None:
             async with lock:
-                await _drive_async(self._supervise_steps(failure))
+                await drive_async(self._supervise_steps(failure))
 
         self.host.router.loop.create_task(run())
 
@@ -276,15 +217,15 @@ class ActorInstance:
         while True:
             msg = get()
             if msg is _STOP:
-                _drive_sync(self._cleanup_steps(None))
+                drive_sync(self._cleanup_steps(None))
                 return
             if type(msg) is _Supervise:
-                _drive_sync(self._supervise_steps(msg.failure))
+                drive_sync(self._supervise_steps(msg.failure))
                 continue
             if self.state != "running":
                 self.host.refuse(msg, self._refusal())
                 continue
-            _drive_sync(self._handle_steps(msg, False))
+            drive_sync(self._handle_steps(msg, False))
             del msg  # let received buffers go back to the pool before the next message
 
     async def _run_async(self) -> None:
@@ -294,21 +235,21 @@ class ActorInstance:
             msg = await q.get()
             if msg is _STOP:
                 await self._cancel_tasks()
-                await _drive_async(self._cleanup_steps(None))
+                await drive_async(self._cleanup_steps(None))
                 return
             if type(msg) is _Supervise:
-                await _drive_async(self._supervise_steps(msg.failure))
+                await drive_async(self._supervise_steps(msg.failure))
                 continue
             if self.state != "running":
                 self.host.refuse(msg, self._refusal())
                 continue
             entry = self.table.by_name.get(msg.endpoint)
             if entry is not None and entry[0].concurrent:
-                task = asyncio.get_running_loop().create_task(_drive_async(self._handle_steps(msg, True)))
+                task = asyncio.get_running_loop().create_task(drive_async(self._handle_steps(msg, True)))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                await _drive_async(self._handle_steps(msg, True))
+                await drive_async(self._handle_steps(msg, True))
             del msg
 
     async def _cancel_tasks(self) -> None:
@@ -393,7 +334,7 @@ class ActorInstance:
                     self.host.reply_end(msg, spec)
                 else:
                     result = fn(*args, **kwargs)
-                    if _awaitable(result):
+                    if awaitable(result):
                         result = yield result
                     if not spec.explicit_response_port:
                         self.host.reply(msg, spec, result, None, last=True)
@@ -429,7 +370,7 @@ class ActorInstance:
         try:
             try:
                 handled = self.obj.__supervise__(failure)
-                if _awaitable(handled):
+                if awaitable(handled):
                     handled = yield handled
             except Exception as exc:
                 self._fail(exc, "__supervise__", chained=[failure])
@@ -442,14 +383,14 @@ class ActorInstance:
     def _cleanup_steps(self, exc: BaseException | None) -> Steps:
         for f in self.host.supervisor.stop_owned_by(self):
             try:
-                yield _WaitFuture(f, _OWNED_STOP_TIMEOUT_S)
+                yield WaitFuture(f, _OWNED_STOP_TIMEOUT_S)
             except Exception as e:
                 log.warning("stopping a mesh owned by %s: %s", self.display, e)
         if self.obj is not None and self.state == "running":
             token = set_context(Context(self.instance, self.rank))
             try:
                 r = self.obj.__cleanup__(exc)
-                if _awaitable(r):
+                if awaitable(r):
                     yield r
             except Exception:
                 log.exception("__cleanup__ of %s raised", self.display)
@@ -581,10 +522,6 @@ def _lineage(failure: MeshFailure) -> str:
 def _initialized() -> None:
     """The reserved endpoint: reached only once ``__init__`` has run."""
     return None
-
-
-async def _await(aw: Awaitable[Any] | Future[Any]) -> Any:
-    return await aw
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
