@@ -17,6 +17,7 @@ success, 2 on a usage error or a bad setting in the environment (message on stde
 
 from __future__ import annotations
 
+import enum
 import json
 from importlib import metadata
 from typing import Annotated, Any
@@ -93,6 +94,8 @@ def _shown(value: Any) -> Any:
 
     if isinstance(value, SecretStr):
         return "<hidden>"
+    if isinstance(value, enum.Enum):  # Monarch's Encoding: shown as its environment spelling
+        return value.value
     return value
 
 
