@@ -39,16 +39,8 @@ from ._mesh.context import (
 from ._mesh.controller import get_or_spawn_controller
 from ._mesh.endpoint import Endpoint, EndpointProperty, concurrent_endpoint, endpoint
 from ._mesh.port import Channel, Port, PortReceiver
-from ._mesh.proc_mesh import (
-    HostMesh,
-    ProcMesh,
-    attach_to_workers,
-    enable_transport,
-    hosts_from_config,
-    shutdown_context,
-    this_host,
-    this_proc,
-)
+from ._mesh.proc_mesh import HostMesh, ProcMesh, this_host, this_proc
+from ._mesh.session import attach_to_workers, enable_transport, hosts_from_config, shutdown_context
 from ._mesh.stream import Stream
 from ._mesh.supervision import default_unhandled_fault_hook, fault_hooks
 from ._mesh.unbuilt import (

@@ -54,6 +54,7 @@ LAYERS: list[tuple[str, int]] = [
 CURRENT_READERS = {
     "monarch._mesh.actor_mesh",
     "monarch._mesh.proc_mesh",
+    "monarch._mesh.session",
     "monarch._mesh.port",
     "monarch._mesh.context",
     "monarch._mesh.runtime",
