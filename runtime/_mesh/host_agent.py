@@ -33,7 +33,7 @@ from typing import Any
 
 from .._core.errors import ProtocolError
 from .._core.future import Future
-from .._transport.address import bind_listener, from_url, parse_address
+from .._transport.address import bind_listener, from_url, parse_address, tune_socket
 from .._transport.auth import AsyncStream
 from .._transport.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig, tls_from_env, tls_from_monarch
 from . import agent_wire, logs
@@ -55,6 +55,9 @@ AUTH_TIMEOUT_S = 10.0
 MAX_UNAUTHENTICATED = 64
 SPAWN_TIMEOUT_S = 30.0
 _KILL_WAIT_S = 5.0
+_SOCKET_BUFFER_BYTES = 256 << 10  # control frames are small
+_MIN_PEER_TIMEOUT_S = 0.5
+_MAX_PEER_TIMEOUT_S = 3600.0
 
 
 class InsecureAgentError(ValueError):
@@ -85,6 +88,12 @@ class _Session:
     token: str = ""
     procs: dict[int, _Proc] = field(default_factory=dict)
     closed: bool = False
+    peer_timeout_s: float | None = (
+        None  # the client's liveness bound (its hello); None: no heartbeats
+    )
+    send_lock: asyncio.Lock = field(
+        default_factory=asyncio.Lock
+    )  # one frame at a time on the stream
 
 
 class HostAgent:
@@ -228,10 +237,17 @@ class HostAgent:
         session = _Session(peer, conn, io, client_addr=hello["client"])
         if self.token is None:
             session.token = str(hello.get("token") or "")
+        session.peer_timeout_s = _peer_timeout(hello.get("peer_timeout_s"))
+        if session.peer_timeout_s is not None:
+            # the kernel's bounds too: pings unacknowledged on a cut link end it within the bound
+            tune_socket(
+                conn, buffer_bytes=_SOCKET_BUFFER_BYTES, peer_timeout_s=session.peer_timeout_s
+            )
         self.sessions.add(session)
         self.clients_served += 1
         log.info("client %s (%s) attached", session.client_addr, peer)
         why = "disconnected"
+        pinger: asyncio.Task[None] | None = None
         try:
             await self._send(
                 session,
@@ -242,15 +258,31 @@ class HostAgent:
                     "pid": os.getpid(),
                 },
             )
+            if session.peer_timeout_s is not None:
+                pinger = loop.create_task(self._ping(session, session.peer_timeout_s / 4))
             while True:
-                msg = await agent_wire.recv_frame(io)
+                try:
+                    async with asyncio.timeout(session.peer_timeout_s):
+                        msg = await agent_wire.recv_frame(io)
+                except TimeoutError:
+                    why = f"went silent (no heartbeat for {session.peer_timeout_s} s): partitioned or hung"
+                    break
                 await self._handle(session, msg)
         except (ConnectionError, OSError) as exc:
             why = f"disconnected ({exc})" if str(exc) else "disconnected"
         except ProtocolError as exc:
             why = f"sent a bad frame: {exc}"
         finally:
+            if pinger is not None:
+                pinger.cancel()
             await self._end_session(session, why)
+
+    async def _ping(self, session: _Session, interval_s: float) -> None:
+        """Tell the client we are alive every ``interval_s`` (it bounds our silence)."""
+        with contextlib.suppress(OSError, ConnectionError):
+            while not session.closed:
+                await asyncio.sleep(interval_s)  # the heartbeat period, not a synchronisation
+                await self._send(session, {"op": "ping"})
 
     async def _handle(self, session: _Session, msg: dict[str, Any]) -> None:
         op = msg["op"]
@@ -269,6 +301,8 @@ class HostAgent:
                 )
                 return
             await self._send(session, {"op": "spawned", "id": rid, "procs": procs})
+        elif op == "ping":
+            pass  # any frame is a heartbeat: the recv loop's timeout was reset by reading it
         elif op == "kill":
             for p in list(session.procs.values()):
                 if p.addr in set(msg.get("addrs") or []):
@@ -279,7 +313,8 @@ class HostAgent:
     async def _send(self, session: _Session, msg: dict[str, Any]) -> None:
         if session.closed:
             return
-        await session.io.sendall(agent_wire.encode(msg))
+        async with session.send_lock:
+            await session.io.sendall(agent_wire.encode(msg))
 
     # -- procs ------------------------------------------------------------------------------------
     async def _spawn(
@@ -426,9 +461,11 @@ class HostAgent:
         procs = list(session.procs.values())
         for p in procs:
             _sigkill(p.pid)
-        for p in procs:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_KILL_WAIT_S):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(
+                _KILL_WAIT_S
+            ):  # all of them together: shutdown stays bounded
+                for p in procs:
                     await p.exited.wait()
         log.info(
             "client %s %s; killed its %d procs",
@@ -436,6 +473,13 @@ class HostAgent:
             why,
             len(procs),
         )
+
+
+def _peer_timeout(value: Any) -> float | None:
+    """The client's liveness bound from its hello, within sane limits; None when absent (no heartbeats)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return min(max(float(value), _MIN_PEER_TIMEOUT_S), _MAX_PEER_TIMEOUT_S)
 
 
 def _sigkill(pid: int) -> None:

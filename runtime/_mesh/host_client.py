@@ -8,7 +8,10 @@ by the composition root) holds the links and which agent started which proc, and
 Liveness of a remote proc: its link's EOF (a killed process's kernel closes its sockets: the
 router learns within milliseconds), its agent's exit report (which names the cause), the loss of
 its agent's connection (the whole host: every proc of it is declared dead at once, naming the
-host), and its heartbeats, watched by the router (a partitioned or frozen host).
+host), and its heartbeats, watched by the router (a partitioned or frozen host). The agent's
+connection has heartbeats of its own (``ping`` frames both ways every ``peer_timeout_s / 4``): an
+agent silent for ``peer_timeout_s`` (its host partitioned or hung, or the agent alone stopped)
+loses its host the same way, and the agent ends a silent client's session (kills its procs).
 """
 
 from __future__ import annotations
@@ -23,19 +26,27 @@ from typing import Any
 
 from .._core.errors import ConnectError, ProtocolError, SupervisionError
 from .._core.future import Future
-from .._transport.address import from_url, parse_address
+from .._transport.address import from_url, parse_address, tune_socket
 from .._transport.auth import BlockingStream
 from .._transport.messages import ControlOp
 from .._transport.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig
 from . import agent_wire, logs
 from .router import Router
 
-__all__ = ["AgentLink", "RemoteHosts", "local_address_towards", "requested_listen", "set_requested_listen"]
+__all__ = [
+    "AgentLink",
+    "RemoteHosts",
+    "local_address_towards",
+    "requested_listen",
+    "set_requested_listen",
+]
 
 log = logging.getLogger("monarch.host_client")
 
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 60.0
+_SOCKET_BUFFER_BYTES = 256 << 10  # control frames are small
+_KILL_WAIT_S = 5.0  # after the grace period: how long killed remote procs may take to be reported
 
 _requested_listen: list[str] = []
 
@@ -74,6 +85,9 @@ class AgentLink:
         on_lost: ``on_lost(link, reason)`` once when the connection ends (reader thread).
         tls: this client's TLS files: the agent must serve mutual TLS with a certificate of the
             same CA; None: the agent must not use TLS.
+        peer_timeout_s: liveness bound, seconds: both sides send a ``ping`` every quarter of it,
+            and an agent silent for this long is lost (``on_lost`` with "no heartbeat"); the agent
+            ends our session when we are silent as long. None: no heartbeats (nor timeouts).
 
     Attributes:
         ready: completes with the agent's hello (``hostname``, ``ip``, ``pid``) or fails with
@@ -89,10 +103,13 @@ class AgentLink:
         on_event: Callable[[AgentLink, dict[str, Any]], None],
         on_lost: Callable[[AgentLink, str], None],
         tls: TlsConfig | None = None,
+        peer_timeout_s: float | None = None,
     ) -> None:
         self.addr = from_url(addr)
         self.token = token
         self.tls = tls
+        self.peer_timeout_s = peer_timeout_s
+        self.last_heard = time.monotonic()  # when the agent last sent anything (any frame)
         self.client_addr = client_addr
         self.ready: Future[dict[str, Any]] = Future()
         self.hostname = ""
@@ -105,30 +122,44 @@ class AgentLink:
         self._cond = threading.Condition()
         self._answers: dict[int, dict[str, Any]] = {}
         self._ids = itertools.count(1)
+        self._silent: str | None = None  # set by the heartbeat thread before it ends the connection
+        self._stop = threading.Event()  # the link is closed or lost: the heartbeat thread ends
         threading.Thread(target=self._run, name=f"monarch agent {self.addr}", daemon=True).start()
 
     def __repr__(self) -> str:
-        state = f"lost ({self.lost})" if self.lost else "ready" if self.ready.done() else "connecting"
+        state = (
+            f"lost ({self.lost})" if self.lost else "ready" if self.ready.done() else "connecting"
+        )
         return f"<AgentLink {self.addr!r} host={self.hostname!r} {state}>"
 
     def _run(self) -> None:
         try:
             hello = self._connect()
         except (OSError, ProtocolError, ConnectionError) as exc:
-            err = ConnectError(f"cannot attach to the host agent at {self.addr}: {exc or type(exc).__name__}")
+            err = ConnectError(
+                f"cannot attach to the host agent at {self.addr}: {exc or type(exc).__name__}"
+            )
             err.__cause__ = exc
             self.lost = str(err)
             self.ready.set_exception(err)
             self._on_lost(self, str(err))
             return
         self.hostname = str(hello.get("hostname", ""))
+        self.last_heard = time.monotonic()
+        if self.peer_timeout_s is not None:
+            threading.Thread(
+                target=self._heartbeat, name=f"monarch agent heartbeat {self.addr}", daemon=True
+            ).start()
         self.ready.set_result(hello)
         reason = "connection closed"
         try:
             assert self._io is not None
             while True:
                 msg = agent_wire.recv_frame_blocking(self._io)
+                self.last_heard = time.monotonic()
                 rid = msg.get("id")
+                if msg["op"] == "ping":
+                    continue
                 if msg["op"] in ("spawned", "error") and isinstance(rid, int):
                     with self._cond:
                         self._answers[rid] = msg
@@ -138,10 +169,40 @@ class AgentLink:
         except (OSError, ProtocolError, ConnectionError) as exc:
             reason = str(exc) or type(exc).__name__
         finally:
+            self._stop.set()
+            if self._silent is not None:
+                reason = self._silent  # we ended it: the agent went silent
             with self._cond:
                 self.lost = f"host {self.hostname or '?'} (agent {self.addr}) lost: {reason}"
                 self._cond.notify_all()
             self._on_lost(self, self.lost)
+
+    def _heartbeat(self) -> None:
+        """Ping the agent every quarter of ``peer_timeout_s``; end the link when it is silent
+        longer (its own thread: the reader blocks in ``recv``)."""
+        assert self.peer_timeout_s is not None
+        timeout_s = self.peer_timeout_s
+        interval = timeout_s / 4
+        last_check = time.monotonic()
+        while not self._stop.wait(interval):
+            now = time.monotonic()
+            if now - last_check > 2 * interval + 0.5:
+                # this thread was starved (a loaded machine): what it did not see in time says
+                # nothing about the agent; start its clock again
+                self.last_heard = now
+            last_check = now
+            silent = now - self.last_heard
+            if silent > timeout_s:
+                self._silent = (
+                    f"no heartbeat for {silent:.1f} s (limit {timeout_s} s): partitioned or hung"
+                )
+                log.error("host agent %s (%s) %s", self.addr, self.hostname, self._silent)
+                self.close()  # wakes the reader, which reports the loss
+                return
+            try:
+                self.send({"op": "ping"})
+            except SupervisionError:
+                return  # lost meanwhile: the reader reports it
 
     def _connect(self) -> dict[str, Any]:
         family, sockaddr = parse_address(self.addr)
@@ -149,14 +210,27 @@ class AgentLink:
         try:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(sockaddr)
+            if self.peer_timeout_s is not None:
+                # kernel bounds too: unacknowledged pings on a cut link end it within the bound
+                tune_socket(
+                    sock, buffer_bytes=_SOCKET_BUFFER_BYTES, peer_timeout_s=self.peer_timeout_s
+                )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            io, with_token = agent_wire.dial_agent(sock, token=self.token, tls=self.tls, addr=self.addr)
+            io, with_token = agent_wire.dial_agent(
+                sock, token=self.token, tls=self.tls, addr=self.addr
+            )
             hello: dict[str, Any] = {"op": "hello", "client": self.client_addr}
+            if self.peer_timeout_s is not None:
+                hello["peer_timeout_s"] = (
+                    self.peer_timeout_s
+                )  # the agent pings us and bounds our silence
             if not with_token:
                 if self.tls is None:
                     log.warning("the host agent at %s is insecure (no authentication)", self.addr)
                 if self.token is not None:
-                    hello["token"] = self.token.decode()  # the procs it starts for us need it (inside TLS, if any)
+                    hello["token"] = (
+                        self.token.decode()
+                    )  # the procs it starts for us need it (inside TLS, if any)
             io.sendall(agent_wire.encode(hello))
             answer = agent_wire.recv_frame_blocking(io)
             if answer.get("op") != "hello":
@@ -180,8 +254,12 @@ class AgentLink:
         rid = next(self._ids)
         self.send({**msg, "id": rid})
         with self._cond:
-            if not self._cond.wait_for(lambda: rid in self._answers or self.lost is not None, timeout_s):
-                raise SupervisionError(f"host agent {self.addr} did not answer {msg['op']!r} within {timeout_s} s")
+            if not self._cond.wait_for(
+                lambda: rid in self._answers or self.lost is not None, timeout_s
+            ):
+                raise SupervisionError(
+                    f"host agent {self.addr} did not answer {msg['op']!r} within {timeout_s} s"
+                )
             if rid not in self._answers:
                 raise SupervisionError(str(self.lost))
             return self._answers.pop(rid)
@@ -202,6 +280,7 @@ class AgentLink:
 
     def close(self) -> None:
         """Disconnect: the agent kills every proc it started for us."""
+        self._stop.set()
         sock = self._sock
         if sock is not None:
             try:
@@ -222,7 +301,12 @@ class RemoteHosts:
     """
 
     def __init__(
-        self, router: Router, *, token: bytes | None, child_env: dict[str, str], supervisor_expects: Callable[[list[str]], None]
+        self,
+        router: Router,
+        *,
+        token: bytes | None,
+        child_env: dict[str, str],
+        supervisor_expects: Callable[[list[str]], None],
     ) -> None:
         self.router = router
         self.token = token
@@ -231,6 +315,7 @@ class RemoteHosts:
         self.links: dict[str, AgentLink] = {}
         self.procs: dict[str, AgentLink] = {}  # proc address -> the agent that started it
         self.exited: dict[str, threading.Event] = {}
+        self.pids: dict[str, int] = {}  # proc address -> its pid on its host
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -242,9 +327,17 @@ class RemoteHosts:
         with self._lock:
             link = self.links.get(key)
             if link is None or link.lost is not None:
-                tls = getattr(self.router.transport, "tls", None)  # the socket transport's TLS files, if any
+                tls = getattr(
+                    self.router.transport, "tls", None
+                )  # the socket transport's TLS files, if any
                 link = AgentLink(
-                    key, token=self.token, client_addr=self.router.addr, on_event=self._event, on_lost=self._lost, tls=tls
+                    key,
+                    token=self.token,
+                    client_addr=self.router.addr,
+                    on_event=self._event,
+                    on_lost=self._lost,
+                    tls=tls,
+                    peer_timeout_s=self.router.limits.peer_timeout_s,
                 )
                 self.links[key] = link
             return link
@@ -257,20 +350,31 @@ class RemoteHosts:
         Raises:
             SupervisionError: the agent is lost or refused.
         """
-        local = ("MONARCH_RUNTIME_DIR", "MONARCH_ROOT_ADDR", "MONARCH_CLUSTER_TOKEN", ENV_CA, ENV_CERT, ENV_KEY)  # the agent sets its own
+        local = (
+            "MONARCH_RUNTIME_DIR",
+            "MONARCH_ROOT_ADDR",
+            "MONARCH_CLUSTER_TOKEN",
+            ENV_CA,
+            ENV_CERT,
+            ENV_KEY,
+        )  # the agent sets its own
         child_env = {k: v for k, v in self.child_env.items() if k not in local}
         child_env.update(env)
         if logs.ENV_SINK not in child_env:  # the procs' output comes to this client's log sink
             child_env[logs.ENV_SINK] = logs.client_sink(self.router).address
         answer = link.request({"op": "spawn", "count": count, "name": name, "env": child_env})
         if answer["op"] == "error":
-            raise SupervisionError(f"host agent {link.addr} ({link.hostname}) could not spawn procs: {answer.get('error')}")
+            raise SupervisionError(
+                f"host agent {link.addr} ({link.hostname}) could not spawn procs: {answer.get('error')}"
+            )
         addrs = [str(p["addr"]) for p in answer["procs"]]
         for p in answer["procs"]:
             logs.note_proc(str(link.hostname), int(p.get("pid") or 0), str(p["addr"]))
-        for a in addrs:
+        for p in answer["procs"]:
             with self._lock:
+                a = str(p["addr"])
                 self.procs[a] = link
+                self.pids[a] = int(p.get("pid") or 0)
                 self.exited[a] = threading.Event()
             self.router.connection(a)  # dial now: the proc's owner link
             self.router.call_on_loop(self.router.watch, a, None)
@@ -294,13 +398,22 @@ class RemoteHosts:
                 ev.set()
             self.router.call_on_loop(self.router.mark_dead, a, reason)
 
+    def where_of(self, addr: str) -> tuple[str, int] | None:
+        """The host name and pid (0: unknown) of the remote proc at ``addr``; None when it is not ours."""
+        link = self.procs.get(addr)
+        if link is None:
+            return None
+        return link.hostname or link.addr, self.pids.get(addr, 0)
+
     def owns(self, addr: str) -> bool:
         """Whether ``addr`` is a proc an agent started for us."""
         return addr in self.procs
 
     def alive(self) -> list[str]:
         """Remote procs not known to have exited."""
-        return [a for a, ev in self.exited.items() if not ev.is_set() and not self.router.dead_reason(a)]
+        return [
+            a for a, ev in self.exited.items() if not ev.is_set() and not self.router.dead_reason(a)
+        ]
 
     def stop(self, addrs: list[str], timeout_s: float) -> Future[None]:
         """Ask remote procs to exit (their actors run ``__cleanup__``); the agent kills what is
@@ -315,9 +428,19 @@ class RemoteHosts:
                     pass
         fut: Future[None] = Future()
 
+        def done(a: str) -> bool:
+            # exited (reported by its agent), or dead to the router (EOF, silence, its host lost)
+            return self.exited[a].is_set() or self.router.dead_reason(a) is not None
+
+        def wait_until(deadline: float, addrs: list[str]) -> list[str]:
+            left = [a for a in addrs if not done(a)]
+            while left and time.monotonic() < deadline:
+                self.exited[left[0]].wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                left = [a for a in left if not done(a)]
+            return left
+
         def waiter() -> None:
-            deadline = time.monotonic() + timeout_s
-            left = [a for a in mine if not self.exited[a].wait(max(0.0, deadline - time.monotonic()))]
+            left = wait_until(time.monotonic() + timeout_s, mine)
             by_link: dict[AgentLink, list[str]] = {}
             for a in left:
                 by_link.setdefault(self.procs[a], []).append(a)
@@ -326,8 +449,9 @@ class RemoteHosts:
                     link.send({"op": "kill", "addrs": some})
                 except SupervisionError:
                     continue
-            for a in left:
-                self.exited[a].wait(5.0)
+            # the kills' exits are reported within milliseconds by a live agent; a hung one
+            # is lost within peer_timeout_s (its heartbeats), which ends this wait too
+            wait_until(time.monotonic() + _KILL_WAIT_S, left)
             fut.set_result(None)
 
         threading.Thread(target=waiter, name="monarch remote proc stopper", daemon=True).start()

@@ -144,6 +144,7 @@ class Runtime:
         self.procs.child_env["MONARCH_ROOT_ADDR"] = self.root_addr
         # procs that host agents on other machines started for this process
         self.remote = RemoteHosts(self.router, token=token, child_env=self.procs.child_env, supervisor_expects=self.supervisor.expect_exit)
+        self.supervisor.where_of = self.remote.where_of  # failures of remote procs name their host
         self.controllers: ControllerRegistry | None = None
         if parent_addr is None:
             self.controllers = ControllerRegistry(lambda name, cls, *a, **k: self.this_proc_mesh().spawn(name, cls, *a, **k))

@@ -112,6 +112,9 @@ class Supervisor:
         self.expected_exits: set[str] = set()
         self.lock = threading.Lock()
         self.hostname = socket.gethostname()
+        # where a proc of another host runs: (host name, pid), or None for this host's (set by
+        # the runtime to its remote hosts' lookup)
+        self.where_of: Callable[[str], tuple[str, int] | None] = lambda addr: None
         router.handle_control(ControlOp.FAILURE, self._on_failure_message)
         router.on_peer_lost(self._peer_lost)
 
@@ -164,7 +167,8 @@ class Supervisor:
 
     def _peer_lost(self, addr: str, reason: str) -> None:
         """A proc died: every owned mesh with ranks there has failed (rank-scoped)."""
-        pid = self._pid_of(addr)
+        remote = self.where_of(addr)
+        host, pid = remote if remote is not None else (self.hostname, self._pid_of(addr))
         stopping = addr in self.expected_exits
         for rec in list(self.owned.values()):
             if rec.stopped:
@@ -182,7 +186,7 @@ class Supervisor:
                 mesh_name=rec.name,
                 ranks=ranks,
                 cause=f"the process this actor was running on failed: {reason}",
-                host=self.hostname,
+                host=host,
                 pid=pid,
                 actor=f"{rec.name}[{ranks[0]}]",
                 qualified_actor=_qualified(rec, ranks[0]),

@@ -297,6 +297,24 @@ class Host:
         _ip("link", "set", self.veth, "up")
         self._link_up = True
 
+    def freeze(self) -> set[int]:
+        """Hang this host: SIGSTOP every process in it (its kernel still ACKs TCP: only silence tells).
+
+        Returns:
+            The pids stopped (for :meth:`thaw`).
+        """
+        stopped = self.pids()
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return stopped
+
+    def thaw(self) -> None:
+        """SIGCONT every process in this host (after :meth:`freeze`)."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def pids(self) -> set[int]:
         """Every live process inside this host's network namespace (started by us or not)."""
         inode = _netns_inode(self.netns)

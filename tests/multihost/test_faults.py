@@ -1,0 +1,124 @@
+"""Faults across namespace hosts: a partitioned host (its link cut), a hung host (every process
+SIGSTOPped) and a hung agent (only the agent SIGSTOPped).
+
+In each case the client (``fault_client.py``, root namespace) must fail the calls in flight to
+host 0's procs with ``SupervisionError`` within the liveness bound (``peer_timeout_s``, set to
+``PEER_TIMEOUT_S`` here), fail later calls at once, keep calling host 1, finish
+``HostMesh.shutdown()`` and exit promptly; once host 0 is healed its agent has killed the
+client's procs and serves again. Every process is killed at teardown; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.multihost.netns import HostNet
+from tests.multihost.test_host_agents import (
+    ROOT,
+    _agent_log,
+    _env,
+    _readline,
+    _start_agent,
+    _wait_for,
+)
+
+pytestmark = pytest.mark.multihost
+
+PEER_TIMEOUT_S = 1.5
+#: slack over the bound on this loaded 2-core machine (heartbeat period, scheduling, the check's period)
+SLACK_S = 1.5
+
+
+def _client(request: pytest.FixtureRequest, net: HostNet, agents: list[str]) -> subprocess.Popen:
+    env = _env()
+    env["MONARCH_PEER_TIMEOUT_S"] = str(PEER_TIMEOUT_S)
+    argv = [sys.executable, "-m", "tests.multihost.fault_client", net.gateway_ip, ",".join(agents)]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10.0)
+
+    request.addfinalizer(kill)
+    return proc
+
+
+def _event(proc: subprocess.Popen, timeout_s: float = 60.0) -> dict:
+    try:
+        return json.loads(_readline(proc, timeout_s))
+    except (TimeoutError, EOFError) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        raise AssertionError(
+            f"the client sent no event ({exc}); its stderr:\n{err[-6000:]}"
+        ) from None
+
+
+@pytest.mark.parametrize("fault", ["cut_link", "freeze_host", "stop_agent"])
+def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_working(
+    request, hosts: HostNet, fault: str
+) -> None:
+    started = [_start_agent(host) for host in hosts]
+    baseline = hosts[0].pids()  # the agent and its fork server
+    agent0 = started[0][0]
+    client = _client(request, hosts, [addr for _, addr in started])
+    act = _event(client)
+    assert act["event"] == "act" and [p["hostname"] for p in act["points"]] == [
+        "h0",
+        "h0",
+        "h1",
+        "h1",
+    ], act
+    broken_at = time.monotonic()
+    if fault == "cut_link":
+        hosts[0].cut_link()
+    elif fault == "freeze_host":
+        hosts[0].freeze()
+    else:
+        os.kill(agent0.pid, signal.SIGSTOP)
+    assert client.stdin is not None
+    client.stdin.write(f"{broken_at!r}\n")
+    client.stdin.flush()
+    after = _event(client, 60.0)
+    assert after["event"] == "after", after
+    bound = PEER_TIMEOUT_S + SLACK_S
+    assert max(after["failed_after_s"]) < bound, after
+    assert all("host h0" in e for e in after["errors"]), json.dumps(
+        after, indent=1
+    )  # the error names the host
+    assert after["later_error"] and after["later_s"] < 0.5, after  # later calls fail at once
+    assert after["survivors"] == ["h1", "h1"] and after["survivors_s"] < 2.0, after
+    assert after["shutdown_s"] < 5.0, after  # HostMesh.shutdown() with a dead host: prompt
+    exit_started = time.monotonic()
+    assert client.wait(20.0) == 0, client.stderr.read()[-3000:] if client.stderr else ""
+    exit_s = time.monotonic() - exit_started
+    assert exit_s < 5.0, exit_s
+    # heal host 0: its agent has ended the client's session and killed its procs, and serves on
+    if fault == "cut_link":
+        hosts[0].restore_link()
+    elif fault == "freeze_host":
+        hosts[0].thaw()
+    else:
+        os.kill(agent0.pid, signal.SIGCONT)
+    assert _wait_for(lambda: hosts[0].pids() == baseline, PEER_TIMEOUT_S + 10.0), (
+        hosts[0].pids(),
+        baseline,
+        _agent_log(agent0),
+    )
+    print(
+        f"\n{fault}: in-flight calls failed after {', '.join(f'{s * 1e3:.0f}' for s in after['failed_after_s'])} ms "
+        f"(bound {PEER_TIMEOUT_S} s), HostMesh.shutdown() {after['shutdown_s'] * 1e3:.0f} ms, client exit {exit_s * 1e3:.0f} ms"
+    )
