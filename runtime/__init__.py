@@ -4,8 +4,10 @@ Public modules: :mod:`monarch.actor` (the actor API), :mod:`monarch.stubs` (name
 uses), :mod:`monarch.config`, :mod:`monarch.testing`, :mod:`monarch.rdma`, :mod:`monarch.tensor`.
 
 The tensor engine's names that Monarch programs use from the top level (``monarch.Tensor``,
-``monarch.fetch_shard``, ``monarch.inspect``, ``monarch.remote``, ``monarch.no_mesh``) load
-:mod:`monarch.tensor` (and torch) on first access, so ``import monarch`` stays light.
+``monarch.fetch_shard``, ``monarch.inspect``, ``monarch.remote``, ``monarch.no_mesh``) and its
+placements (``monarch.distribute``, ``monarch.fetch``, ``monarch.from_local``, ``monarch.Shard``,
+``monarch.Replicate``, ``monarch.Partial``) load :mod:`monarch.tensor` (and torch, except for the
+placement classes) on first access, so ``import monarch`` stays light.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Tensor", "fetch_shard", "inspect", "no_mesh", "remote"]
+__all__ = [
+    "Partial",
+    "Replicate",
+    "Shard",
+    "Tensor",
+    "distribute",
+    "fetch",
+    "fetch_shard",
+    "from_local",
+    "inspect",
+    "no_mesh",
+    "remote",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,11 @@ named mesh dimensions (gloo on CPU); ``fetch_shard``/``inspect`` bring a rank's 
 Layer 5. torch loads on first use of a name that needs it, not at ``import monarch.tensor``: a
 worker proc unpickles its ``TensorWorker`` class on its event loop, where a torch import would
 stall its heartbeats. The names users write (``monarch.Tensor``, ``monarch.fetch_shard``,
-``monarch.inspect``, ``monarch.remote``, ``monarch.no_mesh``) are exported by ``monarch`` itself.
+``monarch.inspect``, ``monarch.remote``, ``monarch.no_mesh``) are exported by ``monarch`` itself,
+as are the placements of distributed tensors (``monarch.distribute``, ``monarch.fetch``,
+``monarch.from_local``, ``monarch.Shard``, ``monarch.Replicate``, ``monarch.Partial``; see
+docs/tensors.md). ``monarch.tensor.LocalShard`` is what a remote function or an endpoint gets for
+a placed handle (its ``to_dtensor()`` gives a ``torch.distributed.tensor.DTensor``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._core.errors import ShardingError
 from ._errors import TensorOpError
 
 if TYPE_CHECKING:
@@ -21,11 +26,20 @@ if TYPE_CHECKING:
     from ._api import inspect as inspect
     from ._api import no_mesh as no_mesh
     from ._api import remote as remote
+    from ._distribute import distribute as distribute
+    from ._distribute import fetch as fetch
+    from ._distribute import from_local as from_local
+    from ._placement import Partial as Partial
+    from ._placement import Placement as Placement
+    from ._placement import Replicate as Replicate
+    from ._placement import Shard as Shard
+    from ._redistribute import LocalShard as LocalShard
     from ._tensor import Tensor as Tensor
 
 TensorOpError.__module__ = "monarch.tensor"
+ShardingError.__module__ = "monarch.tensor"  # placements that do not fit (the only raiser)
 
-__all__ = ["Remote", "TensorOpError"]
+__all__ = ["Remote", "ShardingError", "TensorOpError"]
 
 _LAZY = {
     "Remote": "._api",
@@ -34,6 +48,14 @@ _LAZY = {
     "no_mesh": "._api",
     "remote": "._api",
     "Tensor": "._tensor",
+    "distribute": "._distribute",
+    "fetch": "._distribute",
+    "from_local": "._distribute",
+    "Partial": "._placement",  # stdlib only: no torch import
+    "Placement": "._placement",
+    "Replicate": "._placement",
+    "Shard": "._placement",
+    "LocalShard": "._redistribute",
 }
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from . import _collectives
+from . import _collectives, _redistribute
 from ._errors import TensorOpError
-from ._wire import CALL, DEFINE_FN, RANK, REDUCE, STORE, SYNC, Poison, Ref
+from ._wire import CALL, DEFINE_FN, PLACE, RANK, REDUCE, STORE, SYNC, Poison, Ref
 
 # this proc's stores by their client's token: an actor on the same proc reads and writes the
 # store of its rank directly for ``rref`` and for handles passed to its endpoints (``_rref``)
@@ -105,6 +105,8 @@ class TensorStore:
                 self._groups.set_store(cmd[1], cmd[2])
             elif tag == SYNC:
                 self._sync(cmd[1], cmd[2], cmd[3])
+            elif tag == PLACE:
+                _redistribute.run(self, *cmd[1:])
         # after the commands: a handle made and dropped within one batch is used by it first (the
         # client sends only ids of handles that were dead when the batch left)
         for i in deletes:

@@ -41,13 +41,17 @@ class Tensor(torch.Tensor):
     _client: MeshClient
     _id: int
     _fake: torch.Tensor
+    # one placement per mesh dimension (the handle is then one global tensor of shape ``shape``),
+    # or None: one tensor per rank, each of shape ``shape`` (see _placement)
+    _placements: tuple[Any, ...] | None = None
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]  # mypy reads torch's untyped keyword as a mismatch
         with torch._C.DisableTorchFunction():
             shape = list(self.shape)
             dtype = self.dtype
         ext = dict(zip(self._client.labels, self._client.sizes))
-        return f"monarch.Tensor(id={self._id}, shape={shape}, dtype={dtype}, mesh={ext})"
+        pls = "" if self._placements is None else f", placements={self._placements}"
+        return f"monarch.Tensor(id={self._id}, shape={shape}, dtype={dtype}, mesh={ext}{pls})"
 
     def __del__(self) -> None:
         c = self.__dict__.get("_client")
@@ -58,11 +62,56 @@ class Tensor(torch.Tensor):
         # as an argument of an actor endpoint: the receiving rank's local tensor (see _rref)
         from ._rref import reduce_handle
 
-        return reduce_handle(self)
+        reduced = reduce_handle(self)
+        if self._placements is not None:  # the endpoint gets a LocalShard (to_dtensor() works)
+            from ._redistribute import placed_local
+
+            layout = (self._client.token, tuple(self._fake.shape), self._placements)
+            return (placed_local, (*reduced[1], layout))
+        return reduced
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         return dispatch(func, args, kwargs or {}, None)
+
+    @property
+    def placements(self) -> tuple[Any, ...] | None:
+        """How the global tensor lies over the mesh: one ``Shard(d)``, ``Replicate()`` or
+        ``Partial(op)`` per mesh dimension (mesh order); None for a per-rank handle (made by
+        ops inside ``activate()`` on per-rank tensors, factories, ``rref``, remote functions):
+        then each rank holds its own tensor of shape ``shape`` and there is no global tensor."""
+        return self._placements
+
+    def redistribute(self, placements: Any) -> Tensor:
+        """The same global tensor placed as ``placements`` (DTensor's ``redistribute``), moved
+        with collectives over the mesh dimensions that change: Shard -> Replicate all_gather,
+        Partial -> Replicate all_reduce, Partial -> Shard reduce_scatter, Shard(i) -> Shard(j)
+        all_to_all (even sizes; otherwise all_gather and a local chunk), Replicate -> Shard a
+        local chunk, Replicate -> Partial local (zeros off coordinate 0 for ``sum``).
+
+        Args:
+            placements: one per mesh dimension, or ``{label: placement}`` (left out: Replicate).
+
+        Returns:
+            A new placed handle of the same shape and dtype.
+
+        Raises:
+            ShardingError: this handle has no placements, the placements do not fit, or
+                Partial to a Partial of another reduce_op.
+        """
+        from ._distribute import redistribute
+
+        return redistribute(self, placements)
+
+    def to_local(self) -> Tensor:
+        """A per-rank handle (no placements) of each rank's part (DTensor's ``to_local``).
+
+        Raises:
+            ShardingError: no placements, or parts of different shapes (uneven shards).
+        """
+        from ._distribute import to_local
+
+        return to_local(self)
 
     def reduce(
         self,
@@ -93,6 +142,7 @@ class Tensor(torch.Tensor):
         """
         from ._reduce import reduce
 
+        _per_rank_only(self)
         return reduce(self, dims, reduction, scatter, mesh, inplace=False)
 
     def reduce_(
@@ -105,10 +155,21 @@ class Tensor(torch.Tensor):
         """``reduce`` in place: this handle names the result (shape must be unchanged)."""
         from ._reduce import reduce
 
+        _per_rank_only(self)
         return reduce(self, dims, reduction, scatter, mesh, inplace=True)
 
 
 Tensor.__module__ = "monarch"
+
+
+def _per_rank_only(t: Tensor) -> None:
+    if t._placements is not None:
+        from .._core.errors import ShardingError
+
+        raise ShardingError(
+            f"reduce() combines per-rank tensors; {t!r} has placements: use t.redistribute(...), "
+            "or t.to_local().reduce(...)"
+        )
 
 
 def meta_empty(shape: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -354,10 +415,44 @@ def dispatch(
     spec, leaves, templates = hit
     if not templates:  # metadata only (shape, dim(), dtype ...): answered here
         return tree_unflatten(list(leaves), spec)
+    placed = None
+    if type(func) is not _Remote and any(h._placements is not None for h in w.handles):
+        placed = _out_placements(func, args, kwargs, w.handles, leaves, templates)
     if nested:
         with _bare():
-            return _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates)
-    return _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates)
+            out = _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates)
+    else:
+        out = _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates)
+    if placed is not None:
+        results = [x for x in tree_flatten(out)[0] if type(x) is Tensor]
+        for h, pls in zip(results, placed):
+            h._placements = pls
+    return out
+
+
+def _out_placements(
+    func: Any,
+    args: Any,
+    kwargs: Any,
+    handles: list[Tensor],
+    leaves: list[Any],
+    templates: list[Any],
+) -> list[Any]:
+    """The placements of an op's results on placed handles (``_placement.propagate``); an
+    in-place op must leave its input's placements as they were."""
+    from .._core.errors import ShardingError
+    from ._placement import propagate
+
+    others = [x for x in tree_flatten((args, kwargs))[0] if not isinstance(x, torch.Tensor)]
+    ins = [(tuple(h._fake.shape), h._placements) for h in handles]
+    shapes = [tuple(leaves[t[0]].shape) for t in templates]
+    out = propagate(func, ins, others, shapes, len(handles[0]._client.labels))
+    for t, pls in zip(templates, out):
+        if t[1] == "alias" and handles[t[2]]._placements != pls:
+            raise ShardingError(
+                f"{_func_name(func)}: in place, it would change the placements of its input"
+            )
+    return out
 
 
 def _emit(
@@ -400,6 +495,16 @@ def call_remote(
 ) -> Any:
     """Run ``fn`` on every rank with handles as the ranks' local tensors; ``propagate`` gives the
     result's metadata (called with meta tensors on the client)."""
+    from ._distribute import layouts_of
+
+    layouts = layouts_of(args, kwargs)
+    if layouts:  # the workers hand placed handles to ``fn`` as LocalShards
+        from ._redistribute import PlacedFn, PlacedPropagate
+
+        pfn = PlacedFn(fn)
+        return dispatch(
+            _Remote(pfn, PlacedPropagate(propagate)), (layouts, *args), kwargs, ambient, fid_key=pfn
+        )
     return dispatch(_Remote(fn, propagate), args, kwargs, ambient, fid_key=fn)
 
 

@@ -15,6 +15,7 @@ RANK = 2  # (RANK, out_id, dims): this rank's (combined) coordinate along dims, 
 REDUCE = 3  # (REDUCE, out_id, in_id, dims, reduction, scatter, inplace)
 STORE = 4  # (STORE, host, port): where the collectives' TCPStore listens
 SYNC = 5  # (SYNC, seq, ranks, out_ids): an actor call at this point of the op order (see _rref)
+PLACE = 6  # (PLACE, out_id, in_id, global_shape, src, steps): redistribute (_redistribute)
 
 
 class Ref:
