@@ -90,17 +90,20 @@ class Remote:
     Args:
         fn: the function, or the dotted path of one importable on the workers (``"torch.add"``).
         propagate: computes the result's metadata on the client from meta tensors; None means
-            the function itself (run on meta tensors: fine for torch code).
+            the function itself (run on meta tensors: fine for torch code); ``"inspect"``: no
+            tensor result (the function runs for its effects).
     """
 
-    def __init__(self, fn: Callable[..., Any] | str, propagate: Callable[..., Any] | None) -> None:
+    def __init__(self, fn: Callable[..., Any] | str, propagate: Callable[..., Any] | str | None) -> None:
+        if propagate == "inspect":  # Monarch's spelling of "no tensor result"
+            propagate = _no_result
         if propagate is not None and not callable(propagate):
-            raise NotImplementedError(f"remote(propagate={propagate!r}): only a callable or None is supported")
+            raise NotImplementedError(f"remote(propagate={propagate!r}): only a callable, 'inspect' or None is supported")
         if propagate is None:
             propagate = _import(fn) if isinstance(fn, str) else fn
         self._fn = fn
         self._propagate = propagate
-        functools.update_wrapper(self, propagate)
+        functools.update_wrapper(self, fn if callable(fn) else propagate)
 
     def __repr__(self) -> str:
         return f"<monarch.remote {self._fn!r}>"
@@ -119,13 +122,16 @@ class Remote:
 Remote.__module__ = "monarch.tensor"
 
 
-def remote(fn: Callable[..., Any] | str | None = None, *, propagate: Callable[..., Any] | None = None) -> Any:
+def remote(fn: Callable[..., Any] | str | None = None, *, propagate: Callable[..., Any] | str | None = None) -> Any:
     """Make ``fn`` run on the workers (Monarch's ``monarch.remote``); also a decorator
     (``@remote(propagate=...)``).
 
     Args:
         fn: a function (pickled to the workers) or a dotted path (``"torch.add"``).
-        propagate: a function of meta tensors giving the result's metadata; None: ``fn`` itself.
+        propagate: a function of meta tensors giving the result's metadata; None: ``fn`` itself;
+            ``"inspect"``: no tensor result. A function whose propagation gives no tensor
+            (``propagate=lambda seed: None``) still runs on every rank, in op order, for its
+            effects (seeding, logging); calling it returns None.
 
     Returns:
         A ``Remote``; with ``fn`` None, a decorator that makes one.
@@ -133,6 +139,10 @@ def remote(fn: Callable[..., Any] | str | None = None, *, propagate: Callable[..
     if fn is None:
         return functools.partial(remote, propagate=propagate)
     return Remote(fn, propagate)
+
+
+def _no_result(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _import(path: str) -> Callable[..., Any]:

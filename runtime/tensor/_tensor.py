@@ -413,7 +413,9 @@ def dispatch(
         if ckey is not _NOKEY:
             _cache[ckey] = hit
     spec, leaves, templates = hit
-    if not templates:  # metadata only (shape, dim(), dtype ...): answered here
+    # metadata only (shape, dim(), dtype ...): answered here; a remote function with no tensor
+    # result still runs on the workers, for its effects (Monarch's ``propagate=lambda: None``)
+    if not templates and type(func) is not _Remote:
         return tree_unflatten(list(leaves), spec)
     placed = None
     if type(func) is not _Remote and any(h._placements is not None for h in w.handles):
