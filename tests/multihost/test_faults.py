@@ -1,11 +1,12 @@
-"""Faults across namespace hosts: a partitioned host (its link cut), a hung host (every process
-SIGSTOPped) and a hung agent (only the agent SIGSTOPped).
+"""Faults across namespace hosts: a crashed host (every process SIGKILLed), a partitioned host
+(its link cut), a hung host (every process SIGSTOPped) and a hung agent (only it SIGSTOPped).
 
 In each case the client (``fault_client.py``, root namespace) must fail the calls in flight to
 host 0's procs with ``SupervisionError`` within the liveness bound (``peer_timeout_s``, set to
 ``PEER_TIMEOUT_S`` here), fail later calls at once, keep calling host 1, finish
 ``HostMesh.shutdown()`` and exit promptly; once host 0 is healed its agent has killed the
-client's procs and serves again. Every process is killed at teardown; every wait is bounded.
+client's procs and serves again. A crashed host's calls fail on the connection reset, well within
+``KILL_BOUND_S``. Every process is killed at teardown; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.multihost
 PEER_TIMEOUT_S = 1.5
 #: slack over the bound on this loaded 2-core machine (heartbeat period, scheduling, the check's period)
 SLACK_S = 1.5
+#: a SIGKILLed host's calls fail on the connection reset: well under the heartbeat bound
+KILL_BOUND_S = 0.5
 
 
 def _client(request: pytest.FixtureRequest, net: HostNet, agents: list[str]) -> subprocess.Popen:
@@ -67,7 +70,7 @@ def _event(proc: subprocess.Popen, timeout_s: float = 60.0) -> dict:
         ) from None
 
 
-@pytest.mark.parametrize("fault", ["cut_link", "freeze_host", "stop_agent"])
+@pytest.mark.parametrize("fault", ["kill_host", "cut_link", "freeze_host", "stop_agent"])
 def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_working(
     request, hosts: HostNet, fault: str
 ) -> None:
@@ -83,7 +86,11 @@ def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_worki
         "h1",
     ], act
     broken_at = time.monotonic()
-    if fault == "cut_link":
+    if fault == "kill_host":
+        hosts[
+            0
+        ].kill_all()  # every process of the host SIGKILLed: the kernel resets its connections
+    elif fault == "cut_link":
         hosts[0].cut_link()
     elif fault == "freeze_host":
         hosts[0].freeze()
@@ -94,11 +101,11 @@ def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_worki
     client.stdin.flush()
     after = _event(client, 60.0)
     assert after["event"] == "after", after
-    bound = PEER_TIMEOUT_S + SLACK_S
+    # a reset connection is an event (no heartbeat wait); silence is bounded by peer_timeout_s
+    bound = KILL_BOUND_S if fault == "kill_host" else PEER_TIMEOUT_S + SLACK_S
     assert max(after["failed_after_s"]) < bound, after
-    assert all("host h0" in e for e in after["errors"]), json.dumps(
-        after, indent=1
-    )  # the error names the host
+    named = all("host h0" in e for e in after["errors"])  # the error names the host
+    assert named, json.dumps(after, indent=1)
     assert after["later_error"] and after["later_s"] < 0.5, after  # later calls fail at once
     assert after["survivors"] == ["h1", "h1"] and after["survivors_s"] < 2.0, after
     assert after["shutdown_s"] < 5.0, after  # HostMesh.shutdown() with a dead host: prompt
@@ -106,7 +113,13 @@ def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_worki
     assert client.wait(20.0) == 0, client.stderr.read()[-3000:] if client.stderr else ""
     exit_s = time.monotonic() - exit_started
     assert exit_s < 5.0, exit_s
+    print(
+        f"\n{fault}: in-flight calls failed after {', '.join(f'{s * 1e3:.0f}' for s in after['failed_after_s'])} ms "
+        f"(bound {bound} s), HostMesh.shutdown() {after['shutdown_s'] * 1e3:.0f} ms, client exit {exit_s * 1e3:.0f} ms"
+    )
     # heal host 0: its agent has ended the client's session and killed its procs, and serves on
+    if fault == "kill_host":
+        return  # nothing of it is left to heal
     if fault == "cut_link":
         hosts[0].restore_link()
     elif fault == "freeze_host":
@@ -117,8 +130,4 @@ def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_worki
         hosts[0].pids(),
         baseline,
         _agent_log(agent0),
-    )
-    print(
-        f"\n{fault}: in-flight calls failed after {', '.join(f'{s * 1e3:.0f}' for s in after['failed_after_s'])} ms "
-        f"(bound {PEER_TIMEOUT_S} s), HostMesh.shutdown() {after['shutdown_s'] * 1e3:.0f} ms, client exit {exit_s * 1e3:.0f} ms"
     )
