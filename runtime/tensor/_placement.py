@@ -295,7 +295,7 @@ def propagate(
     tensor_args: list[tuple[tuple[int, ...], Placements | None]],
     other_args: list[Any],
     out_shapes: list[tuple[int, ...]],
-    ndim_mesh: int,
+    tensor_first: bool = True,
 ) -> list[Placements]:
     """The placements of an op's tensor results, from its tensor inputs.
 
@@ -305,7 +305,8 @@ def propagate(
             (placements None: a handle without placements).
         other_args: the non-tensor leaves of the arguments (numbers, dims, ...).
         out_shapes: the global shape of each tensor result.
-        ndim_mesh: the mesh's number of dimensions.
+        tensor_first: the op's first positional argument is a tensor (``torch.div(2, t)`` is
+            not linear in ``t``).
 
     Returns:
         One placements tuple per tensor result.
@@ -323,7 +324,8 @@ def propagate(
         )
     placed: list[Placements] = [p for p in pls if p is not None]
     if name in _POINTWISE:
-        return _pointwise(name, tensor_args, placed, other_args, out_shapes)
+        divides_tensor = tensor_first and not _is_reflected(func)  # t / 2, not 2 / t
+        return _pointwise(name, tensor_args, placed, other_args, out_shapes, divides_tensor)
     if name in _MATMUL:
         if len(tensor_args) != 2:
             raise ShardingError(f"{name}: expected two tensors")
@@ -362,6 +364,7 @@ def _pointwise(
     placed: list[Placements],
     other_args: list[Any],
     out_shapes: list[tuple[int, ...]],
+    divides_tensor: bool,
 ) -> list[Placements]:
     first = placed[0]
     shape0 = tensor_args[0][0]
@@ -389,6 +392,7 @@ def _pointwise(
         )
         scaled = (
             name in _SCALED
+            and (name in ("mul", "multiply") or divides_tensor)
             and len(placed) == 1
             and all(q.reduce_op in ("sum", "avg") for q in partial)
             and all(isinstance(a, int | float) and not isinstance(a, bool) for a in other_args)

@@ -448,7 +448,8 @@ def _out_placements(
     others = [x for x in tree_flatten((args, kwargs))[0] if not isinstance(x, torch.Tensor)]
     ins = [(tuple(h._fake.shape), h._placements) for h in handles]
     shapes = [tuple(leaves[t[0]].shape) for t in templates]
-    out = propagate(func, ins, others, shapes, len(handles[0]._client.labels))
+    first = args[0] if args else None
+    out = propagate(func, ins, others, shapes, isinstance(first, torch.Tensor))
     for t, pls in zip(templates, out):
         if t[1] == "alias" and handles[t[2]]._placements != pls:
             raise ShardingError(

@@ -189,6 +189,10 @@ def test_pointwise_ops_keep_matching_placements_and_refuse_the_rest(procs) -> No
         px + 1
     with pytest.raises(ShardingError, match="Partial"):
         px.relu()
+    with pytest.raises(ShardingError, match="Partial"):
+        2 / px  # not linear in px
+    with pytest.raises(ShardingError, match="Partial"):
+        px * py
     with pytest.raises(ShardingError, match="lie differently"):
         dy + monarch.distribute(y, procs, [Shard(0), Replicate()])
     with pytest.raises(ShardingError, match="no placement rule"):
@@ -349,3 +353,21 @@ def test_to_dtensor_in_an_actor_endpoint_gives_the_full_tensor(procs) -> None:
     assert len(list(got.items())) == 4
     for _, (ft, pls) in got.items():
         assert torch.equal(ft, x) and pls == ["Shard(dim=0)", "Shard(dim=1)"]
+
+
+def test_placement_names_load_without_torch() -> None:
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, pickle, sys, monarch\n"
+        "s = monarch.Shard(1)\n"
+        "same = pickle.loads(pickle.dumps([s, monarch.Replicate(), monarch.Partial('max')]))\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'same': repr(same)}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"torch": False, "same": "[Shard(1), Replicate(), Partial('max')]"}
