@@ -209,7 +209,10 @@ class MonarchKnobs(BaseSettings):
     codec_max_frame_length: int = _knob(
         10 * _GiB,
         "HYPERACTOR_CODEC_MAX_FRAME_LENGTH",
-        _INERT + "max_frame_bytes and max_envelope_bytes bound frames here.",
+        "Honoured: a message whose frame (envelope plus out-of-band buffers) is larger is not "
+        "sent: the send raises SupervisionError (a call's caller gets it; a result too large "
+        "reaches its caller as that error); a larger frame received closes the link. The bound "
+        "in force is the smaller of this and max_frame_bytes.",
         "maximum serialized message size in bytes.",
         ge=1,
     )

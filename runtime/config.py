@@ -206,8 +206,9 @@ class MonarchConfig(MonarchKnobs):
     max_frame_bytes: int = Field(
         1 << 40,
         ge=1,
-        description="Largest frame (envelope plus out-of-band buffers) accepted from a peer; a "
-        "bigger one closes the link.",
+        description="Largest frame (envelope plus out-of-band buffers) sent or accepted: a bigger "
+        "message is not sent (the send raises SupervisionError), a bigger frame received closes "
+        "the link. The smaller of this and codec_max_frame_length (10 GiB) is in force.",
     )
     max_held_frames: int = Field(
         65536,
@@ -513,9 +514,11 @@ def get_runtime_config() -> dict[str, Any]:
 def configure(**overrides: Any) -> MonarchConfig:
     """Override settings in this process, on top of earlier overrides (Monarch's ``configure``).
 
-    Overrides hold for every thread until :func:`clear_runtime_config`. They take effect for
-    objects built afterwards (a proc reads its settings when it starts); pass :func:`to_env` to
-    processes started by hand.
+    Overrides hold for every thread until :func:`clear_runtime_config`; :func:`get_global_config`
+    shows them at once. The client's runtime resolves its settings once, when it starts (at the
+    first spawn or attach), and so does the environment it gives every proc it spawns: an
+    override made after that reaches neither the runtime's links nor procs spawned later. Pass
+    :func:`to_env` to processes started by hand.
 
     Args:
         **overrides: ``name=value`` per setting (see :class:`MonarchConfig`); ``None`` is a value

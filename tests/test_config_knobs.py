@@ -4,10 +4,13 @@ environment variables, humantime durations, read-back by subscript, propagation 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from monarch import config
 from monarch._config_knobs import KNOB_EFFECT, format_duration, parse_duration
+from monarch.actor import Actor, endpoint, this_host
 from monarch.config import (
     ConfigError,
     Encoding,
@@ -85,6 +88,7 @@ def test_every_knob_has_a_changed_value_here_and_says_whether_it_is_honoured():
         text = MonarchConfig.model_fields[name].description or ""
         assert text.startswith(("Honoured: ", "Accepted, no effect: ")), name
         assert " Monarch: " in text, name
+    assert KNOB_EFFECT["codec_max_frame_length"] is True
     assert KNOB_EFFECT["message_delivery_timeout"] is False
 
 
@@ -204,8 +208,6 @@ def test_to_env_round_trips_every_knob_with_non_default_values(monkeypatch):
 
 
 def test_a_knob_set_in_the_client_holds_in_a_spawned_proc():
-    from monarch.actor import Actor, endpoint, this_host
-
     class Probe(Actor):
         @endpoint
         def knobs(self) -> tuple[str, str, int]:
@@ -240,3 +242,87 @@ def test_humantime_parse_and_format():
     assert format_duration(31_557_600 * 10**9) == "1year"
     for text in ("30s", "5m", "2h", "1h 30m", "1m 30s", "100ms"):
         assert format_duration(parse_duration(text)) == text
+
+
+_CHUNKS = """
+from monarch.actor import Actor, SupervisionError, endpoint, this_host
+from monarch.config import configured
+
+class Chunks(Actor):
+    @endpoint
+    def count(self, chunks: list[bytes]) -> int:
+        return len(chunks)
+
+    @endpoint
+    def make(self, n: int) -> bytes:
+        return bytes(n)
+
+def refused(call) -> str:
+    try:
+        call().get(timeout=30)
+    except SupervisionError as exc:
+        return "refused" if "larger than the frame limit of 1048576 bytes" in str(exc) else str(exc)
+    return "sent"
+
+with configured(codec_max_frame_length=1 << 20):  # before the runtime starts: it and its procs
+    procs = this_host().spawn_procs()
+    try:
+        chunks = procs.spawn("chunks", Chunks)
+        # 1 MiB of payload plus its encoding is over the limit: not sent
+        print(refused(lambda: chunks.count.call_one([bytes(1 << 18)] * 4)))
+        # no sequence number was used: the next call is answered
+        print(chunks.count.call_one([bytes(1 << 18)] * 3).get(timeout=30))
+        # a result over the limit reaches the caller as that error instead of no answer
+        print(refused(lambda: chunks.make.call_one(2 << 20)))
+        print(len(chunks.make.call_one(1000).get(timeout=30)))
+    finally:
+        procs.stop().get(timeout=60)
+"""
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MONARCH_", "HYPERACTOR_"))}
+
+
+def test_a_call_over_codec_max_frame_length_is_not_sent_and_raises_supervision_error():
+    # a fresh process: a client resolves its settings when its runtime starts
+    out = subprocess.run(
+        [sys.executable, "-c", _CHUNKS],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["refused", "3", "refused", "1000"], out.stderr
+
+
+def test_codec_max_frame_length_from_monarchs_variable_holds_in_client_and_procs():
+    code = (
+        "from monarch.actor import Actor, SupervisionError, endpoint, this_host\n"
+        "class A(Actor):\n"
+        "    @endpoint\n"
+        "    def make(self, n: int) -> bytes:\n"
+        "        return bytes(n)\n"
+        "procs = this_host().spawn_procs()\n"
+        "a = procs.spawn('a', A)\n"
+        "try:\n"
+        "    a.make.call_one(1).get(timeout=30)\n"
+        "    try:\n"
+        "        a.make.call_one(bytes(300000)).get(timeout=30)\n"
+        "    except SupervisionError as exc:\n"
+        "        print('client refused:', 'frame limit of 262144' in str(exc))\n"
+        "    try:\n"
+        "        a.make.call_one(300000).get(timeout=30)\n"
+        "    except Exception as exc:\n"
+        "        print('proc refused:', 'frame limit of 262144' in str(exc))\n"
+        "finally:\n"
+        "    procs.stop().get(timeout=60)\n"
+    )
+    env = _clean_env()
+    env["HYPERACTOR_CODEC_MAX_FRAME_LENGTH"] = str(1 << 18)  # no MONARCH_* variable at all
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["client refused: True", "proc refused: True"], out.stderr

@@ -342,6 +342,13 @@ class ActorHost:
         msg = ReplyPart(port, pos, err, last, END_OF_STREAM_BIT if empty else 0, b"" if empty else payload)
         try:
             self.router.send(addr, msg, bufs, sequenced=False)
+        except SupervisionError as exc:
+            if err or empty:
+                log.warning("cannot deliver a result to %s: %s", addr, exc)
+                return
+            # a result over the frame limit: the caller gets that error instead of no answer
+            error_payload, error_bufs = encode_error(exc, "")
+            self.send_part(addr, port, pos, True, error_payload, error_bufs, last)
         except Exception as exc:
             log.warning("cannot deliver a result to %s: %s", addr, exc)
 

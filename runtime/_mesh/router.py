@@ -49,7 +49,8 @@ class RouterLimits:
 
     Attributes:
         max_envelope_bytes: largest envelope accepted (bigger: the link is closed).
-        max_frame_bytes: largest frame (envelope + out-of-band buffers) accepted.
+        max_frame_bytes: largest frame (envelope + out-of-band buffers) accepted, and sent: a
+            bigger message is not sent (:meth:`Router.send` raises ``SupervisionError``).
         max_held_frames: frames held while waiting for sequence gaps, every origin together;
             beyond it the link that brought the next one is closed (a peer cannot make us hold
             unbounded data, however many origins it claims).
@@ -66,7 +67,7 @@ class RouterLimits:
     """
 
     max_envelope_bytes: int = 64 << 20
-    max_frame_bytes: int = 1 << 40
+    max_frame_bytes: int = 10 << 30  # Monarch's codec_max_frame_length default
     max_held_frames: int = 65536
     max_held_bytes: int = 1 << 30
     peer_timeout_s: float | None = 3.0
@@ -328,7 +329,8 @@ class Router:
             seq: a sequence number fixed by the caller (cast trees); overrides ``sequenced``.
 
         Raises:
-            SupervisionError: the destination is known dead.
+            SupervisionError: the destination is known dead, or the frame is larger than
+                ``limits.max_frame_bytes`` (then nothing is sent and no sequence number is used).
             ConnectError: it cannot be reached.
         """
         if addr == self.addr:
@@ -341,20 +343,30 @@ class Router:
         conn = self._out.get(addr)
         if conn is None or conn.closed:
             conn = self.connection(addr)
+        limit = self.limits.max_frame_bytes
         if bufs:
             lengths = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs]
+            room = limit - sum(lengths)
+            if room < 0:  # checked before any buffer is put in shared memory
+                raise _too_large(addr, limit - room, limit)
             shm = conn.share(bufs)
             inline = [b for b, s in zip(bufs, shm) if not s] if shm else bufs
         else:
-            lengths, shm, inline = _NO_BUFS, None, bufs
+            lengths, shm, inline, room = _NO_BUFS, None, bufs, limit
         try:
             if seq or not sequenced:
-                conn.send(frame_iov(encode(msg, seq, lengths, shm), inline))
+                data = encode(msg, seq, lengths, shm)
+                if len(data) > room:
+                    raise _too_large(addr, limit - room + len(data), limit)
+                conn.send(frame_iov(data, inline))
                 return
             with self._lock:
                 n = self._seq_out.get(addr, 0) + 1
+                data = encode(msg, n, lengths, shm)
+                if len(data) > room:  # before the sequence number is taken: the peer waits for none
+                    raise _too_large(addr, limit - room + len(data), limit)
                 self._seq_out[addr] = n
-                conn.send(frame_iov(encode(msg, n, lengths, shm), inline))
+                conn.send(frame_iov(data, inline))
         except ConnectionError as exc:
             dead = self._dead.get(addr)
             if dead:
@@ -531,3 +543,10 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 __all__ += ["ConnectError"]
+
+
+def _too_large(addr: str, size: int, limit: int) -> SupervisionError:
+    return SupervisionError(
+        f"a message of {size} bytes to {addr} is larger than the frame limit of {limit} bytes "
+        "(settings codec_max_frame_length / max_frame_bytes); it was not sent"
+    )

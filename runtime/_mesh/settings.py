@@ -49,6 +49,10 @@ class RuntimeSettings:
     admin: bool = True
 
 
+# the one honoured Monarch knob whose variable is not MONARCH_* (monarch.config's
+# codec_max_frame_length): set, it takes the full path
+_FRAME_KNOB = "HYPERACTOR_CODEC_MAX_FRAME_LENGTH"
+
 # MONARCH_* variables that are not settings: the bootstrap of one process (monarch.config's
 # BOOTSTRAP_VARIABLES; a test keeps the two equal) and the job's token every proc is given
 _NOT_SETTINGS = frozenset(
@@ -70,7 +74,7 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
     that every full garbage collection would walk). A test keeps those defaults equal to
     ``MonarchConfig``'s; children inherit the same environment and so read the same defaults.
     """
-    if "monarch.config" not in sys.modules and all(
+    if "monarch.config" not in sys.modules and _FRAME_KNOB not in os.environ and all(
         k in _NOT_SETTINGS for k in os.environ if k.startswith("MONARCH_")
     ):
         raw = os.environ.get("MONARCH_CLUSTER_TOKEN")  # empty counts as unset, as in monarch.config
@@ -78,9 +82,11 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
     from ..config import get_global_config, to_env
 
     cfg = get_global_config()
+    # Monarch's codec_max_frame_length bounds a whole message; max_frame_bytes is ours
+    frame_limit = min(cfg.max_frame_bytes, cfg.codec_max_frame_length)
     limits = RouterLimits(
-        max_envelope_bytes=cfg.max_envelope_bytes,
-        max_frame_bytes=cfg.max_frame_bytes,
+        max_envelope_bytes=min(cfg.max_envelope_bytes, frame_limit),
+        max_frame_bytes=frame_limit,
         max_held_frames=cfg.max_held_frames,
         max_held_bytes=cfg.max_held_bytes,
         peer_timeout_s=cfg.peer_timeout_s,
@@ -89,8 +95,8 @@ def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
     transport = TransportSettings(
         peer_timeout_s=cfg.peer_timeout_s,
         connect_timeout_s=cfg.connect_timeout_s,
-        max_envelope_bytes=cfg.max_envelope_bytes,
-        max_frame_bytes=cfg.max_frame_bytes,
+        max_envelope_bytes=min(cfg.max_envelope_bytes, frame_limit),
+        max_frame_bytes=frame_limit,
         max_connections=cfg.max_connections,
         shm_enabled=cfg.shm,
         shm_min_bytes=cfg.shm_min_bytes,

@@ -126,7 +126,7 @@ class TransportSettings:
         socket_buffer_bytes: ``SO_SNDBUF``/``SO_RCVBUF`` asked for every socket.
         max_envelope_bytes: the largest envelope accepted from a peer; larger closes the link
             with a ``ProtocolError``.
-        max_frame_bytes: the largest total of out-of-band buffers in one received frame.
+        max_frame_bytes: the largest received frame, envelope plus out-of-band buffers.
         max_connections: accepted links open at once per transport; beyond it new connections
             are refused (closed at once, reason logged).
         shm_enabled: shared memory for large buffers on Unix links (Linux memfd + numpy);
@@ -153,7 +153,7 @@ class TransportSettings:
     max_connect_queue_bytes: int = 64 << 20
     socket_buffer_bytes: int = 4 << 20
     max_envelope_bytes: int = 64 << 20
-    max_frame_bytes: int = 1 << 40
+    max_frame_bytes: int = 10 << 30  # Monarch's codec_max_frame_length default
     max_connections: int = 4096
     shm_enabled: bool = True
     shm_min_bytes: int = 1 << 20

@@ -8,8 +8,8 @@ The envelope lists the buffers' lengths, so the ``capnp`` tool can decode a capt
 the receiver can ``recv_into`` each buffer straight into its own aligned allocation. A buffer
 whose entry in the envelope's ``shm`` list is non-zero is not in the stream: it lies in a
 shared-memory segment of the connection (see ``shm.py``) and arrives as a view of it. Frames are
-bounded: an envelope over ``max_envelope_bytes`` or buffers over ``max_frame_bytes`` in total make
-the reader raise :class:`~monarch._core.errors.ProtocolError`.
+bounded: an envelope over ``max_envelope_bytes`` or a frame (envelope and buffers) over
+``max_frame_bytes`` make the reader raise :class:`~monarch._core.errors.ProtocolError`.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class FrameDecoder:
 
     Args:
         max_envelope_bytes: largest accepted envelope message.
-        max_frame_bytes: largest accepted total of out-of-band buffers in one frame.
+        max_frame_bytes: largest accepted frame: the envelope plus its out-of-band buffers.
     """
 
     def __init__(self, max_envelope_bytes: int, max_frame_bytes: int) -> None:
@@ -203,9 +203,9 @@ class FrameDecoder:
                 if not lengths:
                     out.append((env, []))
                     continue
-                if sum(lengths) > self.max_frame_bytes:
+                if total + sum(lengths) > self.max_frame_bytes:
                     raise ProtocolError(
-                        f"frame of {sum(lengths)} buffer bytes exceeds the limit {self.max_frame_bytes}"
+                        f"frame of {total + sum(lengths)} bytes exceeds the limit {self.max_frame_bytes}"
                     )
                 shm = env.shm
                 if shm and (len(shm) != len(lengths) or self.segments is None):

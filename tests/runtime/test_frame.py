@@ -53,6 +53,13 @@ def test_oversized_buffers_are_a_protocol_error() -> None:
         FrameDecoder(1 << 20, 1000).feed(data, [])
 
 
+def test_the_frame_limit_counts_the_envelope_and_the_buffers() -> None:
+    data = _frame("x" * 600, [b"a" * 4096])
+    FrameDecoder(1 << 20, len(data)).feed(data, [])  # exactly at the limit: accepted
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        FrameDecoder(1 << 20, 4096 + 64).feed(data, [])  # the buffers alone fit; the frame does not
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=0, max_size=400))
 def test_random_bytes_never_crash_the_decoder(junk: bytes) -> None:
