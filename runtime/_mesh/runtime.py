@@ -111,9 +111,11 @@ class Runtime:
         child_env["MONARCH_RUNTIME_DIR"] = runtime_dir
         if token is not None:
             child_env["MONARCH_CLUSTER_TOKEN"] = token.decode()
-        if parent_addr is None and "MONARCH_DEBUG_CONTROLLER" not in os.environ:
-            # the root client: breakpoint() in its procs reaches `monarch debug` (a Unix socket
-            # and one idle thread; the tools' module is imported by name: it is layer 5)
+        if parent_addr is None and owns_dir and "MONARCH_DEBUG_CONTROLLER" not in os.environ:
+            # the root client: breakpoint() in its procs reaches `monarch debug` (a Unix socket in
+            # its own runtime folder, removed with it, and one idle thread; the tools' module is
+            # imported by name: it is layer 5). In-memory runtimes (monarch.testing) share a folder
+            # they do not own and spawn no procs: no controller.
             child_env.update(importlib.import_module("monarch.tools.debug_server").install(token, runtime_dir))
         if transport is None:
             transport = _socket_transport(loop, token, self.settings.transport, self.settings.tls)
