@@ -265,6 +265,7 @@ _POINTWISE = (
 )
 _MATMUL = {"matmul", "mm"}
 _TRANSPOSE = {"t", "T", "transpose", "swapaxes", "swapdims"}
+_REDUCTIONS = {"sum", "mean"}
 
 
 def op_name(func: Any) -> str:
@@ -296,6 +297,9 @@ def propagate(
     other_args: list[Any],
     out_shapes: list[tuple[int, ...]],
     tensor_first: bool = True,
+    *,
+    call: tuple[Any, Any] = ((), {}),
+    sizes: Sequence[int] = (),
 ) -> list[Placements]:
     """The placements of an op's tensor results, from its tensor inputs.
 
@@ -307,6 +311,8 @@ def propagate(
         out_shapes: the global shape of each tensor result.
         tensor_first: the op's first positional argument is a tensor (``torch.div(2, t)`` is
             not linear in ``t``).
+        call: the op's ``(args, kwargs)`` (reductions read ``dim`` and ``keepdim`` there).
+        sizes: the mesh's sizes.
 
     Returns:
         One placements tuple per tensor result.
@@ -326,6 +332,10 @@ def propagate(
     if name in _POINTWISE:
         divides_tensor = tensor_first and not _is_reflected(func)  # t / 2, not 2 / t
         return _pointwise(name, tensor_args, placed, other_args, out_shapes, divides_tensor)
+    if name in _REDUCTIONS and len(tensor_args) == 1:
+        shape, p = tensor_args[0]
+        assert p is not None
+        return [_reduction(name, shape, p, call[0], call[1], sizes)]
     if name in _MATMUL:
         if len(tensor_args) != 2:
             raise ShardingError(f"{name}: expected two tensors")
@@ -352,8 +362,8 @@ def propagate(
         swap = {d0: d1, d1: d0}
         return [tuple(Shard(swap.get(q.dim, q.dim)) if isinstance(q, Shard) else q for q in p)]
     raise ShardingError(
-        f"{name} has no placement rule (placements are carried through pointwise ops, 2-D matmul and "
-        "transposes); redistribute the inputs (e.g. t.redistribute([Replicate()] * mesh.ndim)) or compute "
+        f"{name} has no placement rule (placements are carried through pointwise ops, 2-D matmul, "
+        "transposes, sum and mean); redistribute the inputs (e.g. t.redistribute([Replicate()] * mesh.ndim)) or compute "
         "per rank on t.to_local()"
     )
 
@@ -405,6 +415,48 @@ def _pointwise(
                 "Replicate() (or Shard) first"
             )
     return [first for _ in out_shapes]
+
+
+def _reduction(
+    name: str,
+    shape: tuple[int, ...],
+    pls: Placements,
+    args: Any,
+    kwargs: Any,
+    sizes: Sequence[int],
+) -> Placements:
+    """``sum``/``mean`` over some dims: a sharded dim reduced away leaves a Partial (``sum``, or
+    ``avg`` for a mean over even shards), the other shards move to the dim's new index."""
+    nd = len(shape)
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    keepdim = bool(kwargs.get("keepdim", args[2] if len(args) > 2 else False))
+    if dim is None or (isinstance(dim, list | tuple) and len(dim) == 0):
+        dims = set(range(nd))
+    elif isinstance(dim, int) and not isinstance(dim, bool):
+        dims = {dim % nd} if nd else set()
+    elif isinstance(dim, list | tuple) and all(isinstance(d, int) for d in dim):
+        dims = {d % nd for d in dim}
+    else:
+        raise ShardingError(f"{name}: dim={dim!r} is not supported on a placed tensor")
+    if name == "mean" and not is_even(shape, pls, sizes):
+        raise ShardingError(
+            f"mean of a tensor placed {list(pls)} with uneven shards is not the mean of the "
+            "ranks' means; use sum and divide, or redistribute first"
+        )
+    out: list[Placement] = []
+    for p in pls:
+        if isinstance(p, Partial):
+            if p.reduce_op not in ("sum", "avg"):
+                raise ShardingError(f"{name} of a {p!r} tensor is not the {name} of its reduction")
+            out.append(p)
+        elif isinstance(p, Shard):
+            if p.dim in dims:
+                out.append(Partial("sum" if name == "sum" else "avg"))
+            else:
+                out.append(Shard(p.dim if keepdim else p.dim - sum(1 for d in dims if d < p.dim)))
+        else:
+            out.append(p)
+    return tuple(out)
 
 
 def _matmul(sa: tuple[int, ...], pa: Placements, sb: tuple[int, ...], pb: Placements) -> Placements:

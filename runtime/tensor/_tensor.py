@@ -449,7 +449,15 @@ def _out_placements(
     ins = [(tuple(h._fake.shape), h._placements) for h in handles]
     shapes = [tuple(leaves[t[0]].shape) for t in templates]
     first = args[0] if args else None
-    out = propagate(func, ins, others, shapes, isinstance(first, torch.Tensor))
+    out = propagate(
+        func,
+        ins,
+        others,
+        shapes,
+        isinstance(first, torch.Tensor),
+        call=(args, kwargs),
+        sizes=handles[0]._client.sizes,
+    )
     for t, pls in zip(templates, out):
         if t[1] == "alias" and handles[t[2]]._placements != pls:
             raise ShardingError(

@@ -196,11 +196,40 @@ def test_pointwise_ops_keep_matching_placements_and_refuse_the_rest(procs) -> No
     with pytest.raises(ShardingError, match="lie differently"):
         dy + monarch.distribute(y, procs, [Shard(0), Replicate()])
     with pytest.raises(ShardingError, match="no placement rule"):
-        dy.sum(0)
+        dy.cumsum(0)
     with procs.activate():
         per_rank = torch.ones(5, 3)
         with pytest.raises(ShardingError, match="from_local"):
             dy + per_rank
+
+
+def test_sum_and_mean_leave_a_partial_where_a_sharded_dim_is_reduced(procs) -> None:
+    x = torch.randn(5, 6, dtype=torch.float64)
+    y = torch.randn(5, 6, dtype=torch.float64)
+    t = monarch.distribute(x, procs, [Shard(0), Shard(1)])
+    u = monarch.distribute(y, procs, [Shard(0), Shard(1)])
+    cases = [
+        (t.sum(), (Partial(), Partial()), x.sum()),
+        (t.sum(0), (Partial(), Shard(0)), x.sum(0)),
+        (torch.sum(t, dim=1, keepdim=True), (Shard(0), Partial()), x.sum(1, keepdim=True)),
+        (((t - u) ** 2).sum(), (Partial(), Partial()), ((x - y) ** 2).sum()),
+    ]
+    for got, pls, want in cases:
+        assert got.placements == pls and got.shape == want.shape
+        assert torch.allclose(full(got), want)
+    loss = ((t - u) ** 2).sum().redistribute([Replicate(), Replicate()])
+    for pt in POINTS:
+        assert torch.allclose(shard_at(loss, pt), ((x - y) ** 2).sum())
+    even = torch.randn(4, 6, dtype=torch.float64)
+    e = monarch.distribute(even, procs, [Shard(0), Shard(1)])
+    assert e.mean().placements == (Partial("avg"), Partial("avg"))
+    assert torch.allclose(full(e.mean()), even.mean()) and torch.allclose(
+        full(e.mean(1)), even.mean(1)
+    )
+    with pytest.raises(ShardingError, match="uneven"):
+        t.mean()
+    with pytest.raises(ShardingError, match="Partial"):
+        monarch.distribute(x, procs, [Partial("max"), Replicate()]).sum()
 
 
 # -- redistribute -----------------------------------------------------------------------------------
