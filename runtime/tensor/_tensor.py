@@ -443,7 +443,7 @@ def _out_placements(
     """The placements of an op's results on placed handles (``_placement.propagate``); an
     in-place op must leave its input's placements as they were."""
     from .._core.errors import ShardingError
-    from ._placement import propagate
+    from ._rules import propagate
 
     others = [x for x in tree_flatten((args, kwargs))[0] if not isinstance(x, torch.Tensor)]
     ins = [(tuple(h._fake.shape), h._placements) for h in handles]
