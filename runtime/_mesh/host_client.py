@@ -177,6 +177,20 @@ class AgentLink:
                 self._cond.notify_all()
             self._on_lost(self, self.lost)
 
+    def probe(self) -> str | None:
+        """What the router's heartbeat check of a proc of this host should conclude when the
+        proc's own beats are late (loop thread): None while this host itself is silent or lost
+        (its loss is being reported, naming the host), else ``"?"`` (no OS view from here: the
+        proc alone is silent, so it is hung)."""
+        if self.lost is not None:
+            return None
+        if (
+            self.peer_timeout_s is not None
+            and time.monotonic() - self.last_heard > self.peer_timeout_s / 2
+        ):
+            return None
+        return "?"
+
     def _heartbeat(self) -> None:
         """Ping the agent every quarter of ``peer_timeout_s``; end the link when it is silent
         longer (its own thread: the reader blocks in ``recv``)."""
@@ -377,7 +391,7 @@ class RemoteHosts:
                 self.pids[a] = int(p.get("pid") or 0)
                 self.exited[a] = threading.Event()
             self.router.connection(a)  # dial now: the proc's owner link
-            self.router.call_on_loop(self.router.watch, a, None)
+            self.router.call_on_loop(self.router.watch, a, link.probe)
         return addrs
 
     def _event(self, link: AgentLink, msg: dict[str, Any]) -> None:
@@ -404,6 +418,20 @@ class RemoteHosts:
         if link is None:
             return None
         return link.hostname or link.addr, self.pids.get(addr, 0)
+
+    def kill(self, addrs: list[str]) -> None:
+        """Ask the agents of these remote procs to SIGKILL them (no wait; their exits are
+        reported). Procs whose host is lost are skipped: nothing can reach them."""
+        by_link: dict[AgentLink, list[str]] = {}
+        for a in addrs:
+            link = self.procs.get(a)
+            if link is not None:
+                by_link.setdefault(link, []).append(a)
+        for link, some in by_link.items():
+            try:
+                link.send({"op": "kill", "addrs": some})
+            except SupervisionError:
+                continue
 
     def owns(self, addr: str) -> bool:
         """Whether ``addr`` is a proc an agent started for us."""
@@ -441,14 +469,7 @@ class RemoteHosts:
 
         def waiter() -> None:
             left = wait_until(time.monotonic() + timeout_s, mine)
-            by_link: dict[AgentLink, list[str]] = {}
-            for a in left:
-                by_link.setdefault(self.procs[a], []).append(a)
-            for link, some in by_link.items():
-                try:
-                    link.send({"op": "kill", "addrs": some})
-                except SupervisionError:
-                    continue
+            self.kill(left)
             # the kills' exits are reported within milliseconds by a live agent; a hung one
             # is lost within peer_timeout_s (its heartbeats), which ends this wait too
             wait_until(time.monotonic() + _KILL_WAIT_S, left)

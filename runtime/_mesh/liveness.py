@@ -114,7 +114,7 @@ class Heartbeats:
             state = probe() if probe is not None else None
             if probe is not None and state is None:
                 continue  # it is gone: its exit is being reported
-            if probe is None or state in ("T", "t"):
+            if probe is None or state in ("T", "t", "?"):  # "?": alive as far as its probe knows, no OS view
                 what = "stopped" if state in ("T", "t") else "silent"
             elif silent > max(limit, self.frozen_timeout_s):
                 what = f"frozen (state {state})"

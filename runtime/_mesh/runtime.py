@@ -275,6 +275,8 @@ class Runtime:
                 os.kill(h.pid, 9)
             except ProcessLookupError:
                 pass
+        elif self.remote.owns(addr):
+            self.remote.kill([addr])  # its agent SIGKILLs it
 
     # -- failures ----------------------------------------------------------------------------------
     def _unhandled(self, failure: MeshFailure) -> None:

@@ -40,10 +40,19 @@ SLACK_S = 1.5
 KILL_BOUND_S = 0.5
 
 
-def _client(request: pytest.FixtureRequest, net: HostNet, agents: list[str]) -> subprocess.Popen:
+def _client(
+    request: pytest.FixtureRequest, net: HostNet, agents: list[str], broken: int = 2
+) -> subprocess.Popen:
     env = _env()
     env["MONARCH_PEER_TIMEOUT_S"] = str(PEER_TIMEOUT_S)
-    argv = [sys.executable, "-m", "tests.multihost.fault_client", net.gateway_ip, ",".join(agents)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.multihost.fault_client",
+        net.gateway_ip,
+        ",".join(agents),
+        str(broken),
+    ]
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env, cwd=ROOT, start_new_session=True,
@@ -112,7 +121,7 @@ def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_worki
     exit_started = time.monotonic()
     assert client.wait(20.0) == 0, client.stderr.read()[-3000:] if client.stderr else ""
     exit_s = time.monotonic() - exit_started
-    assert exit_s < 5.0, exit_s
+    assert exit_s < 5.0, (exit_s, client.stderr.read()[-6000:] if client.stderr else "")
     print(
         f"\n{fault}: in-flight calls failed after {', '.join(f'{s * 1e3:.0f}' for s in after['failed_after_s'])} ms "
         f"(bound {bound} s), HostMesh.shutdown() {after['shutdown_s'] * 1e3:.0f} ms, client exit {exit_s * 1e3:.0f} ms"
@@ -131,3 +140,45 @@ def test_a_broken_host_fails_its_calls_within_the_bound_and_the_rest_keeps_worki
         baseline,
         _agent_log(agent0),
     )
+
+
+def test_a_hung_proc_on_a_healthy_host_is_declared_hung_and_killed_by_its_agent(
+    request, hosts: HostNet
+) -> None:
+    """One proc of host 0 SIGSTOPped, its agent healthy: only its call fails (within the bound,
+    "hung: silent"; the MeshFailure names the host); host 0's other proc answers; its agent
+    SIGKILLs it."""
+    started = [_start_agent(host) for host in hosts]
+    client = _client(request, hosts, [addr for _, addr in started], broken=1)
+    act = _event(client)
+    assert act["event"] == "act", act
+    victim = act["points"][0]["pid"]
+    broken_at = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    assert client.stdin is not None
+    client.stdin.write(f"{broken_at!r}\n")
+    client.stdin.flush()
+    after = _event(client, 60.0)
+    assert after["event"] == "after", after
+    assert (
+        len(after["failed_after_s"]) == 1 and after["failed_after_s"][0] < PEER_TIMEOUT_S + SLACK_S
+    ), after
+    assert "hung: silent" in after["errors"][0], after
+    assert len(after["failures"]) == 1 and "host h0" in after["failures"][0], (
+        after
+    )  # the MeshFailure names the host
+    assert after["h0_other"] == "h0", after  # the host itself is fine
+    assert after["survivors"] == ["h1", "h1"], after
+    assert _wait_for(
+        lambda: not os.path.exists(f"/proc/{victim}") or _zombie(victim), 10.0
+    )  # killed by its agent
+    assert client.wait(20.0) == 0, client.stderr.read()[-3000:] if client.stderr else ""
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :].startswith(b"Z")
