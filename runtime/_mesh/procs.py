@@ -4,8 +4,8 @@ Procs are started with their listening socket already bound by the parent, and t
 connects to it before the child runs, so messages can be queued before the child has even
 started (spawning never blocks). In the root client, procs are forked from a pre-imported fork
 server (:mod:`monarch._mesh.zygote`) launched when the client runtime starts (or, failing that, at the
-first spawn); elsewhere they are started
-with a fresh interpreter. Each child is watched through a pidfd on the event loop (event-driven
+first spawn); a spawn of N procs sends all N fork requests before it awaits the first answer.
+Elsewhere, and where the fork server refuses a proc, they are started with a fresh interpreter. Each child is watched through a pidfd on the event loop (event-driven
 exit detection); its exit status names the cause (``Killed(sig=9): killed by signal 9 (SIGKILL)``) and goes to
 the router, the one source of truth for which peers are alive.
 """
@@ -56,6 +56,31 @@ class ProcHandle:
     def __repr__(self) -> str:
         state = self.exit_reason or "running"
         return f"<ProcHandle {self.name} pid={self.pid} {state}>"
+
+
+@dataclass
+class _Pending:
+    """A proc being started by :meth:`ProcManager.spawn`: its sockets and fork request."""
+
+    name: str
+    path: str
+    log_path: str
+    argv: list[str]
+    env: dict[str, str]
+    lsock: socket.socket | None = None  # its listening socket (the child gets a copy)
+    csock: socket.socket | None = None  # our connection to it (its owner link)
+    rid: int | None = None  # its fork server request, until answered or abandoned
+
+
+def _config_preload() -> tuple[str, ...]:
+    """What the fork server should import before forking this client's procs.
+
+    A client that has imported ``monarch.config`` resolved its settings from it and passes them
+    to its procs (``RuntimeSettings.child_env``); a proc whose environment carries settings
+    imports ``monarch.config`` at start (pydantic, ~0.1 s of CPU). The fork server then imports
+    it once, before the first of them forks, rather than every proc importing it itself.
+    """
+    return ("monarch.config",) if "monarch.config" in sys.modules else ()
 
 
 def describe_status(status: int) -> str:
@@ -155,62 +180,106 @@ class ProcManager:
         except ValueError:
             rank_base = 0
         host = socket.gethostname()
-        handles = []
-        for i in range(n):
-            k = next(self._names)
-            log_path = logs.new_log_path(f"{name}/{k}")
-            proc_env = dict(child_env)
-            proc_env[logs.ENV_FILE] = log_path
-            proc_env[logs.ENV_RANK] = str(rank_base + i)
-            path = os.path.join(self.runtime_dir, f"{os.getpid()}-{k}.sock")
-            if len(os.fsencode(path)) >= _SUN_PATH_MAX:
-                raise OSError(
-                    f"the proc socket path {path!r} is {len(os.fsencode(path))} bytes, longer than a Unix "
-                    f"socket allows ({_SUN_PATH_MAX - 1}): set TMPDIR to a shorter folder"
-                )
-            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                lsock.bind(path)
-                lsock.listen(512)
+        zygote = self._fork_server() if python_executable is None else None
+        preload = _config_preload()
+        pending: list[_Pending] = []
+        handles: list[ProcHandle] = []
+        try:
+            # every proc's socket first, and every fork request sent before any answer is
+            # awaited: the fork server forks while this thread prepares the next request
+            for i in range(n):
+                k = next(self._names)
+                proc_env = dict(child_env)
+                proc_env[logs.ENV_FILE] = log_path = logs.new_log_path(f"{name}/{k}")
+                proc_env[logs.ENV_RANK] = str(rank_base + i)
+                path = os.path.join(self.runtime_dir, f"{os.getpid()}-{k}.sock")
+                if len(os.fsencode(path)) >= _SUN_PATH_MAX:
+                    raise OSError(
+                        f"the proc socket path {path!r} is {len(os.fsencode(path))} bytes, longer than a Unix "
+                        f"socket allows ({_SUN_PATH_MAX - 1}): set TMPDIR to a shorter folder"
+                    )
                 argv = ["--fd", "{fd}", "--owner", self.router.addr, "--name", f"{name}/{k}"]
-                pid, popen = self._start(argv, proc_env, lsock.fileno(), python_executable)
-                h = ProcHandle("unix:" + path, pid, f"{name}/{k}", popen, log_path=log_path)
+                p = _Pending(f"{name}/{k}", path, log_path, argv, proc_env)
+                pending.append(p)
+                p.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                p.lsock.bind(path)
+                p.lsock.listen(512)
+                # connect before the child exists: the connection waits in the backlog the child
+                # inherits, so it is the first the child accepts (the child's owner link)
+                p.csock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                p.csock.connect(path)
+                if zygote is not None and not self._zygote_failed:
+                    p.rid = self._submit(zygote, p, preload)
+            for p in pending:
+                assert p.lsock is not None and p.csock is not None
+                pid, popen = self._collect(zygote, p, python_executable)
+                h = ProcHandle("unix:" + p.path, pid, p.name, popen, log_path=p.log_path)
                 logs.note_proc(host, pid, h.addr)
-                # connect before closing our copy: the connection waits in the child's backlog,
-                # so it is the first the child accepts (the child's owner link)
-                csock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                csock.connect(path)
-            finally:
-                lsock.close()
-            self.children[h.addr] = h
-            self.router.adopt(h.addr, csock)
-            if popen is not None:
-                # our own child: its pidfd says when it ends (the fork server reports the
-                # exits of its children itself, see _fork_server_exit)
-                try:
-                    h.pidfd = os.pidfd_open(pid)
-                except OSError:
-                    h.pidfd = -1
-            else:
-                self._by_pid[pid] = h
-            self.router.call_on_loop(self._watch, h)
-            handles.append(h)
+                p.lsock.close()  # the child has its own copy
+                p.lsock = None
+                self.children[h.addr] = h
+                self.router.adopt(h.addr, p.csock)
+                p.csock = None
+                if popen is not None:
+                    # our own child: its pidfd says when it ends (the fork server reports the
+                    # exits of its children itself, see _fork_server_exit)
+                    try:
+                        h.pidfd = os.pidfd_open(pid)
+                    except OSError:
+                        h.pidfd = -1
+                else:
+                    self._by_pid[pid] = h
+                self.router.call_on_loop(self._watch, h)
+                if popen is None and zygote is not None:
+                    status = zygote.exit_status(pid)
+                    if status is not None and self._by_pid.pop(pid, None) is not None:
+                        # it exited before it was registered: the report found no handle
+                        self.router.call_on_loop(self._finish_exit, h, status)
+                handles.append(h)
+        finally:
+            for p in pending:  # those not started (an error above): nothing of theirs survives
+                if p.rid is not None and zygote is not None:
+                    zygote.abandon(p.rid)
+                for s in (p.lsock, p.csock):
+                    if s is not None:
+                        s.close()
         return handles
 
-    def _start(
-        self, argv: list[str], env: dict[str, str], fd: int, python_executable: str | None = None
+    def _submit(self, zygote: ZygoteClient, p: _Pending, preload: tuple[str, ...]) -> int | None:
+        """Send ``p``'s fork request; None if the fork server failed (start it from scratch)."""
+        assert p.lsock is not None
+        try:
+            return zygote.submit(p.argv, p.env, os.getcwd(), p.lsock.fileno(), preload=preload)
+        except OSError as exc:
+            log.warning("fork server failed, starting procs from scratch: %s", exc)
+            self._zygote_failed = True
+            return None
+
+    def _collect(
+        self, zygote: ZygoteClient | None, p: _Pending, python_executable: str | None
     ) -> tuple[int, subprocess.Popen[bytes] | None]:
-        zygote = self._fork_server() if python_executable is None else None
-        if zygote is not None:
-            try:
-                return zygote.spawn(argv, env, os.getcwd(), fd), None
-            except ZygoteRefused as exc:
-                log.info("starting this proc from scratch: %s", exc)
-            except OSError as exc:
-                log.warning("fork server failed, starting procs from scratch: %s", exc)
-                self._zygote_failed = True
-        cmd = [python_executable or sys.executable, "-m", "monarch._mesh.proc_main", *[a if a != "{fd}" else str(fd) for a in argv]]
-        popen = subprocess.Popen(cmd, pass_fds=[fd], env=env, cwd=os.getcwd())
+        """``p``'s pid: the fork server's answer to its request, else a proc started from scratch."""
+        assert p.lsock is not None
+        rid, p.rid = p.rid, None
+        if rid is not None and zygote is not None:
+            if self._zygote_failed:  # an earlier answer failed: do not wait on this one too
+                zygote.abandon(rid)
+            else:
+                try:
+                    return zygote.result(rid), None
+                except ZygoteRefused as exc:
+                    log.info("starting this proc from scratch: %s", exc)
+                except OSError as exc:
+                    log.warning("fork server failed, starting procs from scratch: %s", exc)
+                    self._zygote_failed = True
+        fd = p.lsock.fileno()
+        cmd = [
+            python_executable or sys.executable,
+            "-m",
+            "monarch._mesh.proc_main",
+            *[a if a != "{fd}" else str(fd) for a in p.argv],
+        ]
+        popen = subprocess.Popen(cmd, pass_fds=[fd], env=p.env, cwd=os.getcwd())
         return popen.pid, popen
 
     def _fork_server(self) -> ZygoteClient | None:

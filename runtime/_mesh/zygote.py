@@ -68,8 +68,9 @@ LostCallback = Callable[[list[int]], None]
 class ZygoteClient:
     """The client side of one zygote: start it, ask it for procs, hear about their exits.
 
-    Thread-safe: ``spawn``, ``exit_status``, ``wait_exit`` and ``close`` may be called from any
-    thread. Exit notifications come from the client's reader thread (named ``monarch zygote``).
+    Thread-safe: ``spawn``, ``submit``, ``result``, ``abandon``, ``exit_status``, ``wait_exit``
+    and ``close`` may be called from any thread. Exit notifications come from the client's
+    reader thread (named ``monarch zygote``).
 
     Args:
         on_exit: called as ``on_exit(pid, wait_status)`` exactly once per spawned child whose
@@ -100,6 +101,7 @@ class ZygoteClient:
         self._send_lock = threading.Lock()
         self._ids = itertools.count()
         self._replies: dict[int, tuple[int, int]] = {}
+        self._pending: set[int] = set()  # submitted, neither collected nor abandoned
         self._abandoned: set[int] = set()
         self._live: set[int] = set()
         self._ready = False
@@ -265,27 +267,65 @@ class ZygoteClient:
         timeout_s: float = 10.0,
         *,
         target: str = PROC_MAIN,
+        preload: tuple[str, ...] = (),
     ) -> int:
         """Fork a proc running ``target(argv)``; ``"{fd}"`` in ``argv`` becomes ``fd``'s number.
 
+        :meth:`submit` then :meth:`result`; to start several procs at once, submit them all
+        first, then collect their results (the zygote forks while the caller prepares the next).
+
         Args:
-            argv: the proc's arguments (without the interpreter and module).
-            env: its complete environment.
-            cwd: its working directory.
-            fd: a descriptor (the listening socket) the proc gets a copy of; the caller keeps
-                its own and closes it.
+            argv, env, cwd, fd, target, preload: see :meth:`submit`.
             timeout_s: longest wait for the zygote's answer, in seconds (includes its start).
-            target: ``"module:function"`` the child imports and calls with ``argv``; the proc's
-                exit status is 0 when it returns, the code of a ``SystemExit``, else 1.
 
         Returns:
             The proc's pid (a child of the zygote, not of this process).
 
         Raises:
-            ZygoteRefused: the environment differs in a variable read at interpreter start
-                (``STARTUP_ENV``) or the zygote is not single-threaded: start this proc afresh.
-            ZygoteError: the zygote is gone, failed to fork, or did not answer within
-                ``timeout_s`` (a proc it forks later is killed).
+            ValueError: ``target`` is not ``"module:function"`` or the request is too large.
+            ZygoteRefused: see :meth:`result`: start this proc afresh.
+            ZygoteError: see :meth:`submit` and :meth:`result`.
+        """
+        return self.result(
+            self.submit(argv, env, cwd, fd, target=target, preload=preload), timeout_s
+        )
+
+    def submit(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        fd: int,
+        *,
+        target: str = PROC_MAIN,
+        preload: tuple[str, ...] = (),
+    ) -> int:
+        """Ask the zygote for a proc running ``target(argv)`` without waiting for its answer.
+
+        Every request submitted must be collected with :meth:`result` or given up with
+        :meth:`abandon` (which kills the proc).
+
+        Args:
+            argv: the proc's arguments (without the interpreter and module); ``"{fd}"`` becomes
+                the number of the proc's copy of ``fd``.
+            env: its complete environment.
+            cwd: its working directory.
+            fd: a descriptor (the listening socket) the proc gets a copy of; the caller keeps
+                its own and may close it as soon as this returns.
+            target: ``"module:function"`` the child imports and calls with ``argv``; the proc's
+                exit status is 0 when it returns, the code of a ``SystemExit``, else 1.
+            preload: modules the proc imports at start that the zygote imports between requests
+                (``monarch._mesh.zygote_server.PRELOAD_IDLE``): the zygote imports them once,
+                before forking this proc, rather than every proc importing them itself. Other
+                names are ignored.
+
+        Returns:
+            The request's id, for :meth:`result` or :meth:`abandon`.
+
+        Raises:
+            ValueError: ``target`` is not ``"module:function"`` or the request is larger than
+                ``MAX_REQUEST_BYTES`` (argv + env + ``sys.path``).
+            ZygoteError: the zygote is gone.
         """
         if target.count(":") != 1:
             raise ValueError(f"target {target!r} is not 'module:function'")
@@ -293,7 +333,7 @@ class ZygoteClient:
             if self._gone is not None:
                 raise ZygoteError(f"the zygote (pid {self.popen.pid}) is gone: {self._gone}")
             rid = next(self._ids)
-        body = encode_request(rid, target, argv, env, cwd, list(sys.path))
+        body = encode_request(rid, target, argv, env, cwd, list(sys.path), list(preload))
         if len(body) > MAX_REQUEST_BYTES:
             raise ValueError(
                 f"spawn request of {len(body)} bytes (argv + env + sys.path; at most {MAX_REQUEST_BYTES})"
@@ -304,13 +344,37 @@ class ZygoteClient:
         except OSError as exc:
             raise ZygoteError(f"the zygote (pid {self.popen.pid}) is gone: {exc}") from exc
         with self._cond:
+            self._pending.add(rid)
+        return rid
+
+    def result(self, rid: int, timeout_s: float = 10.0) -> int:
+        """Wait for the zygote's answer to request ``rid`` (from :meth:`submit`): the proc's pid.
+
+        Args:
+            rid: the request's id; each is collected once.
+            timeout_s: longest wait, in seconds (includes the zygote's start).
+
+        Returns:
+            The proc's pid (a child of the zygote, not of this process).
+
+        Raises:
+            ZygoteRefused: the environment differs in a variable read at interpreter start
+                (``STARTUP_ENV``) or the zygote is not single-threaded: start this proc afresh.
+            ZygoteError: the zygote is gone, failed to fork, or did not answer within
+                ``timeout_s`` (a proc it forks later is killed).
+        """
+        with self._cond:
+            if rid not in self._pending:
+                raise ValueError(f"request {rid} was not submitted, or was collected or abandoned")
             if not self._cond.wait_for(
                 lambda: rid in self._replies or self._gone is not None, timeout_s
             ):
+                self._pending.discard(rid)
                 self._abandoned.add(rid)
                 raise ZygoteError(
                     f"the zygote (pid {self.popen.pid}) did not answer within {timeout_s} s"
                 )
+            self._pending.discard(rid)
             if rid not in self._replies:
                 raise ZygoteError(f"the zygote (pid {self.popen.pid}) is gone: {self._gone}")
             kind, value = self._replies.pop(rid)
@@ -324,6 +388,24 @@ class ZygoteClient:
             )
             raise ZygoteRefused(f"the zygote cannot fork this proc faithfully: {why}")
         raise ZygoteError(value, f"the zygote failed to fork: {os.strerror(value)}")
+
+    def abandon(self, rid: int) -> None:
+        """Give up on request ``rid`` (from :meth:`submit`): the proc it forked, or forks later,
+        is SIGKILLed and its exit is not reported. No-op for a request already collected or
+        abandoned."""
+        with self._cond:
+            if rid not in self._pending:
+                return
+            self._pending.discard(rid)
+            reply = self._replies.pop(rid, None)
+            if reply is None:
+                self._abandoned.add(rid)
+                return
+            kind, pid = reply
+            if kind == K_SPAWNED:
+                self._live.discard(pid)
+        if kind == K_SPAWNED:
+            _kill(pid)
 
     def exit_status(self, pid: int) -> int | None:
         """The raw wait status of child ``pid`` once the zygote reported its exit, else None."""

@@ -58,7 +58,8 @@ __all__ = ["PRELOAD", "PRELOAD_IDLE", "serve"]
 # imported before the zygote says hello (every proc needs them) ...
 PRELOAD = ("monarch._mesh.proc_main", "monarch._mesh.runtime", "monarch.actor", "uvloop", "ctypes")
 # ... and between requests, while no request waits: procs need monarch.config (pydantic, ~0.1 s)
-# only when the job sets a MONARCH_* setting, so the first spawn does not wait for it
+# only when the job sets a MONARCH_* setting, so the first spawn does not wait for it unless its
+# request says that the proc will import it (then the zygote imports it once, before that fork)
 PRELOAD_IDLE: tuple[str, ...] = ("monarch.config",)
 _IDLE_QUIET_S = 0.5  # no request for this long: the zygote is idle
 
@@ -83,12 +84,14 @@ def serve(fd: int) -> None:
         except ImportError:
             pass
 
+    # The preloaded modules live as long as any proc: keep them out of the collector's reach, as
+    # Python's gc docs advise a pre-fork server (gc.disable early, gc.freeze before forking,
+    # gc.enable in the child): no proc's full collection walks them (walking would also touch
+    # their pages, undoing fork's copy-on-write sharing), and the imports run without
+    # collections (their garbage is a few cycles that the freeze keeps; this loop makes none).
+    gc.disable()
     for name in PRELOAD:  # the point: pay the imports once, not in every proc
         preload(name)
-    # The preloaded modules live as long as any proc: move them out of the collector's reach
-    # (Python's gc.freeze, meant for pre-fork servers): no proc's full collection walks them,
-    # and walking would also touch their pages, undoing fork's copy-on-write sharing.
-    gc.collect()
     gc.freeze()
     idle = list(PRELOAD_IDLE)
     startup_env = [os.environ.get(k) for k in STARTUP_ENV]
@@ -126,6 +129,12 @@ def serve(fd: int) -> None:
                 if req.env.get(name) != startup_env[i]:
                     reply(K_REFUSED, rid, i)
                     return
+            wanted = [m for m in req.preload if m in idle]  # what this proc would import
+            if wanted:
+                for name in wanted:  # once here rather than in each proc
+                    idle.remove(name)
+                    preload(name)
+                gc.freeze()
             if threading.active_count() != 1:
                 reply(K_REFUSED, rid, -1)
                 return
@@ -188,6 +197,7 @@ def _child(req: Request, fd: int, close: list[int], ctl: socket.socket, zygote: 
     """The forked proc: reset what the zygote changed, then run its target. Never returns."""
     code = 1
     try:
+        gc.enable()  # the zygote runs without collections (see serve)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)

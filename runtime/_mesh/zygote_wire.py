@@ -17,7 +17,7 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "GUARD_ENV",
@@ -189,27 +189,51 @@ class Request:
     argv: list[str]
     env: dict[str, str]
     cwd: str
-    path: list[str]
+    path: list[str]  # sys.path
+    preload: list[str] = field(default_factory=list)  # modules to import before the fork
 
 
 def encode_request(
-    rid: int, target: str, argv: list[str], env: dict[str, str], cwd: str, path: list[str]
+    rid: int,
+    target: str,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    path: list[str],
+    preload: list[str] | None = None,
 ) -> bytes:
     """The body of a spawn request (see :class:`Request` for the fields)."""
-    return json.dumps(
-        {"id": rid, "target": target, "argv": argv, "env": env, "cwd": cwd, "path": path}
-    ).encode()
+    req: dict[str, object] = {
+        "id": rid,
+        "target": target,
+        "argv": argv,
+        "env": env,
+        "cwd": cwd,
+        "path": path,
+    }
+    if preload:
+        req["preload"] = preload
+    return json.dumps(req).encode()
 
 
 def parse_request(body: bytes) -> Request:
     """Decode and check a spawn request's body.
 
     Raises:
-        ProtocolViolation: it is not JSON, lacks a field, or has a field of the wrong type.
+        ProtocolViolation: it is not JSON, lacks a field (all but ``preload`` are required), or
+            has a field of the wrong type.
     """
     try:
         req = json.loads(body)
-        r = Request(req["id"], req["target"], req["argv"], req["env"], req["cwd"], req["path"])
+        r = Request(
+            req["id"],
+            req["target"],
+            req["argv"],
+            req["env"],
+            req["cwd"],
+            req["path"],
+            req.get("preload", []),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolViolation(f"malformed spawn request: {exc!r}") from exc
     if not (
@@ -223,6 +247,8 @@ def parse_request(body: bytes) -> Request:
         and isinstance(r.cwd, str)
         and isinstance(r.path, list)
         and all(isinstance(p, str) for p in r.path)
+        and isinstance(r.preload, list)
+        and all(isinstance(m, str) for m in r.preload)
     ):
         raise ProtocolViolation("spawn request with fields of the wrong types")
     return r

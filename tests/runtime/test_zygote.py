@@ -371,8 +371,82 @@ def test_forked_child_starts_from_a_clean_state(harness: Harness, tmp_path) -> N
     assert r["cwd"] == str(tmp_path)
     assert r["argv"][1:] == ["--fd", str(r["fd"]), "x"]
     assert r["fds"] == [0, 1, 2, r["fd"]]  # nothing of the zygote's leaks in
+    assert r["gc_enabled"]  # the zygote runs without collections; its children do not
     if r["numpy_draw"] is not None:
         assert reports[0]["numpy_draw"] != reports[1]["numpy_draw"]
+
+
+def _submit_report(harness: Harness, z: ZygoteClient, tag: str, **kw) -> tuple[int, socket.socket]:
+    ours, theirs = socket.socketpair()
+    harness.socks.append(ours)
+    try:
+        rid = z.submit(
+            ["--fd", "{fd}", tag], dict(os.environ), os.getcwd(), theirs.fileno(),
+            target=f"{CHILD}:report", **kw,
+        )  # fmt: skip
+    finally:
+        theirs.close()  # the request carries its own copy
+    return rid, ours
+
+
+@pytest.mark.parametrize("preload", [(), ("monarch.config",)])
+def test_a_request_can_have_the_zygote_import_an_idle_preload_before_its_fork(
+    harness: Harness, preload: tuple[str, ...]
+) -> None:
+    z = harness.start()
+    # sent before the zygote's imports are done: it serves this request at once after its hello,
+    # before any quiet spell could start its idle preloads
+    rid, ours = _submit_report(harness, z, "x", preload=preload)
+    pid = z.result(rid, 30.0)
+    harness.pids.append(pid)
+    assert json.loads(_recv_all(ours))["config_loaded"] is bool(preload)
+    assert z.wait_exit(pid, 10.0) == 0
+
+
+def test_requests_submitted_together_each_get_their_own_proc_in_any_collection_order(
+    harness: Harness,
+) -> None:
+    z = harness.start()
+    sent = [_submit_report(harness, z, f"proc-{i}") for i in range(4)]
+    pids = [z.result(rid, 30.0) for rid, _ in reversed(sent)][::-1]
+    harness.pids.extend(pids)
+    assert len(set(pids)) == 4
+    for i, (_, ours) in enumerate(sent):
+        assert json.loads(_recv_all(ours))["argv"][-1] == f"proc-{i}"
+    assert [z.wait_exit(pid, 10.0) for pid in pids] == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="collected or abandoned"):
+        z.result(sent[0][0], 1.0)
+
+
+@pytest.mark.parametrize("when", ["before its answer", "after its answer"])
+def test_an_abandoned_request_kills_its_proc_and_reports_no_exit(
+    harness: Harness, when: str
+) -> None:
+    exits: queue.Queue[int] = queue.Queue()
+    lost: queue.Queue[list[int]] = queue.Queue()
+    z = harness.start(on_exit=lambda pid, status: exits.put(pid), on_lost=lost.put)
+    ours, theirs = socket.socketpair()
+    harness.socks.append(ours)
+    try:
+        rid = z.submit(
+            ["--fd", "{fd}"], dict(os.environ), os.getcwd(), theirs.fileno(), target=f"{CHILD}:hold"
+        )
+    finally:
+        theirs.close()
+    if when == "before its answer":
+        z.abandon(rid)  # the zygote is still importing: it forks later, and the client kills it
+        # killed once its answer comes, perhaps before it said "r": its end of the pair closes
+        assert _recv_all(ours, 30.0) in (b"", b"r")
+    else:
+        assert _recv_exact(ours, 1, 30.0) == b"r"  # forked and running
+        # replies come in order: once a later spawn is answered, this one's answer is in
+        later, _ = harness.spawn(z, "exit_with", "0")
+        assert exits.get(timeout=10.0) == later
+        z.abandon(rid)
+        assert _recv_all(ours, 10.0) == b""  # killed: its end of the socketpair closed
+    z.abandon(rid)  # a second time: nothing
+    z.close()  # joins the reader thread: every report the zygote sent has been dispatched
+    assert exits.empty() and lost.empty()
 
 
 # -- no chained zygotes ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ a fork costs what a proc's would.
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -60,6 +61,8 @@ def report(argv: list[str]) -> None:
         "fds": fds,
         "fd": int(argv[1]),
         "numpy_draw": int(np.random.randint(1 << 30)) if np is not None else None,
+        "config_loaded": "monarch.config" in sys.modules,
+        "gc_enabled": gc.isenabled(),
     }
     s.sendall(json.dumps(state).encode())
     s.shutdown(socket.SHUT_WR)
