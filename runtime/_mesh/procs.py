@@ -98,7 +98,11 @@ def describe_status(status: int) -> str:
         return f"Killed(sig={sig}): killed by signal {sig} ({name})"
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
-        return f"exited with non-zero code {code}: exited with status {code}" if code else "exited with status 0"
+        return (
+            f"exited with non-zero code {code}: exited with status {code}"
+            if code
+            else "exited with status 0"
+        )
     return f"ended (wait status {status})"
 
 
@@ -153,7 +157,12 @@ class ProcManager:
 
     # -- spawning ------------------------------------------------------------------------------
     def spawn(
-        self, n: int, name: str, env: dict[str, str] | None = None, *, python_executable: str | None = None
+        self,
+        n: int,
+        name: str,
+        env: dict[str, str] | None = None,
+        *,
+        python_executable: str | None = None,
     ) -> list[ProcHandle]:
         """Start ``n`` procs (non-blocking: they are reachable at once).
 
@@ -289,7 +298,9 @@ class ProcManager:
         with self._zygote_lock:
             if self._zygote is None and not self._zygote_failed:
                 try:
-                    self._zygote = ZygoteClient.start(on_exit=self._fork_server_exit, on_lost=self._fork_server_lost)
+                    self._zygote = ZygoteClient.start(
+                        on_exit=self._fork_server_exit, on_lost=self._fork_server_lost
+                    )
                 except Exception as exc:
                     (log.debug if os.environ.get(GUARD_ENV) else log.warning)(
                         "no fork server, procs start from scratch: %s", exc
@@ -351,7 +362,9 @@ class ProcManager:
         self.router.mark_dead(h.addr, h.exit_reason)
 
     # -- stopping ----------------------------------------------------------------------------------
-    def stop(self, addrs: list[str], timeout_s: float, on_expected_exit: Callable[[list[str]], None]) -> Future[None]:
+    def stop(
+        self, addrs: list[str], timeout_s: float, on_expected_exit: Callable[[list[str]], None]
+    ) -> Future[None]:
         """Ask procs to exit (their actors run ``__cleanup__``), then kill what is left after
         ``timeout_s`` seconds. The future completes when every one has exited.
 
