@@ -7,7 +7,8 @@ Settings come from the environment when first read and can be overridden in code
   ``auto`` forces that backend for every transfer; a forced backend that cannot serve a transfer
   raises :class:`~monarch._core.errors.RDMAUnavailableError` (never a silent fallback).
 - ``MONARCH_RDMA_TCP_HOST``: address the per-proc RDMA TCP server binds and advertises
-  (default ``127.0.0.1``).
+  (default ``127.0.0.1``; in a proc that the runtime runs over TCP, such as one a host agent
+  started, the default becomes the host of the proc's own address, so other hosts reach it).
 - ``MONARCH_RDMA_IB_DEVICE``: verbs device name (default: the first one found).
 - ``MONARCH_RDMA_IB_GID_INDEX``: GID index (default: the first IPv4-mapped GID, else 0).
 - ``MONARCH_RDMA_DROP_GRACE_S``: seconds a dropped region's memory is kept alive for transfers

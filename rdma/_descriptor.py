@@ -175,18 +175,22 @@ def proc_start_time(pid: int) -> int:
 
 @cache
 def host_identity() -> str:
-    """Identity of this kernel and pid namespace: processes that share it can use CMA.
+    """Identity of this host: kernel, pid namespace and network namespace; CMA stays within one.
 
     The boot id names the kernel instance; the pid namespace inode makes sure a pid means the
-    same process to both sides.
+    same process to both sides. The network namespace inode keeps hosts that share a kernel
+    (network-namespace hosts, containers with the host's pid namespace) apart: each is reached
+    at its own address, so transfers between them go over ``tcp``, as between machines.
     """
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
     except OSError:  # pragma: no cover - every Linux has it
         boot = "unknown"
-    try:
-        ns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # pragma: no cover
-        ns = 0
-    return f"{boot}/{ns}"
+    inodes = []
+    for kind in ("pid", "net"):
+        try:
+            inodes.append(os.stat(f"/proc/self/ns/{kind}").st_ino)
+        except OSError:  # pragma: no cover
+            inodes.append(0)
+    return f"{boot}/{inodes[0]}/{inodes[1]}"

@@ -22,7 +22,7 @@ from monarch._core.future import Future
 
 from . import _ibverbs
 from ._cma import CmaAccessDenied, CmaBackend, allow_cma_from_job
-from ._config import current
+from ._config import RDMAConfig, current
 from ._descriptor import Descriptor, host_identity, proc_start_time
 from ._memory import LocalMemory
 from ._registry import Region, get_registry
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 INLINE_MAX_BYTES = 256 << 10  # same-host transfers this small run in the caller's thread
+_DEFAULT_TCP_HOST = RDMAConfig.tcp_host
 
 
 class RDMATcpFallbackWarning(UserWarning):
@@ -188,7 +189,7 @@ def register(data: LocalMemory, owner: str) -> tuple[Region, Descriptor]:
         raise RDMAUnavailableError("GPU memory can only be registered with an ibverbs device")
     cfg = current()
     allow_cma_from_job(cfg.cma_ptracer)
-    server = get_server(cfg.tcp_host, _remote_drop)
+    server = get_server(_server_host(cfg.tcp_host), _remote_drop)
     region = get_registry().register(data)
     verbs = None
     if verbs_ok:
@@ -214,6 +215,18 @@ def register(data: LocalMemory, owner: str) -> tuple[Region, Descriptor]:
         manager=_manager().manager_ref(verbs is not None),
     )
     return region, desc
+
+
+def _server_host(configured: str) -> str:
+    """Where this process's RDMA server binds and what it advertises.
+
+    The configured address, except that the default (``127.0.0.1``, which no other host can
+    reach) becomes the host of this proc's own TCP address in a proc that the actor runtime
+    runs over TCP (a proc that a host agent started).
+    """
+    if configured != _DEFAULT_TCP_HOST:
+        return configured
+    return _manager().proc_tcp_host() or configured
 
 
 def _manager() -> Any:

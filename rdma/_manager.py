@@ -25,7 +25,8 @@ from typing import Any, cast
 
 from monarch._core.errors import ActorError, CallTimeout, RDMAError, SupervisionError
 from monarch._mesh.current import installed
-from monarch.actor import Actor, ActorMesh, endpoint, this_proc
+from monarch._transport.address import parse_address
+from monarch.actor import Actor, ActorMesh, context, endpoint, this_proc
 
 from ._config import current
 from ._descriptor import Descriptor
@@ -87,6 +88,20 @@ class RDMAManager(Actor):
 def _runtime_running() -> bool:
     """Whether this process already runs the actor runtime (never starts it)."""
     return installed() is not None
+
+
+def proc_tcp_host() -> str | None:
+    """The host part of this proc's own address when it runs the actor runtime over TCP, else None.
+
+    Never starts the runtime. An agent's procs listen on the address their host is reached at,
+    so this is where peers on other hosts can reach an RDMA server of this process too.
+    """
+    if not _runtime_running():
+        return None
+    addr = context().actor_instance.proc_addr
+    if not addr.startswith("tcp:"):
+        return None
+    return str(parse_address(addr)[1][0])
 
 
 _lock = threading.Lock()
