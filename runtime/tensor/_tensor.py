@@ -113,6 +113,18 @@ class Tensor(torch.Tensor):
 
         return to_local(self)
 
+    def to_dtensor(self) -> Any:
+        """Not on the client: a DTensor lives on the workers.
+
+        Raises:
+            TypeError: always; call ``to_dtensor()`` on the ``monarch.tensor.LocalShard`` that a
+                remote function or an actor endpoint receives for this handle.
+        """
+        raise TypeError(
+            "to_dtensor() runs on the workers: pass the handle to a monarch.remote function or an "
+            "actor endpoint and call to_dtensor() on the LocalShard it receives"
+        )
+
     def reduce(
         self,
         dims: str | tuple[str, ...] | list[str],

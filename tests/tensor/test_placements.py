@@ -138,6 +138,8 @@ def test_per_rank_handles_have_no_placements_and_are_not_fetched_whole(procs) ->
         r.redistribute([Replicate(), Replicate()])
     with pytest.raises(TypeError):
         monarch.distribute(r, procs, [Replicate(), Replicate()])
+    with pytest.raises(TypeError, match="LocalShard"):
+        monarch.distribute(torch.ones(2), procs, [Replicate(), Replicate()]).to_dtensor()
     t = monarch.distribute(torch.ones(2), procs, [Replicate(), Replicate()])
     with pytest.raises(ShardingError, match="redistribute"):
         t.reduce("gpus")
