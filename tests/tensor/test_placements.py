@@ -253,7 +253,7 @@ TRANSITIONS = [
 ]
 
 
-@pytest.mark.parametrize("shape", [(4, 6), (5, 3)], ids=["even", "uneven"])
+@pytest.mark.parametrize("shape", [(4, 6), (5, 3), (3, 2)], ids=["even", "uneven", "empty-shards"])
 @pytest.mark.parametrize("src,dst", TRANSITIONS, ids=lambda v: repr(v))
 def test_redistribute_moves_the_parts_and_keeps_the_global_tensor(procs, src, dst, shape) -> None:
     x = torch.randn(*shape, dtype=torch.float64)
