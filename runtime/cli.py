@@ -10,41 +10,43 @@ Commands::
                        [--tls-ca CA.pem --tls-cert CERT.pem [--tls-key KEY.pem]]
                                  serve this machine as a host agent (clients attach_to_workers)
 
-The root :data:`app` is a typer app; a group of commands is a typer sub-app added with
-``app.add_typer(group, name="host")`` in this module, one sub-app per concern. Exit status: 0 on
-success, 2 on a usage error or a bad setting in the environment (message on stderr).
+The root :data:`app` is a typer app, built on first use (``monarch.cli.app``, or :func:`main`);
+a group of commands is a typer sub-app added with ``app.add_typer(group, name="host")`` in
+:func:`_build_app`, one sub-app per concern. Importing this module imports neither typer nor
+rich: ``monarch status`` is served by :mod:`monarch.tools.fast_status` without them (issue 14:
+< 200 ms) and every other command line builds the app. Exit status: 0 on success, 2 on a usage
+error or a bad setting in the environment (message on stderr).
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from importlib import metadata
-from typing import Annotated, Any
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    import typer
 
-from .job import cli as cli_job
-from .tools import cli_admin, cli_debug, cli_sync, cli_top
+    #: the typer app of every command; built on first access (module ``__getattr__``)
+    app: typer.Typer
 
 __all__ = ["DISTRIBUTION", "app", "main"]
 
 DISTRIBUTION = "monarch-idl"
 
-app = typer.Typer(
-    name="monarch",
-    help="monarch-idl: a typed distributed actor framework for PyTorch.",
-    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-)
+_app: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _build_app()
+    raise AttributeError(f"module 'monarch.cli' has no attribute {name!r}")
 
 
 def _version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
@@ -57,7 +59,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool,
@@ -99,7 +100,6 @@ def _shown(value: Any) -> Any:
     return value
 
 
-@app.command("config")
 def config_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object {setting: value}.")
@@ -115,6 +115,10 @@ def config_command(
 
     The cluster token is shown as <hidden> when set.
     """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     if markdown:
         typer.echo(_cfg()._settings_markdown(), nl=False)
         return
@@ -140,11 +144,6 @@ def config_command(
     Console().print(table)
 
 
-host_app = typer.Typer(name="host", help="Host agents: serve this machine to clients.", no_args_is_help=True)
-app.add_typer(host_app, name="host")
-
-
-@host_app.command("serve")
 def host_serve_command(
     listen: Annotated[str, typer.Option("--listen", help="Where clients connect: tcp://HOST:PORT (port 0 picks one).")],
     advertise: Annotated[
@@ -179,6 +178,8 @@ def host_serve_command(
     import asyncio
     import logging
 
+    from rich.console import Console
+
     from ._mesh.host_agent import HostAgent, InsecureAgentError, tls_from_options, token_from_config
 
     logging.basicConfig(level=log_level.upper(), format="[monarch host %(levelname)s] %(message)s")
@@ -205,15 +206,47 @@ def host_serve_command(
         raise typer.Exit(1) from None
 
 
-# the tools' commands: one module each in monarch.tools, registered here (each module imports
-# only typer at import time, so ``monarch --help`` stays fast)
-for _tool in (cli_admin, cli_debug, cli_job, cli_sync, cli_top):
-    _tool.register(app)
+def _build_app() -> typer.Typer:
+    """The typer app of every command (built once)."""
+    global _app, typer
+    if _app is not None:
+        return _app
+    import typer  # a module global: typer resolves the commands' string annotations here
+
+    from .job import cli as cli_job
+    from .tools import cli_admin, cli_debug, cli_sync, cli_top
+
+    app = typer.Typer(
+        name="monarch",
+        help="monarch-idl: a typed distributed actor framework for PyTorch.",
+        add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_root)
+    app.command("config")(config_command)
+    host_app = typer.Typer(
+        name="host", help="Host agents: serve this machine to clients.", no_args_is_help=True
+    )
+    app.add_typer(host_app, name="host")
+    host_app.command("serve")(host_serve_command)
+    # the tools' commands: one module each in monarch.tools, registered here (each module
+    # imports only typer at import time)
+    for tool in (cli_admin, cli_debug, cli_job, cli_sync, cli_top):
+        tool.register(app)
+    _app = app
+    return app
 
 
 def main() -> None:
     """Entry point of the ``monarch`` console script."""
-    app()
+    from .tools.fast_status import run_status
+
+    code = run_status(sys.argv[1:])
+    if code is not None:
+        raise SystemExit(code)
+    _build_app()()
 
 
 if __name__ == "__main__":

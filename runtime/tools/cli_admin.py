@@ -52,6 +52,7 @@ def status_command(
 ) -> None:
     """Hosts, procs, actors and their health in a running client."""
     from .admin_client import AdminRequestError
+    from .status_text import render_status, use_colour
 
     client = _client(pid)
     try:
@@ -61,58 +62,7 @@ def status_command(
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
-    from rich.table import Table
-    from rich.tree import Tree
-
-    con = _console()
-    c = doc["client"]
-    root = Tree(
-        f"[bold]client[/] pid {c['pid']}  {' '.join(c['argv'])}  [dim](collected in {doc['collect_ms']:.1f} ms)[/]"
-    )
-    colour = {"running": "green", "failed": "red", "stopped": "yellow"}
-    for host in doc["hosts"]:
-        h = root.add(f"[bold]host[/] {host['hostname']}")
-        for p in host["procs"]:
-            extra = " [yellow]unresponsive[/]" if p.get("unresponsive") else ""
-            line = f"proc {p['id']} (mesh {p['mesh']} rank {p['rank']}) pid {p['pid']} [{colour[p['status']]}]{p['status']}[/]{extra}"
-            if p["failure"]:
-                line += f"\n[red]{p['failure']}[/]"
-            node = h.add(line)
-            actors = [a for a in p["actors"] if system or not a["system"]]
-            if actors:
-                t = Table(box=None, pad_edge=False)
-                for col in (
-                    "actor",
-                    "class",
-                    "rank",
-                    "status",
-                    "queue",
-                    "handled",
-                    "last endpoint",
-                    "failures",
-                ):
-                    t.add_column(col)
-                for a in actors:
-                    t.add_row(
-                        a["id"],
-                        a["class"],
-                        str(a["rank"]),
-                        f"[{colour[a['status']]}]{a['status']}[/]",
-                        str(a["queue_depth"]),
-                        str(a["messages_handled"]),
-                        a["last_endpoint"] or "-",
-                        str(a["failures"]),
-                    )
-                node.add(t)
-    con.print(root)
-    t = Table(title="meshes")
-    for col in ("name", "kind", "extent", "alive"):
-        t.add_column(col)
-    for m in doc["meshes"]:
-        if m.get("system") and not system:
-            continue
-        t.add_row(m["name"], m["kind"], json.dumps(m["extent"]), f"{m['alive']}/{m['size']}")
-    con.print(t)
+    sys.stdout.write(render_status(doc, system=system, colour=use_colour(sys.stdout)))
 
 
 def exec_command(
@@ -213,6 +163,3 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
     app.command("exec", context_settings={"allow_interspersed_args": False})(exec_command)
     app.command("env")(env_command)
-
-
-del sys
