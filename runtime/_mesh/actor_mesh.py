@@ -1,10 +1,14 @@
 """ActorMesh: a (sliceable) reference to the actors of one spawn, and how adverbs reach them.
 
 A cast goes straight to every proc that hosts a target rank when there are at most
-``FANOUT`` such procs; beyond that it goes down a tree whose every node forwards to at most
-``FANOUT`` procs and reduces the ``call()`` results of its subtree into one reply, so the
-caller's cost grows with the fan-out, not with the mesh. Sequence numbers are fixed at the origin
-so per-sender FIFO order holds across direct sends and tree casts.
+``FANOUT`` such procs on one host; beyond that it goes down a tree whose every node forwards to at
+most ``FANOUT`` procs and reduces the ``call()`` results of its subtree into one reply, so the
+caller's cost grows with the fan-out, not with the mesh. When the procs span several hosts (TCP
+addresses with different host parts) and some host holds more than one, the tree is built per
+host: one head proc per host receives the cast (each host boundary is crossed once), forwards it
+to the other procs of its host and reduces their ``call()`` results into one reply per host;
+more than ``FANOUT`` hosts are themselves arranged in a tree of heads. Sequence numbers are fixed
+at the origin so per-sender FIFO order holds across direct sends and tree casts.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ class _Plan:
     grouped by the proc hosting them, their positions in the slice, and pre-encoded envelopes
     (one per endpoint, adverb kind and sender)."""
 
-    __slots__ = ("_tree_expected", "groups", "positions", "ranks", "templates")
+    __slots__ = ("_tree_expected", "groups", "positions", "ranks", "templates", "tree")
 
     def __init__(self, shape: Shape, addrs: Sequence[str]) -> None:
         self.ranks = shape.ranks()
@@ -75,6 +79,9 @@ class _Plan:
         self.positions = [(a, tuple(pos[r] for r in rs)) for a, rs in self.groups]
         self.templates: dict[tuple[Any, ...], list[tuple[str, EnvelopeTemplate, Any]]] = {}
         self._tree_expected: dict[str, set[int]] | None = None
+        hosts = len({_host_of(a) for a, _ in self.groups})
+        # a tree when the origin would send more than FANOUT frames, or more than one per host
+        self.tree = len(self.groups) > FANOUT or 1 < hosts < len(self.groups)
 
     def tree_expected(self) -> dict[str, set[int]]:
         """Positions whose results come back through each head of the cast tree (a fresh copy)."""
@@ -199,7 +206,7 @@ class ActorMesh(MeshTrait, Generic[T]):
         result: Any = None
         sink: Any = None
         flags = 0  # MessageFlags bits as a plain int: it is part of a per-call cache key
-        tree = len(plan.groups) > FANOUT
+        tree = plan.tree
         # replies come from the procs messaged directly: through a cast tree, from the head of
         # each subtree, so the death of a head fails every position below it (nobody hangs)
         expected = (plan.tree_expected() if tree else {a: set(ps) for a, ps in plan.positions}) if adverb != "broadcast" else {}
@@ -347,7 +354,7 @@ def _send_tree(router: Any, env: Any, bufs: list[Any], groups: dict[str, list[in
             if sub:
                 fill(h.init("forward", len(sub)), sub)
 
-    top = _build_tree(items)
+    top = _cast_tree(items)
     env.origin = router.addr
     for a, rs, sub in top:
         env.ranks = rs
@@ -372,6 +379,40 @@ def _build_tree(lst: Sequence[tuple[str, list[int]]]) -> list[tuple[str, list[in
     return out
 
 
+def _host_of(addr: str) -> str:
+    """The host part of a proc address (``tcp:HOST:PORT`` -> ``HOST``); ``""`` for this machine's
+    Unix and in-memory addresses."""
+    if addr.startswith("tcp:"):
+        return addr[4:].rsplit(":", 1)[0]
+    return ""
+
+
+def _cast_tree(lst: Sequence[tuple[str, list[int]]]) -> list[tuple[str, list[int], list[Any]]]:
+    """The cast tree over ``lst`` ((proc address, ranks), in rank order): :func:`_build_tree` on
+    one host; over several, one head per host (its first proc) whose children are the tree of its
+    host's other procs plus, beyond ``FANOUT`` hosts, the heads of the hosts below it."""
+    by_host: dict[str, list[tuple[str, list[int]]]] = {}
+    for item in lst:
+        by_host.setdefault(_host_of(item[0]), []).append(item)
+    if len(by_host) <= 1:
+        return _build_tree(lst)
+    heads = [(procs[0][0], procs[0][1], _build_tree(procs[1:])) for procs in by_host.values()]
+    return _tree_of_heads(heads)
+
+
+def _tree_of_heads(heads: list[tuple[str, list[int], list[Any]]]) -> list[tuple[str, list[int], list[Any]]]:
+    """At most FANOUT subtrees of host heads; the first head of each also forwards to the rest."""
+    n = len(heads)
+    if n == 0:
+        return []
+    per = -(-n // FANOUT)
+    out = []
+    for k in range(0, n, per):
+        (a, rs, local), rest = heads[k], heads[k + 1 : k + per]
+        out.append((a, rs, [*local, *_tree_of_heads(rest)]))
+    return out
+
+
 def _subtrees(items: Sequence[tuple[str, list[int]]]) -> list[tuple[str, dict[str, list[str]]]]:
     """For each top-level head: every proc below it with the forwarders on its path."""
     out = []
@@ -382,7 +423,7 @@ def _subtrees(items: Sequence[tuple[str, list[int]]]) -> list[tuple[str, dict[st
                 acc[a] = list(path)
             walk(sub, [*path, a], acc)
 
-    for a, _rs, sub in _build_tree(items):
+    for a, _rs, sub in _cast_tree(items):
         acc: dict[str, list[str]] = {}
         walk(sub, [a], acc)
         out.append((a, acc))
