@@ -100,7 +100,9 @@ class HostAgent:
     """Serves one machine: authenticates clients, starts and kills their procs.
 
     Args:
-        listen: where clients connect (``tcp://HOST:PORT``, ``tcp:HOST:PORT``; port 0 picks one).
+        listen: where clients connect (``tcp://HOST:PORT``, ``tcp:HOST:PORT``; port 0 picks one),
+            or Monarch's ``BIND@ADVERTISE`` (``tcp://0.0.0.0:26600@tcp://10.0.0.2:26600``: the
+            part after ``@`` is the advertised host unless ``advertise`` is given).
         advertise: the host (or ``tcp://HOST[:PORT]``) procs bind to and other hosts reach; None:
             the listen host, or this machine's hostname's address when listening on a wildcard.
         token: the cluster token clients must prove; None needs ``tls`` or ``insecure``.
@@ -124,6 +126,8 @@ class HostAgent:
         use_fork_server: bool = True,
         tls: TlsConfig | str | None = "env",
     ) -> None:
+        listen, adv = _split_address(listen)
+        advertise = advertise or adv
         self.listen_addr = from_url(listen)
         if not self.listen_addr.startswith("tcp:"):
             raise ValueError(f"a host agent listens on TCP, got {listen!r}")

@@ -335,7 +335,9 @@ class TlsSession:
                 if self.incoming.eof:
                     return b""
                 await self._fill()
-            except ssl.SSLZeroReturnError:
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                # the peer closed (an SSLEOFError: without close_notify, as a closed socket does);
+                # the frames above are length-prefixed, so a cut frame is still an error there
                 return b""
             except ssl.SSLError as exc:
                 raise ProtocolError(f"TLS: {_why(exc)}") from exc

@@ -41,7 +41,8 @@ def main() -> None:
 
     rt = current.installed()
     assert rt is not None
-    deadline = time.monotonic() + 30.0  # every proc has beaten once: then a silent one is hung at peer_timeout_s
+    # every proc has beaten once: from then on a silent one is hung at peer_timeout_s
+    deadline = time.monotonic() + 30.0
     while not all(rt.router.heartbeats.has_beaten(v["addr"]) for _, v in found.items()):
         if time.monotonic() > deadline:
             emit(event="error", error="a proc sent no heartbeat within 30 s")

@@ -24,7 +24,11 @@ class Where(Actor):
 
         from monarch.actor import context
 
-        return {"hostname": socket.gethostname(), "pid": os.getpid(), "addr": context().actor_instance.proc_addr}
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "addr": context().actor_instance.proc_addr,
+        }
 
     @endpoint
     def relay(self, others: Where) -> list[str]:
@@ -93,7 +97,12 @@ def main() -> None:
     t = time.perf_counter()
     back = mesh.slice(hosts=1, gpus=1).echo.call_one(blob).get(60.0)
     mib_s = 16 / (time.perf_counter() - t)
-    emit(event="measured", call_one_ms=statistics.median(times) * 1e3, echo_ok=back == blob, echo_mib_s=mib_s)
+    emit(
+        event="measured",
+        call_one_ms=statistics.median(times) * 1e3,
+        echo_ok=back == blob,
+        echo_mib_s=mib_s,
+    )
     in_flight = mesh.slice(hosts=0, gpus=1).sleep.call_one(30.0)
     faulthandler.cancel_dump_traceback_later()  # the test kills the host now; it bounds its own wait
     emit(event="kill_host0")

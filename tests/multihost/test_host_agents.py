@@ -49,12 +49,25 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
     return line
 
 
-def _start_agent(host: Host, *extra: str, token: str | None = TOKEN) -> tuple[subprocess.Popen, str]:
+def _start_agent(
+    host: Host, *extra: str, token: str | None = TOKEN
+) -> tuple[subprocess.Popen, str]:
     """An agent in ``host``; its stderr (and its procs', which inherit it) goes to a file: an
     unread pipe would fill and block every process writing to it."""
-    argv = [sys.executable, "-m", "monarch.cli", "host", "serve", "--listen", f"tcp://{host.ip}:0", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "monarch.cli",
+        "host",
+        "serve",
+        "--listen",
+        f"tcp://{host.ip}:0",
+        *extra,
+    ]
     log = open(host.net.state_dir / f"agent-{host.name}-{time.monotonic_ns()}.log", "w+")
-    proc = host.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(token), cwd=ROOT)
+    proc = host.popen(
+        argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(token), cwd=ROOT
+    )
     proc.log = log  # type: ignore[attr-defined]  # read by _agent_log
     line = _readline(proc, READY_TIMEOUT_S)
     assert line.startswith("monarch host agent listening on "), line
@@ -64,8 +77,17 @@ def _start_agent(host: Host, *extra: str, token: str | None = TOKEN) -> tuple[su
 class Client:
     """The client process (root namespace); killed at teardown."""
 
-    def __init__(self, request: pytest.FixtureRequest, mode: str, net: HostNet, agents: list[str]) -> None:
-        argv = [sys.executable, "-m", "tests.multihost.mh_client", mode, net.gateway_ip, ",".join(agents)]
+    def __init__(
+        self, request: pytest.FixtureRequest, mode: str, net: HostNet, agents: list[str]
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.multihost.mh_client",
+            mode,
+            net.gateway_ip,
+            ",".join(agents),
+        ]
         env = _env()
         if mode == "hold":
             env["MONARCH_HOSTS"] = ",".join(f"tcp://{a[4:]}" for a in agents)  # hosts_from_config
@@ -118,13 +140,17 @@ def agents(hosts: HostNet) -> list[tuple[Host, subprocess.Popen, str]]:
     return [(host, *_start_agent(host)) for host in hosts]
 
 
-def test_client_calls_procs_on_two_hosts_and_survives_losing_one(request, hosts: HostNet, agents) -> None:
+def test_client_calls_procs_on_two_hosts_and_survives_losing_one(
+    request, hosts: HostNet, agents
+) -> None:
     client = Client(request, "scenario", hosts, [addr for _, _, addr in agents])
     where = client.event()
     assert where["event"] == "where", where
     points = where["points"]
     assert [p["hostname"] for p in points] == ["h0", "h0", "h1", "h1"]
-    assert [p["addr"].rsplit(":", 1)[0] for p in points] == [f"tcp:{hosts[0].ip}"] * 2 + [f"tcp:{hosts[1].ip}"] * 2
+    assert [p["addr"].rsplit(":", 1)[0] for p in points] == [f"tcp:{hosts[0].ip}"] * 2 + [
+        f"tcp:{hosts[1].ip}"
+    ] * 2
     h0_pids = {p["pid"] for p in points[:2]}
     assert h0_pids <= hosts[0].pids()  # the procs really run inside host h0's namespace
 
@@ -140,18 +166,24 @@ def test_client_calls_procs_on_two_hosts_and_survives_losing_one(request, hosts:
     client.tell(repr(killed_at))
     after = client.event()
     assert after["event"] == "after_kill", after
-    assert after["in_flight_s"] < 2.0 + kill_s, after  # connection reset: event-driven, no heartbeat wait
+    assert after["in_flight_s"] < 2.0 + kill_s, (
+        after
+    )  # connection reset: event-driven, no heartbeat wait
     assert hosts[0].ip in after["in_flight_error"], after
     assert hosts[0].ip in after["later_error"], after
     assert after["survivors"] == ["h1", "h1"]
-    assert client.proc.wait(30.0) == 0, client.proc.stderr.read()[-3000:] if client.proc.stderr else ""
+    assert client.proc.wait(30.0) == 0, (
+        client.proc.stderr.read()[-3000:] if client.proc.stderr else ""
+    )
     print(
         f"\ncall_one across namespaces {measured['call_one_ms']:.3f} ms, 16 MiB echo {measured['echo_mib_s']:.0f} MiB/s, "
         f"first call() {where['first_s'] * 1e3:.1f} ms, SIGKILLed host -> in-flight call failed after {after['in_flight_s'] * 1e3:.1f} ms"
     )
 
 
-def test_agent_kills_the_procs_of_a_client_that_dies_and_serves_the_next_from_hosts_from_config(request, hosts: HostNet, agents) -> None:
+def test_agent_kills_the_procs_of_a_client_that_dies_and_serves_the_next_from_hosts_from_config(
+    request, hosts: HostNet, agents
+) -> None:
     baseline = [host.pids() for host, _, _ in agents]  # the agent and its fork server
     client = Client(request, "hold", hosts, [addr for _, _, addr in agents])
     where = client.event()
@@ -175,10 +207,22 @@ def test_a_client_with_the_wrong_token_is_refused_before_any_frame(hosts: HostNe
 
     proc, addr = _start_agent(hosts[0])
     lost: list[str] = []
-    link = AgentLink(addr, token=b"not-the-token", client_addr="tcp:127.0.0.1:1", on_event=lambda *a: None, on_lost=lambda _l, r: lost.append(r))
+    link = AgentLink(
+        addr,
+        token=b"not-the-token",
+        client_addr="tcp:127.0.0.1:1",
+        on_event=lambda *a: None,
+        on_lost=lambda _l, r: lost.append(r),
+    )
     with pytest.raises(ConnectError, match=r"does not know the cluster token|closed"):
         link.ready.get(20.0)
-    good = AgentLink(addr, token=TOKEN.encode(), client_addr="tcp:127.0.0.1:1", on_event=lambda *a: None, on_lost=lambda *a: None)
+    good = AgentLink(
+        addr,
+        token=TOKEN.encode(),
+        client_addr="tcp:127.0.0.1:1",
+        on_event=lambda *a: None,
+        on_lost=lambda *a: None,
+    )
     assert good.ready.get(20.0)["hostname"] == "h0"  # the agent still serves after refusing
     good.close()
     proc.kill()
@@ -188,7 +232,15 @@ def test_a_client_with_the_wrong_token_is_refused_before_any_frame(hosts: HostNe
 
 
 def test_an_agent_refuses_to_listen_on_tcp_without_a_token_unless_insecure(hosts: HostNet) -> None:
-    argv = [sys.executable, "-m", "monarch.cli", "host", "serve", "--listen", f"tcp://{hosts[0].ip}:0"]
+    argv = [
+        sys.executable,
+        "-m",
+        "monarch.cli",
+        "host",
+        "serve",
+        "--listen",
+        f"tcp://{hosts[0].ip}:0",
+    ]
     refused = hosts[0].run(argv, env=_env(token=None), timeout_s=60.0)
     assert refused.returncode == 2, refused
     assert "--insecure" in refused.stderr and "no cluster token" in refused.stderr
@@ -197,3 +249,32 @@ def test_an_agent_refuses_to_listen_on_tcp_without_a_token_unless_insecure(hosts
     proc.kill()
     proc.wait(10.0)
     assert "INSECURE" in _agent_log(proc)
+
+
+def test_an_agent_listens_on_monarchs_bind_at_advertise_form(hosts: HostNet) -> None:
+    """``--listen tcp://0.0.0.0:0@tcp://IP:0``: bound on every address, procs and the printed
+    address on the advertised IP (Monarch's ``BIND@ADVERTISE``)."""
+    from monarch._mesh.host_client import AgentLink
+
+    argv = [
+        sys.executable,
+        "-m",
+        "monarch.cli",
+        "host",
+        "serve",
+        "--listen",
+        f"tcp://0.0.0.0:0@tcp://{hosts[0].ip}:0",
+    ]
+    log = open(hosts.state_dir / f"agent-bind-at-{time.monotonic_ns()}.log", "w+")
+    proc = hosts[0].popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(), cwd=ROOT)
+    line = _readline(proc, READY_TIMEOUT_S)
+    assert line.startswith(f"monarch host agent listening on tcp:{hosts[0].ip}:"), line
+    link = AgentLink(
+        line.split()[-1],
+        token=TOKEN.encode(),
+        client_addr="tcp:127.0.0.1:1",
+        on_event=lambda *a: None,
+        on_lost=lambda *a: None,
+    )
+    assert link.ready.get(20.0)["ip"] == hosts[0].ip  # where its procs bind
+    link.close()
