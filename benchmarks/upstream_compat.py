@@ -34,6 +34,12 @@ from sitecustomize import PUBLIC  # noqa: E402  (the shim's table of public name
 # Private modules whose names a portable test may not use (unless the name is in PUBLIC).
 PRIVATE_PREFIXES = ("monarch._src", "monarch._rust_bindings", "monarch.tools", "monarch._testing",
                     "monarch.mesh_controller", "monarch.tensor_engine", "monarch.common")
+# Attributes of Monarch's objects that torchmonarch keeps private (its Rust-side handles and
+# internals, not part of its Python API): a test reaching one is not portable either.
+PRIVATE_ATTRS = {
+    "_logging_manager": "ProcMesh._logging_manager (the Rust logging client)",
+    "_as_rust": "Instance._as_rust (a Rust handle)",
+}
 # Other tokens that mark the tensor engine or CUDA.
 FORBIDDEN_TOKENS = {"cuda": "CUDA", "tensor_engine": "tensor engine", "mesh_controller": "tensor engine"}
 
@@ -60,6 +66,8 @@ class _Refs(ast.NodeVisitor):
         self.names.add(node.id)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in PRIVATE_ATTRS:
+            self.private.add(PRIVATE_ATTRS[node.attr])
         for token in FORBIDDEN_TOKENS:
             if token in node.attr:
                 self.tokens.add(token)
