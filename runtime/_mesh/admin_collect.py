@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_VERSION",
+    "FAILED_PROCS_SHOWN",
     "STARTED_AT",
     "STATUS_TIMEOUT_S",
     "SystemAgents",
@@ -49,6 +50,9 @@ ADMIN_VERSION = 1
 STATUS_TIMEOUT_S = 1.0
 #: the same for a proc whose agent was just spawned (its first answer waits for its start)
 FIRST_STATUS_TIMEOUT_S = 10.0
+#: failed procs of wholly failed meshes listed by ``/v1/status``: the newest ones (by start
+#: order); older ones are counted in ``failed_procs_omitted`` (see :func:`collect_status`)
+FAILED_PROCS_SHOWN = 32
 #: the client's start time that ``/v1/status`` and ``admin.json`` report (``time.time()`` when the
 #: composition root imported the admin modules, as the client runtime starts)
 STARTED_AT = time.time()
@@ -94,6 +98,15 @@ class SystemAgents:
                     self._agents[a] = mesh.slice(procs=i)
             return {a: self._agents[a] for a in addrs}
 
+    def forget(self, addrs: set[str]) -> None:
+        """Drop what is kept about these (dead, no longer listed) procs: their agent, their
+        last snapshot (any thread)."""
+        with self._lock:
+            for a in addrs:
+                self._agents.pop(a, None)
+                self.cache.pop(a, None)
+                self.answered.discard(a)
+
     def live_procs(self) -> list[str]:
         """Addresses of this runtime's procs that are alive (local children and remote)."""
         rt = self.rt
@@ -125,7 +138,14 @@ def _proc_name(rt: Runtime, addr: str) -> tuple[str, str, int | None]:
 async def collect_status(
     rt: Runtime, agents: SystemAgents, timeout_s: float = STATUS_TIMEOUT_S
 ) -> dict[str, Any]:
-    """The ``GET /v1/status`` document (see docs/tools.md); runs on the runtime's loop."""
+    """The ``GET /v1/status`` document (see docs/tools.md); runs on the runtime's loop.
+
+    Which procs it lists: every running proc; a failed proc while an actor mesh with an actor
+    there still has a running rank (a degraded mesh); of the other failed procs, the
+    :data:`FAILED_PROCS_SHOWN` started last, the older ones only counted
+    (``failed_procs_omitted``), so a long-lived client's document stays bounded. Procs stopped
+    on purpose (a clean exit, or any proc of a stopped proc mesh) are left out.
+    """
     t0 = time.perf_counter()
     live = agents.live_procs()
     by_addr = agents.agents(live) if live else {}
@@ -162,22 +182,16 @@ async def collect_status(
     proc_groups: dict[str, list[dict[str, Any]]] = {}
     shown: set[str] = set()
     tally: list[tuple[str, dict[str, int], dict[str, Any]]] = []  # (mesh id, extent, actor row)
+    omitted = _old_failed_procs(rt, known, owned)
     for a in known:
+        if a in omitted:
+            continue
         pid_name = _proc_name(rt, a)
         snap, problem = snaps.get(a, (agents.cache.get(a), None))
         dead = rt.router.dead_reason(a)
-        h = rt.procs.children.get(a)
         # stopped on purpose (a clean exit, or a failed proc whose mesh was stopped since):
         # left out, so a long-lived client's list does not grow with every mesh it stopped
-        stopped = bool(dead) and (
-            (
-                h is not None
-                and h.exit_reason is not None
-                and "exited with status 0" in h.exit_reason
-            )
-            or a in rt.supervisor.expected_exits
-        )
-        if stopped:
+        if dead and _stopped_on_purpose(rt, a):
             continue
         shown.add(a)
         status = "running" if not dead else "failed"
@@ -278,6 +292,7 @@ async def collect_status(
             {"id": hostname, "hostname": hostname, "addr": None, "status": "ok", "procs": []},
         )
         host["procs"].append(proc)
+    agents.forget({a for a in agents.cache if a not in shown and rt.router.dead_reason(a)})
     for mesh_id, extent, row in tally:
         m = mesh_rows.setdefault(
             mesh_id,
@@ -293,6 +308,10 @@ async def collect_status(
         )
         m["size"] += 1
         m["alive"] += row["status"] == "running"
+    for mesh_id, m in mesh_rows.items():  # a wholly failed mesh with procs left out: all ranks
+        rec = owned.get(mesh_id)
+        if omitted and rec is not None and any(a in omitted for a in rec.addrs):
+            m["size"] = len(rec.addrs)
     for rec in owned.values():  # meshes of the client whose procs were never reached
         if (
             rec.mesh_id not in mesh_rows
@@ -334,9 +353,33 @@ async def collect_status(
         },
         "hosts": list(hosts.values()),
         "meshes": meshes,
+        "failed_procs_omitted": len(omitted),
         "collected_at": time.time(),
         "collect_ms": (time.perf_counter() - t0) * 1000.0,
     }
+
+
+def _stopped_on_purpose(rt: Runtime, addr: str) -> bool:
+    h = rt.procs.children.get(addr)
+    return (
+        h is not None and h.exit_reason is not None and "exited with status 0" in h.exit_reason
+    ) or addr in rt.supervisor.expected_exits
+
+
+def _old_failed_procs(rt: Runtime, known: list[str], owned: dict[str, Any]) -> set[str]:
+    """The failed procs ``collect_status`` leaves out: those of no actor mesh that still has a
+    running rank, but for the :data:`FAILED_PROCS_SHOWN` last in ``known`` (start order)."""
+    dead = {a for a in known if rt.router.dead_reason(a) and not _stopped_on_purpose(rt, a)}
+    if len(dead) <= FAILED_PROCS_SHOWN:
+        return set()
+    pinned: set[str] = set()
+    for rec in owned.values():
+        if rec.stopped or rec.mesh_id.startswith("monarch_admin-"):
+            continue  # the admin agents' meshes span every proc: they pin nothing
+        if any(not rt.router.dead_reason(x) for x in rec.addrs):
+            pinned.update(rec.addrs)
+    candidates = [a for a in known if a in dead and a not in pinned]
+    return set(candidates[: max(0, len(candidates) - FAILED_PROCS_SHOWN)])
 
 
 def _proc_extent(

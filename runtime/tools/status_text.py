@@ -128,6 +128,14 @@ def render_status(doc: dict[str, Any], *, system: bool = False, colour: bool = F
                 for a in actors
             ]
             lines.extend(under_proc + row for row in _table(_ACTOR_COLUMNS, rows, s))
+    omitted = doc.get("failed_procs_omitted", 0)
+    if omitted:
+        lines.append(
+            s(
+                f"({omitted} older failed procs of failed meshes not listed; stop a mesh to drop its procs)",
+                "dim",
+            )
+        )
     meshes = [m for m in doc["meshes"] if system or not m.get("system")]
     lines.append("")
     lines.append(s("meshes", "bold"))

@@ -85,6 +85,12 @@ def test_render_status_shows_the_tree_and_full_names_without_colour() -> None:
     assert "monarch_admin" not in text and "\x1b[" not in text
     assert lines[-2].split() == ["name", "kind", "extent", "alive"]
     assert lines[-1].split() == ["procs", "proc", '{"gpus":', "1}", "1/1"]
+    assert "not listed" not in text
+
+
+def test_render_status_says_how_many_old_failed_procs_were_left_out() -> None:
+    doc = {**_doc(), "failed_procs_omitted": 3}
+    assert "(3 older failed procs of failed meshes not listed;" in render_status(doc)
 
 
 def test_render_status_system_lists_the_runtime_actors_and_failures_in_red() -> None:
