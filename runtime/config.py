@@ -339,7 +339,9 @@ class MonarchConfig(MonarchKnobs):
     rdma_tcp_host: str = Field(
         "127.0.0.1",
         min_length=1,
-        description="Address the per-proc RDMA TCP server binds and advertises.",
+        description="Address the per-proc RDMA TCP server binds and advertises; left at "
+        "127.0.0.1, a proc that the runtime runs over TCP (one a host agent started) uses the "
+        "host of its own address, which other hosts reach.",
     )
     rdma_ib_device: str = Field(
         "",
