@@ -1,53 +1,159 @@
-"""Per-op dispatch of the tensor engine against a local torch op, same run (issue 13 §Speed).
+"""The tensor engine's speed rows of issue 13, against baselines measured in the same run.
 
-Issues ``acc = acc + 1`` 200 times inside ``procs.activate()`` on a {"gpus": 2} mesh, then one
-fetch; prints medians (us per op) of the client-side issue time and of issue + fetch, beside
-the same loop on a local tensor. Not a test.
+    python3 -m benchmarks.tensor_dispatch                 # 3 interleaved rounds
+    python3 -m benchmarks.tensor_dispatch --rounds 5 --no-torchmonarch
 
-    python3 benchmarks/tensor_dispatch.py
+Each workload of ``benchmarks/tensor_workloads.py`` runs in a fresh, isolated process (its
+processes are swept after it, ``benchmarks/_procs.py``), on a ``{"gpus": 2}`` mesh, in rounds
+that alternate the order of the systems. Rows (medians over rounds of per-process medians):
+
+- per-op dispatch: ``acc = acc + 1`` issued 200 times, then one fetch, us per op, ours against
+  torchmonarch 0.7.0 (its venv, ``~/.cache/monarch-idl/torchmonarch-venv``). Target <= 0.25x.
+- ``reduce("gpus", "sum")`` of 4 MiB float32, ms, ours (out of place, and ``reduce_`` in place)
+  against a raw gloo allreduce of the same tensor between the same procs. Target <= 1.5x.
+  torchmonarch is not run: its reduce needs CUDA/NCCL (on CPU it fails, "no comm found").
+- fetch of a 16 MiB shard, GB/s, ours and torchmonarch; and of a 0-d tensor, ms.
+  Target >= 1 GB/s.
+
+Benchmarks, not tests: nothing here asserts a time. The machine is small and shared; read the
+ratios, which come from one run.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
-import time
+import sys
+from pathlib import Path
+from typing import Any
 
-import monarch
-import torch
-from monarch.testing import proc_mesh
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-N = 200
-ROUNDS = 9
+from benchmarks import _procs
+from benchmarks.run import REPO, TORCHMONARCH_VENV, _env
+from benchmarks.tensor_workloads import RESULT_PREFIX
+
+WORKLOADS = {
+    "dispatch": ("ours", "torchmonarch"),
+    "fetch": ("ours", "torchmonarch"),
+    "reduce": ("ours",),
+}
 
 
-def main() -> None:
-    local = []
-    for _ in range(ROUNDS):
-        acc = torch.ones(3)
-        t0 = time.perf_counter()
-        for _ in range(N):
-            acc = acc + 1
-        local.append((time.perf_counter() - t0) / N * 1e6)
-    issue, total = [], []
-    with proc_mesh({"gpus": 2}) as procs:
-        for r in range(ROUNDS + 1):
-            with procs.activate():
-                acc = torch.ones(3)
-                t0 = time.perf_counter()
-                for _ in range(N):
-                    acc = acc + 1
-                t1 = time.perf_counter()
-            got = monarch.fetch_shard(acc, gpus=1).get(60)
-            t2 = time.perf_counter()
-            assert float(got[0]) == N + 1
-            if r:  # the first round pays torch's one-off imports (meta kernels load torch._dynamo)
-                issue.append((t1 - t0) / N * 1e6)
-                total.append((t2 - t0) / N * 1e6)
-    lm, im, tm = statistics.median(local), statistics.median(issue), statistics.median(total)
-    print(f"local torch op          {lm:8.1f} us/op")
-    print(f"monarch.Tensor issue    {im:8.1f} us/op  ({im / lm:.1f}x local)")
-    print(f"issue + one fetch       {tm:8.1f} us/op  ({tm / lm:.1f}x local)")
+def run_one(py: str, name: str, quick: bool, timeout_s: float) -> dict[str, Any]:
+    cmd = [py, "-m", "benchmarks.tensor_workloads", name, "--json"] + (["--quick"] if quick else [])
+    done = _procs.run_isolated(
+        cmd, env=_env(), cwd=str(REPO), timeout_s=timeout_s, token=_procs.new_token()
+    )
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            out: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
+            out["leftover"] = done.leftover
+            return out
+    why = "timed out" if done.timed_out else f"exit {done.returncode}"
+    tail = " | ".join(done.stderr.strip().splitlines()[-2:])
+    return {"workload": name, "error": f"{why}: {tail}", "leftover": done.leftover}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tensor-engine speed rows (issue 13)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions per process")
+    parser.add_argument("--no-torchmonarch", action="store_true")
+    parser.add_argument("--venv", type=Path, default=TORCHMONARCH_VENV)
+    parser.add_argument("--timeout-s", type=float, default=240.0, help="limit per workload process")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write every round's values here"
+    )
+    args = parser.parse_args(argv)
+    _procs.become_subreaper()
+    systems = {"ours": sys.executable}
+    tm = args.venv / "bin" / "python"
+    if not args.no_torchmonarch:
+        if tm.exists():
+            systems["torchmonarch"] = str(tm)
+        else:
+            print(
+                f"torchmonarch venv missing at {args.venv}: create it as benchmarks/README.md says; skipped"
+            )
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    errors: dict[tuple[str, str], str] = {}
+    for r in range(args.rounds):
+        order = list(systems) if r % 2 == 0 else list(reversed(systems))
+        for name, who in WORKLOADS.items():
+            for system in order:
+                if system not in who:
+                    continue
+                res = run_one(systems[system], name, args.quick, args.timeout_s)
+                if "values" in res:
+                    runs.setdefault((name, system), []).append(res["values"])
+                else:
+                    errors[(name, system)] = res.get("error", "?")
+                leftover = f" leftover={res['leftover']}" if res.get("leftover") else ""
+                print(
+                    f"round {r + 1}/{args.rounds} {name:8} {system:12} {res.get('values', res.get('error'))}{leftover}",
+                    flush=True,
+                )
+
+    def med(name: str, system: str, key: str) -> float | None:
+        vals = [v[key] for v in runs.get((name, system), []) if key in v]
+        return statistics.median(vals) if vals else None
+
+    def fmt(x: float | None, unit: str) -> str:
+        return "-" if x is None else f"{x:,.2f} {unit}"
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "-" if a is None or b is None else f"{a / b:.3f}x"
+
+    print()
+    print(
+        f"medians over {args.rounds} rounds (one run; the machine is shared: figures measured under load)"
+    )
+    d_ours, d_tm = (
+        med("dispatch", "ours", "total_us_per_op"),
+        med("dispatch", "torchmonarch", "total_us_per_op"),
+    )
+    i_ours, i_tm = (
+        med("dispatch", "ours", "issue_us_per_op"),
+        med("dispatch", "torchmonarch", "issue_us_per_op"),
+    )
+    print(
+        f"dispatch, issue + fetch  ours {fmt(d_ours, 'us/op'):>14}  torchmonarch {fmt(d_tm, 'us/op'):>14}  ratio {ratio(d_ours, d_tm)} (target <= 0.25x)"
+    )
+    print(
+        f"dispatch, issue only     ours {fmt(i_ours, 'us/op'):>14}  torchmonarch {fmt(i_tm, 'us/op'):>14}  ratio {ratio(i_ours, i_tm)}"
+    )
+    g = med("reduce", "ours", "gloo_allreduce_ms")
+    for key, label in (
+        ("reduce_ms", "reduce 4 MiB          "),
+        ("reduce_inplace_ms", "reduce_ 4 MiB in place"),
+    ):
+        o = med("reduce", "ours", key)
+        print(
+            f"{label}   ours {fmt(o, 'ms'):>14}  raw gloo     {fmt(g, 'ms'):>14}  ratio {ratio(o, g)} (target <= 1.5x)"
+        )
+    f_ours, f_tm = (
+        med("fetch", "ours", "fetch16_gb_s"),
+        med("fetch", "torchmonarch", "fetch16_gb_s"),
+    )
+    print(
+        f"fetch 16 MiB shard       ours {fmt(f_ours, 'GB/s'):>14}  torchmonarch {fmt(f_tm, 'GB/s'):>14}  ratio {ratio(f_ours, f_tm)} (target >= 1 GB/s)"
+    )
+    s_ours, s_tm = (
+        med("fetch", "ours", "fetch_scalar_ms"),
+        med("fetch", "torchmonarch", "fetch_scalar_ms"),
+    )
+    print(
+        f"fetch 0-d tensor         ours {fmt(s_ours, 'ms'):>14}  torchmonarch {fmt(s_tm, 'ms'):>14}  ratio {ratio(s_ours, s_tm)}"
+    )
+    for (name, system), err in sorted(errors.items()):
+        print(f"error: {name} under {system}: {err}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({f"{n}/{s}": v for (n, s), v in runs.items()}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -53,5 +53,7 @@ def reduce(t: Tensor, dims: str | tuple[str, ...] | list[str], reduction: str, s
     else:
         out = new_handle(meta_empty(shape, fake.dtype), client, client.new_id())
     client.ensure_store()
-    client.push((REDUCE, out._id, t._id, ordered, reduction, bool(scatter), inplace))
+    client.push(
+        (REDUCE, out._id, t._id, ordered, reduction, bool(scatter), inplace, tuple(fake.shape), fake.dtype)
+    )
     return out

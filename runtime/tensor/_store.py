@@ -223,6 +223,8 @@ class TensorStore:
         reduction: str,
         scatter: bool,
         inplace: bool,
+        shape: tuple[int, ...] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         v = self._store.get(in_id)
         if v is None:
@@ -235,7 +237,13 @@ class TensorStore:
         op = f"reduce({dims}, {reduction!r}, scatter={scatter})"
         try:
             pg, ri, g = self._groups.get(dims)
-            bad = _collectives.flags_any(pg, ri, g, type(v) is Poison)
+            if reduction != "stack" and not scatter and shape is not None and dtype is not None:
+                # all_reduce: the poison flags travel beside the data (one wait, not two)
+                bad, out = _collectives.allreduce_checked(
+                    pg, ri, g, v if isinstance(v, torch.Tensor) else None, shape, dtype, reduction, inplace
+                )
+            else:
+                bad, out = _collectives.flags_any(pg, ri, g, type(v) is Poison), None
             if type(v) is Poison:
                 self._store[out_id] = v
                 return
@@ -248,8 +256,11 @@ class TensorStore:
                 )
                 return
             assert isinstance(v, torch.Tensor)
-            out = _collectives.reduce_tensor(pg, g, v, reduction, scatter)
-            self._store[out_id] = v.copy_(out) if inplace else out
+            if out is None:
+                out = _collectives.reduce_tensor(pg, g, v, reduction, scatter, inplace)
+            if inplace and out.data_ptr() != v.data_ptr():  # v was not contiguous: copy back
+                v.copy_(out)
+            self._store[out_id] = v if inplace else out
         except Exception as exc:
             self._groups.drop(dims)
             self._store[out_id] = self._poison(op, exc)

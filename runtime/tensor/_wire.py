@@ -12,7 +12,7 @@ from typing import Any
 DEFINE_FN = 0  # (DEFINE_FN, fid, spec): spec is a callable, ("attr", name) or ("path", "mod.fn")
 CALL = 1  # (CALL, fid, out_ids, args, kwargs): run function fid; tensor leaves of its result -> out_ids
 RANK = 2  # (RANK, out_id, dims): this rank's (combined) coordinate along dims, a 0-d int64 tensor
-REDUCE = 3  # (REDUCE, out_id, in_id, dims, reduction, scatter, inplace)
+REDUCE = 3  # (REDUCE, out_id, in_id, dims, reduction, scatter, inplace, shape, dtype): the input's
 STORE = 4  # (STORE, host, port): where the collectives' TCPStore listens
 SYNC = 5  # (SYNC, seq, ranks, out_ids): an actor call at this point of the op order (see _rref)
 PLACE = 6  # (PLACE, out_id, in_id, global_shape, src, steps): redistribute (_redistribute)
