@@ -3,8 +3,9 @@
 Starting a proc with a fresh interpreter costs ~0.2 s of imports; forking a process that has
 already imported the runtime costs a few milliseconds. :meth:`ZygoteClient.start` launches one
 zygote (a child interpreter running :func:`monarch._mesh.zygote_server.serve`); each
-:meth:`ZygoteClient.spawn` sends it the proc's argv, environment, working directory, ``sys.path``
-and listening socket (passed with ``SCM_RIGHTS``; the protocol is in
+:meth:`ZygoteClient.spawn` (or :meth:`~ZygoteClient.submit`, then :meth:`~ZygoteClient.result`,
+to have several requests in flight) sends it the proc's argv, environment, working directory,
+``sys.path`` and listening socket (passed with ``SCM_RIGHTS``; the protocol is in
 :mod:`monarch._mesh.zygote_wire`), and the zygote forks the proc. The zygote reaps its children
 and reports each exit status, so the client can say ``killed by signal 9`` rather than
 "connection lost".
@@ -152,7 +153,7 @@ class ZygoteClient:
 
     def set_callbacks(self, on_exit: ExitCallback | None, on_lost: LostCallback | None) -> None:
         """Set the exit callbacks of a zygote launched before its owner existed (call before
-        the first :meth:`spawn`; see the class for what they receive)."""
+        the first :meth:`spawn` or :meth:`submit`; see the class for what they receive)."""
         self._on_exit = on_exit
         self._on_lost = on_lost
 
@@ -172,7 +173,10 @@ class ZygoteClient:
             if self._ready and self._gone is None
             else (f"gone: {self._gone}" if self._gone else "starting")
         )
-        return f"<ZygoteClient pid={self.popen.pid} {state} live={len(self._live)} exited={len(self.exits)}>"
+        return (
+            f"<ZygoteClient pid={self.popen.pid} {state} pending={len(self._pending)} "
+            f"live={len(self._live)} exited={len(self.exits)}>"
+        )
 
     # -- reader thread ----------------------------------------------------------------------
     def _read(self) -> None:
@@ -214,7 +218,7 @@ class ZygoteClient:
             with self._cond:
                 if kind == K_SPAWNED:
                     self.exits.pop(b, None)  # a reused pid: the old record is stale
-                if a in self._abandoned:  # its spawn() timed out: nobody will own this proc
+                if a in self._abandoned:  # timed out or abandoned: nobody will own this proc
                     self._abandoned.discard(a)
                     if kind == K_SPAWNED:
                         _kill(b)
