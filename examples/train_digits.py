@@ -16,7 +16,9 @@ Two ways to average the gradients:
 
 The client shows a progress bar with the loss per step and prints the held-out accuracy.
 
-Run: ``python examples/train_digits.py [--mode client|actors] [--steps 300] [--keep-running]``
+Run: ``python examples/train_digits.py [--mode client|actors] [--steps 300] [--keep-running]
+[--hosts tcp://H0:26600,tcp://H1:26600]`` (``--hosts``: the 4 procs spread over those machines'
+host agents; see docs/multihost.md)
 (``--keep-running``: after the steps, keep training until Ctrl-C, with ``digits_step.py``
 hot-reloaded on every save; see that module). Exits 1 when the
 held-out accuracy is below 95%.
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import digits_step  # the loss, in a module that --keep-running hot-reloads (examples/ is on sys.path)
 from keep_running import keep_running  # the --keep-running loop (examples/ is on sys.path)
-from monarch.actor import Port, context, this_host
+from monarch.actor import Port, ProcMesh, attach_to_workers, context, this_host
 from monarch.generated.trainer import (
     Batch,
     DataLoader,
@@ -243,6 +245,19 @@ def train_by_actors(
             report(sum(losses.pop(progress.step)) / WORLD)
 
 
+def spawn_world(hosts: str | None) -> ProcMesh:
+    """The ``WORLD`` procs, extent ``{"gpus": WORLD}``: on this host, or (``--hosts A,B``) spread
+    evenly over those host agents (``monarch host serve`` on each machine) and flattened."""
+    if not hosts:
+        return this_host().spawn_procs(per_host={"gpus": WORLD})
+    workers = hosts.split(",")
+    if WORLD % len(workers):
+        raise SystemExit(f"--hosts: {WORLD} procs do not split evenly over {len(workers)} hosts")
+    host_mesh = attach_to_workers(workers=workers, ca=None)
+    host_mesh.initialized.get(60)
+    return host_mesh.spawn_procs(per_host={"gpus": WORLD // len(workers)}).flatten("gpus")
+
+
 def train_ddp_mode(steps: int, lr: float, batch_size: int) -> int:
     """``--mode ddp``: DDP inside the mesh (examples/digits_ddp.py); prints the held-out accuracy."""
     from digits_ddp import train_ddp  # examples/ is on sys.path
@@ -288,7 +303,14 @@ def main() -> int:
         action="store_true",
         help="after --steps, keep training until Ctrl-C, hot-reloading digits_step.py on save",
     )
+    parser.add_argument(
+        "--hosts",
+        help="comma-separated host agents (tcp://HOST:PORT, each running `monarch host serve`): "
+        f"the {WORLD} procs are spread over them (--mode client or actors); default: this host",
+    )
     args = parser.parse_args()
+    if args.hosts and args.mode == "ddp":
+        parser.error("--hosts works with --mode client or actors")
     if args.mode == "ddp":
         if args.keep_running:
             parser.error("--keep-running works with --mode client or actors")
@@ -297,7 +319,7 @@ def main() -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     start = time.perf_counter()
-    procs = this_host().spawn_procs(per_host={"gpus": WORLD})
+    procs = spawn_world(args.hosts)
     try:
         # Read the data set once, here; every actor keeps only its rank's shard of it.
         x_train, y_train, x_test, y_test = load_split()

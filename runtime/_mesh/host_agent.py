@@ -102,7 +102,10 @@ class HostAgent:
     Args:
         listen: where clients connect (``tcp://HOST:PORT``, ``tcp:HOST:PORT``; port 0 picks one),
             or Monarch's ``BIND@ADVERTISE`` (``tcp://0.0.0.0:26600@tcp://10.0.0.2:26600``: the
-            part after ``@`` is the advertised host unless ``advertise`` is given).
+            part after ``@`` is the advertised host unless ``advertise`` is given), or
+            ``ipc://PATH`` / ``unix:PATH``: a Unix socket (mode 0600) for clients of this
+            machine, whose procs listen on Unix sockets too; it needs no token (a client that
+            has one still proves it).
         advertise: the host (or ``tcp://HOST[:PORT]``) procs bind to and other hosts reach; None:
             the listen host, or this machine's hostname's address when listening on a wildcard.
         token: the cluster token clients must prove; None needs ``tls`` or ``insecure``.
@@ -112,7 +115,7 @@ class HostAgent:
             host's identity); None: plain TCP; the default: ``MONARCH_TLS_*`` (``tls_from_env``).
 
     Raises:
-        InsecureAgentError: neither a token nor TLS, and not ``insecure``.
+        InsecureAgentError: on TCP, neither a token nor TLS, and not ``insecure``.
         ValueError: a malformed address, or bad ``MONARCH_TLS_*`` files.
     """
 
@@ -129,22 +132,23 @@ class HostAgent:
         listen, adv = _split_address(listen)
         advertise = advertise or adv
         self.listen_addr = from_url(listen)
-        if not self.listen_addr.startswith("tcp:"):
-            raise ValueError(f"a host agent listens on TCP, got {listen!r}")
+        # unix: an agent for clients of this machine only (Monarch's ipc://); its socket is
+        # private to this user (0600), as every Unix socket of a job is
+        self.unix = self.listen_addr.startswith("unix:")
         self.tls: TlsConfig | None = tls_from_env() if isinstance(tls, str) else tls
-        if token is None and self.tls is None and not insecure:
+        if token is None and self.tls is None and not insecure and not self.unix:
             raise InsecureAgentError(
                 f"refusing to listen on {self.listen_addr} with no cluster token and no TLS: set MONARCH_CLUSTER_TOKEN "
                 "(every client must know it) or the TLS files (MONARCH_TLS_CA / MONARCH_TLS_CERT / MONARCH_TLS_KEY), "
                 "or pass --insecure to accept any client that can connect"
             )
-        if token is None and self.tls is None:
+        if token is None and self.tls is None and not self.unix:
             log.warning(
                 "host agent on %s is INSECURE: any client that can connect may start processes here",
                 self.listen_addr,
             )
         self.token = token
-        self.proc_host = _proc_host(self.listen_addr, advertise)
+        self.proc_host = "" if self.unix else _proc_host(self.listen_addr, advertise)
         self.use_fork_server = use_fork_server
         self.address = ""  # tcp:HOST:PORT once bound
         self.sessions: set[_Session] = set()
@@ -173,9 +177,13 @@ class HostAgent:
         self._stopped = asyncio.Event()
         self._sock = bind_listener(self.listen_addr)
         self._sock.setblocking(False)
-        host, port = self._sock.getsockname()[:2]
-        shown = self.proc_host if host in ("0.0.0.0", "::") else host
-        self.address = f"tcp:[{shown}]:{port}" if ":" in shown else f"tcp:{shown}:{port}"
+        if self.unix:
+            os.chmod(self.listen_addr[5:], 0o600)
+            self.address = self.listen_addr
+        else:
+            host, port = self._sock.getsockname()[:2]
+            shown = self.proc_host if host in ("0.0.0.0", "::") else host
+            self.address = f"tcp:[{shown}]:{port}" if ":" in shown else f"tcp:{shown}:{port}"
         self._runtime_dir = tempfile.mkdtemp(prefix=f"monarch-agent-{os.getpid()}-")
         os.chmod(self._runtime_dir, 0o700)
         if self.use_fork_server:
@@ -196,6 +204,9 @@ class HostAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await accept
             self._sock.close()
+            if self.unix:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.listen_addr[5:])
             for s in list(self.sessions):
                 await self._end_session(s, "the agent is stopping")
             if self._zygote is not None:
@@ -216,7 +227,8 @@ class HostAgent:
                 log.error("refused %s: %d connections are authenticating", peer, self._pending_auth)
                 conn.close()
                 continue
-            self._loop.create_task(self._client(conn, f"{peer[0]}:{peer[1]}"))
+            shown = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a local process"
+            self._loop.create_task(self._client(conn, shown))
 
     async def _client(self, conn: socket.socket, peer: str) -> None:
         assert self._loop is not None
@@ -304,6 +316,12 @@ class HostAgent:
                     session, {"op": "error", "id": rid, "error": f"{type(exc).__name__}: {exc}"}
                 )
                 return
+            log.info(
+                "started %d procs for client %s: pids %s",
+                len(procs),
+                session.client_addr,
+                [p["pid"] for p in procs],
+            )
             await self._send(session, {"op": "spawned", "id": rid, "procs": procs})
         elif op == "ping":
             pass  # any frame is a heartbeat: the recv loop's timeout was reset by reading it
@@ -356,13 +374,21 @@ class HostAgent:
 
     def _start_one(self, session: _Session, name: str, env: dict[str, str]) -> _Proc:
         """Bind the proc's socket and fork it (an executor thread: the fork server's answer blocks)."""
-        family, _ = parse_address(f"tcp:{self.proc_host}:0")
-        lsock = socket.socket(family, socket.SOCK_STREAM)
+        if self.unix:  # procs of a Unix agent listen on Unix sockets in its private folder
+            path = os.path.join(self._runtime_dir, f"{len(self._by_pid)}-{os.urandom(4).hex()}.sock")
+            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            family, _ = parse_address(f"tcp:{self.proc_host}:0")
+            lsock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            lsock.bind((self.proc_host.strip("[]"), 0))
+            if self.unix:
+                lsock.bind(path)
+                addr = f"unix:{path}"
+            else:
+                lsock.bind((self.proc_host.strip("[]"), 0))
+                host, port = lsock.getsockname()[:2]
+                addr = f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
             lsock.listen(512)
-            host, port = lsock.getsockname()[:2]
-            addr = f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
             argv = ["--fd", "{fd}", "--owner", session.client_addr, "--name", name]
             popen = None
             pid = 0

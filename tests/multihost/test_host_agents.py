@@ -50,10 +50,11 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
 
 
 def _start_agent(
-    host: Host, *extra: str, token: str | None = TOKEN
+    host: Host, *extra: str, token: str | None = TOKEN, pythonpath: list[str] | None = None
 ) -> tuple[subprocess.Popen, str]:
     """An agent in ``host``; its stderr (and its procs', which inherit it) goes to a file: an
-    unread pipe would fill and block every process writing to it."""
+    unread pipe would fill and block every process writing to it. ``pythonpath``: more folders
+    the job's code is imported from (as installed on that machine)."""
     argv = [
         sys.executable,
         "-m",
@@ -65,9 +66,10 @@ def _start_agent(
         *extra,
     ]
     log = open(host.net.state_dir / f"agent-{host.name}-{time.monotonic_ns()}.log", "w+")
-    proc = host.popen(
-        argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(token), cwd=ROOT
-    )
+    env = _env(token)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], *pythonpath])
+    proc = host.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
     proc.log = log  # type: ignore[attr-defined]  # read by _agent_log
     line = _readline(proc, READY_TIMEOUT_S)
     assert line.startswith("monarch host agent listening on "), line

@@ -1,0 +1,79 @@
+"""The main job (examples/train_digits.py, data-parallel MLP on digits) across two namespace hosts,
+2 procs each, through ``--hosts``: it reaches the example's 95% target, its procs really ran in the
+hosts, and the agents are back to their baseline afterwards (nothing left behind)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.multihost.netns import HostNet
+from tests.multihost.test_host_agents import ROOT, _agent_log, _env, _start_agent, _wait_for
+
+pytestmark = [pytest.mark.multihost, pytest.mark.slow]
+
+TIMEOUT_S = 240.0
+
+
+@pytest.mark.parametrize("mode", ["client", "actors"])
+def test_the_main_job_trains_across_two_hosts_of_two_procs(
+    request, hosts: HostNet, mode: str
+) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    # the job's code is on every machine (code is not shipped): examples/ on the agents' path
+    agents = [_start_agent(host, pythonpath=[str(ROOT / "examples")]) for host in hosts]
+    baseline = [host.pids() for host in hosts]  # each agent and its fork server
+    workers = ",".join(f"tcp://{addr[4:]}" for _, addr in agents)
+    argv = [
+        sys.executable,
+        str(ROOT / "examples" / "train_digits.py"),
+        "--mode",
+        mode,
+        "--hosts",
+        workers,
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10.0)
+
+    request.addfinalizer(kill)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill()
+        pytest.fail(
+            f"the main job ran past {TIMEOUT_S} s: {(proc.stdout.read() if proc.stdout else '')[-3000:]}"
+        )
+    assert proc.returncode == 0, out[-4000:]
+    match = re.search(r"held-out accuracy: ([0-9.]+)%", out)
+    assert match and float(match.group(1)) >= 95.0, out[-3000:]
+    # the procs ran on both hosts (each agent started 2), and are gone
+    for proc_, _addr in agents:
+        assert "started 2 procs for client" in _agent_log(proc_), _agent_log(proc_)
+    for host, before in zip(hosts, baseline):
+        assert _wait_for(lambda h=host, b=before: h.pids() == b, 10.0), (
+            host.name,
+            host.pids(),
+            before,
+        )
+    print(
+        f"\nmain job ({mode}) across 2 hosts x 2 procs: {match.group(0)}; {out.strip().splitlines()[-1]}"
+    )
