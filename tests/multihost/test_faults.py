@@ -24,6 +24,7 @@ import pytest
 from tests.multihost.netns import HostNet
 from tests.multihost.test_host_agents import (
     ROOT,
+    TOKEN,
     _agent_log,
     _env,
     _readline,
@@ -182,3 +183,66 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rfind(b")") + 2 :].startswith(b"Z")
+
+
+def test_a_spawn_on_a_hung_agent_fails_within_the_bound_not_the_request_timeout(
+    hosts: HostNet,
+) -> None:
+    """The client side of the agent heartbeat: a SIGSTOPped agent is lost after ~peer_timeout_s
+    ("no heartbeat"), so a request in flight fails then (not after the 60 s request timeout)."""
+    from monarch._core.errors import SupervisionError
+    from monarch._mesh.host_client import AgentLink
+
+    agent, addr = _start_agent(hosts[0])
+    lost: list[str] = []
+    link = AgentLink(
+        addr,
+        token=TOKEN.encode(),
+        client_addr="tcp:127.0.0.1:1",
+        on_event=lambda *_: None,
+        on_lost=lambda _l, why: lost.append(why),
+        peer_timeout_s=PEER_TIMEOUT_S,
+    )
+    link.ready.get(20.0)
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SupervisionError, match="no heartbeat"):
+            link.request({"op": "spawn", "count": 1, "name": "never", "env": {}}, timeout_s=30.0)
+        assert time.monotonic() - started < PEER_TIMEOUT_S + SLACK_S
+        assert lost and "host h0" in lost[0] and "no heartbeat" in lost[0], lost
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    # resumed, the agent finds our end closed and ends the session
+    assert _wait_for(
+        lambda: "disconnected" in _agent_log(agent) or "went silent" in _agent_log(agent), 10.0
+    ), _agent_log(agent)
+
+
+def test_the_agent_ends_the_session_of_a_client_that_goes_silent(request) -> None:
+    """The agent side: after a hello asking for heartbeats, the agent pings every quarter of the
+    bound and closes the connection once the client has sent nothing for the bound."""
+    import socket
+
+    from monarch._mesh import agent_wire
+    from monarch._transport.auth import dial_handshake_blocking
+
+    from tests.multihost.test_tls import _InProcessAgent, _until
+
+    ag = _InProcessAgent(request, token=TOKEN.encode(), tls=None)
+    with socket.create_connection(ag.hostport, timeout=10.0) as s:
+        assert s.recv(9) == agent_wire.PREFACE + agent_wire.MODE_TOKEN
+        dial_handshake_blocking(s, TOKEN.encode())
+        s.sendall(
+            agent_wire.encode({"op": "hello", "client": "tcp:127.0.0.1:1", "peer_timeout_s": 1.0})
+        )
+        assert agent_wire.recv_frame_blocking(s)["op"] == "hello"
+        started = time.monotonic()
+        pings = 0
+        with contextlib.suppress(ConnectionError):
+            while True:  # we stay silent: pings, then EOF
+                assert agent_wire.recv_frame_blocking(s)["op"] == "ping"
+                pings += 1
+        silent_s = time.monotonic() - started
+    assert pings >= 2 and 1.0 <= silent_s < 1.0 + SLACK_S, (pings, silent_s)
+    assert _until(lambda: not ag.agent.sessions)
