@@ -84,3 +84,43 @@ def test_a_client_with_settings_has_the_fork_server_import_monarch_config_for_it
     out = _run_client({"MONARCH_PROC_STOP_TIMEOUT_S": "5"})
     assert all(preload == ["monarch.config"] for preload, _ in out["submitted"])
     assert len({w["ppid"] for w in out["forked"]}) == 1
+
+
+_EXITS_AT_ONCE = textwrap.dedent(
+    """
+    import json, os
+    import monarch.actor
+    from monarch.actor import Actor, endpoint, this_host
+
+    failures = []
+    monarch.actor.unhandled_fault_hook = failures.append
+
+    class Where(Actor):
+        @endpoint
+        def where(self) -> int:
+            return os.getpid()
+
+    def leave():
+        os._exit(3)
+
+    procs = this_host().spawn_procs(per_host={"gpus": 4}, bootstrap=leave)
+    try:
+        procs.spawn("w", Where).where.call().get(timeout=60)
+        print(json.dumps({"error": None}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+    """
+)
+
+
+def test_procs_that_exit_at_once_are_reported_with_their_exit_status() -> None:
+    # procs that die during start, perhaps before the client registered them (a spawn registers
+    # its procs only once every fork request is sent): the status the fork server saw is
+    # reported, not a lost connection
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONARCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS_AT_ONCE], env=env, cwd=ROOT, capture_output=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    error = json.loads(done.stdout.decode().strip().splitlines()[-1])["error"]
+    assert error is not None and "exited with non-zero code 3" in error, error
