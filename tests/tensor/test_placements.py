@@ -353,6 +353,10 @@ class DTensorUser(Actor):
         dt = t.to_dtensor()
         return dt.full_tensor(), [repr(p) for p in dt.placements]
 
+    @endpoint(propagate=lambda t: t.sum())
+    def global_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to_dtensor().sum().full_tensor()  # DTensor: a Partial, all-reduced
+
 
 def test_to_dtensor_in_a_remote_function_uses_a_device_mesh_over_the_same_groups(procs) -> None:
     a = torch.randn(5, 3, dtype=torch.float64)
@@ -378,12 +382,16 @@ def test_to_dtensor_in_a_remote_function_uses_a_device_mesh_over_the_same_groups
 
 def test_to_dtensor_in_an_actor_endpoint_gives_the_full_tensor(procs) -> None:
     x = torch.arange(20.0).reshape(5, 4)
-    user = procs.spawn("dtensor_user", DTensorUser)
     t = monarch.distribute(x, procs, [Shard(0), Shard(1)])
+    user = procs.spawn("dtensor_user", DTensorUser)
     got = user.full_and_placements.call(t).get(WAIT_S)
     assert len(list(got.items())) == 4
     for _, (ft, pls) in got.items():
         assert torch.equal(ft, x) and pls == ["Shard(dim=0)", "Shard(dim=1)"]
+    s = user.global_sum.rref(t)  # a per-rank handle, in op order
+    assert s.placements is None and s.shape == ()
+    for pt in POINTS:
+        assert torch.allclose(shard_at(s, pt), x.sum())
 
 
 def test_placement_names_load_without_torch() -> None:
