@@ -210,6 +210,11 @@ class ActorMesh(MeshTrait, Generic[T]):
         # replies come from the procs messaged directly: through a cast tree, from the head of
         # each subtree, so the death of a head fails every position below it (nobody hangs)
         expected = (plan.tree_expected() if tree else {a: set(ps) for a, ps in plan.positions}) if adverb != "broadcast" else {}
+        if tree and adverb == "stream":
+            # stream parts are not reduced: every proc answers the caller itself, so each one's
+            # death fails its own positions, and a head's the positions it never forwarded to
+            for a, ps in plan.positions:
+                expected.setdefault(a, set()).update(ps)
         if adverb == "call_one":
             sink = OneSink(router, codec, expected)
             result = sink.future

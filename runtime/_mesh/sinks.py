@@ -237,8 +237,9 @@ class StreamSink(_AwaitingSink):
 
     def peer_lost(self, addr: str, reason: str) -> None:
         with self.lock:
-            missing = self.expected.get(addr, set())
-            self.expected[addr] = set()
+            missing = set(self.expected.get(addr, set()))
+            for pos in missing:  # also awaited through a cast tree's head: failed once
+                self._got(pos)
         for pos in sorted(missing):
             f: Future[Any] = Future()
             f.set_exception(_proc_lost(self, addr, {pos}, reason))

@@ -55,4 +55,7 @@ def test_a_cast_crosses_each_host_boundary_once_and_call_is_reduced_per_host(
     assert sorted(got["call_replies"]) == [2, 2, 2], got  # one reply per host, each with 2 results
     assert got["values"] == [1] * 6, got
     assert got["fifo_ok"] and got["final"] == [21] * 6, got
+    # the stream's dead position failed (naming the lost proc), the 5 others answered, promptly
+    assert got["stream_values"] == 5 and len(got["stream_errors"]) == 1, got
+    assert got["stream_s"] < 15.0, got
     assert proc.wait(30.0) == 0, proc.stderr.read()[-3000:] if proc.stderr else ""

@@ -3,7 +3,8 @@
 Attaches to the agents (one per namespace host), spawns 2 procs per host, and counts the call
 frames the client sends and the reply frames it receives for a broadcast and a ``call()`` over
 the whole mesh (one head per host: one frame per host each way), checks per-sender FIFO between
-those tree casts and direct ``call_one`` s, then prints one JSON object and exits.
+those tree casts and direct ``call_one`` s, streams through the tree while a non-head proc is
+SIGKILLed, then prints one JSON object and exits.
 """
 
 from __future__ import annotations
@@ -63,6 +64,32 @@ def main() -> None:
         seen = mesh.slice(hosts=i % 3, gpus=1).value.call_one().get(30.0)
         fifo_ok = fifo_ok and seen == i
     final = list(mesh.value.call().get(30.0).values())
+    # a stream through the tree (its parts are not reduced: each proc answers itself) whose
+    # non-head proc on host 1 dies meanwhile: that position fails, the others arrive, no hang
+    import os
+    import signal
+    import time
+
+    import monarch.actor
+    from monarch.actor import SupervisionError
+
+    from tests.multihost.mh_client import Where
+
+    failures: list[str] = []  # the victim's MeshFailures: expected here, not fatal to the client
+    monarch.actor.unhandled_fault_hook = lambda failure: failures.append(str(failure))
+    where = procs.spawn("where", Where)
+    victim = where.slice(hosts=1, gpus=1).where.call_one().get(30.0)["pid"]
+    started = time.monotonic()
+    stream = where.sleep.stream(2.0)
+    os.kill(victim, signal.SIGKILL)
+    stream_values, stream_errors = 0, []
+    for fut in stream:
+        try:
+            fut.get(20.0)
+            stream_values += 1
+        except SupervisionError as exc:
+            stream_errors.append(str(exc))
+    stream_s = time.monotonic() - started
     print(
         json.dumps(
             {
@@ -72,6 +99,9 @@ def main() -> None:
                 "values": list(values.values()),
                 "fifo_ok": fifo_ok,
                 "final": final,
+                "stream_values": stream_values,
+                "stream_errors": stream_errors,
+                "stream_s": stream_s,
             }
         ),
         flush=True,
