@@ -197,8 +197,10 @@ def test_pointwise_ops_keep_matching_placements_and_refuse_the_rest(procs) -> No
         px * py
     with pytest.raises(ShardingError, match="lie differently"):
         dy + monarch.distribute(y, procs, [Shard(0), Replicate()])
-    with pytest.raises(ShardingError, match="no placement rule"):
-        dy.cumsum(0)
+    for no_rule in (lambda: dy.cumsum(0), lambda: dy[0], lambda: dy.reshape(-1)):
+        with pytest.raises(ShardingError, match="no placement rule"):
+            no_rule()
+    assert dy.size(0) == 5 and dy.dim() == 2  # metadata is answered on the client
     with procs.activate():
         per_rank = torch.ones(5, 3)
         with pytest.raises(ShardingError, match="from_local"):
