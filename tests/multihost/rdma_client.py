@@ -1,12 +1,14 @@
 """A client for the RDMA-between-hosts tests: ``python -m tests.multihost.rdma_client GATEWAY AGENTS SIZES``.
 
-Runs in the root namespace, attaches to two agents (namespace hosts h0 and h1), spawns one proc
-per host, an :class:`Owner` of an ``RDMABuffer`` on h0 and a :class:`Reader` on h1. For each size
-in ``SIZES`` (bytes, comma separated) the reader reads the owner's buffer and checks it byte for
-byte, then writes another pattern that the owner checks byte for byte; one JSON line per size.
-Then it makes a ``KILL_SIZE`` buffer, prints ``{"event": "kill", ...}`` with the owner's RDMA
-server port, starts a read of it from h1, reads one line on stdin (the test has SIGKILLed h0 in
-the middle of that read) and prints how the read ended.
+Runs in the root namespace, attaches to two agents (namespace hosts h0 and h1) and spawns two
+procs per host: an :class:`Owner` of an ``RDMABuffer`` on h0, a :class:`Reader` next to it on h0
+and one on h1. First the reader on h0 reads and writes a ``SIZES[0]`` buffer (one JSON line: the
+same host, so ``cma``). Then, for each size in ``SIZES`` (bytes, comma separated), the reader on
+h1 reads the owner's buffer and checks it byte for byte, then writes another pattern that the
+owner checks byte for byte; one JSON line per size. Then it makes a ``KILL_SIZE`` buffer, prints
+``{"event": "kill", ...}`` with the owner's RDMA server port, waits for a line on stdin, starts a
+read of it from h1, prints ``{"event": "reading"}``, reads one more line on stdin (the test has
+SIGKILLed h0 in the middle of that read) and prints how the read ended.
 """
 
 from __future__ import annotations
@@ -110,9 +112,14 @@ def main() -> None:
     enable_transport(f"tcp://{gateway}:0")
     hm = attach_to_workers(workers=agents, ca=None)
     hm.initialized.get(30.0)
-    procs = hm.spawn_procs(per_host={"gpus": 1})
-    owner = procs.slice(hosts=0).spawn("owner", OwnerByName)
-    reader = procs.slice(hosts=1).spawn("reader", ReaderByName)
+    procs = hm.spawn_procs(per_host={"gpus": 2})
+    owner = procs.slice(hosts=0, gpus=0).spawn("owner", OwnerByName)
+    neighbour = procs.slice(hosts=0, gpus=1).spawn("neighbour", ReaderByName)
+    reader = procs.slice(hosts=1, gpus=0).spawn("reader", ReaderByName)
+    buf = owner.make.call_one(sizes[0], 50).get(60.0)
+    pulled = neighbour.pull.call_one(buf, 50).get(120.0)
+    neighbour.push.call_one(buf, 51).get(120.0)
+    emit(event="same_host", pulled=pulled, written_ok=owner.matches.call_one(51).get(60.0))
     for i, size in enumerate(sizes):
         buf = owner.make.call_one(size, i).get(60.0)
         pulled = reader.pull.call_one(buf, i).get(120.0)

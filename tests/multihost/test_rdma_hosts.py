@@ -1,8 +1,8 @@
 """``monarch.rdma`` between namespace hosts: the owner of an ``RDMABuffer`` on h0, its reader on h1.
 
 Real agents (``monarch host serve``) in two network namespaces, the client (``rdma_client.py``)
-in the root namespace. The two "hosts" share one kernel, so CMA (``process_vm_readv``) could
-reach across them; it must not be chosen: processes in different network namespaces are on
+in the root namespace. A reader on the owner's host uses CMA (``process_vm_readv``). The two
+"hosts" share one kernel, so CMA could reach across them too; it must not be chosen: processes in different network namespaces are on
 different hosts, and transfers go over the owner's RDMA TCP server, which must listen on the
 address its host is reached at (not 127.0.0.1). Reads and writes are checked byte for byte at
 1 MiB and 64 MiB; then h0 is SIGKILLed in the middle of a read (its link slowed with ``tc tbf``
@@ -97,6 +97,10 @@ def test_an_actor_on_another_host_reads_and_writes_a_buffer_over_tcp_and_fails_w
 ) -> None:
     agents = [_start_agent(host)[1] for host in hosts]
     client = _Client(request, hosts, agents)
+    ev = client.event()
+    assert ev["event"] == "same_host", ev
+    assert ev["pulled"]["host"] == "h0" and ev["pulled"]["backend"] == "cma", ev  # one host: cma
+    assert ev["pulled"]["ok"] and ev["written_ok"], ev
     for size in SIZES:
         ev = client.event()
         assert ev["event"] == "size" and ev["size"] == size, ev
