@@ -3,8 +3,9 @@
 Procs run with ``PYTHONBREAKPOINT=monarch.tools.debug_hook.breakpoint``, so Python's builtin
 ``breakpoint()`` calls :func:`breakpoint` here (``PYTHONBREAKPOINT=0`` set by the user still
 disables every breakpoint: Python checks it before importing this module). The paused rank opens
-its own connection (a Unix socket named by ``MONARCH_DEBUG_CONTROLLER``) to the client's debug
-controller, logs in with the job's cluster token, registers (actor, rank, coords, host, function,
+its own connection to the client's debug controller, at the first reachable address of
+``MONARCH_DEBUG_CONTROLLER`` (``unix:PATH``, then for ranks of other machines ``,tcp:HOST:PORT`` or
+``,tls:HOST:PORT`` when the client listens on TCP; see :mod:`monarch.tools.debug_server`), logs in with the job's cluster token, registers (actor, rank, coords, host, function,
 file:line) and runs a real :class:`pdb.Pdb` whose input and output travel on that connection. The
 pdb runs in the paused thread and needs nothing from the proc's event loop, so a sync endpoint's
 pause leaves the proc's other actors and its message delivery running; an async endpoint's pause
@@ -29,10 +30,16 @@ from typing import Any
 
 from . import debug_wire
 
-__all__ = ["ENV_CONTROLLER", "ENV_POST_MORTEM", "breakpoint", "post_mortem"]
+__all__ = [
+    "ENV_CONTROLLER",
+    "ENV_POST_MORTEM",
+    "breakpoint",
+    "post_mortem",
+]
 
 ENV_CONTROLLER = "MONARCH_DEBUG_CONTROLLER"
-"""``unix:<path>`` of the client's debug controller (set by the client for its procs)."""
+"""Where the client's debug controller is (set by the client for its procs): ``unix:<path>``, and
+when the client listens on TCP ``unix:<path>,tcp:HOST:PORT`` (``tls:`` over mutual TLS)."""
 ENV_POST_MORTEM = "MONARCH_DEBUG_POST_MORTEM"
 """``1``: an unhandled exception in an endpoint opens a post-mortem pdb before it is reported."""
 
@@ -95,21 +102,87 @@ class _Conn:
 
 
 def _connect() -> _Conn | None:
-    addr = os.environ.get(ENV_CONTROLLER, "")
     token = debug_wire.cluster_token()
-    if not addr.startswith("unix:") or token is None:
+    local, remote = split_controller(os.environ.get(ENV_CONTROLLER, ""))
+    if token is None or not (local.startswith("unix:") or remote):
         return None
+    tried = []
+    # the Unix socket where it exists (this machine: the client's own folder); else the network
+    if local.startswith("unix:") and os.path.exists(local[len("unix:") :]):
+        try:
+            return _login(_dial_unix(local[len("unix:") :]), token)
+        except (OSError, debug_wire.DebugWireError) as exc:
+            tried.append(f"{local}: {exc}")
+    elif local:
+        tried.append(f"{local}: not on this machine")
+    if remote:
+        try:
+            return _login(_dial_remote(remote), token)
+        except (OSError, ValueError, debug_wire.DebugWireError) as exc:
+            tried.append(f"{remote}: {exc}")
+    print(
+        f"monarch debug: cannot reach the client's debug controller ({'; '.join(tried)})",
+        file=sys.stderr,
+    )
+    return None
+
+
+def split_controller(value: str) -> tuple[str, str]:
+    """``(unix address, network address)`` of a ``MONARCH_DEBUG_CONTROLLER`` value; either may be
+    ``""`` (a Unix path may itself hold commas: the network part is the last one, if any)."""
+    head, sep, tail = value.rpartition(",")
+    if sep and tail.startswith(("tcp:", "tls:")):
+        return head, tail
+    if value.startswith(("tcp:", "tls:")):
+        return "", value
+    return value, ""
+
+
+def _dial_unix(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(addr[len("unix:") :])
-        debug_wire.login(sock, token, "rank")
-    except (OSError, debug_wire.DebugWireError) as exc:
+        sock.connect(path)
+    except OSError:
         sock.close()
-        print(
-            f"monarch debug: cannot reach the client's debug controller at {addr}: {exc}",
-            file=sys.stderr,
-        )
-        return None
+        raise
+    return sock
+
+
+def _dial_remote(addr: str, timeout_s: float = 10.0) -> socket.socket:
+    """A connection to ``tcp:HOST:PORT`` or (mutual TLS with this proc's ``MONARCH_TLS_*``)
+    ``tls:HOST:PORT``; an unspecified host (``0.0.0.0``) is read as the client's host, from the
+    address the proc was given for its client (``MONARCH_ROOT_ADDR``)."""
+    scheme, _, rest = addr.partition(":")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if scheme not in ("tcp", "tls") or not host or not port.isdigit():
+        raise ValueError(f"not a tcp:HOST:PORT or tls:HOST:PORT address: {addr!r}")
+    if host in ("0.0.0.0", "::"):
+        root = os.environ.get("MONARCH_ROOT_ADDR", "")
+        if root.startswith("tcp:"):
+            host = root[len("tcp:") :].rpartition(":")[0].strip("[]")
+    ctx = None
+    if scheme == "tls":
+        from .._transport.tls import tls_from_env
+
+        tls = tls_from_env()
+        if tls is None:
+            raise ValueError(f"{addr} needs TLS, and this proc has no MONARCH_TLS_* files")
+        ctx = tls.client_context()
+    sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+    try:
+        return ctx.wrap_socket(sock) if ctx is not None else sock
+    except OSError:
+        sock.close()
+        raise
+
+
+def _login(sock: socket.socket, token: bytes) -> _Conn:
+    try:
+        debug_wire.login(sock, token, "rank")
+    except (OSError, debug_wire.DebugWireError):
+        sock.close()
+        raise
     return _Conn(sock)
 
 

@@ -9,6 +9,14 @@ the second says so on stderr and keeps its sessions (set ``MONARCH_DEBUG_SERVER_
 
 ``monarch debug`` logs in with the secret in ``<tmp>/monarch-debug-<uid>/<port>.secret`` (mode
 0600, written by the server) or with the job's ``MONARCH_CLUSTER_TOKEN``.
+
+Ranks on other machines (procs of host agents) cannot reach that Unix socket. When the client
+listens on TCP for them (``enable_transport("tcp://...")``, or ``attach_to_workers`` before the
+client runtime started), the controller also listens on a TCP port of the same address, over
+mutual TLS when the job has TLS files (``MONARCH_TLS_*``), and the procs get it after the Unix
+socket in ``MONARCH_DEBUG_CONTROLLER`` (``unix:PATH,tcp:HOST:PORT`` or ``...,tls:HOST:PORT``); a
+rank dials the Unix socket where that path exists, else the network address. A rank logs in there
+with the cluster token, as on the Unix socket; nothing else is read from an unauthenticated peer.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -189,15 +198,47 @@ class _Controller:
         self.server: socket.socket | None = None
         self.server_port = 0
         self.secret = secrets.token_hex(32).encode()
+        self.remote_addr: str | None = None  # where ranks of other machines connect, once asked
+        self._remote_tls: ssl.SSLContext | None = None
         threading.Thread(
-            target=self._accept_ranks, name="monarch debug controller", daemon=True
+            target=self._accept_ranks,
+            args=(self.listener,),
+            name="monarch debug controller",
+            daemon=True,
         ).start()
 
+    def listen_remote(self, host: str) -> str:
+        """Also accept paused ranks of other machines on ``host`` (an IP address of this
+        machine), on a port the system picks; TLS when ``MONARCH_TLS_*`` are set.
+
+        Returns:
+            The address ranks dial: ``tcp:HOST:PORT`` or ``tls:HOST:PORT``.
+
+        Raises:
+            OSError: ``host`` cannot be bound.
+            ValueError: the TLS settings are incomplete or their files invalid.
+        """
+        from .._transport.tls import tls_from_env
+
+        tls = tls_from_env()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, 0), family=family, backlog=64)
+        self._remote_tls = tls.server_context() if tls is not None else None
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        self.remote_addr = f"{'tls' if tls is not None else 'tcp'}:{shown}:{sock.getsockname()[1]}"
+        threading.Thread(
+            target=self._accept_ranks,
+            args=(sock,),
+            name="monarch debug controller (tcp)",
+            daemon=True,
+        ).start()
+        return self.remote_addr
+
     # -- ranks ---------------------------------------------------------------------------------
-    def _accept_ranks(self) -> None:
+    def _accept_ranks(self, listener: socket.socket) -> None:
         while True:
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except OSError:
                 return
             threading.Thread(target=self._rank, args=(sock,), daemon=True).start()
@@ -205,6 +246,9 @@ class _Controller:
     def _rank(self, sock: socket.socket) -> None:
         session: Session | None = None
         try:
+            if self._remote_tls is not None and sock.family != socket.AF_UNIX:
+                sock.settimeout(10.0)  # a peer that never finishes the handshake is dropped
+                sock = self._remote_tls.wrap_socket(sock, server_side=True)
             assert self.token is not None
             debug_wire.welcome(sock, [self.token], "rank")
             while True:
@@ -468,7 +512,9 @@ def install(token: bytes | None = None, folder: str | None = None) -> dict[str, 
             (the client runtime passes its runtime folder); None: a new ``monarch-dbg-*`` folder.
 
     Returns:
-        ``MONARCH_DEBUG_CONTROLLER`` and ``PYTHONBREAKPOINT``.
+        ``MONARCH_DEBUG_CONTROLLER`` (with the network address when the client listens on TCP,
+        see the module docstring; a failure to listen there is printed on stderr and leaves it
+        out) and ``PYTHONBREAKPOINT``.
     """
     global _controller
     with _state_lock:
@@ -478,4 +524,28 @@ def install(token: bytes | None = None, folder: str | None = None) -> dict[str, 
             ENV_CONTROLLER: "unix:" + _controller.path,
             "PYTHONBREAKPOINT": os.environ.get("PYTHONBREAKPOINT") or HOOK,
         }
+        host = _tcp_listen_host()
+        if host is not None and _controller.remote_addr is None:
+            try:
+                _controller.listen_remote(host)
+            except (OSError, ValueError) as exc:
+                print(
+                    f"monarch debug: ranks on other hosts cannot reach this client's debugger "
+                    f"(cannot listen on {host}: {exc})",
+                    file=sys.stderr,
+                )
+        if _controller.remote_addr is not None:
+            env[ENV_CONTROLLER] += "," + _controller.remote_addr
         return env
+
+
+def _tcp_listen_host() -> str | None:
+    """The IP address the client runtime about to start listens on for other machines
+    (:func:`monarch._mesh.host_client.requested_listen`), or None (Unix socket only)."""
+    from .._mesh.host_client import requested_listen
+
+    listen = requested_listen()
+    if not listen or not listen.startswith("tcp:"):
+        return None
+    host = listen[len("tcp:") :].rpartition(":")[0].strip("[]")
+    return host or None

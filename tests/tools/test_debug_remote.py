@@ -1,0 +1,133 @@
+"""``monarch debug`` for ranks of other machines: a client that listens on TCP also serves its
+debug controller on a TCP port, and a rank that cannot reach the controller's Unix socket (a proc
+of a host agent on another machine) pauses there instead. Real procs, a real pty (pexpect).
+
+The procs run on this machine with the Unix path they are given pointing nowhere, which is what
+a rank of another machine sees; network namespaces would not show it (they share the client's
+filesystem, so the Unix socket is reachable from them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+from monarch.tools import debug_wire
+from monarch.tools.debug_hook import split_controller
+
+from tests.runtime.tls_certs import make_pki, openssl_available
+
+HERE = Path(__file__).parent
+_LINES = (HERE / "debug_remote_client.py").read_text().splitlines()
+STOP = next(i + 2 for i, line in enumerate(_LINES) if line.strip() == "breakpoint()")
+TIMEOUT = 120  # seconds for any one expect (procs start on a shared 2-core machine)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[pexpect.spawn]]:
+    children: list[pexpect.spawn] = []
+    try:
+        yield children
+    finally:
+        for child in children:
+            if child.isalive():
+                child.terminate(force=True)
+            child.close(force=True)
+
+
+@pytest.mark.parametrize(
+    "value, parts",
+    [
+        ("unix:/a/b.sock", ("unix:/a/b.sock", "")),
+        ("unix:/a,b/c.sock,tcp:10.0.0.1:4000", ("unix:/a,b/c.sock", "tcp:10.0.0.1:4000")),
+        ("unix:/a,b/c.sock", ("unix:/a,b/c.sock", "")),
+        ("tls:[::1]:4000", ("", "tls:[::1]:4000")),
+        ("", ("", "")),
+    ],
+)
+def test_split_controller_takes_the_network_part_last(value: str, parts: tuple[str, str]) -> None:
+    assert split_controller(value) == parts
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_rank_without_the_unix_socket_pauses_over_the_network(
+    tmp_path: Path, spawned: list[pexpect.spawn], tls: bool
+) -> None:
+    port = _free_port()
+    script = tmp_path / "client.py"
+    shutil.copy(HERE / "debug_remote_client.py", script)
+    env = dict(os.environ, MONARCH_DEBUG_SERVER_PORT=str(port))
+    env.pop("PYTHONBREAKPOINT", None)
+    scheme = "tcp"
+    if tls:  # the job's TCP links and the debugger's run over mutual TLS (the procs inherit it)
+        if not openssl_available():
+            pytest.skip("the openssl command is not installed")
+        pki = make_pki(tmp_path / "pki")
+        env.update(
+            MONARCH_TLS_CA=str(pki / "ca.pem"),
+            MONARCH_TLS_CERT=str(pki / "a.pem"),
+            MONARCH_TLS_KEY=str(pki / "a.key"),
+        )
+        scheme = "tls"
+    client = pexpect.spawn(
+        sys.executable, [str(script)], cwd=str(tmp_path), env=env, encoding="utf-8", timeout=TIMEOUT
+    )
+    spawned.append(client)
+    client.expect(rf"CONTROLLER ({scheme}:127\.0\.0\.1:\d+)")
+    network = client.match.group(1)
+    client.expect(r"monarch debug: far rank 1 paused at (\S+):(\d+)")
+    assert int(client.match.group(2)) == STOP - 1  # the breakpoint() call itself
+    host, _, tcp_port = network[len("tcp:") :].rpartition(":")
+    # the port wants the cluster token (inside TLS: a plain peer fails the handshake) before it
+    # reads anything else
+    with socket.create_connection((host, int(tcp_port)), timeout=10) as s:
+        if tls:
+            s.sendall(b"not a TLS client hello\r\n" * 8)
+        with pytest.raises(ConnectionError):  # refused: closed (DebugWireError is one too)
+            debug_wire.login(s, b"not the token", "rank")
+
+    cli = pexpect.spawn(
+        sys.executable,
+        ["-m", "monarch.cli", "debug", "--port", str(port)],
+        env=dict(os.environ, COLUMNS="160"),
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+    spawned.append(cli)
+    cli.expect_exact("monarch_dbg> ")
+    cli.sendline("list")
+    cli.expect(rf"far\s+│ 1\s+│ {{'gpus': 1}}\s+│ \S+\s+│ work\s+│ \S*client\.py:{STOP}")
+    cli.expect_exact("monarch_dbg> ")
+    cli.sendline("attach far 1")
+    cli.expect_exact("-> w = w + 1")
+    cli.expect_exact("(Pdb) ")
+    cli.sendline("p w")
+    cli.expect(r"\r\n21\r\n")
+    cli.expect_exact("(Pdb) ")
+    cli.sendline("!w = 100")  # "!": w alone is pdb's where
+    cli.expect_exact("(Pdb) ")
+    cli.sendline("n")
+    cli.expect_exact("-> return w")
+    cli.expect_exact("(Pdb) ")
+    cli.sendline("detach")
+    cli.expect_exact("monarch_dbg> ")
+    cli.sendline("continue")
+    cli.expect_exact("continued 1 paused rank(s)")
+    client.expect(r"RESULTS \[22, 101\]")  # rank 1 ran on from the value set in pdb
+    client.expect(pexpect.EOF)
+    client.close()
+    assert client.exitstatus == 0
+
+    with pytest.raises(ConnectionRefusedError):  # the listener went with the client
+        socket.create_connection((host, int(tcp_port)), timeout=10).close()
