@@ -406,7 +406,8 @@ class MonarchKnobs(BaseSettings):
     mesh_attach_config_timeout: HumanDuration = _knob(
         "1m",
         "HYPERACTOR_MESH_ATTACH_CONFIG_TIMEOUT",
-        _INERT + "attach_to_workers pushes no configuration barrier here.",
+        "Honoured: how long attach_to_workers dials again an agent that refuses the connection "
+        "(not listening yet) before the attach fails naming it; read at each attach.",
         "timeout of the config-push barrier of attach_to_workers().",
     )
 

@@ -89,6 +89,7 @@ def test_every_knob_has_a_changed_value_here_and_says_whether_it_is_honoured():
         assert text.startswith(("Honoured: ", "Accepted, no effect: ")), name
         assert " Monarch: " in text, name
     assert KNOB_EFFECT["codec_max_frame_length"] is True
+    assert KNOB_EFFECT["mesh_attach_config_timeout"] is True  # tests/runtime/test_local_agents.py
     assert KNOB_EFFECT["message_delivery_timeout"] is False
 
 

@@ -16,7 +16,9 @@ def run_worker_loop_forever(*, address: str, ca: Any = None, private_key: Any = 
     ``run_worker_loop_forever``): clients ``attach_to_workers`` to it and spawn procs here.
 
     Args:
-        address: ``tcp://HOST:PORT`` to listen on, or ``tcp://BIND:PORT@ADVERTISE_HOST``.
+        address: ``tcp://HOST:PORT`` to listen on, Monarch's alias
+            ``tcp://ADVERTISE:PORT@tcp://BIND:PORT``, ``tcp://HOST:fdN`` (an inherited
+            listening socket) or ``ipc://PATH`` (a Unix socket; see ``HostAgent``).
         ca: the CA bundle (a path, or PEM bytes) every client's certificate must be signed by
             (mutual TLS); None or ``"trust_all_connections"``: no files given here
             (``MONARCH_TLS_*`` applies when set; clients are authenticated with the cluster

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,7 +34,7 @@ from typing import Any
 
 from .._core.errors import ProtocolError
 from .._core.future import Future
-from .._transport.address import bind_listener, from_url, parse_address, tune_socket
+from .._transport.address import bind_listener, from_url, parse_address, split_alias, tune_socket
 from .._transport.auth import AsyncStream
 from .._transport.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig, tls_from_env, tls_from_monarch
 from . import agent_wire, logs
@@ -101,8 +102,11 @@ class HostAgent:
 
     Args:
         listen: where clients connect (``tcp://HOST:PORT``, ``tcp:HOST:PORT``; port 0 picks one),
-            or Monarch's ``BIND@ADVERTISE`` (``tcp://0.0.0.0:26600@tcp://10.0.0.2:26600``: the
-            part after ``@`` is the advertised host unless ``advertise`` is given), or
+            or Monarch's alias ``DIAL_TO@BIND_TO`` (``tcp://10.0.0.2:26600@tcp://0.0.0.0:26600``:
+            bound on the wildcard, advertised as 10.0.0.2 unless ``advertise`` is given; the
+            reverse order ``tcp://0.0.0.0:26600@tcp://10.0.0.2:26600`` is taken too), or
+            ``tcp://HOST:fdN`` (Monarch's: serve on the listening TCP socket inherited as file
+            descriptor N), or
             ``ipc://PATH`` / ``unix:PATH``: a Unix socket (mode 0600) for clients of this
             machine, whose procs listen on Unix sockets too; it needs no token (a client that
             has one still proves it).
@@ -131,7 +135,10 @@ class HostAgent:
     ) -> None:
         listen, adv = _split_address(listen)
         advertise = advertise or adv
-        self.listen_addr = from_url(listen)
+        # Monarch's tcp://HOST:fdN: serve on the listening socket the parent passed as fd N
+        adopted = re.fullmatch(r"(?:tcp://|tcp:)(.+):fd(\d+)", listen.strip())
+        self._listen_fd = int(adopted.group(2)) if adopted else None
+        self.listen_addr = f"tcp:{adopted.group(1)}:0" if adopted else from_url(listen)
         # unix: an agent for clients of this machine only (Monarch's ipc://); its socket is
         # private to this user (0600), as every Unix socket of a job is
         self.unix = self.listen_addr.startswith("unix:")
@@ -175,7 +182,11 @@ class HostAgent:
         """
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self._sock = bind_listener(self.listen_addr)
+        if self._listen_fd is not None:
+            self._sock = socket.socket(fileno=self._listen_fd)
+            self._sock.listen(512)
+        else:
+            self._sock = bind_listener(self.listen_addr)
         self._sock.setblocking(False)
         if self.unix:
             os.chmod(self.listen_addr[5:], 0o600)
@@ -580,11 +591,9 @@ def tls_from_options(ca: str | None, cert: str | None, key: str | None) -> TlsCo
 
 
 def _split_address(address: str) -> tuple[str, str | None]:
-    """Monarch's ``BIND@ADVERTISE`` form: where to bind, and what to advertise."""
-    if "@" in address:
-        bind, adv = address.split("@", 1)
-        return bind, adv
-    return address, None
+    """Monarch's alias form ``DIAL_TO@BIND_TO`` (or ``BIND@ADVERTISE`` with a wildcard bind):
+    where to bind, and what to advertise (see ``split_alias``)."""
+    return split_alias(address)
 
 
 def run_worker_loop_forever(
@@ -594,7 +603,8 @@ def run_worker_loop_forever(
     ``run_worker_loop_forever``): clients ``attach_to_workers`` to it and spawn procs here.
 
     Args:
-        address: ``tcp://HOST:PORT`` to listen on, or Monarch's ``tcp://BIND:PORT@tcp://ADVERTISE:PORT``.
+        address: ``tcp://HOST:PORT`` to listen on, Monarch's alias
+            ``tcp://ADVERTISE:PORT@tcp://BIND:PORT`` (see ``HostAgent``), or ``ipc://PATH``.
         ca: the CA bundle (a path, or PEM bytes) clients' certificates must be signed by: mutual
             TLS. None or ``"trust_all_connections"``: no files given here (``MONARCH_TLS_*``
             applies when set; clients are authenticated with the cluster token,

@@ -74,6 +74,37 @@ def local_address_towards(addr: str) -> str:
         return str(s.getsockname()[0])
 
 
+def _attach_timeout_s() -> float:
+    """Monarch's ``mesh_attach_config_timeout``: how long an agent not yet listening is dialed."""
+    from .._config_knobs import parse_duration
+    from ..config import get_global_config
+
+    return parse_duration(get_global_config().mesh_attach_config_timeout) / 1e9
+
+
+def _dial(family: int, sockaddr: Any, addr: str) -> socket.socket:
+    """A connected socket to the agent at ``addr``, dialed again while it refuses (an agent
+    started at the same time as its client is not listening yet) until the attach timeout."""
+    deadline = time.monotonic() + _attach_timeout_s()
+    pause = 0.02
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect(sockaddr)
+            return sock
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            sock.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionError(f"{exc} (still after mesh_attach_config_timeout)") from exc
+            time.sleep(min(pause, left))  # a retry back-off, bounded by the deadline
+            pause = min(pause * 2, 0.5)
+        except BaseException:
+            sock.close()
+            raise
+
+
 class AgentLink:
     """One connection to one host agent; connected on a helper thread.
 
@@ -137,7 +168,9 @@ class AgentLink:
             hello = self._connect()
         except (OSError, ProtocolError, ConnectionError) as exc:
             err = ConnectError(
-                f"cannot attach to the host agent at {self.addr}: {exc or type(exc).__name__}"
+                # Monarch's words for this phase of its attach, which users' code matches on
+                f"attach failed: config push failed during attach: cannot attach to the host "
+                f"agent at {self.addr}: {exc or type(exc).__name__}"
             )
             err.__cause__ = exc
             self.lost = str(err)
@@ -220,16 +253,15 @@ class AgentLink:
 
     def _connect(self) -> dict[str, Any]:
         family, sockaddr = parse_address(self.addr)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _dial(family, sockaddr, self.addr)
         try:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(sockaddr)
             if self.peer_timeout_s is not None:
                 # kernel bounds too: unacknowledged pings on a cut link end it within the bound
                 tune_socket(
                     sock, buffer_bytes=_SOCKET_BUFFER_BYTES, peer_timeout_s=self.peer_timeout_s
                 )
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             io, with_token = agent_wire.dial_agent(
                 sock, token=self.token, tls=self.tls, addr=self.addr
             )
@@ -239,7 +271,7 @@ class AgentLink:
                     self.peer_timeout_s
                 )  # the agent pings us and bounds our silence
             if not with_token:
-                if self.tls is None:
+                if self.tls is None and family != socket.AF_UNIX:  # Unix: the socket is 0600
                     log.warning("the host agent at %s is insecure (no authentication)", self.addr)
                 if self.token is not None:
                     hello["token"] = (

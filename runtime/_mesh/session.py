@@ -81,7 +81,10 @@ def attach_to_workers(
     route to the first agent, so that the agents' procs can reach it.
 
     Args:
-        workers: agent addresses (``tcp://HOST:PORT``), or futures of them (waited for here).
+        workers: agent addresses (``tcp://HOST:PORT``; ``ipc://PATH`` for an agent of this
+            machine on a Unix socket), or futures of them (waited for here). An agent not yet
+            listening is dialed again until ``mesh_attach_config_timeout`` (Monarch's knob,
+            default ``"1m"``) has passed; then ``initialized`` fails naming it.
         ca: the CA bundle (a path, or PEM bytes) the agents' and procs' certificates must be
             signed by; None or ``"trust_all_connections"``: no files given here
             (``MONARCH_TLS_*`` applies when set, else the cluster token alone).
@@ -101,13 +104,16 @@ def attach_to_workers(
     tls = tls_from_monarch(ca, private_key)
     if tls is not None and current.installed() is None:
         os.environ.update(tls.env())  # the client's transport and every proc started here use them
-    addrs = [from_url(w.get(60.0) if isinstance(w, Future) else str(w)) for w in workers]
+    # an alias DIAL_TO@BIND_TO (Monarch's) is dialed at DIAL_TO
+    addrs = [from_url(_dial_part(w.get(60.0) if isinstance(w, Future) else str(w))) for w in workers]
     if not addrs:
         raise ValueError("attach_to_workers: workers is empty")
-    if current.installed() is None and requested_listen() is None:
-        set_requested_listen(f"tcp:{local_address_towards(addrs[0])}:0")
+    tcp = [a for a in addrs if a.startswith("tcp:")]
+    if tcp and current.installed() is None and requested_listen() is None:
+        set_requested_listen(f"tcp:{local_address_towards(tcp[0])}:0")
     rt = current_runtime()
-    if not rt.router.addr.startswith("tcp:"):
+    # agents on this machine's Unix sockets (ipc://) reach a client on its Unix socket
+    if tcp and not rt.router.addr.startswith("tcp:"):
         raise RuntimeError(
             f"attach_to_workers: this client listens on {rt.router.addr}, which other machines cannot reach; "
             'call enable_transport("tcp://ADDR:0") before the first spawn'
@@ -120,6 +126,13 @@ def attach_to_workers(
     for a in addrs:
         rt.remote.attach(a)
     return HostMesh(Shape(["hosts"], 0, [len(addrs)]), addrs, agents=addrs)
+
+
+def _dial_part(address: str) -> str:
+    from .._transport.address import split_alias
+
+    bind, dial = split_alias(address)
+    return dial or bind
 
 
 def hosts_from_config(name: str = "MONARCH_HOSTS") -> HostMesh:

@@ -42,6 +42,28 @@ def from_url(url: str) -> str:
     return url
 
 
+def split_alias(address: str) -> tuple[str, str | None]:
+    """``(bind, dial)`` of Monarch's alias address ``DIAL_TO@BIND_TO``
+    (``tcp://10.0.0.2:26600@tcp://0.0.0.0:26600``: listen on the wildcard, be reached at the
+    first); the reverse order is taken where only its first part is a wildcard
+    (``tcp://0.0.0.0:0@tcp://10.0.0.2:0``). A plain address is ``(address, None)``.
+    """
+    if "@" not in address:
+        return address, None
+    first, second = (part.strip() for part in address.split("@", 1))
+    if _is_wildcard(first) and not _is_wildcard(second):
+        return first, second
+    return second, first
+
+
+def _is_wildcard(url: str) -> bool:
+    try:
+        family, sockaddr = parse_address(from_url(url))
+    except ValueError:
+        return False
+    return family != socket.AF_UNIX and sockaddr[0] in ("0.0.0.0", "::", "")
+
+
 def bind_listener(addr: str, backlog: int = 512) -> socket.socket:
     """A bound, listening socket for ``addr`` (``tcp:HOST:0`` picks a free port).
 
