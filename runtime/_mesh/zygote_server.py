@@ -2,7 +2,9 @@
 
 :meth:`monarch._mesh.zygote.ZygoteClient.start` runs :func:`serve` in a fresh interpreter. It
 imports what every proc needs (``PRELOAD``), says hello, then forks one proc per spawn request
-(:mod:`monarch._mesh.zygote_wire`) and reports each child's exit status.
+(:mod:`monarch._mesh.zygote_wire`) and reports each child's exit status. What only some procs
+need (``PRELOAD_IDLE``) it imports in a quiet spell between requests, or at once, before the
+fork, for a request whose ``preload`` field names it.
 
 Lifetime and safety:
 
@@ -88,7 +90,7 @@ def serve(fd: int) -> None:
     # Python's gc docs advise a pre-fork server (gc.disable early, gc.freeze before forking,
     # gc.enable in the child): no proc's full collection walks them (walking would also touch
     # their pages, undoing fork's copy-on-write sharing), and the imports run without
-    # collections (their garbage is a few cycles that the freeze keeps; this loop makes none).
+    # collections (their garbage is a few cycles that the freeze keeps; this loop makes hardly any).
     gc.disable()
     for name in PRELOAD:  # the point: pay the imports once, not in every proc
         preload(name)
