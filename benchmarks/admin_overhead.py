@@ -1,0 +1,179 @@
+"""What the admin endpoint costs the message hot path (issue 14: no row more than 3% slower with
+it on): ``python -m benchmarks.admin_overhead [--rounds N] [--quick] [--only a,b]``.
+
+Each messaging workload of :mod:`benchmarks.workloads` runs in a fresh process, under our
+interpreter, in three modes per round (order rotated every round, so drift hits all three):
+
+- ``off``: ``MONARCH_ADMIN=0`` (no listener, no ``admin.json``);
+- ``on``: the default (the endpoint listens; nobody asks);
+- ``polled``: the default, and this orchestrator asks ``GET /v1/status`` once a second while the
+  workload runs, as ``monarch top`` does (the client serves it on its event loop).
+
+The actors' counters (``messages_handled``, ``last_endpoint``, ...) are always on: they cannot be
+turned off, so every mode pays them. Per mode the table shows the median over rounds of each
+process's median, and ``slower``: the median over rounds of how much worse that round's value is
+than the same round's ``off`` (paired, so drift between rounds cancels; positive = slower; for a
+rate, ``off/mode - 1``). This machine is small and shared: read a few percent as noise unless it
+holds over several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _procs
+from benchmarks.workloads import RESULT_PREFIX
+
+REPO = Path(__file__).resolve().parent.parent
+MODES = ("off", "on", "polled")
+WORKLOADS = ("call_one", "calls_10k", "broadcast_10k", "call_4procs")
+POLL_INTERVAL_S = 1.0
+
+
+def _poll_status(token: str, stop: threading.Event, counts: list[int]) -> None:
+    """Ask the workload's client (the process carrying ``token`` that has an admin file) for its
+    status every :data:`POLL_INTERVAL_S` until ``stop``; counts the answers in ``counts[0]``."""
+    from monarch.tools.admin_client import (
+        AdminClient,
+        AdminNotFound,
+        AdminRequestError,
+        find_admin,
+    )
+
+    client = None
+    while not stop.is_set():
+        if client is None:
+            for pid in _procs.pids_with_token(token):
+                try:
+                    client = AdminClient(find_admin(pid), timeout_s=10.0)
+                    break
+                except AdminNotFound:
+                    continue
+            if client is None:
+                stop.wait(0.05)  # the client runtime is not up yet
+                continue
+        try:
+            client.status()
+            counts[0] += 1
+        except AdminRequestError:
+            client = None  # gone (the workload ended) or not answering
+        stop.wait(POLL_INTERVAL_S)
+
+
+def run_one(name: str, mode: str, quick: bool, timeout_s: float) -> dict[str, Any]:
+    """One workload process in ``mode``; its ``BENCH-RESULT`` document plus ``polls``.
+
+    Raises:
+        RuntimeError: the process failed, timed out or printed no result.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MONARCH_ADMIN"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if mode == "off":
+        env["MONARCH_ADMIN"] = "0"
+    token = _procs.new_token()
+    stop = threading.Event()
+    counts = [0]
+    poller = None
+    if mode == "polled":
+        poller = threading.Thread(target=_poll_status, args=(token, stop, counts), daemon=True)
+        poller.start()
+    cmd = [sys.executable, "-m", "benchmarks.workloads", name, "--json"] + (
+        ["--quick"] if quick else []
+    )
+    try:
+        done = _procs.run_isolated(cmd, env=env, cwd=str(REPO), timeout_s=timeout_s, token=token)
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join(15.0)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if done.timed_out or not lines:
+        raise RuntimeError(
+            f"{name} ({mode}): {'timed out' if done.timed_out else 'no result'}; "
+            f"stderr: {done.stderr[-400:]}"
+        )
+    doc: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    if "error" in doc:
+        raise RuntimeError(f"{name} ({mode}): {doc['error']}")
+    doc["polls"] = counts[0]
+    return doc
+
+
+def _slower(better: str, base: float, value: float) -> float:
+    return value / base - 1.0 if better == "lower" else base / value - 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.admin_overhead")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations per process")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
+    parser.add_argument("--timeout-s", type=float, default=180.0, help="per workload process")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write every value")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    _procs.become_subreaper()
+    # values[(metric name, mode)] -> one median per round; meta[metric name] -> (unit, better)
+    values: dict[tuple[str, str], list[float]] = {}
+    meta: dict[str, tuple[str, str]] = {}
+    polls: list[int] = []
+    t0 = time.perf_counter()
+    for rnd in range(args.rounds):
+        order = MODES[rnd % len(MODES) :] + MODES[: rnd % len(MODES)]
+        for name in names:
+            for mode in order:
+                doc = run_one(name, mode, args.quick, args.timeout_s)
+                if mode == "polled":
+                    polls.append(doc["polls"])
+                for m in doc["metrics"]:
+                    values.setdefault((m["name"], mode), []).append(float(m["value"]))
+                    meta[m["name"]] = (m["unit"], m["better"])
+        print(f"round {rnd + 1}/{args.rounds} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print()
+    print(
+        f"admin endpoint overhead: median of {args.rounds} rounds of per-process medians"
+        f"{' (--quick)' if args.quick else ''}; 'slower': median of per-round ratios to"
+        " MONARCH_ADMIN=0 (+ = slower);"
+        f" polled: GET /v1/status every {POLL_INTERVAL_S:g} s ({min(polls, default=0)}-"
+        f"{max(polls, default=0)} answers per process)"
+    )
+    header = f"{'metric':24s} {'unit':>4s} {'off':>11s} {'on':>11s} {'slower':>8s} {'polled':>11s} {'slower':>8s}"
+    print(header)
+    print("-" * len(header))
+    table: dict[str, Any] = {}
+    for metric_name, (unit, better) in meta.items():
+        med = {mode: statistics.median(values[(metric_name, mode)]) for mode in MODES}
+        base = values[(metric_name, "off")]
+        on, polled = (
+            statistics.median(
+                _slower(better, b, v) for b, v in zip(base, values[(metric_name, mode)])
+            )
+            for mode in ("on", "polled")
+        )
+        print(
+            f"{metric_name:24s} {unit:>4s} {med['off']:11.1f} {med['on']:11.1f} {on:+8.1%} "
+            f"{med['polled']:11.1f} {polled:+8.1%}"
+        )
+        table[metric_name] = {
+            "unit": unit,
+            "better": better,
+            "median": med,
+            "slower_on": on,
+            "slower_polled": polled,
+            "rounds": {mode: values[(metric_name, mode)] for mode in MODES},
+        }
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(table, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
