@@ -238,6 +238,9 @@ def main() -> int:
     ap.add_argument("-k", dest="only", default=None, help="run only ids containing this substring")
     ap.add_argument("--list", action="store_true", help="print the selection and exclusions, run nothing")
     ap.add_argument("--out", type=Path, default=None, help="also write the result table (TSV) here")
+    ap.add_argument("--cluster-token", default="upstream-compat-run",
+                    help="MONARCH_CLUSTER_TOKEN for every process of the run (our TCP host agents refuse to "
+                         "serve without one; Monarch's serve anyone, and torchmonarch ignores it); '' : unset")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="monarch-upstream-") as tmp:
@@ -246,6 +249,9 @@ def main() -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(SHIM), *filter(None, [env.get("PYTHONPATH")])])
         env.pop("PYTEST_ADDOPTS", None)
+        env.pop("MONARCH_CLUSTER_TOKEN", None)
+        if args.cluster_token:
+            env["MONARCH_CLUSTER_TOKEN"] = args.cluster_token
         ids = collect(args.collect_with or args.python, root, env)
         chosen, excluded = select(root, ids)
         print(f"# Monarch commit {commit}; interpreter {args.python}; ids collected by {args.collect_with or args.python}")

@@ -26,6 +26,8 @@ Requests (client -> agent) and answers (agent -> client) carry the request's ``i
 - ``{"op": "spawn", "id", "count", "name", "env"}`` ->
   ``{"op": "spawned", "id", "procs": [{"addr", "pid", "name"}]}`` or ``{"op": "error", "id", "error"}``.
 - ``{"op": "kill", "addrs": [...]}``: SIGKILL those procs (no answer; their exits are reported).
+- ``{"op": "shutdown"}``: the client's ``HostMesh.shutdown()`` (no answer); an agent of
+  ``run_worker_loop_forever`` then stops serving, one of ``monarch host serve`` ignores it.
 
 Events (agent -> client): ``{"op": "exited", "addr", "pid", "reason"}`` once per proc;
 ``{"op": "ping"}`` (both ways, see hello).

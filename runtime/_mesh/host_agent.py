@@ -117,6 +117,9 @@ class HostAgent:
         use_fork_server: fork procs from a pre-imported fork server (else a fresh interpreter each).
         tls: mutual TLS for clients and for the procs started here (they get these files, the
             host's identity); None: plain TCP; the default: ``MONARCH_TLS_*`` (``tls_from_env``).
+        exit_on_shutdown: a client's ``HostMesh.shutdown()`` also ends :meth:`serve` (Monarch's
+            ``run_worker_loop_forever``, whose process exits then); False (``monarch host
+            serve``): the agent keeps serving other clients.
 
     Raises:
         InsecureAgentError: on TCP, neither a token nor TLS, and not ``insecure``.
@@ -132,6 +135,7 @@ class HostAgent:
         insecure: bool = False,
         use_fork_server: bool = True,
         tls: TlsConfig | str | None = "env",
+        exit_on_shutdown: bool = False,
     ) -> None:
         listen, adv = _split_address(listen)
         advertise = advertise or adv
@@ -157,6 +161,7 @@ class HostAgent:
         self.token = token
         self.proc_host = "" if self.unix else _proc_host(self.listen_addr, advertise)
         self.use_fork_server = use_fork_server
+        self.exit_on_shutdown = exit_on_shutdown
         self.address = ""  # tcp:HOST:PORT once bound
         self.sessions: set[_Session] = set()
         self.clients_served = 0
@@ -336,6 +341,10 @@ class HostAgent:
             await self._send(session, {"op": "spawned", "id": rid, "procs": procs})
         elif op == "ping":
             pass  # any frame is a heartbeat: the recv loop's timeout was reset by reading it
+        elif op == "shutdown":  # the client's HostMesh.shutdown(), after it stopped its procs
+            if self.exit_on_shutdown:
+                log.info("client %s shut this host down: the agent stops", session.client_addr)
+                self.stop()
         elif op == "kill":
             for p in list(session.procs.values()):
                 if p.addr in set(msg.get("addrs") or []):
@@ -599,8 +608,9 @@ def _split_address(address: str) -> tuple[str, str | None]:
 def run_worker_loop_forever(
     *, address: str, ca: Any = None, private_key: Any = None, insecure: bool = False
 ) -> None:
-    """Serve this machine as a host agent until the process is killed (Monarch's
-    ``run_worker_loop_forever``): clients ``attach_to_workers`` to it and spawn procs here.
+    """Serve this machine as a host agent (Monarch's ``run_worker_loop_forever``): clients
+    ``attach_to_workers`` to it and spawn procs here. It returns when a client shuts its host
+    mesh down (``HostMesh.shutdown()``), as Monarch's worker loop does, or never.
 
     Args:
         address: ``tcp://HOST:PORT`` to listen on, Monarch's alias
@@ -623,7 +633,12 @@ def run_worker_loop_forever(
     tls = tls_from_monarch(ca, private_key)
     bind, advertise = _split_address(address)
     agent = HostAgent(
-        bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls
+        bind,
+        advertise=advertise,
+        token=token_from_config(),
+        insecure=insecure,
+        tls=tls,
+        exit_on_shutdown=True,
     )
     asyncio.run(agent.serve())
 
@@ -647,7 +662,12 @@ def start_worker_loop_forever(
     tls = tls_from_monarch(ca, private_key)
     bind, advertise = _split_address(address)
     agent = HostAgent(
-        bind, advertise=advertise, token=token_from_config(), insecure=insecure, tls=tls
+        bind,
+        advertise=advertise,
+        token=token_from_config(),
+        insecure=insecure,
+        tls=tls,
+        exit_on_shutdown=True,
     )
     fut: Future[str] = Future()
 

@@ -10,6 +10,7 @@ the meshes (``enable_transport``, ``attach_to_workers``, ``hosts_from_config``,
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import logging
 import math
@@ -285,9 +286,10 @@ class HostMesh(MeshTrait):
         return out
 
     def shutdown(self) -> Future[None]:
-        """Stop every proc this client started on these hosts, then disconnect from their agents
-        (which keep serving other clients). Monarch's ``HostMesh.shutdown``; this machine's
-        hosts have nothing to shut down."""
+        """Stop every proc this client started on these hosts, then disconnect from their agents:
+        an agent of ``run_worker_loop_forever`` then stops (its process exits, as Monarch's), one
+        of ``monarch host serve`` keeps serving other clients. Monarch's ``HostMesh.shutdown``;
+        this machine's hosts have nothing to shut down."""
         if self._agents is None:
             return Future.completed(None)
         rt = current_runtime()
@@ -300,6 +302,8 @@ class HostMesh(MeshTrait):
                 rt.stop_processes(addrs).get(30.0)
             finally:
                 for lk in links.values():
+                    with contextlib.suppress(Exception):  # a lost agent has nothing to shut down
+                        lk.send({"op": "shutdown"})  # agents of run_worker_loop_forever exit
                     lk.close()
                 out.set_result(None)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 import subprocess
 import sys
 import textwrap
@@ -72,13 +71,15 @@ hosts.shutdown().get(timeout=60)
 
 def test_an_ipc_agent_serves_a_client_of_this_machine_without_a_token(tmp_path: Path) -> None:
     paths = [tmp_path / "a0", tmp_path / "a1"]
-    body = f"WORKERS = {[f'ipc://{p}' for p in paths]!r}\n" + SPAWN_AND_SHUT_DOWN
+    body = f"WORKERS = {[f'ipc://{p}' for p in paths]!r}\n" + SPAWN_AND_SHUT_DOWN.replace(
+        "hosts.shutdown()",
+        # the agents' sockets are private to this user (checked while they serve)
+        "print([oct(os.stat(w[6:]).st_mode & 0o777) for w in WORKERS])\nhosts.shutdown()",
+    )
     agents = []
     try:
         agents = [_agent(f"ipc://{p}", token=False) for p in paths]
-        assert _client(body, token=False) == ["2 True"]
-        for p in paths:  # the agent's socket is private to this user
-            assert stat.S_IMODE(p.stat().st_mode) == 0o600
+        assert _client(body, token=False) == ["2 True", "['0o600', '0o600']"]
     finally:
         _stop(*agents)
 
@@ -126,6 +127,18 @@ def test_attach_to_an_unreachable_agent_fails_after_mesh_attach_config_timeout(
             print(time.monotonic() - start < 10)
     """
     assert _client(body, token=False) == ["True True", "True"]
+
+
+def test_host_mesh_shutdown_ends_a_run_worker_loop_forever_agent(tmp_path: Path) -> None:
+    path = tmp_path / "agent"
+    agent = _agent(f"ipc://{path}", token=False)
+    try:
+        body = f"WORKERS = ['ipc://{path}']\n" + SPAWN_AND_SHUT_DOWN
+        assert _client(body, token=False) == ["1 True"]
+        assert agent.wait(timeout=60) == 0  # Monarch's worker loop returns after shutdown
+        assert not path.exists()  # and removed its socket
+    finally:
+        _stop(agent)
 
 
 def test_an_agent_serves_on_an_inherited_listening_socket() -> None:
