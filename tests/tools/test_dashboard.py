@@ -110,13 +110,18 @@ def test_headless_chromium_renders_the_live_actors_and_a_killed_proc_as_failed(
     running = [p for p, st in procs.items() if st == "running"]
     assert len(running) == 4 and set(procs.values()) <= {"running", "failed"}, procs
     assert 'id="plot"' in dom and "<polyline" in dom, "no rate plot"
-    assert re.search(r"\d+ procs \(\d+ failed\)", dom), dom[-2000:]  # other tests may have left failed procs
+    assert re.search(r"\d+ procs \(\d+ failed\)", dom), dom[
+        -2000:
+    ]  # other tests may have left failed procs
 
     status = running_mesh.monarch("status", "--json")
     import json
 
     victim = next(
-        p for h in json.loads(status.stdout)["hosts"] for p in h["procs"] if p["rank"] == 1 and p["id"] in running
+        p
+        for h in json.loads(status.stdout)["hosts"]
+        for p in h["procs"]
+        if p["rank"] == 1 and p["id"] in running
     )
     os.kill(victim["pid"], signal.SIGKILL)
     failures.wait_for("workers")

@@ -57,7 +57,11 @@ def test_tree_shows_every_live_actor_with_status_counts_and_rate(running_mesh: R
                 label = found[0]
                 assert "handled=" in label and "last=ping" in label and "q=" in label
             assert len(_actor_labels(app, "more0")) == 4
-            procs = [v for k, v in app.labels().items() if k.startswith("p:") and _pid_of(v) in running_mesh.pids]
+            procs = [
+                v
+                for k, v in app.labels().items()
+                if k.startswith("p:") and _pid_of(v) in running_mesh.pids
+            ]
             assert len(procs) == 4 and all(" running" in v for v in procs), procs
             # messages handled and their rate follow the mesh: 20 more pings to rank 1
             before = app.polls
@@ -69,7 +73,9 @@ def test_tree_shows_every_live_actor_with_status_counts_and_rate(running_mesh: R
             handled = {r: int(v.split("handled=")[1].split()[0]) for r, v in ranks.items()}
             assert handled["workers[1]"] >= handled["workers[0]"] + 20
             banner = str(app.query_one("#banner").render())
-            assert " procs" in banner and "client pid" in banner  # earlier tests may add failed procs
+            assert (
+                " procs" in banner and "client pid" in banner
+            )  # earlier tests may add failed procs
 
     asyncio.run(go())
 
@@ -132,7 +138,11 @@ def test_a_sigkilled_proc_shows_as_failed_within_a_few_refreshes(
             assert app.polls - polls <= 10, "more than a few refreshes"
             assert "signal 9" in app.labels()[key] or "SIGKILL" in app.labels()[key]
             # its actors as failed; the other procs still running
-            others = [v for k, v in app.labels().items() if k.startswith("p:") and k != key and _pid_of(v) in running_mesh.pids]
+            others = [
+                v
+                for k, v in app.labels().items()
+                if k.startswith("p:") and k != key and _pid_of(v) in running_mesh.pids
+            ]
             assert len(others) == 3 and all(" running" in v for v in others), others
             app.select("proc", victim["id"])
             await pilot.press("p")
