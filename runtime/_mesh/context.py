@@ -106,6 +106,25 @@ class Instance:
         """The one-proc ProcMesh this actor runs on (spawn children there with ``.spawn``)."""
         return self._proc
 
+    @property
+    def proc_mesh(self) -> Any:
+        """The ProcMesh this actor was spawned over (Monarch's ``Instance.proc_mesh``), where it
+        is this actor's own proc: the client, a controller, an actor spawned on ``this_proc()``
+        or on a one-proc mesh (then the same as :attr:`proc`).
+
+        Raises:
+            NotImplementedError: the actor is one of several of its mesh: the addresses of a
+                multi-proc mesh are not sent to its procs here (spawn children from the
+                client, or on :attr:`proc`).
+        """
+        if self.rank.extent.nelements > 1:
+            raise NotImplementedError(
+                f"Instance.proc_mesh of {self.actor_id}, one of {self.rank.extent.nelements} actors: "
+                "the procs of a multi-proc mesh are not known to its actors here; use "
+                "context().actor_instance.proc for this actor's own proc"
+            )
+        return self._proc
+
     def __repr__(self) -> str:
         return f"<Instance {self.actor_id} rank={dict(self.rank)} pid={self.pid}>"
 
