@@ -5,8 +5,9 @@ such as ``message_delivery_timeout`` or ``codec_max_frame_length``, durations wr
 humantime format (``"30s"``, ``"1h 30m"``), and environment variables such as
 ``HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT``. Programs and tests written for Monarch set and read them
 (``get_global_config()["tail_log_lines"]``), so this project accepts every knob that Monarch's
-``configure`` documents and that its runtime declares, with Monarch's type, default, environment
-variable, validation and read-back form.
+``configure`` documents and that its runtime declares, except ``default_transport`` (see
+``enable_transport``), with Monarch's type, default, environment variable, validation and
+read-back form.
 
 Most of them configure machinery this runtime does not have (acknowledgements, message TTLs,
 Monarch's admin server, its ibverbs device selection): those are accepted and read back, and
