@@ -42,6 +42,9 @@ log = logging.getLogger("monarch.supervision")
 # stopped meshes (and failures of meshes owned elsewhere) remembered to refuse calls with their
 # cause; older records are forgotten (a call to them then fails when it reaches the proc)
 _STOPPED_KEPT = 4096
+# procs whose exit is expected (being stopped) remembered at most; an older one that exits
+# later is reported as failed
+_EXPECTED_KEPT = 4096
 
 
 def default_unhandled_fault_hook(failure: MeshFailure) -> None:
@@ -109,7 +112,9 @@ class Supervisor:
         self.owned_procs: dict[int, list[Any]] = {}  # id(owner ActorInstance) -> ProcMeshes
         self.remote_failed: dict[str, dict[int, str]] = {}
         self._stopped_order: collections.deque[str] = collections.deque()
-        self.expected_exits: set[str] = set()
+        # procs being stopped on purpose, oldest first; an entry whose proc was dead already
+        # is never removed by its exit, so at most _EXPECTED_KEPT are kept (a long-lived client)
+        self.expected_exits: dict[str, None] = {}
         self.lock = threading.Lock()
         self.hostname = socket.gethostname()
         # where a proc of another host runs: (host name, pid), or None for this host's (set by
@@ -193,7 +198,7 @@ class Supervisor:
             )
             self.deliver(rec.mesh_id, failure)
         with self.lock:
-            self.expected_exits.discard(addr)
+            self.expected_exits.pop(addr, None)
 
     def deliver(self, mesh_id: str, failure: MeshFailure) -> None:
         """Record ``failure`` of an owned mesh and hand it to the mesh's owner (any thread)."""
@@ -233,7 +238,9 @@ class Supervisor:
     def expect_exit(self, addrs: list[str]) -> None:
         """These procs are being stopped on purpose: their exit is not a failure."""
         with self.lock:
-            self.expected_exits.update(addrs)
+            self.expected_exits.update(dict.fromkeys(addrs))
+            while len(self.expected_exits) > _EXPECTED_KEPT:
+                del self.expected_exits[next(iter(self.expected_exits))]
 
     def mark_stopped(self, mesh_id: str) -> None:
         """The mesh was stopped on purpose: later calls fail, its end is not a failure."""
