@@ -206,6 +206,8 @@ def method(
             result = rfields[0].annotation
         else:
             rclass, kind, result = "None", "none", "None"  # the empty struct, as for params
+    if rref and not (kind == "single" and rfields[0].expr in ("Tensor", "TensorData")):
+        raise b.error(where, "$rref needs exactly one result, an M.Tensor")
     if stream:
         impl_return = f"{b.helper('Iterator')}[{result}] | {b.helper('AsyncIterator')}[{result}]"
     elif erp:
@@ -229,6 +231,7 @@ def method(
         port=f"stubs.Port[{result}]" if erp else "",
         stream=stream,
         rref=rref,
+        remote="stubs.remote_rref" if rref else "stubs.remote",
         timeout_s=repr(timeout) if timeout > 0 else "None",
         concurrent=bool(opts.get("concurrent")),
         doc=b.doc(where) or f"Endpoint {m['name']} of {iname}.",

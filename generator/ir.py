@@ -156,6 +156,8 @@ class Method(_Model):
         result_kind: ``none``, ``single`` or ``struct``.
         impl_return: return annotation of the abstract implementation method.
         port: the ``Port[...]`` annotation of an explicit response port, or "".
+        remote: the decorator that makes the mesh proxy's endpoint attribute:
+            ``stubs.remote``, or ``stubs.remote_rref`` for ``$M.rref`` (typed ``rref()``).
     """
 
     name: str
@@ -172,6 +174,7 @@ class Method(_Model):
     port: str
     stream: bool
     rref: bool
+    remote: str
     timeout_s: str
     concurrent: bool
     doc: str

@@ -14,11 +14,13 @@ from ._idl import (
     LoadedSchema,
     Struct,
     StructInfo,
+    TensorHandle,
     Which,
     idl_endpoint,
     implements,
     load_schema,
     remote,
+    remote_rref,
 )
 from ._mesh.actor import Actor as Actor
 from ._mesh.actor import TypedActor
@@ -39,12 +41,14 @@ __all__ = [
     "LoadedSchema",
     "Struct",
     "StructInfo",
+    "TensorHandle",
     "TypedActor",
     "Which",
     "idl_endpoint",
     "implements",
     "load_schema",
     "remote",
+    "remote_rref",
 ]
 
 Bytes = bytes | bytearray | memoryview

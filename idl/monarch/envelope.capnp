@@ -57,7 +57,7 @@ struct Envelope {
   shape @13 :Shape;            # the (sliced) mesh the message was sent to: message_rank
   parts @14 :List(Part);
   sender @15 :Text;            # readable name of the sending actor ("client" for the root)
-  flags @16 :UInt32;           # MessageFlags: bit 0 stream, bit 1 explicit port, bit 2 end of stream
+  flags @16 :UInt32;           # MessageFlags: bit 0 stream, bit 1 explicit port, bit 2 end of stream, bit 3 pickled
   shm @17 :List(UInt64);       # per out-of-band buffer: 0 = inline after this message, else the
                                # id of the shared-memory segment (same host, Unix socket) holding
                                # it from offset 0; segments are announced on the connection first

@@ -6,6 +6,7 @@ never jinja2, and torch only lazily when a tensor field is touched.
 
 from ._adapters import StructAdapter, get_adapter, register_adapter
 from ._codec import CapnpCodec, idl_endpoint, implements, remote
+from ._rref import RRefEndpoint, RRefEndpointProperty, TensorHandle, remote_rref
 from ._schema import LoadedSchema, idl_import_path, load_schema
 from ._struct import AnyStruct, Struct, StructInfo, Which, struct_class
 from ._types import OOB_THRESHOLD_BYTES
@@ -15,9 +16,12 @@ __all__ = [
     "AnyStruct",
     "CapnpCodec",
     "LoadedSchema",
+    "RRefEndpoint",
+    "RRefEndpointProperty",
     "Struct",
     "StructAdapter",
     "StructInfo",
+    "TensorHandle",
     "Which",
     "get_adapter",
     "idl_endpoint",
@@ -26,5 +30,6 @@ __all__ = [
     "load_schema",
     "register_adapter",
     "remote",
+    "remote_rref",
     "struct_class",
 ]

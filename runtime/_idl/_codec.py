@@ -13,6 +13,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from .._mesh.endpoint import EndpointProperty, EndpointSpec
 from .._transport.codec import ENCODING_CAPNP, Encoded
+from ._rref import IdlEndpointProperty
 from ._schema import method_modules
 from ._struct import Struct
 from ._types import FieldValueError
@@ -201,7 +202,8 @@ def idl_endpoint(
             None encodes with the classes' own (unbranded) nodes.
         stream: ``$M.stream``: the implementation yields results.
         explicit_response_port: ``$M.explicitResponsePort``: the implementation takes a port.
-        rref: ``$M.rref`` (recorded in ``spec.extra``; the adverb is not generated yet).
+        rref: ``$M.rref`` (recorded in ``spec.extra``): the mesh proxy's attribute then offers
+            a typed ``rref()`` (``remote_rref``), run by the tensor engine.
         timeout_s: ``$M.endpoint(timeoutS=...)``; None waits forever.
         concurrent: ``$M.endpoint(concurrent=true)``.
         interface: the Python name of the actor interface; errors at the call site name the
@@ -245,10 +247,11 @@ def implements(spec: EndpointSpec) -> Callable[[F], F]:
 
 def remote(
     spec: EndpointSpec,
-) -> Callable[[Callable[Concatenate[Any, P], R]], EndpointProperty[P, R]]:
-    """Turn a typed stub method of a generated mesh proxy into an endpoint with adverbs."""
+) -> Callable[[Callable[Concatenate[Any, P], R]], IdlEndpointProperty[P, R]]:
+    """Turn a typed stub method of a generated mesh proxy into an endpoint with adverbs (all
+    but ``rref``, which ``remote_rref`` adds for ``$M.rref`` methods)."""
 
-    def make(fn: Callable[Concatenate[Any, P], R]) -> EndpointProperty[P, R]:
-        return EndpointProperty(fn, spec)
+    def make(fn: Callable[Concatenate[Any, P], R]) -> IdlEndpointProperty[P, R]:
+        return EndpointProperty(fn, spec)  # type: ignore[return-value]  # IdlEndpointProperty is a static view of it
 
     return make

@@ -25,7 +25,7 @@ from .._core.errors import SupervisionError
 from .._core.future import Future
 from .._core.shape import MeshTrait, Point, Shape
 from .._transport.frame import Envelope, EnvelopeTemplate
-from .._transport.messages import EXPLICIT_PORT_BIT, STREAM_BIT, Kind
+from .._transport.messages import EXPLICIT_PORT_BIT, PICKLED_BIT, STREAM_BIT, Kind
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
 from .actor import endpoint_table
 from .context import _current
@@ -229,6 +229,8 @@ class ActorMesh(MeshTrait, Generic[T]):
             raise ValueError(f"unknown adverb {adverb!r}")
         if spec.explicit_response_port:
             flags |= EXPLICIT_PORT_BIT
+        if spec.extra and spec.extra.get("pickled"):  # an IDL endpoint's rref (monarch.tensor._rref)
+            flags |= PICKLED_BIT
         if sink is not None:
             sink.call = call  # failures of this call read "Endpoint call mesh.endpoint() failed, ..."
             sink.mesh = self  # ... and name the actor: "The actor <mod.Class name{...}> ..."

@@ -18,7 +18,7 @@ from .._core.failure import MeshFailure
 from .._core.shape import Extent, Point, Shape
 from .._transport.codec import Codec
 from .._transport.frame import Envelope
-from .._transport.messages import END_OF_STREAM_BIT, STREAM_BIT, ControlOp, Kind
+from .._transport.messages import END_OF_STREAM_BIT, PICKLED_BIT, STREAM_BIT, ControlOp, Kind
 from .._transport.pickle_codec import PICKLE_CODEC, dumps, loads
 from .endpoint import EndpointSpec
 from .instance import ActorInstance
@@ -87,7 +87,7 @@ class Msg:
         return Point(self.pos, self.shape.extent)
 
     def decode_args(self, spec: EndpointSpec) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        codec: Codec = spec.codec or PICKLE_CODEC
+        codec: Codec = PICKLE_CODEC if self.flags & PICKLED_BIT else spec.codec or PICKLE_CODEC
         return codec.decode_call(memoryview(self.payload), self.bufs)
 
     def port(self, spec: EndpointSpec) -> Port[Any]:
@@ -311,7 +311,9 @@ class ActorHost:
             payload, bufs = encode_error(exc, f"{name}[{msg.rank}]", f"{name}.{msg.endpoint}")
             err = True
         else:
-            codec: Codec = (spec.codec if spec is not None else None) or PICKLE_CODEC
+            codec: Codec = (
+                spec.codec if spec is not None and not msg.flags & PICKLED_BIT else None
+            ) or PICKLE_CODEC
             try:
                 payload, bufs = codec.encode_result(value)
             except Exception as enc_exc:

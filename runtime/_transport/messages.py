@@ -45,6 +45,8 @@ class MessageFlags(IntFlag):
     STREAM = 1  # a call whose results stream (several parts per rank, then an end marker)
     EXPLICIT_PORT = 2  # a call to an explicit-response-port endpoint
     END_OF_STREAM = 4  # a reply part that carries no value: the stream of that rank ended
+    PICKLED = 8  # a call (and its replies) pickle-coded whatever the endpoint's codec: the tensor
+    # engine's rref of an IDL endpoint, whose arguments carry its place in the op stream
 
 
 # The bits as plain ints, for code that runs per message: ``int & MessageFlags.X`` builds a new
@@ -52,6 +54,7 @@ class MessageFlags(IntFlag):
 STREAM_BIT = int(MessageFlags.STREAM)
 EXPLICIT_PORT_BIT = int(MessageFlags.EXPLICIT_PORT)
 END_OF_STREAM_BIT = int(MessageFlags.END_OF_STREAM)
+PICKLED_BIT = int(MessageFlags.PICKLED)
 
 
 class ControlOp(StrEnum):

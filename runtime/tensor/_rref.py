@@ -24,6 +24,7 @@ thread, where waiting is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect as _inspect
 import threading
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .._core.errors import ActorError
 from .._core.future import loop_thread_marker
 from .._mesh import endpoint as _endpoint
 from .._mesh.endpoint import EndpointSpec
@@ -70,9 +72,7 @@ def rref(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str,
     """Run ``spec``'s endpoint on every actor of ``mesh`` at this point of the op stream, on the
     ranks' local tensors; return handles to the tensors it returns (see the module docstring)."""
     if spec.codec is not None:
-        raise NotImplementedError(
-            f"rref() of {spec.qualname or spec.name}: only pickle-coded (Python) endpoints support rref yet"
-        )
+        return _rref_idl(mesh, spec, args, kwargs)
     if spec.stream or spec.explicit_response_port:
         raise ValueError(
             f"rref() of {spec.qualname or spec.name}: streaming and explicit-port endpoints cannot return a tensor"
@@ -113,6 +113,84 @@ def rref(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str,
         result = tree_unflatten(outs, tspec)
     _send(client, mesh, spec, "call", args, kwargs, "rref", out_ids)
     return result
+
+
+# IDL ($M.rref) endpoints: the result's metadata by endpoint and argument metadata, learnt from
+# the first call (Monarch's "cached" propagation); and each endpoint's pickle-coded twin
+_idl_meta: dict[Any, tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] = {}
+_pickled: dict[int, EndpointSpec] = {}
+
+
+def _rref_idl(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``rref`` of a generated (IDL) endpoint marked ``$M.rref``: its one result is a tensor.
+
+    The call travels pickle-coded (the ``PICKLED`` message flag), as its arguments carry the
+    SYNC point; the schema's struct is not used for it. The schema gives no shape, so the first
+    call with given argument metadata waits until the ranks report the result's shape, stride
+    and dtype (they must agree), and later calls reuse it without waiting.
+    """
+    name = spec.qualname or spec.name
+    if not spec.extra.get("rref"):
+        raise TypeError(
+            f"rref() of {name}: the schema does not mark this endpoint $M.rref (it must return one tensor)"
+        )
+    client = _client_of((args, kwargs))
+    if client is None:
+        raise ValueError(
+            "rref() needs an active mesh (`with procs.activate():`) or a monarch.Tensor argument"
+        )
+    spec.check_arguments(args, kwargs)
+    twin = _pickled.get(id(spec))
+    if twin is None:
+        twin = dataclasses.replace(spec, codec=None, extra={**spec.extra, "pickled": True})
+        _pickled[id(spec)] = twin
+    key = _meta_key(spec, args, kwargs)
+    meta = _idl_meta.get(key) if key is not None else None
+    oid = client.new_id()
+    fut = _send(client, mesh, twin, "call", args, kwargs, "rref_meta", (oid,))
+    if meta is None:
+        reported = [m for m in fut.get(client.timeout_s).values() if m is not None]
+        if not reported:  # the endpoint failed on every rank: raise rank 0's error
+            try:
+                client.fetch([oid], {}).get(client.timeout_s)
+            except ActorError as exc:
+                if isinstance(exc.exception, TensorOpError):
+                    raise exc.exception from None
+                raise
+            finally:
+                client.deletes.append(oid)  # sent with the next batch, after the fetch
+            raise TensorOpError({}, name, "RuntimeError: no rank reported a result", "")
+        if any(m != reported[0] for m in reported):
+            client.deletes.append(oid)
+            raise ValueError(f"rref() of {name}: the ranks returned tensors of different shapes or dtypes: {sorted(set(reported))}")
+        shape, stride, dtype_name = reported[0]
+        meta = (tuple(shape), tuple(stride), getattr(torch, dtype_name))
+        if key is not None:
+            _idl_meta[key] = meta
+    with _bare():
+        fake = torch.empty_strided(meta[0], meta[1], dtype=meta[2], device="meta")
+    return new_handle(fake, client, oid)
+
+
+def _meta_key(spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The cache key of an IDL rref's result metadata: the endpoint, its plain arguments and
+    its handles' metadata (None: an argument is not hashable, so nothing is cached)."""
+    leaves, tspec = tree_flatten((args, kwargs))
+    parts: list[Any] = [id(spec), str(tspec)]
+    for x in leaves:
+        if type(x) is Tensor:
+            f = x._fake
+            parts.append(("handle", tuple(f.shape), tuple(f.stride()), f.dtype))
+        elif isinstance(x, torch.Tensor):
+            return None
+        else:
+            parts.append(x)
+    key = tuple(parts)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def invoke(
@@ -235,11 +313,15 @@ class _Pending:
                         f"{name}: rref and monarch.Tensor arguments need a synchronous (def) endpoint"
                     )
             except TensorOpError:
+                if self.mode == "rref_meta":
+                    return None  # poisoned: no metadata from this rank
                 raise
             except Exception as exc:
                 self._poison_outs(store.poison(name, exc))
+                if self.mode == "rref_meta":
+                    return None
                 raise
-            if self.mode != "rref":
+            if self.mode == "call":
                 return result
             leaves = [x for x in tree_flatten(result)[0] if isinstance(x, torch.Tensor)]
             if len(leaves) != len(self.out_ids):
@@ -250,6 +332,9 @@ class _Pending:
                 raise err
             for i, t in zip(self.out_ids, leaves):
                 store.put(i, t)
+            if self.mode == "rref_meta":  # the client learns the result's metadata from it
+                t = leaves[0]
+                return (tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."))
             return None
         finally:
             store.signal_done(self.seq)

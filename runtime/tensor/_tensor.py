@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -30,7 +30,13 @@ _EXPLAIN_LOCAL = (
 )
 
 
-class Tensor(torch.Tensor):
+if TYPE_CHECKING:  # the static type that generated rref() endpoints return
+    from .._idl._rref import TensorHandle as _HandleBase
+else:
+    _HandleBase = torch.Tensor
+
+
+class Tensor(_HandleBase):
     """A handle to a tensor that lives on every rank of a ProcMesh (Monarch's ``monarch.Tensor``).
 
     Its ``shape``/``dtype``/``stride()`` are known on the client (meta propagation); its values

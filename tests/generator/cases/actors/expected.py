@@ -585,7 +585,7 @@ class TrainerMesh(stubs.ActorMesh["Trainer"]):
         """Endpoint snapshot of Trainer."""
         raise NotImplementedError
 
-    @stubs.remote(_TRAINER_SHARD)
+    @stubs.remote_rref(_TRAINER_SHARD)
     def shard(self, i: int) -> torch.Tensor:
         """Endpoint shard of Trainer."""
         raise NotImplementedError
