@@ -43,7 +43,6 @@ _PART = struct.Struct(PART_FORMAT)
 _ERR = PART_ERROR_BIT
 _LAST = PART_LAST_BIT
 _U64 = struct.Struct("<Q")
-_ZEROS = bytes(8 * ENVELOPE.pointer_count)
 _PARTS_PTR_AT = ptr_at("parts")
 _PAYLOAD_PTR_AT = ptr_at("payload")
 _BUFFERS_PTR_AT = ptr_at("buffers")
@@ -53,6 +52,8 @@ _TRANSPORT_KIND_CODES = frozenset(KIND_CODE[k] for k in TRANSPORT_KINDS)
 # one compare tells that neither out-of-band list is set (the words between may be anything)
 _BS_LO = min(_BUFFERS_PTR_AT, _SHM_PTR_AT)
 _BS_HI = max(_BUFFERS_PTR_AT, _SHM_PTR_AT) + 8
+_BS_ZEROS = bytes(_BS_HI - _BS_LO)
+_ZERO_WORD = bytes(8)
 
 
 def decode_envelope(raw: bytes) -> Envelope:
@@ -118,13 +119,17 @@ def _decode_cached(raw: bytes, hit: tuple[int, bytes, dict[str, Any]]) -> Envelo
         d["port"] = port
     if rport:
         d["replyPort"] = rport
-    r = Reader(raw, end, 8 * words + 64)
+    # the bounds-checked reader, made only when a field leaves the inlined paths (one per
+    # message: its traversal budget is shared by every field read through it)
+    r: Reader | None = None
+    budget = 8 * words + 64
     w = _U64.unpack_from(raw, _PARTS_PTR_AT)[0]
     if w:
         if w & _ONE_PART_MASK == _ONE_PART_PTR_HI:
             # one Part, the common reply: inlined
             t = _PARTS_PTR_AT + 8 + 8 * ((w & 0xFFFFFFFF) >> 2)
             if t + 8 + 8 * _PART_WORDS > end or raw[t : t + 8] != _ONE_PART_TAG:
+                r = Reader(raw, end, budget)
                 d["parts"] = read_parts(r, _PARTS_PTR_AT)
             else:
                 rank, bits, length, nbuf = _PART.unpack_from(raw, t + 8)
@@ -133,6 +138,7 @@ def _decode_cached(raw: bytes, hit: tuple[int, bytes, dict[str, Any]]) -> Envelo
                 pd["rank"], pd["error"], pd["length"], pd["buffers"], pd["last"] = rank, bool(bits & _ERR), length, nbuf, bool(bits & _LAST)
                 d["parts"] = [part]
         else:
+            r = Reader(raw, end, budget)
             d["parts"] = read_parts(r, _PARTS_PTR_AT)
     w = _U64.unpack_from(raw, _PAYLOAD_PTR_AT)[0]
     if w:
@@ -146,11 +152,15 @@ def _decode_cached(raw: bytes, hit: tuple[int, bytes, dict[str, Any]]) -> Envelo
                 raise ProtocolError("envelope pointer out of bounds")
             d["payload"] = raw[t : t + n]
         else:
+            if r is None:
+                r = Reader(raw, end, budget)
             d["payload"] = r.data(_PAYLOAD_PTR_AT)
-    if raw[_BS_LO:_BS_HI] != _ZEROS[: _BS_HI - _BS_LO]:
-        if raw[_BUFFERS_PTR_AT : _BUFFERS_PTR_AT + 8] != _ZEROS[:8]:
+    if raw[_BS_LO:_BS_HI] != _BS_ZEROS:
+        if r is None:
+            r = Reader(raw, end, budget)
+        if raw[_BUFFERS_PTR_AT : _BUFFERS_PTR_AT + 8] != _ZERO_WORD:
             d["buffers"] = r.u64s(_BUFFERS_PTR_AT)
-        if raw[_SHM_PTR_AT : _SHM_PTR_AT + 8] != _ZEROS[:8]:
+        if raw[_SHM_PTR_AT : _SHM_PTR_AT + 8] != _ZERO_WORD:
             d["shm"] = r.u64s(_SHM_PTR_AT)
     return env
 

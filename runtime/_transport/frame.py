@@ -29,6 +29,7 @@ __all__ = ["Envelope", "EnvelopeTemplate", "FrameDecoder", "alloc_buffer", "deco
 
 _PAD = bytes(8)
 _U32 = struct.Struct("<I")
+_W2 = struct.Struct("<II")  # the stream header of a one-segment message: (segments - 1, words)
 _LARGE_BYTES = 1 << 20
 
 
@@ -157,6 +158,20 @@ class FrameDecoder:
             ProtocolError: malformed or oversized frame; the connection must be closed.
         """
         tail = self._buf
+        if not tail and self._env is None:
+            # the common read: exactly one whole one-segment envelope (a call or a reply
+            # without buffers), decoded without the general loop
+            end = len(data)
+            if end >= 8:
+                nseg, words = _W2.unpack_from(data, 0)
+                if nseg == 0 and 8 + 8 * words == end and end <= self.max_envelope_bytes:
+                    env = decode_envelope(bytes(data))
+                    if env.buffers or env.kind in _TRANSPORT_KIND_NAMES:
+                        if self._take(env, end, out):
+                            self._step(data, end, out)  # buffers in shared memory complete it now
+                    else:
+                        out.append((env, []))
+                    return
         if tail:
             tail += data
             pos = self._step(tail, 0, out)
@@ -194,24 +209,8 @@ class FrameDecoder:
                     return pos
                 env = decode_envelope(bytes(src[pos : pos + total]))
                 pos += total
-                lengths = env.buffers
-                if env.kind in _TRANSPORT_KIND_NAMES:
-                    if lengths or self.on_transport_frame is None:
-                        raise ProtocolError(f"unexpected transport frame {env.kind!r}")
-                    self.on_transport_frame(env)
+                if not self._take(env, total, out):
                     continue
-                if not lengths:
-                    out.append((env, []))
-                    continue
-                if total + sum(lengths) > self.max_frame_bytes:
-                    raise ProtocolError(
-                        f"frame of {total + sum(lengths)} bytes exceeds the limit {self.max_frame_bytes}"
-                    )
-                shm = env.shm
-                if shm and (len(shm) != len(lengths) or self.segments is None):
-                    raise ProtocolError("frame names shared-memory segments this connection does not have")
-                self._env, self._lengths, self._buffers, self._shm = env, lengths, [], shm
-                self._cur = None
             # out-of-band buffers
             while len(self._buffers) < len(self._lengths) or self._cur is not None:
                 if self._cur is None:
@@ -244,3 +243,31 @@ class FrameDecoder:
             self._lengths = []
             self._buffers = []
             self._shm = ()
+
+    def _take(self, env: Any, total: int, out: list[tuple[Any, list[memoryview]]]) -> bool:
+        """A decoded envelope of ``total`` bytes: a transport frame goes to its handler, a frame
+        without buffers to ``out``; True when its out-of-band buffers are to be read next.
+
+        Raises:
+            ProtocolError: a transport frame with buffers (or no handler), an oversized frame,
+                or shared-memory segments this connection does not have.
+        """
+        lengths = env.buffers
+        if env.kind in _TRANSPORT_KIND_NAMES:
+            if lengths or self.on_transport_frame is None:
+                raise ProtocolError(f"unexpected transport frame {env.kind!r}")
+            self.on_transport_frame(env)
+            return False
+        if not lengths:
+            out.append((env, []))
+            return False
+        if total + sum(lengths) > self.max_frame_bytes:
+            raise ProtocolError(
+                f"frame of {total + sum(lengths)} bytes exceeds the limit {self.max_frame_bytes}"
+            )
+        shm = env.shm
+        if shm and (len(shm) != len(lengths) or self.segments is None):
+            raise ProtocolError("frame names shared-memory segments this connection does not have")
+        self._env, self._lengths, self._buffers, self._shm = env, lengths, [], shm
+        self._cur = None
+        return True
