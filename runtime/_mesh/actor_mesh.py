@@ -1,13 +1,16 @@
 """ActorMesh: a (sliceable) reference to the actors of one spawn, and how adverbs reach them.
 
 A cast goes straight to every proc that hosts a target rank when there are at most
-``FANOUT`` such procs on one host; beyond that it goes down a tree whose every node forwards to at
-most ``FANOUT`` procs and reduces the ``call()`` results of its subtree into one reply, so the
+``FANOUT`` such procs; beyond that it goes down a tree whose every node forwards to at most
+``FANOUT`` procs and reduces the ``call()`` results of its subtree into one reply, so the
 caller's cost grows with the fan-out, not with the mesh. When the procs span several hosts (TCP
-addresses with different host parts) and some host holds more than one, the tree is built per
-host: one head proc per host receives the cast (each host boundary is crossed once), forwards it
-to the other procs of its host and reduces their ``call()`` results into one reply per host;
-more than ``FANOUT`` hosts are themselves arranged in a tree of heads. Sequence numbers are fixed
+addresses with different host parts) the tree is built per host: one head proc per host receives
+the cast (each host boundary is crossed once), forwards it to the other procs of its host and
+reduces their ``call()`` results into one reply per host; more than ``FANOUT`` hosts are
+themselves arranged in a tree of heads. A ``broadcast`` takes the per-host tree as soon as a host
+holds several targets (no reply waits on the extra hop, and a large payload crosses each host
+boundary once); a ``call()``/``stream()`` to at most ``FANOUT`` procs is sent straight to them
+(lower latency: the client gets at most ``FANOUT`` replies anyway). Sequence numbers are fixed
 at the origin so per-sender FIFO order holds across direct sends and tree casts.
 """
 
@@ -67,7 +70,7 @@ class _Plan:
     grouped by the proc hosting them, their positions in the slice, and pre-encoded envelopes
     (one per endpoint, adverb kind and sender)."""
 
-    __slots__ = ("_tree_expected", "groups", "positions", "ranks", "templates", "tree")
+    __slots__ = ("_tree_expected", "broadcast_tree", "groups", "positions", "ranks", "templates", "tree")
 
     def __init__(self, shape: Shape, addrs: Sequence[str]) -> None:
         self.ranks = shape.ranks()
@@ -80,8 +83,12 @@ class _Plan:
         self.templates: dict[tuple[Any, ...], list[tuple[str, EnvelopeTemplate, Any]]] = {}
         self._tree_expected: dict[str, set[int]] | None = None
         hosts = len({_host_of(a) for a, _ in self.groups})
-        # a tree when the origin would send more than FANOUT frames, or more than one per host
-        self.tree = len(self.groups) > FANOUT or 1 < hosts < len(self.groups)
+        # a tree when the origin would send more than FANOUT frames; a broadcast also when a
+        # host holds several targets (its payload then crosses each host boundary once). A
+        # call()/stream() to at most FANOUT procs goes straight to them: a head's forwarding hop
+        # doubled a 2 hosts x 2 procs call() (598 vs 304 us, benchmarks/RESULTS.md)
+        self.tree = len(self.groups) > FANOUT
+        self.broadcast_tree = self.tree or 1 < hosts < len(self.groups)
 
     def tree_expected(self) -> dict[str, set[int]]:
         """Positions whose results come back through each head of the cast tree (a fresh copy)."""
@@ -206,7 +213,7 @@ class ActorMesh(MeshTrait, Generic[T]):
         result: Any = None
         sink: Any = None
         flags = 0  # MessageFlags bits as a plain int: it is part of a per-call cache key
-        tree = plan.tree
+        tree = plan.broadcast_tree if adverb == "broadcast" else plan.tree
         # replies come from the procs messaged directly: through a cast tree, from the head of
         # each subtree, so the death of a head fails every position below it (nobody hangs)
         expected = (plan.tree_expected() if tree else {a: set(ps) for a, ps in plan.positions}) if adverb != "broadcast" else {}

@@ -1,8 +1,8 @@
-"""A client for the cast-tree test: ``python -m tests.multihost.tree_client GATEWAY AGENTS``.
+"""A client for the cast-tree test: ``python -m tests.multihost.tree_client GATEWAY AGENTS PER_HOST``.
 
-Attaches to the agents (one per namespace host), spawns 2 procs per host, and counts the call
-frames the client sends and the reply frames it receives for a broadcast and a ``call()`` over
-the whole mesh (one head per host: one frame per host each way), checks per-sender FIFO between
+Attaches to the agents (one per namespace host), spawns ``PER_HOST`` procs per host, and counts
+the call frames the client sends and the reply frames it receives for a broadcast and a
+``call()`` over the whole mesh, checks per-sender FIFO between
 those tree casts and direct ``call_one`` s, streams through the tree while a non-head proc is
 SIGKILLed, then prints one JSON object and exits.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 
 def main() -> None:
-    gateway, agents = sys.argv[1], sys.argv[2].split(",")
+    gateway, agents, per_host = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
     faulthandler.dump_traceback_later(60.0, exit=True)  # a hung client says where, then ends
     from monarch._mesh import current
     from monarch._transport.messages import Kind
@@ -27,7 +27,7 @@ def main() -> None:
     enable_transport(f"tcp://{gateway}:0")
     hm = attach_to_workers(workers=agents, ca=None)
     hm.initialized.get(30.0)
-    procs = hm.spawn_procs(per_host={"gpus": 2})
+    procs = hm.spawn_procs(per_host={"gpus": per_host})
     mesh = procs.spawn("counters", Counter)
     mesh.initialized.get(60.0)
     rt = current.installed()
@@ -38,7 +38,8 @@ def main() -> None:
     orig_send, orig_dispatch = router.send, router._dispatch
 
     def counting_send(addr: str, msg: Any, bufs: list[Any], **kw: Any) -> None:
-        if getattr(msg, "kind", None) == Kind.CALL:
+        base = getattr(msg, "base", msg)  # a direct send's TemplateMessage, or an envelope
+        if getattr(base, "kind", None) == Kind.CALL:
             calls_to.append(addr)
         orig_send(addr, msg, bufs, **kw)
 
