@@ -467,7 +467,10 @@ class HostNet:
         """What of this net still exists: namespaces, links, its state dir, processes (checks)."""
         found = leftovers_of(self.prefix)
         for inode in self.netns_inodes:
-            found += [f"pid {pid} in netns {inode}" for pid in sorted(pids_in_netns(inode))]
+            found += [
+                f"pid {pid} in netns {inode} ({_cmdline(pid)})"
+                for pid in sorted(pids_in_netns(inode))
+            ]
         return found
 
     def close(self) -> None:
@@ -500,6 +503,15 @@ class HostNet:
             _live.discard(self)
         if errors:
             raise errors[0]
+
+
+def _cmdline(pid: int) -> str:
+    """What the process runs, for a leftover report (its first 200 characters)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "gone"
 
 
 def leftovers_of(prefix: str) -> list[str]:
