@@ -20,9 +20,10 @@ Requests (client -> agent) and answers (agent -> client) carry the request's ``i
 - ``{"op": "hello", "client": ADDR[, "token": T][, "peer_timeout_s": S]}`` ->
   ``{"op": "hello", "hostname", "ip", "pid"}``; ``token`` only to an agent in mode N, which gives
   it to the procs it starts for this client. With ``peer_timeout_s`` (the client's liveness bound,
-  clamped to 0.5..3600 s) both sides then send ``{"op": "ping"}`` every ``S / 4`` and each ends the
-  connection when the other is silent (no frame at all) for ``S``: the agent kills that client's
-  procs, the client declares the host lost. Without it: no heartbeats and no silence limit.
+  clamped to 0.5..3600 s) both sides then send ``{"op": "ping"}`` every ``S / 4``; the agent ends
+  the connection when the client is silent (no frame at all) for ``S`` and kills its procs, the
+  client declares the host lost when the agent is silent for ``3 S / 4`` (seen within ``S``).
+  Without it: no heartbeats and no silence limit.
 - ``{"op": "spawn", "id", "count", "name", "env"}`` ->
   ``{"op": "spawned", "id", "procs": [{"addr", "pid", "name"}]}`` or ``{"op": "error", "id", "error"}``.
 - ``{"op": "kill", "addrs": [...]}``: SIGKILL those procs (no answer; their exits are reported).

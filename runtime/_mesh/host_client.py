@@ -116,9 +116,10 @@ class AgentLink:
         on_lost: ``on_lost(link, reason)`` once when the connection ends (reader thread).
         tls: this client's TLS files: the agent must serve mutual TLS with a certificate of the
             same CA; None: the agent must not use TLS.
-        peer_timeout_s: liveness bound, seconds: both sides send a ``ping`` every quarter of it,
-            and an agent silent for this long is lost (``on_lost`` with "no heartbeat"); the agent
-            ends our session when we are silent as long. None: no heartbeats (nor timeouts).
+        peer_timeout_s: liveness bound, seconds: both sides send a ``ping`` every quarter of it;
+            an agent silent for three quarters of it is lost within the bound (``on_lost`` with
+            "no heartbeat"); the agent ends our session when we are silent for all of it. None:
+            no heartbeats (nor timeouts).
 
     Attributes:
         ready: completes with the agent's hello (``hostname``, ``ip``, ``pid``) or fails with
@@ -225,8 +226,9 @@ class AgentLink:
         return "?"
 
     def _heartbeat(self) -> None:
-        """Ping the agent every quarter of ``peer_timeout_s``; end the link when it is silent
-        longer (its own thread: the reader blocks in ``recv``)."""
+        """Ping the agent every quarter of ``peer_timeout_s``; end the link once it has been
+        silent for three quarters of it, which this check (every quarter) sees within
+        ``peer_timeout_s`` of the agent's last frame (its own thread: the reader blocks in ``recv``)."""
         assert self.peer_timeout_s is not None
         timeout_s = self.peer_timeout_s
         interval = timeout_s / 4
@@ -239,9 +241,11 @@ class AgentLink:
                 self.last_heard = now
             last_check = now
             silent = now - self.last_heard
-            if silent > timeout_s:
+            # checked every interval: a limit one interval short of the bound declares the loss
+            # at most peer_timeout_s after the agent's last frame (3 pings missed at the least)
+            if silent > timeout_s - interval:
                 self._silent = (
-                    f"no heartbeat for {silent:.1f} s (limit {timeout_s} s): partitioned or hung"
+                    f"no heartbeat for {silent:.1f} s (bound {timeout_s} s): partitioned or hung"
                 )
                 log.error("host agent %s (%s) %s", self.addr, self.hostname, self._silent)
                 self.close()  # wakes the reader, which reports the loss

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.multihost
 
 PEER_TIMEOUT_S = 1.5
 #: slack over the bound on this loaded 2-core machine (heartbeat period, scheduling, the check's period)
-SLACK_S = 1.5
+SLACK_S = 0.75
 #: a SIGKILLed host's calls fail on the connection reset: well under the heartbeat bound
 KILL_BOUND_S = 0.5
 
