@@ -15,6 +15,7 @@ import ast
 import concurrent.futures
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -192,13 +193,24 @@ def run_one(python: str, root: Path, env: dict[str, str], node_id: str, timeout_
     start = time.monotonic()
     cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:crash_recovery_plugin",
            f"--timeout={int(timeout_s)}", "-o", "faulthandler_timeout=0", node_id]
-    try:
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s + 30,
-                              start_new_session=True)
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    # its own process group: whatever the test leaves behind (host agents it started, their
+    # procs) is killed with the group once pytest is done, and cannot hold our pipes open
+    # (output goes to a file, not a pipe, so a leftover holding it does not delay the result)
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout_s + 30)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc.pid)
+            proc.wait()
+        log.seek(0)
+        out = log.read()
+    if timed_out:
         return "timeout", _reason(out) or f"no result after {timeout_s + 30:.0f} s", time.monotonic() - start
-    out = proc.stdout + proc.stderr
     tail = out.strip().splitlines()[-1] if out.strip() else ""
     if "Timeout" in out and "+++++++ Timeout" in out:
         status = "timeout"
@@ -211,6 +223,13 @@ def run_one(python: str, root: Path, env: dict[str, str], node_id: str, timeout_
     else:
         status = "fail"
     return status, "" if status == "pass" else _reason(out), time.monotonic() - start
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _reason(out: str) -> str:
