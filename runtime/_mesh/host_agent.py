@@ -395,7 +395,9 @@ class HostAgent:
     def _start_one(self, session: _Session, name: str, env: dict[str, str]) -> _Proc:
         """Bind the proc's socket and fork it (an executor thread: the fork server's answer blocks)."""
         if self.unix:  # procs of a Unix agent listen on Unix sockets in its private folder
-            path = os.path.join(self._runtime_dir, f"{len(self._by_pid)}-{os.urandom(4).hex()}.sock")
+            path = os.path.join(
+                self._runtime_dir, f"{len(self._by_pid)}-{os.urandom(4).hex()}.sock"
+            )
             lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
             family, _ = parse_address(f"tcp:{self.proc_host}:0")
