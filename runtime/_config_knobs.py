@@ -5,9 +5,9 @@ such as ``message_delivery_timeout`` or ``codec_max_frame_length``, durations wr
 humantime format (``"30s"``, ``"1h 30m"``), and environment variables such as
 ``HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT``. Programs and tests written for Monarch set and read them
 (``get_global_config()["tail_log_lines"]``), so this project accepts every knob that Monarch's
-``configure`` documents and that its runtime declares, except ``default_transport`` (see
-``enable_transport``), with Monarch's type, default, environment variable, validation and
-read-back form.
+``configure`` documents and that its runtime declares, with Monarch's type, default,
+environment variable, validation and read-back form (``default_transport`` reads back as a
+:class:`ChannelTransport` member or its explicit address, not Monarch's private ``BindSpec``).
 
 Most of them configure machinery this runtime does not have (acknowledgements, message TTLs,
 Monarch's admin server, its ibverbs device selection): those are accepted and read back, and
@@ -26,7 +26,14 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import BaseSettings
 
-__all__ = ["KNOB_EFFECT", "Encoding", "MonarchKnobs", "format_duration", "parse_duration"]
+__all__ = [
+    "KNOB_EFFECT",
+    "ChannelTransport",
+    "Encoding",
+    "MonarchKnobs",
+    "format_duration",
+    "parse_duration",
+]
 
 _NS = 1_000_000_000
 # humantime's units (Monarch formats and parses durations with the humantime crate); a month is
@@ -133,6 +140,51 @@ def _check_socket_addr(text: str) -> str:
     return text
 
 
+class ChannelTransport(enum.Enum):
+    """The kinds of channel Monarch's processes talk over (Monarch's ``ChannelTransport``, the
+    same member names; picklable: a member unpickles to the same member).
+
+    Supported here:
+
+    - ``Unix``: Unix-domain sockets, between the processes of one machine (the default: every
+      proc of a job on this host connects this way).
+    - ``TcpWithLocalhost``: TCP on the loopback address (authenticated with the job's cluster
+      token).
+    - ``TcpWithHostname``: TCP on this machine's hostname, so other machines can connect
+      (authenticated with the cluster token; peers on other machines need multi-host support).
+
+    Named for compatibility with Monarch programs but NOT supported (nothing here can use them):
+    ``Local`` (Monarch's in-process channel; our in-memory transport exists only in
+    ``monarch.testing``), ``Tls``, ``MetaTlsWithHostname``, ``MetaTlsWithIpV6`` (as transports
+    to select: here TLS is a property of every TCP link, turned on by the ``tls_ca``/``tls_cert``
+    settings or ``attach_to_workers(ca=, private_key=)``), ``Quic``, ``MetaQuicWithHostname``,
+    ``MetaQuicWithIpV6`` (QUIC).
+    """
+
+    Unix = "unix"
+    TcpWithLocalhost = "tcp_localhost"
+    TcpWithHostname = "tcp_hostname"
+    Local = "local"
+    Tls = "tls"
+    MetaTlsWithHostname = "metatls_hostname"
+    MetaTlsWithIpV6 = "metatls_ipv6"
+    Quic = "quic"
+    MetaQuicWithHostname = "metaquic_hostname"
+    MetaQuicWithIpV6 = "metaquic_ipv6"
+
+    @property
+    def supported(self) -> bool:
+        """Whether this project can carry messages over this transport."""
+        return self in (
+            ChannelTransport.Unix,
+            ChannelTransport.TcpWithLocalhost,
+            ChannelTransport.TcpWithHostname,
+        )
+
+    def __repr__(self) -> str:
+        return f"ChannelTransport.{self.name}"
+
+
 class Encoding(enum.Enum):
     """Monarch's message encodings (``monarch.config.Encoding``): the value of the
     ``default_encoding`` knob. The values are the names Monarch's ``HYPERACTOR_DEFAULT_ENCODING``
@@ -145,6 +197,37 @@ class Encoding(enum.Enum):
 
     def __repr__(self) -> str:
         return f"Encoding.{self.name}"
+
+
+_TRANSPORT_NAMES = {
+    "tcp": ChannelTransport.TcpWithHostname,
+    "unix": ChannelTransport.Unix,
+    "ipc": ChannelTransport.Unix,
+    **{t.name.lower(): t for t in ChannelTransport},
+    **{t.value: t for t in ChannelTransport},
+}
+_TCP_URL = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]@]+):(\d{1,5})$")
+
+
+def check_transport(value: ChannelTransport | str) -> ChannelTransport | str:
+    """``default_transport`` as Monarch reads it: a member; a name (``"tcp"`` is
+    ``TcpWithHostname``); or an explicit ``tcp://HOST:PORT`` kept as given.
+
+    Raises:
+        ValueError: a string that is neither (``"random_string"``, ``"invalid://scheme"``).
+    """
+    if isinstance(value, ChannelTransport):
+        return value
+    text = value.strip()
+    named = _TRANSPORT_NAMES.get(text.lower())
+    if named is not None:
+        return named
+    m = _TCP_URL.match(text)
+    if m is None or int(m.group(2)) > 65535:
+        raise ValueError(
+            f"{value!r} is not a transport (a ChannelTransport, tcp, unix, or tcp://HOST:PORT)"
+        )
+    return text
 
 
 _INERT = "Accepted, no effect: "
@@ -296,6 +379,16 @@ class MonarchKnobs(BaseSettings):
     )
 
     # -- channels -------------------------------------------------------------------------------
+    default_transport: ChannelTransport | str = _knob(
+        ChannelTransport.Unix,
+        "HYPERACTOR_MESH_DEFAULT_TRANSPORT",
+        "Honoured: where the client listens when its runtime starts, unless enable_transport or "
+        "attach_to_workers chose: Unix, TcpWithLocalhost (127.0.0.1), TcpWithHostname (this "
+        "machine's hostname's address) or tcp://HOST:PORT; another transport makes the start "
+        "fail with ConfigError. Procs of this machine still talk over Unix sockets.",
+        "default channel transport: a ChannelTransport, a transport name (tcp: TcpWithHostname) "
+        "or an explicit address (tcp://HOST:PORT).",
+    )
     channel_net_rx_buffer_full_check_interval: HumanDuration = _knob(
         "5s",
         "HYPERACTOR_CHANNEL_NET_RX_BUFFER_FULL_CHECK_INTERVAL",
@@ -451,6 +544,11 @@ class MonarchKnobs(BaseSettings):
         "worker threads of the RDMA data-plane runtime.",
         ge=0,
     )
+
+    @field_validator("default_transport")
+    @classmethod
+    def _transport(cls, value: ChannelTransport | str) -> ChannelTransport | str:
+        return check_transport(value)
 
     @field_validator("mesh_admin_addr")
     @classmethod

@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import AfterValidator, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ._config_knobs import KNOB_EFFECT, Encoding, MonarchKnobs
+from ._config_knobs import KNOB_EFFECT, ChannelTransport, Encoding, MonarchKnobs
 from ._core.errors import MonarchError
 
 __all__ = [
@@ -81,47 +81,6 @@ BOOTSTRAP_VARIABLES: Mapping[str, str] = {
 """Environment variables the runtime sets for the processes it starts. They carry one process's
 bootstrap, not a user's choice, so they are not fields of :class:`MonarchConfig`; setting them
 by hand is not supported."""
-
-
-class ChannelTransport(enum.Enum):
-    """The kinds of channel Monarch's processes talk over (Monarch's ``ChannelTransport``, the
-    same member names; picklable: a member unpickles to the same member).
-
-    Supported here:
-
-    - ``Unix``: Unix-domain sockets, between the processes of one machine (the default: every
-      proc of a job on this host connects this way).
-    - ``TcpWithLocalhost``: TCP on the loopback address (authenticated with the job's cluster
-      token).
-    - ``TcpWithHostname``: TCP on this machine's hostname, so other machines can connect
-      (authenticated with the cluster token; peers on other machines need multi-host support).
-
-    Named for compatibility with Monarch programs but NOT supported (nothing here can use them):
-    ``Local`` (Monarch's in-process channel; our in-memory transport exists only in
-    ``monarch.testing``), ``Tls``, ``MetaTlsWithHostname``, ``MetaTlsWithIpV6`` (as transports
-    to select: here TLS is a property of every TCP link, turned on by the ``tls_ca``/``tls_cert``
-    settings or ``attach_to_workers(ca=, private_key=)``), ``Quic``, ``MetaQuicWithHostname``,
-    ``MetaQuicWithIpV6`` (QUIC).
-    """
-
-    Unix = "unix"
-    TcpWithLocalhost = "tcp_localhost"
-    TcpWithHostname = "tcp_hostname"
-    Local = "local"
-    Tls = "tls"
-    MetaTlsWithHostname = "metatls_hostname"
-    MetaTlsWithIpV6 = "metatls_ipv6"
-    Quic = "quic"
-    MetaQuicWithHostname = "metaquic_hostname"
-    MetaQuicWithIpV6 = "metaquic_ipv6"
-
-    @property
-    def supported(self) -> bool:
-        """Whether this project can carry messages over this transport."""
-        return self in (ChannelTransport.Unix, ChannelTransport.TcpWithLocalhost, ChannelTransport.TcpWithHostname)
-
-    def __repr__(self) -> str:
-        return f"ChannelTransport.{self.name}"
 
 
 class ConfigError(MonarchError, ValueError):
@@ -778,6 +737,8 @@ def _settings_markdown() -> str:
 
 
 MonarchConfig.__module__ = __name__
+ChannelTransport.__module__ = __name__  # its public home (pickles by this name)
+Encoding.__module__ = __name__
 
 
 class _ConfigModule(types.ModuleType):

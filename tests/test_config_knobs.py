@@ -12,6 +12,7 @@ from monarch import config
 from monarch._config_knobs import KNOB_EFFECT, format_duration, parse_duration
 from monarch.actor import Actor, endpoint, this_host
 from monarch.config import (
+    ChannelTransport,
     ConfigError,
     Encoding,
     MonarchConfig,
@@ -79,6 +80,7 @@ CHANGED = dict(
     rdma_ibverbs_target="nic:mlx5_0",
     rdma_peer_device_affinity="groups:mlx5_0,mlx5_1|mlx5_2",
     rdma_runtime_worker_threads=32,
+    default_transport=ChannelTransport.TcpWithLocalhost,
 )
 
 
@@ -89,6 +91,7 @@ def test_every_knob_has_a_changed_value_here_and_says_whether_it_is_honoured():
         assert text.startswith(("Honoured: ", "Accepted, no effect: ")), name
         assert " Monarch: " in text, name
     assert KNOB_EFFECT["codec_max_frame_length"] is True
+    assert KNOB_EFFECT["default_transport"] is True
     assert KNOB_EFFECT["mesh_attach_config_timeout"] is True  # tests/runtime/test_local_agents.py
     assert KNOB_EFFECT["message_delivery_timeout"] is False
 
@@ -327,3 +330,67 @@ def test_codec_max_frame_length_from_monarchs_variable_holds_in_client_and_procs
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["client refused: True", "proc refused: True"], out.stderr
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (ChannelTransport.TcpWithLocalhost, ChannelTransport.TcpWithLocalhost),
+        (ChannelTransport.MetaTlsWithHostname, ChannelTransport.MetaTlsWithHostname),
+        ("tcp", ChannelTransport.TcpWithHostname),
+        ("unix", ChannelTransport.Unix),
+        ("tcp://127.0.0.1:8080", "tcp://127.0.0.1:8080"),
+    ],
+)
+def test_default_transport_reads_back_as_monarch_normalises_it(value, expected):
+    assert get_global_config()["default_transport"] is ChannelTransport.Unix
+    with configured(default_transport=value) as cfg:
+        assert cfg["default_transport"] == expected
+    assert get_global_config()["default_transport"] is ChannelTransport.Unix
+
+
+def test_default_transport_rejects_other_types_and_strings():
+    for bad in (42, {}):
+        with pytest.raises(TypeError):
+            configure(default_transport=bad)
+    for bad in ("invalid://scheme", "random_string"):
+        with pytest.raises(ValueError, match="is not a transport"):
+            configure(default_transport=bad)
+
+
+_LISTEN = """
+import sys
+from monarch.actor import Actor, endpoint, this_host
+from monarch.config import ChannelTransport, ConfigError, configure
+from monarch._mesh.current import current_runtime
+
+class A(Actor):
+    @endpoint
+    def ok(self) -> int:
+        return 1
+
+configure(default_transport=getattr(ChannelTransport, sys.argv[1]))
+try:
+    procs = this_host().spawn_procs()
+except ConfigError as exc:
+    print("refused:", "not supported here" in str(exc))
+else:
+    print(current_runtime().router.addr.split(":")[0], procs.spawn("a", A).ok.call_one().get(timeout=30))
+    procs.stop().get(timeout=60)
+"""
+
+
+@pytest.mark.parametrize(
+    "member, expected",
+    [("TcpWithLocalhost", "tcp 1"), ("Unix", "unix 1"), ("Quic", "refused: True")],
+)
+def test_default_transport_chooses_where_a_new_client_listens(member, expected):
+    out = subprocess.run(
+        [sys.executable, "-c", _LISTEN, member],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [expected], out.stderr

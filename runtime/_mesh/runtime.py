@@ -50,7 +50,12 @@ from .port import Port
 from .proc_mesh import ProcMesh
 from .procs import ProcManager
 from .router import Router, TransportFactory
-from .settings import RuntimeSettings, log_prefix_enabled, settings_from_config
+from .settings import (
+    RuntimeSettings,
+    default_transport_listen,
+    log_prefix_enabled,
+    settings_from_config,
+)
 from .sinks import OneSink, ValueMeshSink
 from .supervision import Supervisor, fault_hooks
 from .zygote import GUARD_ENV, ZygoteClient
@@ -400,7 +405,10 @@ def start_client_runtime() -> Runtime:
 
     Raises:
         SupervisionError: the loop thread did not come up within 10 s.
+        ConfigError: Monarch's ``default_transport`` names a transport this runtime lacks.
     """
+    # where to listen, before anything starts (a default_transport it cannot serve: ConfigError)
+    chosen = requested_listen() or default_transport_listen()
     # launch the fork server first: its imports run while this process imports the settings
     # (the settings may still turn it off: then the runtime closes it)
     off = os.environ.get(GUARD_ENV) or os.environ.get("MONARCH_ZYGOTE", "").strip().lower() in ("0", "false", "no", "off")
@@ -417,8 +425,9 @@ def start_client_runtime() -> Runtime:
     runtime_dir = tempfile.mkdtemp(prefix=f"monarch-{os.getpid()}-")
     os.chmod(runtime_dir, 0o700)
     loop = new_loop()
-    # enable_transport() or attach_to_workers() asked for TCP: agents' procs must reach us
-    listen = requested_listen() or "unix:" + os.path.join(runtime_dir, "client.sock")
+    # enable_transport() or attach_to_workers() asked for TCP: agents' procs must reach us; else
+    # Monarch's default_transport knob (checked above, before anything started)
+    listen = chosen or "unix:" + os.path.join(runtime_dir, "client.sock")
     ready = threading.Event()
     holder: list[Runtime] = []
     errors: list[BaseException] = []

@@ -17,7 +17,7 @@ from .._transport.base import TransportSettings
 from .._transport.tls import TlsConfig, tls_from_env
 from .router import RouterLimits
 
-__all__ = ["RuntimeSettings", "log_prefix_enabled", "settings_from_config"]
+__all__ = ["RuntimeSettings", "default_transport_listen", "log_prefix_enabled", "settings_from_config"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,33 @@ def log_prefix_enabled(settings: RuntimeSettings) -> Callable[[], bool]:
         )
 
     return enabled
+
+
+def default_transport_listen() -> str | None:
+    """Where a client listens by Monarch's ``default_transport`` knob: None for Unix (the
+    default), ``tcp:HOST:0`` or the explicit ``tcp:HOST:PORT`` otherwise. A process that has not
+    imported ``monarch.config`` and has no ``HYPERACTOR_MESH_DEFAULT_TRANSPORT`` is on the default.
+
+    Raises:
+        ConfigError: a transport this runtime cannot listen on (Tls, Quic, Local, ...).
+    """
+    if "monarch.config" not in sys.modules and "HYPERACTOR_MESH_DEFAULT_TRANSPORT" not in os.environ:
+        return None
+    import socket
+
+    from .._transport.address import from_url
+    from ..config import ChannelTransport, ConfigError, get_global_config
+
+    value = get_global_config().default_transport
+    if value is ChannelTransport.Unix:
+        return None
+    if value is ChannelTransport.TcpWithLocalhost:
+        return "tcp:127.0.0.1:0"
+    if value is ChannelTransport.TcpWithHostname:
+        return f"tcp:{socket.gethostbyname(socket.gethostname())}:0"
+    if isinstance(value, str):
+        return from_url(value)
+    raise ConfigError(
+        f"default_transport={value!r} is not supported here: use ChannelTransport.Unix, "
+        "TcpWithLocalhost, TcpWithHostname or tcp://HOST:PORT"
+    )
