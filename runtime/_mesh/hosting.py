@@ -192,6 +192,9 @@ class ActorHost:
         self._shapes: dict[tuple[Any, ...], _ShapeInfo] = {}
         self._parked: dict[str, list[Msg]] = {}  # calls that arrived before their mesh's spawn
         self._parked_count = 0
+        # spawns that arrived but could not be decoded (the actor's module is not importable
+        # here, say): mesh id -> why, so its calls are refused at once with the cause
+        self._failed_spawns: dict[str, str] = {}
         self._proc_mesh_factory = proc_mesh_factory
         self.port_factory = port_factory
         self._this_proc: Any = None
@@ -285,6 +288,10 @@ class ActorHost:
     def _park(self, msg: Msg) -> None:
         """Keep a call to a mesh this process has not heard of until its spawn arrives, within
         bounds: at most ``_PARKED_MAX`` calls, each for at most ``_PARK_TIMEOUT_S`` seconds."""
+        failed = self._failed_spawns.get(msg.mesh_id)
+        if failed is not None:
+            self.refuse(msg, SupervisionError(f"no actor {msg.mesh_id}[{msg.rank}] on {self.router.name}: {failed}"))
+            return
         parked = self._parked.setdefault(msg.mesh_id, [])
         if self._parked_count >= _PARKED_MAX:
             self.refuse(msg, SupervisionError(f"no actor {msg.mesh_id}[{msg.rank}] on {self.router.name}"))
@@ -369,6 +376,13 @@ class ActorHost:
             mesh_id, name, cls, args, kwargs, points, extent, owner, creator = loads(env.payload, bufs)
         except Exception as exc:
             log.error("cannot decode a spawn request from %s: %s", env.origin, exc)
+            why = f"its spawn could not be decoded here ({type(exc).__name__}: {exc})"
+            self._failed_spawns[env.actor] = why
+            while len(self._failed_spawns) > _PARKED_MAX:  # bounded: the oldest first
+                del self._failed_spawns[next(iter(self._failed_spawns))]
+            for msg in self._parked.pop(env.actor, []):
+                self._parked_count -= 1
+                self.refuse(msg, SupervisionError(f"no actor {env.actor}[{msg.rank}] on {self.router.name}: {why}"))
             return
         self.spawn_local(mesh_id, name, cls, args, kwargs, points, extent, owner, creator)
 

@@ -77,3 +77,43 @@ def test_the_main_job_trains_across_two_hosts_of_two_procs(
     print(
         f"\nmain job ({mode}) across 2 hosts x 2 procs: {match.group(0)}; {out.strip().splitlines()[-1]}"
     )
+
+
+def test_the_main_job_fails_at_once_naming_the_missing_module_when_a_host_lacks_its_code(
+    request, hosts: HostNet
+) -> None:
+    """Code is not shipped: agents without examples/ on their path cannot decode the actors'
+    spawn (``digits_step`` is not importable there), and the job's first call says so at once
+    instead of waiting for a spawn that will never come."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    agents = [_start_agent(host) for host in hosts]
+    workers = ",".join(f"tcp://{addr[4:]}" for _, addr in agents)
+    argv = [
+        sys.executable,
+        str(ROOT / "examples" / "train_digits.py"),
+        "--steps",
+        "5",
+        "--hosts",
+        workers,
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    request.addfinalizer(lambda: _killpg(proc))
+    out, _ = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode != 0, out[-3000:]
+    assert "could not be decoded here" in out and "digits_step" in out, out[-3000:]
+    assert "never arrived" not in out, out[-3000:]
+
+
+def _killpg(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10.0)
