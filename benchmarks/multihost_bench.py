@@ -16,9 +16,11 @@ Sessions of a round, each with fresh agents:
   ``call()`` answered (s); ``call_one`` round trip to a proc on h1 (median, us); ``call()`` to the
   2 hosts x 2 procs (median, us); a 16 MiB float32 tensor echoed by a proc on h1 (median round
   trip; MiB/s = 16 MiB / round trip); then a call in flight to h0, every process of h0
-  SIGKILLed: time until the caller's error (``> N s`` when none came within ``--fault-timeout-s``).
+  SIGKILLed: time until the caller's error (``> N s`` when none came within ``--fault-timeout-s``)
+  and until the first ``MeshFailure`` reached the client (its ``unhandled_fault_hook`` records
+  it instead of exiting).
 - ``silent`` (h0, h1): a call in flight to h0, h0's link cut (packets dropped, nothing reset):
-  time until the caller's error, bounded the same way.
+  time until the caller's error and the MeshFailure, bounded the same way.
 - ``fanout`` (h0..h3, ours only): ``spawn_procs(per_host={"gpus": 16})`` (64 procs), then
   ``broadcast`` to all 64: the frames the client sends per message, counted by wrapping
   ``Router.send`` in the client (control frames such as heartbeats excluded). torchmonarch's
@@ -59,6 +61,8 @@ TOKEN = "multihost-bench-token-0123456789abcdef"
 MIB = 1 << 20
 TORCHMONARCH_AGENT_PORT = 26600  # inside each namespace: nothing else listens there
 _LEN = struct.Struct("!Q")
+#: a client phase that takes longer hangs: it dumps its threads' tracebacks and exits (s)
+CLIENT_PHASE_S = 100.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,15 +114,31 @@ def _median_s(fn: Callable[[], Any], n: int) -> float:
     return statistics.median(times)
 
 
+_FAULTS: list[float] = []  # monotonic times of the MeshFailures that reached the client
+
+
+def _record_faults() -> None:
+    """Record MeshFailures instead of exiting (both runtimes' default hook ends the client)."""
+    import monarch.actor
+
+    monarch.actor.unhandled_fault_hook = lambda failure: _FAULTS.append(time.monotonic())
+
+
 def _wait_broken(mesh: Any, fault_timeout_s: float) -> None:
-    """Keep a call in flight to h0, let the orchestrator break h0, time the caller's error."""
+    """Keep a call in flight to h0, let the orchestrator break h0, time the caller's error
+    (and the first MeshFailure that reached the client, the owner of the mesh)."""
     fut = mesh.slice(hosts=0, gpus=0).sleep.call_one(fault_timeout_s + 60.0)
     mesh.slice(hosts=0, gpus=1).ping.call_one(0).get(30.0)  # h0 is answering: the sleep runs
     _emit(event="break")
     broken_at = float(sys.stdin.readline())
+    import faulthandler
+
+    faulthandler.dump_traceback_later(fault_timeout_s + CLIENT_PHASE_S, exit=True)
     try:
         fut.get(fault_timeout_s)
-        _emit(event="broken", error="", error_type="", elapsed_s=None, returned=True)
+        _emit(
+            event="broken", error="", error_type="", elapsed_s=None, returned=True, failure_s=None
+        )
         return
     except Exception as exc:
         elapsed = time.monotonic() - broken_at
@@ -130,6 +150,7 @@ def _wait_broken(mesh: Any, fault_timeout_s: float) -> None:
             error_type=name,
             elapsed_s=None if timed_out else elapsed,
             returned=False,
+            failure_s=_FAULTS[0] - broken_at if _FAULTS else None,
         )
 
 
@@ -164,7 +185,15 @@ def _cast_frames(before: dict[str, int], after: dict[str, int]) -> tuple[int, se
 
 
 def client(mode: str, gateway: str, agents: list[str], calls: int, fault_timeout_s: float) -> None:
-    """One client session (see the module docstring); JSON lines on stdout, syncs on stdin."""
+    """One client session (see the module docstring); JSON lines on stdout, syncs on stdin.
+
+    A client that hangs dumps every thread's traceback to stderr and exits before the
+    orchestrator's wait ends, so the note it leaves says where.
+    """
+    import faulthandler
+
+    faulthandler.dump_traceback_later(CLIENT_PHASE_S, exit=True)
+    _record_faults()
     if mode == "fanout":
         counts = _count_frames()
         _, mesh, attach_s = _attach(gateway, agents, 16)
@@ -353,11 +382,13 @@ class Bench:
         self.token = uuid.uuid4().hex
         self.ours_py = sys.executable
         self.monarch_py = str(Path(args.venv) / "bin" / "python")
-        self.values: dict[str, dict[str, list[float | None]]] = {
+        # system -> row -> round -> value (None: no error within the fault bound)
+        self.values: dict[str, dict[str, dict[int, float | None]]] = {
             "ours": {},
             "monarch": {},
             "raw": {},
         }
+        self.round = 0
         self.notes: list[str] = []
         self.net: Any = None
 
@@ -370,7 +401,7 @@ class Bench:
         return env
 
     def record(self, system: str, key: str, value: float | None) -> None:
-        self.values[system].setdefault(key, []).append(value)
+        self.values[system].setdefault(key, {})[self.round] = value
 
     def cleanup(self) -> None:
         """Kill every process in the namespaces and every process carrying the run token."""
@@ -380,6 +411,7 @@ class Bench:
         for host in self.net:
             with contextlib.suppress(RuntimeError):
                 host.restore_link()
+            with contextlib.suppress(RuntimeError):
                 host.kill_all()
         kill_until_gone(lambda: _pids_with_token(self.token))
         reap_zombies()
@@ -474,12 +506,21 @@ class Bench:
         else:
             at = time.monotonic()
             host.cut_link()
-        sess.tell(repr(at))
+        try:
+            sess.tell(repr(at))
+        except BrokenPipeError:
+            status = sess.proc.wait(10.0)
+            tail = sess.err_path.read_text()[-1500:]
+            raise RuntimeError(
+                f"the client exited (status {status}) when h0 broke: {tail}"
+            ) from None
         ev = sess.event(bound + 60.0)
         key = "kill_ms" if mode == "main" else "silent_s"
         elapsed = ev["elapsed_s"]
         scale = 1e3 if mode == "main" else 1.0
         self.record(system, key, None if elapsed is None else elapsed * scale)
+        failure = ev.get("failure_s")
+        self.record(system, key + "_failure", None if failure is None else failure * scale)
         print(
             f"  {system} {mode} -> {ev['error_type']} after {elapsed} s: {ev['error'][:600]}",
             flush=True,
@@ -511,6 +552,7 @@ class Bench:
             self.net = net
             try:
                 for r in range(self.args.rounds):
+                    self.round = r
                     print(f"round {r + 1}/{self.args.rounds}", flush=True)
                     self.raw()
                     order = systems if r % 2 == 0 else systems[::-1]
@@ -537,7 +579,9 @@ ROWS: list[tuple[str, str, str, str, str]] = [
     ("rt16_ms", "16 MiB tensor round trip time", "ms", "lower", ""),
     ("attach_s", "attach + spawn_procs(gpus=2) x 2 hosts + first answer", "s", "lower", "<= 0.4x monarch"),
     ("kill_ms", "SIGKILL of a host -> caller error", "ms", "lower", "<= 50 ms"),
+    ("kill_ms_failure", "SIGKILL of a host -> MeshFailure at the client (owner)", "ms", "lower", ""),
     ("silent_s", "silent host (link cut) -> caller error", "s", "lower", "<= 3 s"),
+    ("silent_s_failure", "silent host (link cut) -> MeshFailure at the client (owner)", "s", "lower", ""),
     ("fanout_frames", "broadcast to 64 procs / 4 hosts: client frames per message", "frames", "lower", "<= 4 (one per host; fan-out 8)"),
 ]  # fmt: skip
 
@@ -549,6 +593,21 @@ def _median(values: list[float | None]) -> tuple[float | None, bool]:
     inf = [float("inf") if v is None else v for v in values]
     m = statistics.median(inf)
     return (None, True) if m == float("inf") else (m, False)
+
+
+def _ratio(ours: dict[int, float | None], other: dict[int, float | None], scale: float) -> str:
+    """Median over the rounds both systems finished of ours / other in that round (the load
+    swings from round to round: a ratio within one round cancels most of it). A round where
+    the other gave no error within the bound (``scale`` = the bound in the row's unit) counts
+    as ours / bound, an upper bound on the ratio, shown as ``< Nx``."""
+    pairs = [(ours[r], other[r]) for r in sorted(ours) if r in other and ours[r] is not None]
+    if not pairs:
+        return "-"
+    ratios = [(a / b if b is not None else a / scale) for a, b in pairs if b != 0 and a is not None]
+    if not ratios:
+        return "-"
+    bounded = any(b is None for _, b in pairs)
+    return f"{'< ' if bounded else ''}{statistics.median(ratios):.3g}x"
 
 
 def _fmt(v: float | None, over: bool, bound: float, unit: str) -> str:
@@ -566,7 +625,9 @@ def table(bench: Bench) -> tuple[str, dict[str, Any]]:
     for system in ("ours", "monarch", "raw"):
         rt = vals[system].get("rt16_ms")
         if rt:
-            vals[system]["rt16_mib_s"] = [None if v is None else 16.0 / (v / 1e3) for v in rt]
+            vals[system]["rt16_mib_s"] = {
+                r: None if v is None else 16.0 / (v / 1e3) for r, v in rt.items()
+            }
     bound = bench.args.fault_timeout_s
     lines = [
         "| metric | unit | ours | torchmonarch | raw TCP | ours/monarch | ours/raw | target |",
@@ -576,21 +637,15 @@ def table(bench: Bench) -> tuple[str, dict[str, Any]]:
     for key, label, unit, _better, target in ROWS:
         cells, meds = [], {}
         for system in ("ours", "monarch", "raw"):
-            m, over = _median(vals[system].get(key, []))
+            m, over = _median(list(vals[system].get(key, {}).values()))
             meds[system] = (m, over)
             cells.append(_fmt(m, over, bound, unit))
-        ratios = []
-        for other in ("monarch", "raw"):
-            (a, _), (b, b_over) = meds["ours"], meds[other]
-            if a is not None and b is not None and b:
-                ratios.append(f"{a / b:.2f}x")
-            elif a is not None and b_over:
-                ratios.append(f"< {a / (bound * (1e3 if unit == 'ms' else 1.0)):.3f}x")
-            else:
-                ratios.append("-")
+        scale = bound * (1e3 if unit == "ms" else 1.0)
+        ours = vals["ours"].get(key, {})
+        ratios = [_ratio(ours, vals[other].get(key, {}), scale) for other in ("monarch", "raw")]
         lines.append(f"| {label} | {unit} | " + " | ".join(cells + ratios) + f" | {target} |")
         summary[key] = {
-            s: {"median": meds[s][0], "over_bound": meds[s][1], "rounds": vals[s].get(key, [])}
+            s: {"median": meds[s][0], "over_bound": meds[s][1], "rounds": vals[s].get(key, {})}
             for s in meds
         }
     return "\n".join(lines), summary
@@ -634,7 +689,8 @@ def main() -> None:
         f"Rounds: {args.rounds} interleaved; {os.cpu_count()} CPUs; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; Python {platform.python_version()}; "
         f"wall {time.monotonic() - started:.0f} s. Values are medians over rounds of per-session "
-        f"medians; ratio = ours / other; `> {args.fault_timeout_s:g} s`: no error within the bound."
+        f"medians; ratios are medians of the per-round ratios (ours / other in the same round); "
+        f"`> {args.fault_timeout_s:g} s`: no error within the bound."
     )
     print()
     print(cond)
