@@ -119,6 +119,7 @@ def rref(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str,
 # the first call (Monarch's "cached" propagation); and each endpoint's pickle-coded twin
 _idl_meta: dict[Any, tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] = {}
 _pickled: dict[int, EndpointSpec] = {}
+_IDL_META_MAX = 4096
 
 
 def _rref_idl(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -166,6 +167,8 @@ def _rref_idl(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict
         shape, stride, dtype_name = reported[0]
         meta = (tuple(shape), tuple(stride), getattr(torch, dtype_name))
         if key is not None:
+            if len(_idl_meta) >= _IDL_META_MAX:  # bounded: arguments may never repeat
+                _idl_meta.clear()
             _idl_meta[key] = meta
     with _bare():
         fake = torch.empty_strided(meta[0], meta[1], dtype=meta[2], device="meta")
