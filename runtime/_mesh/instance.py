@@ -111,6 +111,9 @@ class ActorInstance:
         self._args = args
         self._kwargs = kwargs
         self._bound: dict[str, Any] = {}
+        # the context of the latest message: reused while messages come for the same position
+        # of the same slice (contexts and points are immutable; a call_one stream always does)
+        self._last_context: tuple[Any, int, Context] | None = None
         self.stopped = threading.Event()
         self.constructed = threading.Event()  # __init__ has run (or failed)
         self.on_stopped: Any = None
@@ -308,7 +311,13 @@ class ActorInstance:
         return spec, fn, tuple(args), kwargs
 
     def _handle_steps(self, msg: Msg, on_loop: bool) -> Steps:
-        token = set_context(Context(self.instance, msg.message_rank()))
+        last = self._last_context
+        if last is not None and last[0] is msg.shape and last[1] == msg.pos:
+            ctx = last[2]
+        else:
+            ctx = Context(self.instance, msg.message_rank())
+            self._last_context = (msg.shape, msg.pos, ctx)
+        token = set_context(ctx)
         spec: EndpointSpec | None = None
         in_flight = self._in_flight
         in_flight.add(msg)  # set.add/discard are atomic under the GIL; _refuse_in_flight copies it

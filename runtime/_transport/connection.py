@@ -42,6 +42,7 @@ _COALESCE_MAX = 64 * 1024  # smaller iovecs are copied into the queue; larger on
 _FLUSH_BYTES = 1 << 20  # queued bytes that make the sending thread write without waiting
 _RECV_CHUNK = 256 * 1024
 _ANC_BYTES = socket.CMSG_SPACE(64 * 4)  # room for 64 descriptors per read
+_MSG_CTRUNC = socket.MSG_CTRUNC
 
 _SHM_SEGMENT = Kind.SHM_SEGMENT.value
 _SHM_FREE = Kind.SHM_FREE.value
@@ -407,7 +408,7 @@ class SocketLink:
         n, anc, flags, _addr = self.sock.recvmsg_into([target], _ANC_BYTES)  # type: ignore[union-attr]  # reading implies a socket
         if anc:
             take_fds(anc, self._decoder.segments.fds)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             raise ProtocolError("file descriptors lost (control data truncated)")
         return n
 
@@ -417,7 +418,7 @@ class SocketLink:
         sock = self.sock
         assert sock is not None
         recv = self._recv_with_fds if self._shm_tx is not None else sock.recv_into
-        stage = _STAGE.get()
+        stage = _STAGE.buf or _STAGE.get()
         try:
             for _ in range(64):
                 target = dec.direct_target()
