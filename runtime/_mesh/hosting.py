@@ -4,9 +4,12 @@ their tree, collecting replies back up it, and reporting failures to owners.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,32 @@ log = logging.getLogger("monarch.hosting")
 # link) wait for it, within these bounds
 _PARKED_MAX = 65536
 _PARK_TIMEOUT_S = 3.0
+
+
+class _NeedsImport(Exception):
+    """Decoding a spawn request would import a module (see :class:`_ImportedOnly`)."""
+
+
+class _ImportedOnly(pickle.Unpickler):
+    """Unpickles only with modules already imported: an actor class whose module is not (a
+    test module or a training script that imports torch, seconds under load) is decoded off
+    the event loop instead, which meanwhile keeps serving heartbeats and handshakes."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module not in sys.modules:
+            raise _NeedsImport(module)
+        return super().find_class(module, name)
+
+
+def _spawn_fields(decoded: Any) -> tuple[Any, ...]:
+    """The nine fields of a decoded spawn request (see :func:`pickle_spawn`).
+
+    Raises:
+        ValueError: it is not a tuple of nine.
+    """
+    if not isinstance(decoded, tuple) or len(decoded) != 9:
+        raise ValueError("a spawn request is a tuple of nine fields")
+    return decoded
 
 
 class _ShapeInfo:
@@ -195,6 +224,9 @@ class ActorHost:
         # spawns that arrived but could not be decoded (the actor's module is not importable
         # here, say): mesh id -> why, so its calls are refused at once with the cause
         self._failed_spawns: dict[str, str] = {}
+        # spawns being decoded off the loop (their module is importing): mesh id -> the stop
+        # requests (reply address, port) that arrived meanwhile, run once the actors exist
+        self._decoding: dict[str, list[tuple[str, int]]] = {}
         self._proc_mesh_factory = proc_mesh_factory
         self.port_factory = port_factory
         self._this_proc: Any = None
@@ -302,6 +334,9 @@ class ActorHost:
         self._parked_count += 1
 
     def _unpark_expired(self, mesh_id: str) -> None:
+        if mesh_id in self._decoding:  # its spawn arrived and its module is importing: wait on
+            self.router.loop.call_later(_PARK_TIMEOUT_S, self._unpark_expired, mesh_id)
+            return
         for msg in self._parked.pop(mesh_id, []):
             self._parked_count -= 1
             self.refuse(msg, SupervisionError(f"no actor {mesh_id}[{msg.rank}] on {self.router.name} (its spawn never arrived)"))
@@ -373,18 +408,49 @@ class ActorHost:
     # -- lifecycle ---------------------------------------------------------------------------
     def _on_spawn(self, env: Any, bufs: list[memoryview]) -> None:
         try:
-            mesh_id, name, cls, args, kwargs, points, extent, owner, creator = loads(env.payload, bufs)
-        except Exception as exc:
-            log.error("cannot decode a spawn request from %s: %s", env.origin, exc)
-            why = f"its spawn could not be decoded here ({type(exc).__name__}: {exc})"
-            self._failed_spawns[env.actor] = why
-            while len(self._failed_spawns) > _PARKED_MAX:  # bounded: the oldest first
-                del self._failed_spawns[next(iter(self._failed_spawns))]
-            for msg in self._parked.pop(env.actor, []):
-                self._parked_count -= 1
-                self.refuse(msg, SupervisionError(f"no actor {env.actor}[{msg.rank}] on {self.router.name}: {why}"))
+            decoded = _spawn_fields(_ImportedOnly(io.BytesIO(env.payload), buffers=bufs).load())
+        except _NeedsImport:
+            self._decode_off_loop(env.actor, env.origin, bytes(env.payload), [bytes(b) for b in bufs])
             return
-        self.spawn_local(mesh_id, name, cls, args, kwargs, points, extent, owner, creator)
+        except Exception as exc:
+            self._spawn_failed(env.actor, env.origin, exc)
+            return
+        self.spawn_local(*decoded)
+
+    def _decode_off_loop(self, mesh_id: str, origin: str, payload: bytes, bufs: list[bytes]) -> None:
+        """Decode a spawn whose actor module must be imported on a thread of its own (copies of
+        the frame's bytes: its buffers are reused), then spawn on the loop. Calls to the mesh
+        park meanwhile, without the park timeout; stop requests wait for the actors."""
+        self._decoding[mesh_id] = []
+
+        def decode() -> None:
+            try:
+                decoded = _spawn_fields(loads(payload, [memoryview(b) for b in bufs]))
+            except BaseException as exc:  # reported on the loop, like any bad spawn
+                self.router.call_on_loop(self._spawn_decoded, mesh_id, origin, None, exc)
+                return
+            self.router.call_on_loop(self._spawn_decoded, mesh_id, origin, decoded, None)
+
+        threading.Thread(target=decode, name=f"monarch spawn {mesh_id}", daemon=True).start()
+
+    def _spawn_decoded(self, mesh_id: str, origin: str, decoded: Any, exc: BaseException | None) -> None:
+        stops = self._decoding.pop(mesh_id, [])
+        if exc is not None:
+            self._spawn_failed(mesh_id, origin, exc)
+        else:
+            self.spawn_local(*decoded)
+        for reply_addr, reply_port in stops:
+            self._stop_mesh(mesh_id, reply_addr, reply_port)
+
+    def _spawn_failed(self, mesh_id: str, origin: str, exc: BaseException) -> None:
+        log.error("cannot decode a spawn request from %s: %s", origin, exc)
+        why = f"its spawn could not be decoded here ({type(exc).__name__}: {exc})"
+        self._failed_spawns[mesh_id] = why
+        while len(self._failed_spawns) > _PARKED_MAX:  # bounded: the oldest first
+            del self._failed_spawns[next(iter(self._failed_spawns))]
+        for msg in self._parked.pop(mesh_id, []):
+            self._parked_count -= 1
+            self.refuse(msg, SupervisionError(f"no actor {mesh_id}[{msg.rank}] on {self.router.name}: {why}"))
 
     def spawn_local(
         self, mesh_id: str, name: str, cls: type, args: Any, kwargs: Any, points: list[int], extent: Extent, owner: str,
@@ -405,8 +471,13 @@ class ActorHost:
 
     def _on_stop_mesh(self, env: Any, bufs: list[memoryview]) -> None:
         mesh_id = env.actor
+        if mesh_id in self._decoding:  # its actors do not exist yet: stop them once they do
+            self._decoding[mesh_id].append((env.replyAddr, env.replyPort))
+            return
+        self._stop_mesh(mesh_id, env.replyAddr, env.replyPort)
+
+    def _stop_mesh(self, mesh_id: str, reply_addr: str, reply_port: int) -> None:
         actors = self.meshes.get(mesh_id, {})
-        reply_addr, reply_port = env.replyAddr, env.replyPort
         pending = [a for a in actors.values() if not a.stopped.is_set()]
 
         def done() -> None:
