@@ -326,10 +326,12 @@ def test_runtime_defaults_without_config_import_equal_the_config_defaults():
     assert dataclasses.replace(built, child_env={}) == RuntimeSettings()
 
 
-def test_variables_that_are_not_settings_are_the_bootstrap_ones_and_the_token():
-    from monarch._mesh.settings import _NOT_SETTINGS
+def test_the_fast_path_knows_every_setting_variable_and_no_bootstrap_one():
+    from monarch._mesh.settings import SETTING_VARIABLES
 
-    assert _NOT_SETTINGS == {*config.BOOTSTRAP_VARIABLES, "MONARCH_CLUSTER_TOKEN"}
+    every = {config.env_var(n).upper() for n in MonarchConfig.model_fields}
+    assert SETTING_VARIABLES == every - {"MONARCH_CLUSTER_TOKEN"}
+    assert not SETTING_VARIABLES & {*config.BOOTSTRAP_VARIABLES, "MONARCH_CLUSTER_TOKEN"}
 
 
 def test_client_with_no_monarch_variable_starts_without_importing_pydantic():
@@ -343,6 +345,9 @@ def test_client_with_no_monarch_variable_starts_without_importing_pydantic():
         "import os; os.environ['MONARCH_CLUSTER_TOKEN'] = 'tok'; os.environ['MONARCH_ROOT_ADDR'] = 'unix:/x'\n"
         "settings, token = settings_from_config()\n"
         "assert token == b'tok' and 'pydantic' not in sys.modules, token\n"
+        "os.environ['MONARCH_BENCH_RUN_TOKEN'] = 'x'\n"  # not a setting: still the fast path
+        "settings, token = settings_from_config()\n"
+        "assert 'pydantic' not in sys.modules, 'a MONARCH_ variable that is no setting imported it'\n"
         "os.environ['MONARCH_PEER_TIMEOUT_S'] = '7'\n"
         "settings, _ = settings_from_config()\n"
         "assert settings.limits.peer_timeout_s == 7.0, settings\n"

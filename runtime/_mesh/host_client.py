@@ -85,7 +85,7 @@ def _attach_timeout_s() -> float:
 def _dial(family: int, sockaddr: Any, addr: str) -> socket.socket:
     """A connected socket to the agent at ``addr``, dialed again while it refuses (an agent
     started at the same time as its client is not listening yet) until the attach timeout."""
-    deadline = time.monotonic() + _attach_timeout_s()
+    deadline: float | None = None  # read at the first refusal: monarch.config imports pydantic
     pause = 0.02
     while True:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -95,6 +95,8 @@ def _dial(family: int, sockaddr: Any, addr: str) -> socket.socket:
             return sock
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             sock.close()
+            if deadline is None:
+                deadline = time.monotonic() + _attach_timeout_s()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ConnectionError(f"{exc} (still after mesh_attach_config_timeout)") from exc

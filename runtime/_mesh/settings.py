@@ -49,17 +49,46 @@ class RuntimeSettings:
     admin: bool = True
 
 
-# the one honoured Monarch knob whose variable is not MONARCH_* (monarch.config's
-# codec_max_frame_length): set, it takes the full path
-_FRAME_KNOB = "HYPERACTOR_CODEC_MAX_FRAME_LENGTH"
-
-# MONARCH_* variables that are not settings: the bootstrap of one process (monarch.config's
-# BOOTSTRAP_VARIABLES; a test keeps the two equal) and the job's token every proc is given
-_NOT_SETTINGS = frozenset(
+# the environment variable of every setting of monarch.config (upper case: it reads them case
+# insensitively), Monarch's knobs included, but the cluster token, which the fast path reads
+# itself; a test keeps this equal to MonarchConfig's fields. Any other variable (the runtime's
+# bootstrap, a MONARCH_* of the user's own) leaves a process on the defaults' fast path.
+SETTING_VARIABLES = frozenset(
     {
-        "MONARCH_BOOTSTRAP", "MONARCH_RUNTIME_DIR", "MONARCH_PYTHON_EXECUTABLE", "MONARCH_ROOT_ADDR",
-        "MONARCH_IN_ZYGOTE", "MONARCH_DEBUG_CONTROLLER", "MONARCH_LOG_SINK", "MONARCH_PROC_LOG_FILE",
-        "MONARCH_PROC_RANK", "MONARCH_PROC_RANK_BASE", "MONARCH_CLUSTER_TOKEN",
+        "HYPERACTOR_CHANNEL_NET_RX_BUFFER_FULL_CHECK_INTERVAL",
+        "HYPERACTOR_CHANNEL_TCP_CONGESTION", "HYPERACTOR_CLEANUP_TIMEOUT",
+        "HYPERACTOR_CODEC_MAX_FRAME_LENGTH", "HYPERACTOR_DEFAULT_ENCODING",
+        "HYPERACTOR_ENABLE_DEST_ACTOR_REORDERING_BUFFER", "HYPERACTOR_FORCE_FILE_LOG",
+        "HYPERACTOR_HOST_SPAWN_READY_TIMEOUT", "HYPERACTOR_MESH_ACTOR_SPAWN_MAX_IDLE",
+        "HYPERACTOR_MESH_ADMIN_ADDR", "HYPERACTOR_MESH_ATTACH_CONFIG_TIMEOUT",
+        "HYPERACTOR_MESH_BOOTSTRAP_ENABLE_PDEATHSIG", "HYPERACTOR_MESH_DEFAULT_TRANSPORT",
+        "HYPERACTOR_MESH_ENABLE_FILE_CAPTURE", "HYPERACTOR_MESH_ENABLE_LOG_FORWARDING",
+        "HYPERACTOR_MESH_GET_ACTOR_STATE_MAX_IDLE", "HYPERACTOR_MESH_GET_PROC_STATE_MAX_IDLE",
+        "HYPERACTOR_MESH_MAX_CAST_DIMENSION_SIZE", "HYPERACTOR_MESH_ORPHAN_TIMEOUT",
+        "HYPERACTOR_MESH_PROC_SPAWN_MAX_IDLE", "HYPERACTOR_MESH_PROC_STOP_MAX_IDLE",
+        "HYPERACTOR_MESH_SUPERVISION_WATCHDOG_TIMEOUT", "HYPERACTOR_MESH_TAIL_LOG_LINES",
+        "HYPERACTOR_MESH_TERMINATE_CONCURRENCY", "HYPERACTOR_MESH_TERMINATE_TIMEOUT",
+        "HYPERACTOR_MESSAGE_ACK_EVERY_N_MESSAGES", "HYPERACTOR_MESSAGE_ACK_TIME_INTERVAL",
+        "HYPERACTOR_MESSAGE_DELIVERY_TIMEOUT", "HYPERACTOR_MESSAGE_LATENCY_SAMPLING_RATE",
+        "HYPERACTOR_MESSAGE_TTL_DEFAULT", "HYPERACTOR_PREFIX_WITH_RANK",
+        "HYPERACTOR_PROCESS_EXIT_TIMEOUT", "HYPERACTOR_READ_LOG_BUFFER",
+        "HYPERACTOR_SPLIT_MAX_BUFFER_AGE", "HYPERACTOR_SPLIT_MAX_BUFFER_SIZE",
+        "HYPERACTOR_STOP_ACTOR_TIMEOUT", "MONARCH_ADMIN", "MONARCH_CALL_TIMEOUT_S",
+        "MONARCH_CAPTURE_FRAMES_DIR", "MONARCH_CONNECT_TIMEOUT_S",
+        "MONARCH_HOSTS", "MONARCH_HYPERACTOR_SMALL_WRITE_THRESHOLD", "MONARCH_LOG_LEVEL",
+        "MONARCH_MAX_CONNECTIONS", "MONARCH_MAX_ENVELOPE_BYTES", "MONARCH_MAX_FRAME_BYTES",
+        "MONARCH_MAX_HELD_BYTES", "MONARCH_MAX_HELD_FRAMES", "MONARCH_PEER_TIMEOUT_S",
+        "MONARCH_PREFIX_PYTHON_LOGS_WITH_ACTOR", "MONARCH_PROC_STOP_TIMEOUT_S",
+        "MONARCH_RDMA_ALLOW_TCP_FALLBACK", "MONARCH_RDMA_BACKEND", "MONARCH_RDMA_CMA_PTRACER",
+        "MONARCH_RDMA_CONTROL", "MONARCH_RDMA_DISABLE_IBVERBS", "MONARCH_RDMA_DROP_GRACE_S",
+        "MONARCH_RDMA_IBVERBS_TARGET", "MONARCH_RDMA_IB_DEVICE", "MONARCH_RDMA_IB_GID_INDEX",
+        "MONARCH_RDMA_MAX_CHUNK_SIZE_MB", "MONARCH_RDMA_PEER_DEVICE_AFFINITY",
+        "MONARCH_RDMA_RUNTIME_WORKER_THREADS", "MONARCH_RDMA_TCP_HOST",
+        "MONARCH_RDMA_TCP_IDLE_TIMEOUT_S", "MONARCH_RDMA_TCP_MAX_CONNECTIONS",
+        "MONARCH_RDMA_TCP_MAX_REQUEST_BYTES", "MONARCH_SHM", "MONARCH_SHM_MIN_BYTES",
+        "MONARCH_SHM_POOL_MAX_BYTES", "MONARCH_SPAWN_TIMEOUT_S",
+        "MONARCH_TENSOR_COLLECTIVE_TIMEOUT_S", "MONARCH_TENSOR_STORE_HOST", "MONARCH_TLS_CA",
+        "MONARCH_TLS_CERT", "MONARCH_TLS_KEY", "MONARCH_ZYGOTE"
     }
 )  # fmt: skip
 
@@ -67,16 +96,15 @@ _NOT_SETTINGS = frozenset(
 def settings_from_config() -> tuple[RuntimeSettings, bytes | None]:
     """This process's :class:`RuntimeSettings` and cluster token, from ``monarch.config``.
 
-    A process whose environment sets no ``MONARCH_*`` setting (only the runtime's bootstrap
-    variables and the cluster token, as every proc of a job left on the defaults has) and that has
+    A process whose environment sets no setting (none of :data:`SETTING_VARIABLES`: only the
+    runtime's bootstrap variables, the cluster token or variables of its own, as every proc of
+    a job left on the defaults has) and that has
     not imported ``monarch.config`` (so has called no ``configure()``) runs on the defaults: it
     gets ``RuntimeSettings()`` without importing pydantic-settings (~0.1 s, and ~13,000 objects
     that every full garbage collection would walk). A test keeps those defaults equal to
     ``MonarchConfig``'s; children inherit the same environment and so read the same defaults.
     """
-    if "monarch.config" not in sys.modules and _FRAME_KNOB not in os.environ and all(
-        k in _NOT_SETTINGS for k in os.environ if k.startswith("MONARCH_")
-    ):
+    if "monarch.config" not in sys.modules and not any(k.upper() in SETTING_VARIABLES for k in os.environ):
         raw = os.environ.get("MONARCH_CLUSTER_TOKEN")  # empty counts as unset, as in monarch.config
         return RuntimeSettings(), raw.encode() if raw else None
     from ..config import get_global_config, to_env
