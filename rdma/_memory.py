@@ -59,8 +59,8 @@ class LocalMemory:
 
 
 def _is_tensor(obj: object) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)  # None while torch is importing
+    return tensor is not None and isinstance(obj, tensor)
 
 
 def _memoryview_memory(mv: memoryview) -> LocalMemory:

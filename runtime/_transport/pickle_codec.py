@@ -93,8 +93,10 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is unt
 
 
 def _is_parameter(t: type) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and issubclass(t, torch.Tensor) and t.__module__.startswith("torch")
+    # torch.Tensor, not just torch: another thread may be importing torch (a spawn decoded off
+    # the loop), and a half-initialised torch has no Tensor yet, so no tensor can exist either
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+    return tensor is not None and issubclass(t, tensor) and t.__module__.startswith("torch")
 
 
 # large bytes nested deeper than this in plain containers travel in the pickle stream (correct,

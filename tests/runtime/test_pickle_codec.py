@@ -43,3 +43,17 @@ def test_an_endpoint_result_nested_900_deep_reaches_the_caller() -> None:
     with proc_mesh({"gpus": 1}) as procs:
         mesh = procs.spawn("nester", Nester)
         assert _depth(mesh.nested.call_one(900).get(30)) == 900
+
+
+def test_values_encode_while_another_thread_is_still_importing_torch(monkeypatch) -> None:
+    # a spawn decoded off the loop may be importing torch while the loop encodes a reply: a
+    # half-initialised torch (no Tensor yet) in sys.modules must not break encoding
+    import sys
+    import types
+
+    from monarch._transport.pickle_codec import dumps, loads
+
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    payload, bufs = dumps((RuntimeError("refused"), {"x": [1, 2]}))
+    err, rest = loads(payload, [memoryview(b) for b in bufs])
+    assert str(err) == "refused" and rest == {"x": [1, 2]}
