@@ -8,9 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from monarch import config
 from monarch._config_knobs import KNOB_EFFECT, format_duration, parse_duration
-from monarch.actor import Actor, endpoint, this_host
 from monarch.config import (
     ChannelTransport,
     ConfigError,
@@ -211,28 +209,37 @@ def test_to_env_round_trips_every_knob_with_non_default_values(monkeypatch):
     assert get_global_config() == parent
 
 
-def test_a_knob_set_in_the_client_holds_in_a_spawned_proc():
-    class Probe(Actor):
-        @endpoint
-        def knobs(self) -> tuple[str, str, int]:
-            cfg = config.get_global_config()
-            return (
-                cfg["rdma_ibverbs_target"],
-                cfg["message_delivery_timeout"],
-                cfg["codec_max_frame_length"],
-            )
+_KNOBS_IN_A_PROC = """
+from monarch import config
+from monarch.actor import Actor, endpoint, this_host
+from monarch.config import configured
 
-    with configured(
-        rdma_ibverbs_target="nic:mlx5_0",
-        message_delivery_timeout="90s",
-        codec_max_frame_length=3 << 20,
-    ):
-        procs = this_host().spawn_procs()
-        try:
-            probe = procs.spawn("probe", Probe)
-            assert probe.knobs.call_one().get(timeout=60) == ("nic:mlx5_0", "1m 30s", 3 << 20)
-        finally:
-            procs.stop().get(timeout=60)
+
+class Probe(Actor):
+    @endpoint
+    def knobs(self) -> tuple:
+        cfg = config.get_global_config()
+        return (cfg["rdma_ibverbs_target"], cfg["message_delivery_timeout"], cfg["codec_max_frame_length"])
+
+
+with configured(rdma_ibverbs_target="nic:mlx5_0", message_delivery_timeout="90s", codec_max_frame_length=3 << 20):
+    procs = this_host().spawn_procs()
+    try:
+        print(repr(procs.spawn("probe", Probe).knobs.call_one().get(timeout=60)))
+    finally:
+        procs.stop().get(timeout=60)
+"""
+
+
+def test_a_knob_set_in_the_client_holds_in_a_spawned_proc():
+    # a fresh client: a client resolves its settings once, when its runtime starts (this pytest
+    # process's may have started already), so the knobs are set before its first spawn
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONARCH_", "HYPERACTOR_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", _KNOBS_IN_A_PROC], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == repr(("nic:mlx5_0", "1m 30s", 3 << 20)), done.stdout
 
 
 def test_humantime_parse_and_format():
