@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -221,6 +222,12 @@ class Host:
             str(self.net.hosts_file),
             *argv,
         ]
+
+    def agent_argv(self, *extra: str, listen: str | None = None) -> list[str]:
+        """``monarch host serve --listen LISTEN`` run by this interpreter, with ``extra`` options;
+        ``listen`` defaults to an ephemeral port on this host's IP (``tcp://IP:0``)."""
+        where = listen if listen is not None else f"tcp://{self.ip}:0"
+        return [sys.executable, "-m", "monarch.cli", "host", "serve", "--listen", where, *extra]
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside this host; :meth:`kill_all` and teardown will SIGKILL it.

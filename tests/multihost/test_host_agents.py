@@ -55,16 +55,7 @@ def _start_agent(
     """An agent in ``host``; its stderr (and its procs', which inherit it) goes to a file: an
     unread pipe would fill and block every process writing to it. ``pythonpath``: more folders
     the job's code is imported from (as installed on that machine)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "monarch.cli",
-        "host",
-        "serve",
-        "--listen",
-        f"tcp://{host.ip}:0",
-        *extra,
-    ]
+    argv = host.agent_argv(*extra)
     log = open(host.net.state_dir / f"agent-{host.name}-{time.monotonic_ns()}.log", "w+")
     env = _env(token)
     if pythonpath:
@@ -234,15 +225,7 @@ def test_a_client_with_the_wrong_token_is_refused_before_any_frame(hosts: HostNe
 
 
 def test_an_agent_refuses_to_listen_on_tcp_without_a_token_unless_insecure(hosts: HostNet) -> None:
-    argv = [
-        sys.executable,
-        "-m",
-        "monarch.cli",
-        "host",
-        "serve",
-        "--listen",
-        f"tcp://{hosts[0].ip}:0",
-    ]
+    argv = hosts[0].agent_argv()
     refused = hosts[0].run(argv, env=_env(token=None), timeout_s=60.0)
     assert refused.returncode == 2, refused
     assert "--insecure" in refused.stderr and "no cluster token" in refused.stderr
@@ -258,15 +241,7 @@ def test_an_agent_listens_on_monarchs_bind_at_advertise_form(hosts: HostNet) -> 
     address on the advertised IP (Monarch's ``BIND@ADVERTISE``)."""
     from monarch._mesh.host_client import AgentLink
 
-    argv = [
-        sys.executable,
-        "-m",
-        "monarch.cli",
-        "host",
-        "serve",
-        "--listen",
-        f"tcp://0.0.0.0:0@tcp://{hosts[0].ip}:0",
-    ]
+    argv = hosts[0].agent_argv(listen=f"tcp://0.0.0.0:0@tcp://{hosts[0].ip}:0")
     log = open(hosts.state_dir / f"agent-bind-at-{time.monotonic_ns()}.log", "w+")
     proc = hosts[0].popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(), cwd=ROOT)
     line = _readline(proc, READY_TIMEOUT_S)

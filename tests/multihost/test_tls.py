@@ -160,15 +160,7 @@ def test_clients_without_the_right_certificate_are_refused_by_a_tls_agent(
 def test_an_agent_with_tls_alone_needs_no_token_and_one_with_neither_refuses(
     hosts: HostNet, pki: Path
 ) -> None:
-    argv = [
-        sys.executable,
-        "-m",
-        "monarch.cli",
-        "host",
-        "serve",
-        "--listen",
-        f"tcp://{hosts[0].ip}:0",
-    ]
+    argv = hosts[0].agent_argv()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONARCH_")}
     env["PYTHONPATH"] = str(ROOT)
     refused = hosts[0].run(argv, env=env, timeout_s=60.0)
@@ -192,15 +184,7 @@ def test_host_serve_tls_options_accept_a_tls_client_and_refuse_plain_and_other_c
     from monarch._transport.tls import TlsConfig
 
     def serve(host: Host, leaf: str) -> tuple[subprocess.Popen, str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "monarch.cli",
-            "host",
-            "serve",
-            "--listen",
-            f"tcp://{host.ip}:0",
-        ]
+        argv = host.agent_argv()
         argv += [
             "--tls-ca",
             str(pki / "ca.pem"),
@@ -273,15 +257,7 @@ def test_host_serve_tls_options_accept_a_tls_client_and_refuse_plain_and_other_c
     assert done["event"] == "done" and done["relayed"] == ["h1", "h1"] and done["echo_ok"], events
     assert done["tcp_link_kinds"] == ["TlsLink"], done
     # a CA without a certificate is a usage error, named
-    argv = [
-        sys.executable,
-        "-m",
-        "monarch.cli",
-        "host",
-        "serve",
-        "--listen",
-        f"tcp://{hosts[0].ip}:0",
-    ]
+    argv = hosts[0].agent_argv()
     bad = hosts[0].run([*argv, "--tls-ca", str(pki / "ca.pem")], env=_env(None), timeout_s=60.0)
     assert bad.returncode == 2 and "--tls-cert" in bad.stderr, bad
 

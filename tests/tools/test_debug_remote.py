@@ -174,15 +174,7 @@ def test_a_rank_under_a_host_agent_in_a_namespace_host_pauses_over_tcp(
         host = net.hosts[0]
         log = open(tmp_path / "agent.log", "w+")
         agent = host.popen(
-            [
-                sys.executable,
-                "-m",
-                "monarch.cli",
-                "host",
-                "serve",
-                "--listen",
-                f"tcp://{host.ip}:0",
-            ],
+            host.agent_argv(),
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
