@@ -69,8 +69,9 @@ BOOTSTRAP_VARIABLES: Mapping[str, str] = {
     "which hosts the controllers of get_or_spawn_controller.",
     "MONARCH_IN_ZYGOTE": "Set in the fork server and everything it forks: a fork server refuses "
     "to start under it, so an import hook cannot chain fork servers.",
-    "MONARCH_DEBUG_CONTROLLER": "Set by the root client for its procs: the Unix socket of its debug "
-    "controller, which a rank paused in breakpoint() connects to (monarch debug).",
+    "MONARCH_DEBUG_CONTROLLER": "Set by the root client for its procs: the addresses of its debug "
+    "controller (unix:PATH, and tcp:HOST:PORT or tls:HOST:PORT when the client listens on TCP), "
+    "which a rank paused in breakpoint() connects to (monarch debug).",
     "MONARCH_LOG_SINK": "Set by the root client for its procs: where their output lines go (the "
     "client's log sink port).",
     "MONARCH_PROC_LOG_FILE": "Set by a proc's spawner: the proc's log file on its host.",
