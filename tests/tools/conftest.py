@@ -6,16 +6,39 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pexpect
 import pytest
 from monarch.actor import Actor, endpoint, this_host
 
 from tests.runtime.failure_log import failures  # noqa: F401  # the fixture, for every test here
+
+
+def free_port() -> int:
+    """A TCP port of ``localhost`` that was free a moment ago (the debug server's, in tests)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[pexpect.spawn]]:
+    """Children a test starts with pexpect (append them): all killed and closed afterwards."""
+    children: list[pexpect.spawn] = []
+    try:
+        yield children
+    finally:
+        for child in children:
+            if child.isalive():
+                child.terminate(force=True)
+            child.close(force=True)
+
 
 #: actors per proc in :func:`running_mesh`
 ACTORS_PER_PROC = 2

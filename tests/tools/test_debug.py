@@ -13,7 +13,6 @@ import shutil
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -21,29 +20,13 @@ import pytest
 from monarch.tools import debug_wire
 from monarch.tools.debug_server import parse_ranks
 
+from tests.tools.conftest import free_port
+
 HERE = Path(__file__).parent
 _LINES = (HERE / "debug_client.py").read_text().splitlines()
 # where pdb stops: the line after each breakpoint() call (1-based), the sync one first
 SYNC_STOP, ASYNC_STOP = (i + 2 for i, line in enumerate(_LINES) if line.strip() == "breakpoint()")
 TIMEOUT = 120  # seconds for any one expect (4 procs start, on a shared 2-core machine)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[pexpect.spawn]]:
-    children: list[pexpect.spawn] = []
-    try:
-        yield children
-    finally:
-        for child in children:
-            if child.isalive():
-                child.terminate(force=True)
-            child.close(force=True)
 
 
 def _client(
@@ -102,7 +85,7 @@ def test_login_refuses_wrong_secret_and_oversized_frames() -> None:
 
 
 def test_debug_session_on_four_procs(tmp_path: Path, spawned: list[pexpect.spawn]) -> None:
-    port = _free_port()
+    port = free_port()
     client = _client(tmp_path, spawned, port)
     paused = set()
     pinged = False
@@ -184,7 +167,7 @@ def test_debug_session_on_four_procs(tmp_path: Path, spawned: list[pexpect.spawn
 
 
 def test_quit_leaves_sessions_in_place(tmp_path: Path, spawned: list[pexpect.spawn]) -> None:
-    port = _free_port()
+    port = free_port()
     client = _client(tmp_path, spawned, port)
     client.expect(r"adbg rank 3 paused at")
     cli = pexpect.spawn(
@@ -225,7 +208,7 @@ def test_quit_leaves_sessions_in_place(tmp_path: Path, spawned: list[pexpect.spa
 
 
 def test_post_mortem_on_an_endpoint_exception(tmp_path: Path, spawned: list[pexpect.spawn]) -> None:
-    port = _free_port()
+    port = free_port()
     client = _client(
         tmp_path, spawned, port, DEBUG_TEST_POST_MORTEM="1", MONARCH_DEBUG_POST_MORTEM="1"
     )

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -24,30 +23,13 @@ from monarch.tools import debug_wire
 from monarch.tools.debug_hook import split_controller
 
 from tests.runtime.tls_certs import make_pki, openssl_available
+from tests.tools.conftest import free_port
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 _LINES = (HERE / "debug_remote_client.py").read_text().splitlines()
 STOP = next(i + 2 for i, line in enumerate(_LINES) if line.strip() == "breakpoint()")
 TIMEOUT = 120  # seconds for any one expect (procs start on a shared 2-core machine)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[pexpect.spawn]]:
-    children: list[pexpect.spawn] = []
-    try:
-        yield children
-    finally:
-        for child in children:
-            if child.isalive():
-                child.terminate(force=True)
-            child.close(force=True)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +112,7 @@ def _session(
 def test_a_rank_without_the_unix_socket_pauses_over_the_network(
     tmp_path: Path, spawned: list[pexpect.spawn], tls: bool
 ) -> None:
-    port = _free_port()
+    port = free_port()
     script = tmp_path / "client.py"
     shutil.copy(HERE / "debug_remote_client.py", script)
     env = dict(os.environ, MONARCH_DEBUG_SERVER_PORT=str(port))
@@ -185,7 +167,7 @@ def test_a_rank_under_a_host_agent_in_a_namespace_host_pauses_over_tcp(
         ready, _, _ = select.select([agent.stdout], [], [], 30.0)
         line = agent.stdout.readline() if ready else ""
         assert line.startswith("monarch host agent listening on "), (line, log.read())
-        port = _free_port()
+        port = free_port()
         script = tmp_path / "client.py"
         shutil.copy(HERE / "debug_remote_client.py", script)
         client = pexpect.spawn(
