@@ -8,10 +8,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
 KILL_TIMEOUT_S = 10.0
+
+
+def kill_session(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the session of ``proc`` (started with ``start_new_session=True``: it and all it
+    started) and reap it, waiting at most ``KILL_TIMEOUT_S``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(KILL_TIMEOUT_S)
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,16 +6,14 @@ death (through the tree: a non-head's)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from tests.multihost.netns import HostNet
+from tests.multihost.procs import kill_session
 from tests.multihost.test_host_agents import ROOT, _env, _readline, _start_agent
 
 pytestmark = pytest.mark.multihost
@@ -45,16 +43,11 @@ def test_a_cast_crosses_each_host_boundary_once_and_call_is_reduced_per_host(
         start_new_session=True,
     )
 
-    def kill() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10.0)
-
-    request.addfinalizer(kill)
+    request.addfinalizer(lambda: kill_session(proc))
     try:
         got = json.loads(_readline(proc, 90.0))
     except (TimeoutError, EOFError) as exc:
-        kill()
+        kill_session(proc)
         raise AssertionError(
             f"{exc}; its stderr:\n{(proc.stderr.read() if proc.stderr else '')[-6000:]}"
         ) from None

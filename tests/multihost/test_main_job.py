@@ -4,16 +4,14 @@ hosts, and the agents are back to their baseline afterwards (nothing left behind
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from tests.multihost.netns import HostNet
+from tests.multihost.procs import kill_session
 from tests.multihost.test_host_agents import ROOT, _agent_log, _env, _start_agent, _wait_for
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
@@ -49,16 +47,11 @@ def test_the_main_job_trains_across_two_hosts_of_two_procs(
         start_new_session=True,
     )
 
-    def kill() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10.0)
-
-    request.addfinalizer(kill)
+    request.addfinalizer(lambda: kill_session(proc))
     try:
         out, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        kill()
+        kill_session(proc)
         pytest.fail(
             f"the main job ran past {TIMEOUT_S} s: {(proc.stdout.read() if proc.stdout else '')[-3000:]}"
         )
@@ -106,14 +99,8 @@ def test_the_main_job_fails_at_once_naming_the_missing_module_when_a_host_lacks_
         cwd=ROOT,
         start_new_session=True,
     )
-    request.addfinalizer(lambda: _killpg(proc))
+    request.addfinalizer(lambda: kill_session(proc))
     out, _ = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode != 0, out[-3000:]
     assert "could not be decoded here" in out and "digits_step" in out, out[-3000:]
     assert "never arrived" not in out, out[-3000:]
-
-
-def _killpg(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10.0)
