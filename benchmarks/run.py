@@ -70,6 +70,36 @@ def ensure_torchmonarch(venv: Path, console: Any) -> Path:
     return py
 
 
+def compile_bytecode(py: Path | str) -> str:
+    """Compiles the bytecode of ``monarch`` (and its sibling packages) under ``py``, as pip does.
+
+    ``pip install`` writes ``.pyc`` files for every module of a wheel, so torchmonarch's venv has
+    them; an editable install gets them only when an import may write them, which
+    ``PYTHONDONTWRITEBYTECODE=1`` (set on some machines, this sandbox included) forbids. Without
+    this step the first-spawn rows would compare our source compilation against torchmonarch's
+    cached bytecode. Runs in ``py``'s own process so that it compiles what that interpreter imports.
+
+    Returns:
+        A line for the report's notes: the folders compiled.
+
+    Raises:
+        RuntimeError: ``py`` cannot import ``monarch`` or compileall fails.
+    """
+    code = (
+        "import compileall, os, sys, monarch\n"
+        "roots = sorted({os.path.dirname(p) for p in monarch.__path__})\n"
+        "dirs = [os.path.join(r, n) for r in roots for n in os.listdir(r)"
+        " if n.startswith('monarch') and os.path.isdir(os.path.join(r, n))]\n"
+        "ok = all(compileall.compile_dir(d, quiet=1, workers=1) for d in dirs)\n"
+        "print(' '.join(dirs)); sys.exit(0 if ok else 1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"compileall under {py} failed: {(r.stderr or r.stdout).strip()[-400:]}")
+    return f"bytecode compiled before the run: {r.stdout.strip()}"
+
+
 def _probe(py: Path | str) -> str | None:
     """None when ``from monarch.actor import Actor, endpoint, this_host`` works under ``py``."""
     code = "from monarch.actor import Actor, endpoint, this_host"
@@ -226,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         why = _probe(sys.executable)
         if why is None:
             systems[OURS] = sys.executable
+            notes["bytecode"] = compile_bytecode(sys.executable)
         else:
             notes[OURS] = f"not run: {why}"
             console.print(f"ours ({sys.executable}) unavailable: {escape(why)}", style="red")
