@@ -255,8 +255,8 @@ class MonarchConfig(MonarchKnobs):
     admin: bool = Field(
         True,
         description="The client serves its admin endpoint (HTTP/JSON on 127.0.0.1, token in the "
-        "client's private admin.json) for monarch status/exec/env/top/dashboard. aiohttp is "
-        "imported only when a tool connects. See docs/tools.md.",
+        "client's private admin.json) for monarch status/exec/env/top/dashboard. Served by a "
+        "stdlib HTTP server on the client's event loop. See docs/tools.md.",
     )
 
     # -- distributed tensors (monarch.tensor) ---------------------------------------------------

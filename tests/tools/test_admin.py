@@ -48,6 +48,26 @@ def test_requests_without_the_right_token_get_401(
     assert err.value.code == 401
 
 
+def test_unknown_route_is_404_wrong_method_405_and_both_401_without_the_token(
+    running_mesh: RunningMesh,
+) -> None:
+    def code(path: str, token: str | None, method: str = "GET") -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(
+            running_mesh.admin["url"] + path, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30.0) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    token = running_mesh.admin["token"]
+    assert code("/v1/nope", token) == 404
+    assert code("/v1/status", token, "POST") == 405
+    assert code("/v1/nope", None) == 401 and code("/v1/status", None, "POST") == 401
+
+
 def test_token_in_the_query_is_accepted_for_browser_pages(running_mesh: RunningMesh) -> None:
     doc = _get(running_mesh, f"/v1/ping?token={running_mesh.admin['token']}", token=None)
     assert doc["ok"] is True and doc["pid"] == os.getpid()
@@ -308,16 +328,100 @@ def test_admin_off_binds_nothing_and_writes_no_file(tmp_path: Any) -> None:
     assert r.stdout.split() == ["None", "0"]
 
 
-def test_a_program_that_never_connects_never_imports_aiohttp() -> None:
+def test_a_client_serving_status_imports_no_web_or_cli_library() -> None:
+    # the endpoint is stdlib only: answering a request imports none of them into the client
     code = (
-        "import sys\n"
+        "import sys, urllib.request, json\n"
         "from monarch.actor import this_host\n"
         "p = this_host().spawn_procs(per_host={'gpus': 1}); p.initialized.get(60)\n"
         "from monarch._mesh import current\n"
-        "assert current.installed().admin is not None\n"
-        "print('aiohttp' in sys.modules)\n"
+        "a = current.installed().admin\n"
+        "req = urllib.request.Request(a.url + '/v1/status', "
+        "headers={'Authorization': 'Bearer ' + a.token})\n"
+        "doc = json.load(urllib.request.urlopen(req, timeout=60))\n"
+        "assert sum(len(h['procs']) for h in doc['hosts']) == 1, doc\n"
+        "print(sorted(m for m in sys.modules\n"
+        "    if m.split('.')[0] in ('aiohttp', 'typer', 'rich', 'pydantic')))\n"
         "p.stop().get(30)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "False"
+    assert r.stdout.strip() == "[]"
+
+
+_FRESH_CLIENT = """
+import os, sys
+from monarch.actor import Actor, endpoint, this_host
+
+class Stepper(Actor):
+    @endpoint
+    def step(self) -> int:
+        return os.getpid()
+
+procs = this_host().spawn_procs(per_host={"gpus": 2})
+meshes = [procs.spawn(f"stepper{i}", Stepper) for i in range(3)]
+pids = set()
+for m in meshes:
+    for _ in range(3):
+        pids.update(m.step.call().get(60.0).values())
+print("READY", *sorted(pids), flush=True)
+sys.stdin.readline()  # until the test closes our stdin
+procs.stop().get(30.0)
+"""
+
+
+def test_a_fresh_clients_first_status_shows_its_live_actors() -> None:
+    # the first request a client ever gets (no admin agent spawned yet, nothing cached) answers
+    # with every live actor and its counters, as later ones do
+    env = {k: v for k, v in os.environ.items() if k != "MONARCH_ADMIN_FILE"}
+    client = subprocess.Popen(
+        [sys.executable, "-c", _FRESH_CLIENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert client.stdout is not None
+        line = client.stdout.readline().split()
+        assert line[:1] == ["READY"], f"the client did not start: {line!r}"
+        proc_pids = {int(x) for x in line[1:]}
+        r = subprocess.run(
+            [
+                *(sys.executable, "-c", "from monarch.cli import main; main()"),
+                *("status", "--json", "--pid", str(client.pid)),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        assert client.stdin is not None
+        client.stdin.close()
+        try:
+            client.wait(30)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait(10)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["client"]["pid"] == client.pid
+    procs = [p for h in doc["hosts"] for p in h["procs"]]
+    assert {p["pid"] for p in procs} == proc_pids and len(procs) == 2
+    assert all(p["status"] == "running" and "unresponsive" not in p for p in procs)
+    for p in procs:
+        actors = _user_actors(p)
+        assert sorted(a["mesh"] for a in actors) == ["stepper0", "stepper1", "stepper2"]
+        for a in actors:
+            # 3 calls each; a handler is counted just after its reply is sent, so the last
+            # may not be counted yet
+            assert a["status"] == "running" and a["last_endpoint"] == "step"
+            assert 2 <= a["messages_handled"] <= 3 and a["failures"] == 0
+            assert a["coords"] == {"gpus": p["rank"]}
+        assert [a["class"] for a in p["actors"] if a["system"]] == [
+            "monarch._mesh.admin_agent.AdminAgent"
+        ]
+    meshes = {m["name"]: m for m in doc["meshes"]}
+    for name in ("stepper0", "stepper1", "stepper2"):
+        assert meshes[name]["extent"] == {"gpus": 2} and meshes[name]["alive"] == 2
