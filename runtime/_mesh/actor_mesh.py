@@ -12,6 +12,15 @@ holds several targets (no reply waits on the extra hop, and a large payload cros
 boundary once); a ``call()``/``stream()`` to at most ``FANOUT`` procs is sent straight to them
 (lower latency: the client gets at most ``FANOUT`` replies anyway). Sequence numbers are fixed
 at the origin so per-sender FIFO order holds across direct sends and tree casts.
+
+A forwarder that dies: within a host, the procs below it are told to skip the numbers that died
+with it (the router's ``forwarded`` record). Across hosts (a head forwarding to other hosts'
+heads) the origin keeps each cast in a :class:`~monarch._mesh.cast_ledger.CastLedger` and
+re-sends it straight to the hosts below the lost one, so every healthy host gets it once.
+Callers await the same ranks either way: a ``call()`` awaits each top head and each cross-host
+forwarder for its whole subtree (its results are reduced there), so a lost forwarder fails the
+call at once, naming its first rank; a ``stream()`` awaits every proc for its own ranks and the
+ranks its host's procs below it hold, so only the lost host's positions fail.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from .._transport.frame import Envelope, EnvelopeTemplate
 from .._transport.messages import EXPLICIT_PORT_BIT, PICKLED_BIT, STREAM_BIT, Kind
 from .._transport.pickle_codec import PICKLE_CODEC, dumps
 from .actor import endpoint_table
+from .cast_ledger import Edge, fill_hops, ledger_for
 from .context import _current
 from .current import current_runtime
 from .endpoint import Endpoint, EndpointSpec
@@ -70,7 +80,10 @@ class _Plan:
     grouped by the proc hosting them, their positions in the slice, and pre-encoded envelopes
     (one per endpoint, adverb kind and sender)."""
 
-    __slots__ = ("_tree_expected", "broadcast_tree", "groups", "positions", "ranks", "templates", "tree")
+    __slots__ = (
+        "_cast_tree", "_stream_expected", "_tree_expected", "broadcast_tree", "groups", "positions", "ranks",
+        "templates", "tree",
+    )
 
     def __init__(self, shape: Shape, addrs: Sequence[str]) -> None:
         self.ranks = shape.ranks()
@@ -82,6 +95,8 @@ class _Plan:
         self.positions = [(a, tuple(pos[r] for r in rs)) for a, rs in self.groups]
         self.templates: dict[tuple[Any, ...], list[tuple[str, EnvelopeTemplate, Any]]] = {}
         self._tree_expected: dict[str, set[int]] | None = None
+        self._stream_expected: dict[str, set[int]] | None = None
+        self._cast_tree: list[tuple[str, list[int], list[Any]]] | None = None
         hosts = len({_host_of(a) for a, _ in self.groups})
         # a tree when the origin would send more than FANOUT frames; a broadcast also when a
         # host holds several targets (its payload then crosses each host boundary once). A
@@ -90,15 +105,55 @@ class _Plan:
         self.tree = len(self.groups) > FANOUT
         self.broadcast_tree = self.tree or 1 < hosts < len(self.groups)
 
+    def cast_tree(self) -> list[tuple[str, list[int], list[Any]]]:
+        """The cast tree over this slice's procs (see :func:`_cast_tree`), built once."""
+        if self._cast_tree is None:
+            self._cast_tree = _cast_tree(self.groups)
+        return self._cast_tree
+
     def tree_expected(self) -> dict[str, set[int]]:
-        """Positions whose results come back through each head of the cast tree (a fresh copy)."""
+        """Positions whose results a ``call()`` down the tree awaits from each proc (a fresh
+        copy): each top head and each proc that forwards to other hosts, for its subtree."""
         if self._tree_expected is None:
             pos = dict(self.positions)
             exp: dict[str, set[int]] = {}
-            for head, below in _subtrees(self.groups):
-                exp[head] = set(pos[head]).union(*(pos[d] for d in below))
+
+            def walk(a: str, sub: list[Any], top: bool) -> set[int]:
+                mine = set(pos[a])
+                crosses = False
+                for c, _rs, csub in sub:
+                    mine |= walk(c, csub, False)
+                    crosses = crosses or _host_of(c) != _host_of(a)
+                if top or crosses:
+                    exp[a] = mine
+                return mine
+
+            for a, _rs, sub in self.cast_tree():
+                walk(a, sub, True)
             self._tree_expected = exp
         return {a: set(ps) for a, ps in self._tree_expected.items()}
+
+    def stream_expected(self) -> dict[str, set[int]]:
+        """Positions a ``stream()`` down the tree awaits from each proc (a fresh copy): its own
+        and those of the procs below it on its host (they are skipped if it dies); the hosts
+        below it get the cast again from the origin (the ledger), so they are not awaited here."""
+        if self._stream_expected is None:
+            pos = dict(self.positions)
+            exp: dict[str, set[int]] = {}
+
+            def walk(a: str, sub: list[Any]) -> set[int]:
+                mine = set(pos[a])
+                for c, _rs, csub in sub:
+                    below = walk(c, csub)
+                    if _host_of(c) == _host_of(a):
+                        mine |= below
+                exp[a] = mine
+                return mine
+
+            for a, _rs, sub in self.cast_tree():
+                walk(a, sub)
+            self._stream_expected = exp
+        return {a: set(ps) for a, ps in self._stream_expected.items()}
 
 
 def _shape_into(builder: Any, shape: Shape) -> None:
@@ -216,12 +271,16 @@ class ActorMesh(MeshTrait, Generic[T]):
         tree = plan.broadcast_tree if adverb == "broadcast" else plan.tree
         # replies come from the procs messaged directly: through a cast tree, from the head of
         # each subtree, so the death of a head fails every position below it (nobody hangs)
-        expected = (plan.tree_expected() if tree else {a: set(ps) for a, ps in plan.positions}) if adverb != "broadcast" else {}
-        if tree and adverb == "stream":
+        if adverb == "broadcast":
+            expected: dict[str, set[int]] = {}
+        elif not tree:
+            expected = {a: set(ps) for a, ps in plan.positions}
+        elif adverb == "stream":
             # stream parts are not reduced: every proc answers the caller itself, so each one's
-            # death fails its own positions, and a head's the positions it never forwarded to
-            for a, ps in plan.positions:
-                expected.setdefault(a, set()).update(ps)
+            # death fails its own positions and those of its host's procs it never forwarded to
+            expected = plan.stream_expected()
+        else:
+            expected = plan.tree_expected()
         if adverb == "call_one":
             sink = OneSink(router, codec, expected)
             result = sink.future
@@ -258,7 +317,12 @@ class ActorMesh(MeshTrait, Generic[T]):
                 if sink is not None:
                     env.replyAddr = router.addr
                     env.replyPort = sink.port
-                _send_tree(router, env, bufs, dict(plan.groups))
+                pending: Any = None
+                if isinstance(sink, ValueMeshSink):
+                    pending = _not_done(sink.future)
+                elif isinstance(sink, StreamSink):
+                    pending = _streaming(sink)
+                _send_tree(router, env, bufs, plan, pending)
         except Exception as exc:
             if sink is not None:
                 router.close_port(sink.port)
@@ -349,34 +413,53 @@ def _point_shape(shape: Shape, i: int) -> Shape:
     return Shape(list(shape.labels), r, [1] * len(shape.labels), list(shape.strides))
 
 
-def _send_tree(router: Any, env: Any, bufs: list[Any], groups: dict[str, list[int]]) -> None:
-    items = list(groups.items())
-    seqs = {a: router.next_seq(a) for a, _ in items}
-    for _head, below in _subtrees(items):
-        for dest in below:
-            # every proc between the origin and ``dest`` forwards it: if one dies, ``dest`` is
-            # told to skip the number instead of waiting for it forever
-            for fwd in below[dest]:
-                router.forwarded(fwd, dest, seqs[dest])
+def _not_done(future: Future[Any]) -> Any:
+    return lambda: not future.done()
 
-    def fill(lst: Any, hops: list[tuple[str, list[int], list[Any]]]) -> None:
-        for i, (a, rs, sub) in enumerate(hops):
-            h = lst[i]
-            h.addr = a
-            h.seq = seqs[a]
-            h.ranks = rs
-            if sub:
-                fill(h.init("forward", len(sub)), sub)
 
-    top = _cast_tree(items)
+def _streaming(sink: StreamSink) -> Any:
+    return lambda: sink.remaining > 0
+
+
+def _send_tree(router: Any, env: Any, bufs: list[Any], plan: _Plan, pending: Any) -> None:
+    """Send ``env`` down the cast tree of ``plan``; ``pending``: whether its caller still awaits
+    results (None for a broadcast), which bounds how long the ledger keeps it."""
+    tree = plan.cast_tree()
+    seqs = {a: router.next_seq(a) for a, _ in plan.groups}
+    edges: list[Edge] = []
+
+    def walk(hops: list[Any], path: list[str]) -> None:
+        for a, rs, sub in hops:
+            host = _host_of(a)
+            if path:
+                if _host_of(path[-1]) != host:
+                    edges.append((path[-1], a, rs, sub))
+                for fwd in path:
+                    # a forwarder on this proc's host: if it dies, this proc is told to skip the
+                    # number instead of waiting for it forever (one on another host: the ledger
+                    # re-sends to this proc's host instead)
+                    if _host_of(fwd) == host:
+                        router.forwarded(fwd, a, seqs[a])
+            walk(sub, [*path, a])
+
+    walk(tree, [])
     env.origin = router.addr
-    for a, rs, sub in top:
-        env.ranks = rs
-        if sub:
-            fill(env.init("forward", len(sub)), sub)
-        else:
-            env.init("forward", 0)
-        router.send(a, env, bufs, seq=seqs[a])
+    rec = None
+    ledger = None
+    if edges:
+        ledger = ledger_for(router)
+        rec = ledger.add(env.copy(), bufs, seqs, edges, pending)
+    try:
+        for a, rs, sub in tree:
+            env.ranks = rs
+            if sub:
+                fill_hops(env.init("forward", len(sub)), sub, seqs)
+            else:
+                env.init("forward", 0)
+            router.send(a, env, bufs, seq=seqs[a])
+    finally:
+        if ledger is not None:
+            ledger.sent(rec)
 
 
 def _build_tree(lst: Sequence[tuple[str, list[int]]]) -> list[tuple[str, list[int], list[Any]]]:
@@ -424,23 +507,6 @@ def _tree_of_heads(heads: list[tuple[str, list[int], list[Any]]]) -> list[tuple[
     for k in range(0, n, per):
         (a, rs, local), rest = heads[k], heads[k + 1 : k + per]
         out.append((a, rs, [*local, *_tree_of_heads(rest)]))
-    return out
-
-
-def _subtrees(items: Sequence[tuple[str, list[int]]]) -> list[tuple[str, dict[str, list[str]]]]:
-    """For each top-level head: every proc below it with the forwarders on its path."""
-    out = []
-
-    def walk(hops: list[Any], path: list[str], acc: dict[str, list[str]]) -> None:
-        for a, _rs, sub in hops:
-            if path:
-                acc[a] = list(path)
-            walk(sub, [*path, a], acc)
-
-    for a, _rs, sub in _cast_tree(items):
-        acc: dict[str, list[str]] = {}
-        walk(sub, [a], acc)
-        out.append((a, acc))
     return out
 
 
