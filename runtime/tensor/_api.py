@@ -17,7 +17,16 @@ from .._core.errors import ActorError
 from .._core.future import Future
 from ._client import client_for
 from ._errors import TensorOpError
-from ._tensor import Tensor, activate, active_client, call_remote, meta_empty, new_handle
+from ._tensor import (
+    Tensor,
+    _Walk,
+    _wire,
+    activate,
+    active_client,
+    call_remote,
+    meta_empty,
+    new_handle,
+)
 from ._wire import RANK
 
 if TYPE_CHECKING:
@@ -94,11 +103,15 @@ class Remote:
             tensor result (the function runs for its effects).
     """
 
-    def __init__(self, fn: Callable[..., Any] | str, propagate: Callable[..., Any] | str | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any] | str, propagate: Callable[..., Any] | str | None
+    ) -> None:
         if propagate == "inspect":  # Monarch's spelling of "no tensor result"
             propagate = _no_result
         if propagate is not None and not callable(propagate):
-            raise NotImplementedError(f"remote(propagate={propagate!r}): only a callable, 'inspect' or None is supported")
+            raise NotImplementedError(
+                f"remote(propagate={propagate!r}): only a callable, 'inspect' or None is supported"
+            )
         if propagate is None:
             propagate = _import(fn) if isinstance(fn, str) else fn
         self._fn = fn
@@ -111,18 +124,93 @@ class Remote:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         client = active_client()
         if client is None and not _has_handle((args, kwargs)):
-            raise ValueError("calling a monarch.remote function requires an active mesh (`with procs.activate():`)")
+            raise ValueError(
+                "calling a monarch.remote function requires an active mesh (`with procs.activate():`)"
+            )
         return call_remote(self._fn, self._propagate, args, kwargs, client)
 
     def rref(self, *args: Any, **kwargs: Any) -> Any:
         """The same as calling it (Monarch's spelling)."""
         return self(*args, **kwargs)
 
+    # -- the endpoint adverbs (Monarch's ``Remote`` implements its ``Endpoint`` protocol) ------
+    # Each runs the function on the ranks of the active mesh (or of the handles in the
+    # arguments) after every op issued before it, with handles arriving as the ranks' local
+    # tensors, and brings its value back as an actor endpoint's result would come back.
+
+    def _prepare(self, args: Any, kwargs: Any) -> tuple[Any, int, Any, Any]:
+        w = _Walk()
+        key: list[Any] = []
+        wargs = _wire(args, w, key)
+        wkwargs = _wire(kwargs, w, key)
+        client = active_client()
+        if client is None:
+            client = w.client
+        elif w.client is not None and w.client is not client:
+            raise ValueError(
+                f"{self!r}: a tensor of another mesh is used inside {client!r}.activate()"
+            )
+        if client is None:
+            raise ValueError(
+                f"{self!r}: calling a monarch.remote function requires an active mesh (`with procs.activate():`)"
+            )
+        fid = client.fn_id(self._fn)
+        client.flush()  # the function runs after every op issued before it (per-sender FIFO)
+        return client.workers.call_value, fid, wargs, wkwargs
+
+    @property
+    def _mesh(self) -> Any:
+        """The mesh the function runs on (``monarch.actor.send`` reads its size)."""
+        client = active_client()
+        if client is None:
+            raise ValueError(
+                f"{self!r}: sending a monarch.remote function requires an active mesh (`with procs.activate():`)"
+            )
+        return client.workers
+
+    def call(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run on every rank; a Future of the ``ValueMesh`` of their values (Monarch's
+        ``Remote.call``). It fails with ``ActorError`` when a rank raised (``TensorOpError``
+        inside when an argument's tensor had failed there).
+
+        Raises:
+            ValueError: no active mesh, or handles of another mesh.
+        """
+        ep, fid, a, k = self._prepare(args, kwargs)
+        return ep.call(fid, a, k)  # type: ignore[no-any-return]
+
+    def call_one(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run on the one rank of a one-rank mesh; a Future of its value.
+
+        Raises:
+            ValueError: no active mesh, or the mesh has more than one rank.
+        """
+        ep, fid, a, k = self._prepare(args, kwargs)
+        return ep.call_one(fid, a, k)  # type: ignore[no-any-return]
+
+    def choose(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run on one rank of the mesh (chosen by the runtime); a Future of its value."""
+        ep, fid, a, k = self._prepare(args, kwargs)
+        return ep.choose(fid, a, k)  # type: ignore[no-any-return]
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on every rank; an iterator of Futures of their values, in arrival order."""
+        ep, fid, a, k = self._prepare(args, kwargs)
+        return ep.stream(fid, a, k)
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> None:
+        """Run on every rank for its effects; nothing comes back (errors fail that rank's
+        tensor-store actor, as a broadcast endpoint's would)."""
+        ep, fid, a, k = self._prepare(args, kwargs)
+        ep.broadcast(fid, a, k)
+
 
 Remote.__module__ = "monarch.tensor"
 
 
-def remote(fn: Callable[..., Any] | str | None = None, *, propagate: Callable[..., Any] | str | None = None) -> Any:
+def remote(
+    fn: Callable[..., Any] | str | None = None, *, propagate: Callable[..., Any] | str | None = None
+) -> Any:
     """Make ``fn`` run on the workers (Monarch's ``monarch.remote``); also a decorator
     (``@remote(propagate=...)``).
 

@@ -180,6 +180,20 @@ class TensorStore:
             return {k: self._resolve_args(v, bad) for k, v in obj.items()}
         return obj
 
+    def call_value(self, fid: int, args: Any, kwargs: Any) -> Any:
+        """Run function ``fid`` on the local tensors named in ``args``/``kwargs``; its value.
+
+        Raises:
+            TensorOpError: an argument is poisoned (or not on this worker).
+        """
+        bad: list[Poison] = []
+        a = self._resolve_args(args, bad)
+        k = self._resolve_args(kwargs, bad)
+        if bad:
+            p = bad[0]
+            raise TensorOpError(p.rank, p.op, p.error, p.traceback)
+        return self._fns[fid](*a, **k)
+
     def _call(self, fid: int, out_ids: tuple[int, ...], args: Any, kwargs: Any) -> None:
         fn = self._fns[fid]
         bad: list[Poison] = []

@@ -53,6 +53,17 @@ class TensorWorker(Actor):
         return self._store.fetch(ids)  # type: ignore[no-any-return]
 
     @endpoint
+    def call_value(self, fid: int, args: Any, kwargs: Any) -> Any:
+        """Run remote function ``fid`` (defined by an earlier batch) on this rank's local tensors
+        and return its value (``Remote.call`` and the other adverbs of ``monarch.remote``).
+
+        Raises:
+            TensorOpError: an argument's tensor failed on this rank (names the rank and op).
+            Exception: whatever the function raises (the caller gets it as ``ActorError``).
+        """
+        return self._store.call_value(fid, args, kwargs)
+
+    @endpoint
     def stored(self) -> list[int]:
         """The ids this worker holds (for tests and debugging)."""
         return self._store.stored()  # type: ignore[no-any-return]
