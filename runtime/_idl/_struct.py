@@ -24,6 +24,7 @@ from ._types import (
     FieldValueError,
     compile_type,
     field_value_error,
+    raw_source,
 )
 
 __all__ = ["AnyStruct", "Struct", "StructInfo", "Which", "struct_class"]
@@ -257,7 +258,7 @@ class Struct:
         else:
             cm = smod.from_bytes(payload, traversal_limit_in_words=limit)
             reader = cm.__enter__()
-        return cls._view(reader, DecodeContext(cm, payload, buffers, oob), "")
+        return cls._view(reader, DecodeContext(cm, payload, buffers, oob, reader), "")
 
     @classmethod
     def from_bytes(
@@ -345,26 +346,45 @@ class Struct:
             raise TypeError(
                 f"{type(self).__qualname__} is a group: encode the struct that holds it"
             )
-        msg = (smod or info.struct_module()).new_message()
         enc = EncodeContext(oob)
-        try:
-            self._write(msg, enc, "")
-        except FieldValueError as exc:
-            exc.where = exc.where or type(self).__qualname__
-            raise exc.with_traceback(None) from None
+        src = raw_source(self)
+        if src is not None:
+            # a received struct sent on: copied raw, as Cap'n Proto copies a struct, so what a
+            # newer peer wrote (fields, union members this version lacks) reaches the next one
+            msg = src.as_reader().as_builder()
+            if self._ctx is not None and self._ctx.oob:
+                self._ctx.carry_oob(self._path, enc, msg, "")
+        else:
+            msg = (smod or info.struct_module()).new_message()
+            try:
+                self._write(msg, enc, "")
+            except FieldValueError as exc:
+                exc.where = exc.where or type(self).__qualname__
+                raise exc.with_traceback(None) from None
         buffers = enc.buffers
         if buffers:
             buffers.append("\n".join(enc.paths).encode())
         return msg.to_bytes(), buffers
 
     def to_bytes(self) -> bytes:
-        """This struct as one flat Cap'n Proto message, every Data field inside it."""
+        """This struct as one flat Cap'n Proto message, every Data field inside it.
+
+        A received struct is copied raw: fields and union members that this version of the
+        schema does not know are kept.
+
+        Raises:
+            FieldValueError: a built struct's field holds a value its type cannot.
+            ValueError: a received struct holds a field that this version of the schema does
+                not know and whose bytes came out of band (at least 4 KiB): it can be sent on
+                as received, not flattened.
+        """
         return self._encode(oob=False)[0]
 
     # -- unions ----------------------------------------------------------------------------
     def which_name(self) -> str:
         """The Python name of the active member of the unnamed union; ``"<unknown>"`` for a
-        received member that a newer version of the schema added (not sent on when forwarded).
+        received member that a newer version of the schema added (sent on unchanged with the
+        struct that holds it, see :meth:`monarch._idl._types.DecodeContext.source`).
 
         Raises:
             TypeError: the struct has no unnamed union.

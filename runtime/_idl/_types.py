@@ -7,7 +7,8 @@ module's namespace, so classes may be defined in any order.
 
 Out-of-band convention (the Cap'n Proto payload codec): a ``Data`` field, a ``$tensor`` field or
 the data of an ``M.Tensor`` whose size is at least :data:`OOB_THRESHOLD_BYTES` is left unset in
-the message and travels as an out-of-band buffer instead. When any buffer travels so, one more
+the message (a member of an unnamed union is set to an empty Data, so that the discriminant names
+it) and travels as an out-of-band buffer instead. When any buffer travels so, one more
 buffer follows the others: the *directory*, the UTF-8 field paths of the buffers, one per line,
 in order (``blob``, ``items.3.data``: wire names and list indices from the root struct). The
 receiver maps a path back to its buffer and returns a view of it, never a copy.
@@ -111,25 +112,115 @@ class EncodeContext:
         if self.oob and _nbytes(value) >= OOB_THRESHOLD_BYTES:
             self.buffers.append(value)
             self.paths.append(path + wire)
+            if _in_union(b, wire):
+                # the discriminant must name this member: an empty Data in the message
+                b._set(wire, b"")
         else:
             b._set(wire, value)
+
+
+_UNION_FIELDS: dict[tuple[int, str], bool] = {}
+
+
+def _in_union(b: Any, wire: str) -> bool:
+    """Whether field ``wire`` of struct builder ``b`` is a member of its unnamed union."""
+    schema = b.schema
+    key = (schema.node.id, wire)
+    known = _UNION_FIELDS.get(key)
+    if known is None:
+        known = _UNION_FIELDS[key] = schema.fields[wire].proto.discriminantValue != 0xFFFF
+    return known
 
 
 class DecodeContext:
     """What the views of one received message share: the message and the out-of-band buffers.
 
     Keeping ``reader_cm`` referenced keeps pycapnp's message (and so every reader) valid.
+    ``root`` is the message's root reader (None for a view that is no received message's: a
+    group's default); :meth:`source` copies from it.
     """
 
-    __slots__ = ("buffers", "oob", "payload", "reader_cm")
+    __slots__ = ("_copy", "buffers", "oob", "payload", "reader_cm", "root")
 
     def __init__(
-        self, reader_cm: Any, payload: Any, buffers: Sequence[Any], oob: dict[str, int] | None
+        self,
+        reader_cm: Any,
+        payload: Any,
+        buffers: Sequence[Any],
+        oob: dict[str, int] | None,
+        root: Any = None,
     ) -> None:
         self.reader_cm = reader_cm
         self.payload = payload
         self.buffers = buffers
         self.oob = oob
+        self.root = root
+        self._copy: Any = None
+
+    def source(self, path: str) -> Any:
+        """The builder at ``path`` in a private copy of the message, to copy a received struct
+        or list from as Cap'n Proto copies one: its raw content, so fields and union members
+        that this schema version does not know survive (the language reference's rule for
+        evolving a protocol).
+
+        The copy is made once per message: copying from a reader counts against its
+        cumulative traversal limit, so a view forwarded many times would exhaust it; a
+        builder has no limit.
+
+        Args:
+            path: a view's path (wire names and list indices, each followed by ``.``; ``""``
+                is the root).
+
+        Returns:
+            A pycapnp struct or list builder; an untyped (``AnyPointer``) builder where the
+            path ends at one; None when the message has no root reader or the path crosses an
+            untyped pointer.
+        """
+        if self.root is None:
+            return None
+        b = self._copy
+        if b is None:
+            b = self._copy = self.root.as_builder()
+        for part in path.split(".")[:-1]:
+            if _is_untyped(b):
+                return None
+            b = b[int(part)] if part.isdigit() else b._get(part)
+        return b
+
+    def carry_oob(self, path: str, enc: EncodeContext, target: Any, new_path: str) -> None:
+        """Send on the out-of-band buffers under ``path`` of this message with a struct or list
+        copied raw to ``target`` (its builder) at ``new_path`` of the message being encoded:
+        as out-of-band buffers again (same views, no copy), or written into ``target`` when the
+        encoding keeps every Data field in the message (``to_bytes``).
+
+        Raises:
+            ValueError: a flat copy (``to_bytes``) of a field that came out of band and that
+                this version of the schema does not know: pycapnp writes fields by name only.
+        """
+        oob = self.oob
+        if not oob:
+            return
+        for p, index in oob.items():
+            if not p.startswith(path):
+                continue
+            rest = p[len(path) :]
+            buf = self.buffers[index]
+            if enc.oob:
+                enc.buffers.append(buf)
+                enc.paths.append(new_path + rest)
+                continue
+            *parts, wire = rest.split(".")
+            b = target
+            try:
+                for part in parts:
+                    b = b[int(part)] if part.isdigit() else b._get(part)
+                b._set(wire, bytes(_tensor_bytes(buf)))
+            except Exception as exc:  # KjException "struct has no such member"
+                raise ValueError(
+                    f"cannot write field {p!r} into a flat copy: its bytes came out of band and "
+                    "this version of the schema does not know the field; send the received "
+                    "struct on as it is (its buffers go with it)"
+                ) from exc
 
     def get_data(self, r: Any, wire: str, path: str) -> Any:
         """Read Data field ``wire``: a view of its out-of-band buffer, or the in-message bytes."""
@@ -338,15 +429,30 @@ def unknown_enumerant(cls: Any, value: int) -> Any:
 
 
 class _Struct(_Named):
+    """A struct field; a received struct view is copied raw (see :func:`raw_source`)."""
+
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
         _check(v, self.cls, wire)
-        v._write(b.init(wire), enc, path + wire + ".")
+        if not _copy_raw(b, wire, v, enc, path):
+            v._write(b.init(wire), enc, path + wire + ".")
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
         return self.cls._view(r._get(wire), dec, path + wire + ".")
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         _check(v, self.cls, str(i))
+        src = raw_source(v)
+        if src is not None:
+            try:
+                # copies what fits the list's element size (this version's struct size): a
+                # newer peer's fields past it are lost, as in Cap'n Proto's own element copy
+                lb[i] = src
+            except Exception:  # KjException "Value type mismatch": another brand
+                pass
+            else:
+                if v._ctx.oob:
+                    v._ctx.carry_oob(v._path, enc, lb[i], f"{path}{i}.")
+                return
         v._write(lb[i], enc, f"{path}{i}.")
 
     def take(self, lr: Any, i: int, dec: DecodeContext, path: str) -> Any:
@@ -358,6 +464,34 @@ class _Group(_Struct):
         _check(v, self.cls, wire)
         # init, not get: a group that is a union member must become the active member
         v._write(b.init(wire), enc, path + wire + ".")
+
+
+def _copy_raw(b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> bool:
+    """Copy received struct view ``v`` raw into struct field ``wire`` of builder ``b``; False
+    where it cannot be (not a view, or a field of another brand: the caller writes it field
+    by field)."""
+    src = raw_source(v)
+    if src is None:
+        return False
+    try:
+        b._set(wire, src)
+    except Exception:  # KjException "Value type mismatch": a field of another brand
+        return False
+    if v._ctx.oob:
+        v._ctx.carry_oob(v._path, enc, b._get(wire), path + wire + ".")
+    return True
+
+
+def raw_source(v: Any) -> Any:
+    """Where to copy a received struct view ``v`` from (see :meth:`DecodeContext.source`); None
+    for a built struct, a group (part of its parent's data, never copied alone) or a view
+    whose message cannot be followed there."""
+    if v._reader is None or v._ctx is None or v.__capnp__.is_group:
+        return None
+    src = v._ctx.source(v._path)
+    if src is not None and _is_untyped(src):  # a view read through from_any
+        src = src.as_struct(v.__capnp__.struct_module().schema)
+    return src
 
 
 def _check(v: Any, cls: type, where: str) -> None:
@@ -479,8 +613,10 @@ def _set_struct_pointer(b: Any, wire: str, v: Any, enc: EncodeContext, path: str
         target.set(v._ptr)
         return
     if _is_untyped(target):
+        # pycapnp cannot copy a struct raw into an untyped pointer: field by field (what this
+        # version does not know of a received struct is lost here)
         v._write(target.as_struct(v.__capnp__.struct_module().schema), enc, path + wire + ".")
-    else:
+    elif not _copy_raw(b, wire, v, enc, path):
         v._write(b.init(wire), enc, path + wire + ".")
 
 
@@ -511,8 +647,22 @@ class _List(Conv):
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
         if self.elem.simple:
             b._set(wire, list(v))
-        else:
-            self._fill(b.init(wire, len(v)), v, enc, path + wire + ".")
+            return
+        if isinstance(v, StructList) and getattr(v._conv, "cls", 0) is getattr(
+            self.elem, "cls", None
+        ):
+            # a received list sent on: copied raw, each element whole (see DecodeContext.source)
+            src = v._dec.source(v._prefix)
+            if src is not None:
+                try:
+                    b._set(wire, src)
+                except Exception:  # KjException "Value type mismatch": another brand
+                    pass
+                else:
+                    if v._dec.oob:
+                        v._dec.carry_oob(v._prefix, enc, b._get(wire), path + wire + ".")
+                    return
+        self._fill(b.init(wire, len(v)), v, enc, path + wire + ".")
 
     def put(self, lb: Any, i: int, v: Any, enc: EncodeContext, path: str) -> None:
         self._fill(lb.init(i, len(v)), v, enc, f"{path}{i}.")

@@ -50,7 +50,9 @@ def test_wrong_scalar_value_names_endpoint_and_field(args: Any, kwargs: Any, mes
 
 
 def test_wrong_value_inside_a_struct_argument_names_the_dotted_field() -> None:
-    with pytest.raises(TypeError, match=r"^Worker\.train: field 'batch\.step' expects UInt64, got str$"):
+    with pytest.raises(
+        TypeError, match=r"^Worker\.train: field 'batch\.step' expects UInt64, got str$"
+    ):
         _encode(_WORKER_TRAIN, Batch(step="one"))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^Worker\.train: field 'batch' expects Batch, got str$"):
         _encode(_WORKER_TRAIN, "batch")
@@ -84,7 +86,9 @@ def test_wrong_calls_on_real_procs_raise_at_the_call_site_and_the_actor_keeps_se
     meshes: tuple[WorkerMesh, CoordinatorMesh],
 ) -> None:
     workers, coordinator = meshes
-    with pytest.raises(TypeError, match=r"^Coordinator\.register: field 'count' expects UInt32, got str$"):
+    with pytest.raises(
+        TypeError, match=r"^Coordinator\.register: field 'count' expects UInt32, got str$"
+    ):
         coordinator.register.call_one(workers, "2")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"did you mean 'count'\?"):
         coordinator.register.call_one(workers, cuont=2)  # type: ignore[call-arg]

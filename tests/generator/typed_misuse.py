@@ -122,4 +122,3 @@ def derived_interface_spawns_as_its_own_mesh(procs: ProcMesh) -> str:
     mesh = procs.spawn("d", DerivedImpl)
     mesh.extra.call_one("x")  # E: Argument 1 to "call_one" of "Endpoint" has incompatible type "str"; expected "int"  [arg-type]
     return mesh.ping.call_one().get()  # inherited endpoint: no error
-

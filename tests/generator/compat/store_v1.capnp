@@ -13,3 +13,8 @@ interface Store $M.actor {
   get @1 (id :UInt64) -> (job :Job);
   count @2 () -> (n :UInt32);
 }
+interface Relay $M.actor {
+  # Sends a job on as received: back to its caller, or through another relay.
+  echo @0 (job :Job) -> (job :Job);
+  relay @1 (job :Job, to :M.ActorRef(Relay)) -> (job :Job);
+}

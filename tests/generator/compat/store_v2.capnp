@@ -16,3 +16,8 @@ interface Store $M.actor {
   count @2 () -> (n :UInt32);
   drop @3 (id :UInt64) -> ();
 }
+interface Relay $M.actor {
+  # Sends a job on as received: back to its caller, or through another relay.
+  echo @0 (job :Job) -> (job :Job);
+  relay @1 (job :Job, to :M.ActorRef(Relay)) -> (job :Job);
+}
