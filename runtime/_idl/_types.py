@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._adapters import StructAdapter, get_adapter
@@ -283,10 +283,21 @@ class _Data(Conv):
         return dec.get_data(r, wire, path)
 
 
+TENSOR_REFS: dict[type, Callable[[Any], tuple[str, list[int], list[int]]]] = {}
+"""Tensor types that are not sent but referred to: ``monarch.Tensor`` (the tensor engine, layer 5,
+registers it before it encodes a call holding one). An ``M.Tensor`` field given one writes the
+``(dtype, shape, strides)`` the function returns, and the value itself stands among the
+out-of-band buffers in place of the data; the tensor engine pickles the buffers (a handle becomes
+a reference) and hands the decoder the receiving rank's local tensor there, which the field then
+reads as it is (monarch.tensor._rref)."""
+
+
 class _TensorData(Conv):
     """A ``$tensor`` Data field: a tensor's raw bytes, received as a 1-D uint8 tensor view."""
 
     def set(self, b: Any, wire: str, v: Any, enc: EncodeContext, path: str) -> None:
+        if type(v) in TENSOR_REFS:
+            raise TypeError("a monarch.Tensor handle fills an M.Tensor field, not Data $M.tensor")
         enc.put_data(b, wire, _tensor_bytes(v), path)
 
     def get(self, r: Any, wire: str, dec: DecodeContext, path: str) -> Any:
@@ -304,6 +315,14 @@ class _Tensor(Conv):
 
     @staticmethod
     def _fill(tb: Any, v: Any, enc: EncodeContext, prefix: str) -> None:
+        ref = TENSOR_REFS.get(type(v))
+        if ref is not None:  # a handle: its metadata here, itself among the buffers
+            if not enc.oob:
+                raise TypeError("a monarch.Tensor handle can only be sent as an endpoint's argument")
+            tb.dtype, tb.shape, tb.strides = ref(v)
+            enc.buffers.append(v)
+            enc.paths.append(prefix + "data")
+            return
         src = v.detach()
         if src.device.type != "cpu":
             src = src.cpu()
@@ -325,9 +344,11 @@ class _Tensor(Conv):
 
     @staticmethod
     def _read(tr: Any, dec: DecodeContext, prefix: str) -> Any:
-        return _bytes_tensor(
-            dec.get_data(tr, "data", prefix), tr.dtype or "uint8", list(tr.shape), list(tr.strides)
-        )
+        data = dec.get_data(tr, "data", prefix)
+        tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+        if tensor is not None and isinstance(data, tensor):
+            return data  # a rank's local tensor, in place of a handle (TENSOR_REFS)
+        return _bytes_tensor(data, tr.dtype or "uint8", list(tr.shape), list(tr.strides))
 
 
 def _tensor_bytes(v: Any) -> Any:

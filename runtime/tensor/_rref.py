@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect as _inspect
+import pickle
 import threading
 from typing import Any
 
@@ -118,7 +119,7 @@ def rref(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str,
 # IDL ($M.rref) endpoints: the result's metadata by endpoint and argument metadata, learnt from
 # the first call (Monarch's "cached" propagation); and each endpoint's pickle-coded twin
 _idl_meta: dict[Any, tuple[tuple[int, ...], tuple[int, ...], torch.dtype]] = {}
-_pickled: dict[int, EndpointSpec] = {}
+_pickled: dict[tuple[int, bool], EndpointSpec] = {}
 _IDL_META_MAX = 4096
 
 
@@ -141,10 +142,7 @@ def _rref_idl(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict
             "rref() needs an active mesh (`with procs.activate():`) or a monarch.Tensor argument"
         )
     spec.check_arguments(args, kwargs)
-    twin = _pickled.get(id(spec))
-    if twin is None:
-        twin = dataclasses.replace(spec, codec=None, extra={**spec.extra, "pickled": True})
-        _pickled[id(spec)] = twin
+    twin = _pickled_twin(spec)
     key = _meta_key(spec, args, kwargs)
     meta = _idl_meta.get(key) if key is not None else None
     oid = client.new_id()
@@ -201,14 +199,163 @@ def invoke(
 ) -> Any:
     """``mesh._invoke`` for a call whose arguments may hold handles (they arrive as the ranks'
     local tensors, at this point of the op stream)."""
+    if spec.codec is not None:
+        if not _idl_has_handle((*args, *kwargs.values()), 0):
+            return mesh._invoke(spec, adverb, args, kwargs)
+        return _send_idl(mesh, spec, adverb, args, kwargs)
     if not _has_handle(args, kwargs):
         return mesh._invoke(spec, adverb, args, kwargs)
-    if spec.codec is not None:
-        raise NotImplementedError(
-            f"{spec.qualname or spec.name}: monarch.Tensor arguments need a pickle-coded (Python) endpoint"
-        )
     client = _client_of((args, kwargs))
     return _send(client, mesh, spec, adverb, args, kwargs, "call", ())
+
+
+# -- IDL endpoints given handles --------------------------------------------------------------
+#
+# The call is encoded with the schema's own structs (so the schema checks every value at the
+# call site), except that an ``M.Tensor`` field given a handle writes the handle's metadata and
+# leaves the handle itself among the out-of-band buffers (``_idl._types.TENSOR_REFS``). Payload
+# and buffers travel pickle-coded (the ``PICKLED`` flag, as an IDL rref does), so that the
+# handles pickle as references and the message carries its SYNC point; the actor decodes the
+# payload with the endpoint's codec, the buffers holding its rank's local tensors, and its result
+# goes back encoded with the codec too, to be decoded on the client as any IDL reply is.
+
+_reply_codecs: dict[int, Any] = {}  # id(codec) -> codec, of the IDL endpoints called with handles
+_codecs_by_impl: dict[tuple[type, str], Any] = {}  # (actor class, method name) -> its IDL codec
+
+
+def _handle_metadata(h: Tensor) -> tuple[str, list[int], list[int]]:
+    f = h._fake
+    return str(f.dtype).removeprefix("torch."), list(f.shape), list(f.stride())
+
+
+_PLAIN = frozenset((int, float, str, bool, bytes, bytearray, memoryview, type(None)))
+
+
+def _idl_has_handle(values: Any, depth: int) -> bool:
+    """A handle among IDL arguments: in lists, or in the fields of structs built by the caller
+    (``Batch(inputs=t)``; a received struct holds none). Schema lists are homogeneous: a list
+    is walked only when its first element is a struct."""
+    if depth > 8:
+        return False
+    for v in values:
+        t = type(v)
+        if t in _PLAIN:
+            continue
+        if t is Tensor:
+            return True
+        if t is list or t is tuple:
+            if v and (type(v[0]) is Tensor or _is_built_struct(v[0])) and _idl_has_handle(v, depth + 1):
+                return True
+        elif _is_built_struct(v) and _idl_has_handle(v._values.values(), depth + 1):
+            return True
+    return False
+
+
+def _is_built_struct(v: Any) -> bool:
+    return getattr(type(v), "__capnp__", None) is not None and v._reader is None
+
+
+def _register_refs() -> None:
+    from .._idl._types import TENSOR_REFS
+
+    TENSOR_REFS[Tensor] = _handle_metadata
+
+
+def _send_idl(mesh: Any, spec: EndpointSpec, adverb: str, args: Any, kwargs: Any) -> Any:
+    """A call of an IDL endpoint whose arguments hold handles (see above)."""
+    name = spec.qualname or spec.name
+    if spec.stream or spec.explicit_response_port:
+        raise TypeError(
+            f"{name}: monarch.Tensor arguments need an endpoint that returns its result "
+            "(not $M.stream or $M.explicitResponsePort)"
+        )
+    spec.check_arguments(args, kwargs)
+    _register_refs()
+    codec = spec.codec
+    assert codec is not None
+    payload, bufs = codec.encode_call(args, kwargs)  # before the SYNC: a refused value sends nothing
+    handles = [b for b in bufs if type(b) is Tensor]
+    if not handles:  # the handles were in no M.Tensor field (a plain argument holds them)
+        raise TypeError(f"{name}: a monarch.Tensor handle can only fill an M.Tensor field")
+    client = active_client()
+    for h in handles:
+        if client is None:
+            client = h._client
+        elif h._client is not client:
+            raise ValueError(f"a handle of another mesh is passed to an actor: {h!r}")
+    _reply_codecs[id(codec)] = codec
+    twin = _pickled_twin(spec, encoded=True)
+    return _send(client, mesh, twin, adverb, (_IdlCall(id(codec), payload, bufs),), {}, "call", ())
+
+
+def _pickled_twin(spec: EndpointSpec, encoded: bool = False) -> EndpointSpec:
+    """``spec`` pickle-coded (the ``PICKLED`` flag); ``encoded``: its one argument is an
+    ``_IdlCall`` (the schema's signature was checked already)."""
+    key = (id(spec), encoded)
+    twin = _pickled.get(key)
+    if twin is None:
+        twin = dataclasses.replace(spec, codec=None, extra={**spec.extra, "pickled": True})
+        if encoded:
+            twin.signature = None
+        _pickled[key] = twin
+    return twin
+
+
+class _IdlCall:
+    """An IDL call's encoded parameters; its handles among the buffers (actor side: local tensors)."""
+
+    __slots__ = ("buffers", "codec_key", "payload")
+
+    def __init__(self, codec_key: int, payload: Any, buffers: list[Any]) -> None:
+        self.codec_key = codec_key
+        self.payload = payload
+        self.buffers = buffers
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (_IdlCall, (self.codec_key, _oob(self.payload), [_oob(b) for b in self.buffers]))
+
+
+class _IdlReply:
+    """An IDL endpoint's result encoded by its codec; unpickled on the client, decoded by it."""
+
+    __slots__ = ("buffers", "codec_key", "payload")
+
+    def __init__(self, codec_key: int, payload: Any, buffers: list[Any]) -> None:
+        self.codec_key = codec_key
+        self.payload = payload
+        self.buffers = buffers
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (_decode_reply, (self.codec_key, _oob(self.payload), [_oob(b) for b in self.buffers]))
+
+
+def _oob(b: Any) -> Any:
+    """Large byte buffers travel out of band (pickle 5), small ones and handles as they are."""
+    if type(b) is Tensor or (isinstance(b, bytes | bytearray) and len(b) < 65536):
+        return b
+    return pickle.PickleBuffer(b)
+
+
+def _decode_reply(codec_key: int, payload: Any, buffers: list[Any]) -> Any:
+    codec = _reply_codecs.get(codec_key)
+    if codec is None:
+        raise RuntimeError("the reply of an IDL call with monarch.Tensor arguments reached a process that did not call")
+    return codec.decode_result(memoryview(payload), [memoryview(b) for b in buffers])
+
+
+def _codec_of(method: Any) -> Any:
+    """The IDL codec of the endpoint that ``method`` (bound, on an actor) implements."""
+    key = (type(method.__self__), method.__name__)
+    codec = _codecs_by_impl.get(key)
+    if codec is None:
+        for klass in key[0].__mro__:
+            spec = getattr(klass.__dict__.get(key[1]), "__monarch_endpoint__", None)
+            if spec is not None and spec.codec is not None:
+                codec = _codecs_by_impl[key] = spec.codec
+                break
+        else:
+            raise TypeError(f"{key[0].__qualname__}.{key[1]} implements no IDL endpoint")
+    return codec
 
 
 def _send(
@@ -307,7 +454,11 @@ class _Pending:
                 self._poison_outs(self.error)
                 e = self.error
                 raise TensorOpError(e.rank, e.op, e.error, e.traceback)
+            idl = args[0] if len(args) == 1 and type(args[0]) is _IdlCall else None
             try:
+                if idl is not None:  # decoded here, with the rank's local tensors among its buffers
+                    codec = _codec_of(method)
+                    args, kwargs = codec.decode_call(memoryview(idl.payload), idl.buffers)
                 result = method(*args, **kwargs)
                 if _inspect.isawaitable(result):
                     if hasattr(result, "close"):
@@ -325,6 +476,8 @@ class _Pending:
                     return None
                 raise
             if self.mode == "call":
+                if idl is not None:
+                    return _IdlReply(idl.codec_key, *codec.encode_result(result))
                 return result
             leaves = [x for x in tree_flatten(result)[0] if isinstance(x, torch.Tensor)]
             if len(leaves) != len(self.out_ids):
