@@ -1,6 +1,7 @@
 """Distributed tensors (Meta Monarch's tensor engine): ``with procs.activate():`` torch ops on
 ``monarch.Tensor`` handles run on every rank of a ProcMesh; ``Tensor.reduce`` combines them over
-named mesh dimensions (gloo on CPU); ``fetch_shard``/``inspect`` bring a rank's values back.
+named mesh dimensions (gloo for CPU tensors, NCCL for CUDA ones, each rank on ``cuda:LOCAL_RANK``);
+``fetch_shard``/``inspect`` bring a rank's values back to the client's CPU.
 
 Layer 5. torch loads on first use of a name that needs it, not at ``import monarch.tensor``: a
 worker proc unpickles its ``TensorWorker`` class on its event loop, where a torch import would
@@ -18,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .._core.errors import ShardingError
-from ._errors import TensorOpError
+from ._errors import CUDAUnavailableError, TensorOpError
 
 if TYPE_CHECKING:
     from ._api import Remote as Remote
@@ -37,9 +38,10 @@ if TYPE_CHECKING:
     from ._tensor import Tensor as Tensor
 
 TensorOpError.__module__ = "monarch.tensor"
+CUDAUnavailableError.__module__ = "monarch.tensor"
 ShardingError.__module__ = "monarch.tensor"  # placements that do not fit (the only raiser)
 
-__all__ = ["Remote", "ShardingError", "TensorOpError"]
+__all__ = ["CUDAUnavailableError", "Remote", "ShardingError", "TensorOpError"]
 
 _LAZY = {
     "Remote": "._api",

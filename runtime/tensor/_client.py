@@ -52,6 +52,7 @@ class MeshClient:
         self._fids: dict[Any, int] = {}
         self._store: Any = None
         self._lock = threading.Lock()
+        self.cuda_checked = False  # every rank has CUDA (check_cuda ran)
 
     def __repr__(self) -> str:
         return f"<MeshClient extent={dict(zip(self.labels, self.sizes))} pending={len(self.cmds)}>"
@@ -111,6 +112,29 @@ class MeshClient:
             if label not in coords:
                 target = target.slice(**{label: 0})
         return target.fetch.call_one(ids)  # type: ignore[no-any-return]
+
+    def check_cuda(self) -> None:
+        """Before the first op that makes a CUDA tensor on this mesh: every rank must have CUDA
+        (one round trip, once per mesh).
+
+        Raises:
+            CUDAUnavailableError: ranks without CUDA, named with their torch build.
+        """
+        if self.cuda_checked:
+            return
+        vm = self.workers.device_info.call().get(self.timeout_s)
+        missing = [(dict(p), v) for p, v in vm.items() if not v["available"]]
+        if missing:
+            from ._errors import CUDAUnavailableError
+
+            point, info = missing[0]
+            raise CUDAUnavailableError(
+                f"a CUDA tensor on {self!r}: CUDA is not available on {len(missing)} of "
+                f"{len(vm)} ranks, e.g. {point} on host {info['host']} (torch {info['torch']}: "
+                "torch.cuda.is_available() is False); keep the tensors on the CPU (no device=, "
+                "or device='cpu') to run there with gloo"
+            )
+        self.cuda_checked = True
 
     def stored(self) -> list[list[int]]:
         """Every rank's stored ids (after flushing pending deletes), by flat rank."""

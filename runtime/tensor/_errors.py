@@ -1,4 +1,5 @@
-"""The tensor engine's error: an op failed on a rank and its result was fetched."""
+"""The tensor engine's errors: an op failed on a rank and its result was fetched; a CUDA tensor
+asked of a mesh whose ranks have no CUDA."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ class TensorOpError(MonarchError):
     def __str__(self) -> str:
         tb = f"\nTraceback of where the remote op failed:\n{self.remote_traceback}" if self.remote_traceback else ""
         return f"{self.op} failed on rank {self.rank}: {self.error}{tb}"
+
+
+class CUDAUnavailableError(MonarchError, RuntimeError):
+    """An op would make a CUDA tensor on a mesh where some rank has no CUDA: raised at the call
+    site, before the op is sent (the message names a rank, its host and its torch build)."""

@@ -2,7 +2,8 @@
 
 Semantics follow Monarch's ``Tensor.reduce`` (python/monarch/common/tensor.py in Meta Monarch):
 ``stack`` adds a leading dimension of the group's size; ``scatter`` needs a leading dimension of
-the group's size and removes it (a reduction) or keeps it (``stack``: all_to_all).
+the group's size and removes it (a reduction) or keeps it (``stack``: all_to_all). A CUDA
+tensor's reduce runs over NCCL groups (``_collectives.Groups``), a CPU tensor's over gloo.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def reduce(t: Tensor, dims: str | tuple[str, ...] | list[str], reduction: str, s
             raise ValueError(f"reduction {reduction!r} with scatter={scatter} changes the shape: it cannot be done in place")
         out = t
     else:
-        out = new_handle(meta_empty(shape, fake.dtype), client, client.new_id())
+        out = new_handle(meta_empty(shape, fake.dtype), client, client.new_id(), t._dev)
     client.ensure_store()
-    client.push(
-        (REDUCE, out._id, t._id, ordered, reduction, bool(scatter), inplace, tuple(fake.shape), fake.dtype)
-    )
+    cmd: tuple[Any, ...] = (REDUCE, out._id, t._id, ordered, reduction, bool(scatter), inplace, tuple(fake.shape), fake.dtype)
+    if t._dev != "cpu":  # NCCL groups for CUDA tensors (a CPU reduce's command is as before)
+        cmd = (*cmd, t._dev)
+    client.push(cmd)
     return out

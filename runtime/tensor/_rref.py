@@ -99,13 +99,14 @@ def rref(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str,
         leaves, tspec = tree_flatten(fake)
         outs: list[Any] = []
         ids = []
+        dev = _args_device((args, kwargs))
         for leaf in leaves:
             if isinstance(leaf, torch.Tensor):
                 with _bare():
                     meta = torch.empty_strided(
                         tuple(leaf.shape), tuple(leaf.stride()), dtype=leaf.dtype, device="meta"
                     )
-                h = new_handle(meta, client, client.new_id())
+                h = new_handle(meta, client, client.new_id(), dev)
                 ids.append(h._id)
                 outs.append(h)
             else:
@@ -170,7 +171,16 @@ def _rref_idl(mesh: Any, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict
             _idl_meta[key] = meta
     with _bare():
         fake = torch.empty_strided(meta[0], meta[1], dtype=meta[2], device="meta")
-    return new_handle(fake, client, oid)
+    return new_handle(fake, client, oid, _args_device((args, kwargs)))
+
+
+def _args_device(obj: Any) -> str:
+    """Where an endpoint's results are taken to live: on CUDA when a handle argument is (the
+    schema and ``propagate`` say nothing of devices)."""
+    for x in tree_flatten(obj)[0]:
+        if type(x) is Tensor and x._dev == "cuda":
+            return "cuda"
+    return "cpu"
 
 
 def _meta_key(spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -459,7 +469,11 @@ class _Pending:
                 if idl is not None:  # decoded here, with the rank's local tensors among its buffers
                     codec = _codec_of(method)
                     args, kwargs = codec.decode_call(memoryview(idl.payload), idl.buffers)
-                result = method(*args, **kwargs)
+                if store.device is not None:  # the rank's GPU: device="cuda" there means it
+                    with torch.cuda.device(store.device):
+                        result = method(*args, **kwargs)
+                else:
+                    result = method(*args, **kwargs)
                 if _inspect.isawaitable(result):
                     if hasattr(result, "close"):
                         result.close()

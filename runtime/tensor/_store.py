@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from . import _collectives, _redistribute
+from . import _collectives, _devices, _redistribute
 from ._errors import TensorOpError
 from ._wire import CALL, DEFINE_FN, PLACE, RANK, REDUCE, STORE, SYNC, Poison, Ref
 
@@ -72,6 +72,10 @@ class TensorStore:
         self._store: dict[int, Any] = {}
         self._fns: dict[int, Callable[..., Any]] = {}
         self._groups = _collectives.Groups(labels, sizes, self._coords, timeout_s)
+        # LOCAL_RANK: the coordinate on the last (per-host) dimension; its CUDA device is bound
+        # on the worker's thread by the first batch (_devices.rank_device)
+        self.local_rank = self._coords[-1] if self._coords else 0
+        self._bound = False
         self.flat_rank = flat_rank
         self.timeout_s = timeout_s
         # the SYNC hand-off with actors on this proc: ``reached`` is the last SYNC point this
@@ -88,6 +92,8 @@ class TensorStore:
         """Run ``cmds`` in order, then drop ``deletes`` (sent with ``broadcast``; never raises:
         a failing command poisons its outputs)."""
         store = self._store
+        if not self._bound:
+            self._bind_device()
         for cmd in cmds:
             tag = cmd[0]
             if tag == CALL:
@@ -111,6 +117,20 @@ class TensorStore:
         # client sends only ids of handles that were dead when the batch left)
         for i in deletes:
             store.pop(i, None)
+
+    def _bind_device(self) -> None:
+        """Make this rank's CUDA device (``cuda:LOCAL_RANK``) current on the worker's thread, where
+        the commands run: ``device="cuda"`` then means it. Nothing happens without CUDA."""
+        self._bound = True
+        try:
+            self._groups.device = _devices.rank_device(self.local_rank)
+        except Exception:  # a broken CUDA: its ops fail, with torch's error, when used
+            self._groups.device = None
+
+    @property
+    def device(self) -> torch.device | None:
+        """This rank's CUDA device, None without CUDA (or before the first batch)."""
+        return self._groups.device  # type: ignore[no-any-return]
 
     def _sync(self, seq: int, ranks: list[int], out_ids: tuple[int, ...]) -> None:
         """An actor call at this point of the op order: let the actor of this rank in (it has
@@ -157,7 +177,10 @@ class TensorStore:
 
     def _poison(self, op: str, exc: BaseException) -> Poison:
         tb = "".join(traceback.format_exception(exc))
-        return Poison(self._rank, op, f"{type(exc).__name__}: {exc}", tb)
+        error = f"{type(exc).__name__}: {exc}"
+        if self._groups.device is None and "cuda" in error.lower() and "CUDA is not available" not in error:
+            error = f"{error} ({_devices.cuda_missing()})"  # torch's words name no rank's state
+        return Poison(self._rank, op, error, tb)
 
     def _resolve_args(self, obj: Any, bad: list[Poison]) -> Any:
         if type(obj) is Ref:
@@ -239,6 +262,7 @@ class TensorStore:
         inplace: bool,
         shape: tuple[int, ...] | None = None,
         dtype: torch.dtype | None = None,
+        device: str = "cpu",
     ) -> None:
         v = self._store.get(in_id)
         if v is None:
@@ -249,15 +273,27 @@ class TensorStore:
                 "",
             )
         op = f"reduce({dims}, {reduction!r}, scatter={scatter})"
+        # the client says where the tensor lives: a rank whose input is poisoned must still
+        # join the same group as the others (NCCL for CUDA tensors, gloo for CPU ones)
+        backend = "nccl" if device == "cuda" else "gloo"
+        on = self._groups.device if backend == "nccl" else None
         try:
-            pg, ri, g = self._groups.get(dims)
+            pg, ri, g = self._groups.get(dims, backend)
             if reduction != "stack" and not scatter and shape is not None and dtype is not None:
                 # all_reduce: the poison flags travel beside the data (one wait, not two)
                 bad, out = _collectives.allreduce_checked(
-                    pg, ri, g, v if isinstance(v, torch.Tensor) else None, shape, dtype, reduction, inplace
+                    pg,
+                    ri,
+                    g,
+                    v if isinstance(v, torch.Tensor) else None,
+                    shape,
+                    dtype,
+                    reduction,
+                    inplace,
+                    on,
                 )
             else:
-                bad, out = _collectives.flags_any(pg, ri, g, type(v) is Poison), None
+                bad, out = _collectives.flags_any(pg, ri, g, type(v) is Poison, on), None
             if type(v) is Poison:
                 self._store[out_id] = v
                 return
@@ -276,7 +312,7 @@ class TensorStore:
                 v.copy_(out)
             self._store[out_id] = v if inplace else out
         except Exception as exc:
-            self._groups.drop(dims)
+            self._groups.drop(dims, backend)
             self._store[out_id] = self._poison(op, exc)
 
     # -- queries --------------------------------------------------------------------------------
@@ -299,8 +335,13 @@ class TensorStore:
                 )
             if type(v) is Poison:
                 raise TensorOpError(v.rank, v.op, v.error, v.traceback)
-            out.append(v.detach())
+            t = v.detach()
+            out.append(t if t.device.type == "cpu" else t.cpu())  # fetches land on the CPU
         return out
+
+    def device_info(self) -> dict[str, Any]:
+        """This rank's CUDA state (``_devices.device_info``)."""
+        return _devices.device_info(self.local_rank)
 
     def stored(self) -> list[int]:
         """The ids this worker holds (for tests and debugging)."""

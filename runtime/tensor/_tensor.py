@@ -50,6 +50,8 @@ class Tensor(_HandleBase):
     # one placement per mesh dimension (the handle is then one global tensor of shape ``shape``),
     # or None: one tensor per rank, each of shape ``shape`` (see _placement)
     _placements: tuple[Any, ...] | None = None
+    # where the ranks' tensors live: "cpu", or "cuda" (each rank's own device, cuda:LOCAL_RANK)
+    _dev: str = "cpu"
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]  # mypy reads torch's untyped keyword as a mismatch
         with torch._C.DisableTorchFunction():
@@ -57,7 +59,8 @@ class Tensor(_HandleBase):
             dtype = self.dtype
         ext = dict(zip(self._client.labels, self._client.sizes))
         pls = "" if self._placements is None else f", placements={self._placements}"
-        return f"monarch.Tensor(id={self._id}, shape={shape}, dtype={dtype}, mesh={ext}{pls})"
+        dev = "" if self._dev == "cpu" else f", device={self._dev}"
+        return f"monarch.Tensor(id={self._id}, shape={shape}, dtype={dtype}{dev}, mesh={ext}{pls})"
 
     def __del__(self) -> None:
         c = self.__dict__.get("_client")
@@ -79,6 +82,17 @@ class Tensor(_HandleBase):
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         return dispatch(func, args, kwargs or {}, None)
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]  # a property of TensorBase in torch
+        """Where the ranks' tensors live: ``cpu``, or ``cuda`` (each rank's own device,
+        ``cuda:LOCAL_RANK``; no index, as it differs per rank). Fetched values are on the CPU."""
+        return torch.device(self._dev)
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]  # as device
+        """The ranks' tensors are CUDA tensors."""
+        return self._dev == "cuda"
 
     @property
     def placements(self) -> tuple[Any, ...] | None:
@@ -196,11 +210,13 @@ def meta_empty(shape: Any, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device="meta")
 
 
-def new_handle(meta: torch.Tensor, client: MeshClient, id: int) -> Tensor:
+def new_handle(meta: torch.Tensor, client: MeshClient, id: int, device: str = "cpu") -> Tensor:
     h: Tensor = torch.Tensor._make_subclass(Tensor, meta)
     h._client = client
     h._id = id
     h._fake = meta
+    if device != "cpu":
+        h._dev = device
     return h
 
 
@@ -287,7 +303,7 @@ def _wire(obj: Any, w: _Walk, key: list[Any]) -> Any:
             )
         w.handles.append(obj)
         f = obj._fake
-        key.append((f.shape, f.stride(), f.dtype, f.storage_offset()))
+        key.append((f.shape, f.stride(), f.dtype, f.storage_offset(), obj._dev))
         return Ref(obj._id)
     if t is tuple or t is list:
         key.append(t)
@@ -347,10 +363,12 @@ def propagate_meta(
     itself: an in-place op)."""
     margs = _to_meta(args)
     mkwargs = _to_meta(kwargs)
+    if "device" in mkwargs:  # the client may have no such device: the metadata is the same
+        mkwargs = {**mkwargs, "device": "meta"}
     try:
-        if factory:
-            if "device" in mkwargs:
-                mkwargs = {**mkwargs, "device": "meta"}
+        if func in _MOVES:
+            out = _move_meta(func, margs, mkwargs)
+        elif factory:
             with torch.device("meta"):
                 out = func(*margs, **mkwargs)
         else:
@@ -381,6 +399,65 @@ def propagate_meta(
                     )
                 )
     return (spec, leaves, templates)
+
+
+_MOVES = frozenset((torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu))
+
+
+def _is_device(x: Any) -> bool:
+    return isinstance(x, torch.device) or (type(x) is str and x.split(":")[0] in _DEVICE_TYPES)
+
+
+_DEVICE_TYPES = frozenset(("cpu", "cuda", "meta"))
+
+
+def _move_meta(func: Any, margs: Any, mkwargs: dict[str, Any]) -> Any:
+    """The metadata of ``t.to(...)`` / ``t.cuda()`` / ``t.cpu()``: that of ``to`` without its
+    device (the client may have no CUDA), always a new tensor (the result lives elsewhere)."""
+    src = margs[0]
+    if func is torch.Tensor.to:
+        rest = [a for a in margs[1:] if not _is_device(a) and type(a) is not int]
+        kw = {k: v for k, v in mkwargs.items() if k not in ("device", "non_blocking", "copy")}
+        out = src.to(*rest, **kw)
+    else:
+        out = src
+    if out is src:
+        out = torch.empty_strided(tuple(src.shape), tuple(src.stride()), dtype=src.dtype, device="meta")
+    return out
+
+
+def _device_type(x: Any) -> str | None:
+    if isinstance(x, torch.device):
+        return x.type
+    if type(x) is str and x.split(":")[0] in ("cpu", "cuda"):
+        return x.split(":")[0]
+    if type(x) is int:  # t.to(0): a CUDA device index
+        return "cuda"
+    return None
+
+
+def out_device(func: Any, args: Any, kwargs: Any, handles: list[Tensor]) -> str:
+    """Where an op's results live on the ranks: its ``device=``; for ``t.to(...)``, ``cuda()``
+    and ``cpu()`` their target; else CUDA when an input handle is on CUDA (torch lets CPU
+    scalars join CUDA tensors), the CPU otherwise (factories without ``device=`` included)."""
+    d = _device_type(kwargs.get("device")) if kwargs else None
+    if d is not None:
+        return d
+    if func is torch.Tensor.cuda:
+        return "cuda"
+    if func is torch.Tensor.cpu:
+        return "cpu"
+    if func is torch.Tensor.to:
+        for a in args[1:]:
+            if type(a) is Tensor:
+                return a._dev
+            d = _device_type(a)
+            if d is not None:
+                return d
+    for h in handles:
+        if h._dev == "cuda":
+            return "cuda"
+    return "cpu"
 
 
 def dispatch(
@@ -428,9 +505,11 @@ def dispatch(
                 hit = propagate_meta(func, args, kwargs, w.handles, factory)
         else:
             hit = propagate_meta(func, args, kwargs, w.handles, factory)
+        # the key holds the input handles' devices and the arguments: so is the result's
+        hit = (*hit, out_device(func, args, kwargs, w.handles))
         if ckey is not _NOKEY:
             _cache[ckey] = hit
-    spec, leaves, templates = hit
+    spec, leaves, templates, dev = hit
     # metadata only (shape, dim(), dtype ...): answered here; a remote function with no tensor
     # result still runs on the workers, for its effects (Monarch's ``propagate=lambda: None``)
     if not templates and type(func) is not _Remote:
@@ -438,11 +517,13 @@ def dispatch(
     placed = None
     if type(func) is not _Remote and any(h._placements is not None for h in w.handles):
         placed = _out_placements(func, args, kwargs, w.handles, leaves, templates)
+    if dev != "cpu" and not client.cuda_checked:
+        client.check_cuda()  # once per mesh: every rank has CUDA, or say so here
     if nested:
         with _bare():
-            out = _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates)
+            out = _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates, dev)
     else:
-        out = _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates)
+        out = _emit(client, func, fid_key, w, wargs, wkwargs, spec, leaves, templates, dev)
     if placed is not None:
         results = [x for x in tree_flatten(out)[0] if type(x) is Tensor]
         for h, pls in zip(results, placed):
@@ -494,6 +575,7 @@ def _emit(
     spec: Any,
     leaves: list[Any],
     templates: list[Any],
+    dev: str = "cpu",
 ) -> Any:
     """Make the result handles and queue the command."""
     out_leaves = list(leaves)
@@ -508,7 +590,7 @@ def _emit(
             meta = torch.empty_strided(t[2], t[3], dtype=t[4], device="meta")
             if t[5]:
                 meta = meta.as_strided(t[2], t[3], t[5])
-            out_leaves[t[0]] = new_handle(meta, client, i)
+            out_leaves[t[0]] = new_handle(meta, client, i, dev)
             out_ids.append(i)
     fid = client.fn_id(func if fid_key is None else fid_key)
     client.push((CALL, fid, tuple(out_ids), wargs, wkwargs))

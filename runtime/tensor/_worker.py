@@ -64,6 +64,12 @@ class TensorWorker(Actor):
         return self._store.call_value(fid, args, kwargs)
 
     @endpoint
+    def device_info(self) -> dict[str, Any]:
+        """This rank's CUDA state: ``available``, ``count`` (devices this proc sees), ``index``
+        (its device, ``cuda:LOCAL_RANK``), ``torch``, ``nccl``, ``host``."""
+        return self._store.device_info()  # type: ignore[no-any-return]
+
+    @endpoint
     def stored(self) -> list[int]:
         """The ids this worker holds (for tests and debugging)."""
         return self._store.stored()  # type: ignore[no-any-return]
