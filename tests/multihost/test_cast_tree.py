@@ -2,7 +2,9 @@
 client; the host's head forwards to its other procs); a ``call()`` to at most FANOUT procs goes
 straight to them, and to more down the per-host tree, each head reducing its host's results into
 one reply; per-sender FIFO holds between tree casts and direct calls; a stream survives a proc's
-death (through the tree: a non-head's)."""
+death (through the tree: a non-head's). Over more than FANOUT hosts, casts in flight through a
+forwarder host that is lost (SIGKILLed, or its link cut) are re-sent by the client to the hosts
+below it."""
 
 from __future__ import annotations
 

@@ -1,18 +1,27 @@
 """The main job (examples/train_digits.py, data-parallel MLP on digits) across two namespace hosts,
 2 procs each, through ``--hosts``: it reaches the example's 95% target, its procs really ran in the
-hosts, and the agents are back to their baseline afterwards (nothing left behind)."""
+hosts, and the agents are back to their baseline afterwards (nothing left behind); with
+``--tolerate-host-loss`` it survives losing one host mid-training and still reaches it."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.multihost.netns import HostNet
 from tests.multihost.procs import kill_session
-from tests.multihost.test_host_agents import ROOT, _agent_log, _env, _start_agent, _wait_for
+from tests.multihost.test_host_agents import (
+    ROOT,
+    _agent_log,
+    _env,
+    _readline,
+    _start_agent,
+    _wait_for,
+)
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 
@@ -104,3 +113,86 @@ def test_the_main_job_fails_at_once_naming_the_missing_module_when_a_host_lacks_
     assert proc.returncode != 0, out[-3000:]
     assert "could not be decoded here" in out and "digits_step" in out, out[-3000:]
     assert "never arrived" not in out, out[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("mode", "lost"),
+    [("client", 0), ("actors", 0), ("actors", 1)],
+    ids=["client-lose-h0", "actors-lose-h0-with-reducer", "actors-lose-h1"],
+)
+def test_the_main_job_survives_losing_a_host_mid_training_with_tolerate_host_loss(
+    request, hosts: HostNet, mode: str, lost: int
+) -> None:
+    """``--tolerate-host-loss``: every process of one host (its agent, fork server and both
+    procs) SIGKILLed after step 60 of 300; the job re-plans onto the other host's 2 procs,
+    finishes, reaches the 95% target on the whole held-out set and exits 0; the surviving
+    agent is back to its baseline. In actors mode losing host 0 loses the reducer too (its
+    callers fail at once); losing host 1 leaves the reducer waiting for 2 missing
+    contributions until its step timeout (``--step-timeout 3``)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    agents = [_start_agent(host, pythonpath=[str(ROOT / "examples")]) for host in hosts]
+    baseline = [host.pids() for host in hosts]
+    workers = ",".join(f"tcp://{addr[4:]}" for _, addr in agents)
+    argv = [
+        sys.executable,
+        str(ROOT / "examples" / "train_digits.py"),
+        "--mode",
+        mode,
+        "--hosts",
+        workers,
+        "--tolerate-host-loss",
+        "--step-timeout",
+        "3",
+        "--print-every",
+        "20",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    request.addfinalizer(lambda: kill_session(proc))
+    lines: list[str] = []
+    deadline = time.monotonic() + TIMEOUT_S
+    while not any(line.startswith("step 60/") for line in lines):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no step 60 within {TIMEOUT_S} s: {''.join(lines)[-3000:]}")
+        line = _readline(proc, deadline - time.monotonic())
+        lines.append(line)
+    killed_at = time.monotonic()
+    hosts[lost].kill_all()  # the agent, its fork server and the job's 2 procs there
+    kill_s = time.monotonic() - killed_at
+    try:
+        rest, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_session(proc)
+        pytest.fail(f"the job ran past {TIMEOUT_S} s after the loss: {''.join(lines)[-3000:]}")
+    finished_s = time.monotonic() - killed_at
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out[-4000:]
+    replanned = re.search(
+        r"lost 2 of 4 replicas \(host (\S+): .*\); training on 1 host\(s\), 2 procs, from step (\d+)",
+        out,
+    )
+    assert replanned and replanned.group(1) == f"h{lost}", out[-4000:]
+    assert 60 <= int(replanned.group(2)) < 300, out[-4000:]
+    assert "step 300/300" in out, out[-3000:]
+    match = re.search(r"held-out accuracy: ([0-9.]+)% \((\d+)/(\d+)\)", out)
+    assert match and float(match.group(1)) >= 95.0, out[-3000:]
+    assert match.group(3) == "450", out[-3000:]  # the whole held-out set, re-sharded over 2
+    survivor = hosts[1 - lost]
+    assert _wait_for(lambda: survivor.pids() == baseline[1 - lost], 10.0), (
+        survivor.name,
+        survivor.pids(),
+        baseline[1 - lost],
+    )
+    assert not hosts[lost].pids()
+    print(
+        f"\n{mode}, h{lost} SIGKILLed at step 60 (kill took {kill_s * 1e3:.0f} ms): re-planned from "
+        f"step {replanned.group(2)}, {match.group(0)}; {finished_s:.1f} s from the kill to the exit"
+    )
