@@ -7,8 +7,9 @@ uses ``cuda:0``). NCCL needs one GPU per member of a communicator, so an NCCL gr
 its members' GPUs differ before it is built (on one machine, mesh dimensions other than the last
 map several ranks to one device) and says so instead of letting NCCL fail or hang.
 
-Written against torch 2.13's ``ProcessGroupNCCL(store, rank, size, options)``. Nothing here
-runs, or touches CUDA, until a command asks for a CUDA tensor or an NCCL collective.
+Written against torch 2.13's ``ProcessGroupNCCL(store, rank, size, options)``. ``rank_device``
+runs at a worker's first batch (where CUDA is available it initialises CUDA there, as Monarch's
+workers do at start); the NCCL functions at the first collective over CUDA tensors.
 """
 
 from __future__ import annotations

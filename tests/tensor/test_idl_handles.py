@@ -14,6 +14,7 @@ import monarch  # noqa: E402
 from monarch.actor import ActorError, context  # noqa: E402
 from monarch.generated.example import Batch, Report, Worker  # noqa: E402
 from monarch.generated.parameter_server import ParameterServer, Versioned  # noqa: E402
+from monarch.generated.trainer import GradientReducer  # noqa: E402
 from monarch.tensor import TensorOpError  # noqa: E402
 from monarch.testing import proc_mesh  # noqa: E402
 
@@ -55,6 +56,13 @@ class BatchWorker(Worker):
 
     def echo_blob(self, blob: bytes | memoryview) -> bytes | memoryview:
         return bytes(blob)
+
+
+class EchoReducer(GradientReducer):
+    """An explicit-response-port endpoint (answers on its port)."""
+
+    def all_reduce(self, port, step: int, grads: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
+        port.send(grads)
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +137,14 @@ def test_a_poisoned_handle_fails_the_call_without_running_the_endpoint(mesh) -> 
     assert "bad on rank 1" in str(info.value.exception)
     after = {p["gpus"]: v.version for p, v in servers.pull.call().get(WAIT_S).items()}
     assert after == {0: before[0] + 1, 1: before[1]}  # rank 1's endpoint did not run
+
+
+def test_an_explicit_port_endpoint_refuses_handles_before_anything_is_sent(mesh) -> None:
+    procs, servers, _ = mesh
+    reducers = procs.spawn("reducers", EchoReducer)
+    with procs.activate():
+        g = torch.ones(4)
+        with pytest.raises(TypeError, match="explicitResponsePort"):
+            reducers.all_reduce.call(1, g)
+        ok = servers.push.call(g, 0)  # the op stream is not held up by the refused call
+    assert len(ok.get(WAIT_S)) == 2
