@@ -39,6 +39,7 @@ from .._transport.auth import AsyncStream
 from .._transport.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig, tls_from_env, tls_from_monarch
 from . import agent_wire, logs
 from .procs import describe_status
+from .settings import SETTING_VARIABLES
 from .zygote import ZygoteClient, ZygoteError, ZygoteRefused
 
 __all__ = [
@@ -55,6 +56,9 @@ log = logging.getLogger("monarch.host_agent")
 AUTH_TIMEOUT_S = 10.0
 MAX_UNAUTHENTICATED = 64
 SPAWN_TIMEOUT_S = 30.0
+ZYGOTE_READY_TIMEOUT_S = (
+    30.0  # the agent says it serves once its fork server is ready, or after this
+)
 _KILL_WAIT_S = 5.0
 _SOCKET_BUFFER_BYTES = 256 << 10  # control frames are small
 _MIN_PEER_TIMEOUT_S = 0.5
@@ -172,6 +176,7 @@ class HostAgent:
         self._sock: socket.socket | None = None
         self._zygote: ZygoteClient | None = None
         self._runtime_dir = ""
+        self._proc_names = 0  # procs named so far (their names and Unix socket paths count them)
         self._stopped: asyncio.Event | None = None
 
     def __repr__(self) -> str:
@@ -204,16 +209,27 @@ class HostAgent:
         os.chmod(self._runtime_dir, 0o700)
         if self.use_fork_server:
             try:
+                # no idle preloads: they would run whenever the agent is quiet, which is when a
+                # client attaches; a spawn that needs monarch.config asks for it (_start_procs)
                 self._zygote = ZygoteClient.start(
-                    on_exit=self._zygote_exit, on_lost=self._zygote_lost
+                    on_exit=self._zygote_exit, on_lost=self._zygote_lost, idle_preload=False
                 )
             except (OSError, ZygoteError) as exc:
                 log.warning("no fork server, procs start from scratch: %s", exc)
-        log.info("host agent serving on %s (procs on %s)", self.address, self.proc_host)
-        if on_ready is not None:
-            on_ready(self.address)
         accept = asyncio.ensure_future(self._accept_loop())
         try:
+            if self._zygote is not None:
+                # ready means ready to spawn: the fork server's imports are done before the
+                # agent says it serves (a client that connects meanwhile is served at once)
+                try:
+                    await self._loop.run_in_executor(
+                        None, self._zygote.wait_ready, ZYGOTE_READY_TIMEOUT_S
+                    )
+                except ZygoteError as exc:
+                    log.warning("fork server not ready, serving anyway: %s", exc)
+            log.info("host agent serving on %s (procs on %s)", self.address, self.proc_host)
+            if on_ready is not None:
+                on_ready(self.address)
             await self._stopped.wait()
         finally:
             accept.cancel()
@@ -382,22 +398,91 @@ class HostAgent:
             rank_base = int(env.pop(logs.ENV_RANK_BASE, "0"))
         except ValueError:
             rank_base = 0
-        out = []
+        specs = []
         for k in range(count):
-            pname = f"{name}/{socket.gethostname()}/{len(self._by_pid) + k}"
+            pname = f"{name}/{socket.gethostname()}/{self._proc_names + k}"
             proc_env = dict(env)
             proc_env[logs.ENV_FILE] = logs.new_log_path(pname)  # this host's log file of the proc
             proc_env[logs.ENV_RANK] = str(rank_base + k)
-            proc = await self._loop.run_in_executor(None, self._start_one, session, pname, proc_env)
-            out.append({"addr": proc.addr, "pid": proc.pid, "name": proc.name})
-        return out
+            specs.append((pname, proc_env))
+        self._proc_names += count
+        started: list[_Proc] = []
+        try:
+            await self._loop.run_in_executor(None, self._start_procs, session, specs, started)
+        finally:
+            for proc in started:  # those started before a failure too: the session owns them
+                self._register(proc)
+        return [{"addr": p.addr, "pid": p.pid, "name": p.name} for p in started]
 
-    def _start_one(self, session: _Session, name: str, env: dict[str, str]) -> _Proc:
-        """Bind the proc's socket and fork it (an executor thread: the fork server's answer blocks)."""
-        if self.unix:  # procs of a Unix agent listen on Unix sockets in its private folder
-            path = os.path.join(
-                self._runtime_dir, f"{len(self._by_pid)}-{os.urandom(4).hex()}.sock"
-            )
+    def _start_procs(
+        self, session: _Session, specs: list[tuple[str, dict[str, str]]], started: list[_Proc]
+    ) -> None:
+        """Bind each proc's socket and fork them all, appending each to ``started`` (an executor
+        thread: the fork server's answers block). Every request is sent before the first answer
+        is awaited, so the fork server forks while this thread prepares the next one.
+
+        Raises:
+            ValueError: a request too large for the fork server.
+            OSError: a socket could not be bound or an interpreter not started.
+        """
+        zygote = self._zygote if self._zygote is not None and self._zygote.alive else None
+        # a proc whose environment carries settings imports monarch.config at start: the fork
+        # server imports it once, before the first of them forks
+        preload = (
+            ("monarch.config",) if any(k.upper() in SETTING_VARIABLES for k in specs[0][1]) else ()
+        )
+        cwd = os.getcwd()
+        # (name, env, listening socket, address, fork request id) of each proc not started yet
+        pending: list[tuple[str, dict[str, str], socket.socket, str, int | None]] = []
+        try:
+            for name, env in specs:
+                lsock, addr = self._proc_socket()
+                pending.append((name, env, lsock, addr, None))
+                if zygote is not None:
+                    try:
+                        rid = zygote.submit(
+                            _proc_argv(session, name), env, cwd, lsock.fileno(), preload=preload
+                        )
+                    except ZygoteError as exc:
+                        log.warning("fork server failed, starting procs from scratch: %s", exc)
+                        zygote = None
+                    else:
+                        pending[-1] = (name, env, lsock, addr, rid)
+            while pending:
+                name, env, lsock, addr, req = pending[0]
+                pid, popen = 0, None
+                if req is not None and zygote is not None:
+                    try:
+                        pid = zygote.result(req, SPAWN_TIMEOUT_S)
+                    except ZygoteRefused as exc:
+                        log.info("starting %s from scratch: %s", name, exc)
+                    except ZygoteError as exc:
+                        log.warning("fork server failed, starting %s from scratch: %s", name, exc)
+                        zygote = None
+                    pending[0] = (name, env, lsock, addr, None)  # collected
+                if not pid:
+                    argv = [
+                        str(lsock.fileno()) if a == "{fd}" else a for a in _proc_argv(session, name)
+                    ]
+                    cmd = [sys.executable, "-m", "monarch._mesh.proc_main", *argv]
+                    popen = subprocess.Popen(cmd, pass_fds=[lsock.fileno()], env=env, cwd=cwd)
+                    pid = popen.pid
+                pending.pop(0)
+                lsock.close()  # the proc has its own copy
+                started.append(
+                    _Proc(addr, pid, name, session, popen, log_path=env.get(logs.ENV_FILE))
+                )
+        finally:
+            for _name, _env, lsock, _addr, req in pending:  # not started (an error above)
+                if req is not None and self._zygote is not None:
+                    self._zygote.abandon(req)  # a proc it forks anyway is killed, unreported
+                lsock.close()
+
+    def _proc_socket(self) -> tuple[socket.socket, str]:
+        """A new proc's listening socket, bound on the proc host (a Unix agent's: in its
+        private folder), and its address."""
+        if self.unix:
+            path = os.path.join(self._runtime_dir, f"{self._proc_names}-{os.urandom(4).hex()}.sock")
             lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
             family, _ = parse_address(f"tcp:{self.proc_host}:0")
@@ -411,49 +496,25 @@ class HostAgent:
                 host, port = lsock.getsockname()[:2]
                 addr = f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
             lsock.listen(512)
-            argv = ["--fd", "{fd}", "--owner", session.client_addr, "--name", name]
-            popen = None
-            pid = 0
-            if self._zygote is not None and self._zygote.alive:
-                try:
-                    pid = self._zygote.spawn(
-                        argv, env, os.getcwd(), lsock.fileno(), SPAWN_TIMEOUT_S
-                    )
-                except ZygoteRefused as exc:
-                    log.info("starting %s from scratch: %s", name, exc)
-                except ZygoteError as exc:
-                    log.warning("fork server failed, starting %s from scratch: %s", name, exc)
-            if not pid:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "monarch._mesh.proc_main",
-                    *[str(lsock.fileno()) if a == "{fd}" else a for a in argv],
-                ]
-                popen = subprocess.Popen(cmd, pass_fds=[lsock.fileno()], env=env, cwd=os.getcwd())
-                pid = popen.pid
-        finally:
+        except BaseException:
             lsock.close()
-        proc = _Proc(addr, pid, name, session, popen, log_path=env.get(logs.ENV_FILE))
+            raise
+        return lsock, addr
+
+    def _register(self, proc: _Proc) -> None:
+        """Own a started proc and watch its exit (loop thread)."""
         assert self._loop is not None
-        done = threading.Event()
-
-        def register() -> None:
-            session.procs[pid] = proc
-            self._by_pid[pid] = proc
-            if popen is not None:
-                try:
-                    proc.pidfd = os.pidfd_open(pid)
-                    self._loop.add_reader(proc.pidfd, self._popen_exited, proc)  # type: ignore[union-attr]  # set in serve()
-                except OSError:
-                    proc.pidfd = -1
-            elif self._zygote is not None and (status := self._zygote.exit_status(pid)) is not None:
-                self._exited(pid, status)  # it ended before we registered it
-            done.set()
-
-        self._loop.call_soon_threadsafe(register)
-        done.wait(SPAWN_TIMEOUT_S)
-        return proc
+        pid = proc.pid
+        proc.session.procs[pid] = proc
+        self._by_pid[pid] = proc
+        if proc.popen is not None:
+            try:
+                proc.pidfd = os.pidfd_open(pid)
+                self._loop.add_reader(proc.pidfd, self._popen_exited, proc)
+            except OSError:
+                proc.pidfd = -1
+        elif self._zygote is not None and (status := self._zygote.exit_status(pid)) is not None:
+            self._exited(pid, status)  # it ended before we registered it
 
     def _zygote_exit(self, pid: int, status: int) -> None:
         if self._loop is not None:
@@ -525,6 +586,11 @@ class HostAgent:
             why,
             len(procs),
         )
+
+
+def _proc_argv(session: _Session, name: str) -> list[str]:
+    """A proc's arguments (``proc_main``'s); ``{fd}`` stands for its listening socket."""
+    return ["--fd", "{fd}", "--owner", session.client_addr, "--name", name]
 
 
 def _peer_timeout(value: Any) -> float | None:

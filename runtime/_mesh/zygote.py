@@ -83,6 +83,9 @@ class ZygoteClient:
             was not reported because the zygote exited first (closed or killed). The kernel
             SIGKILLs the zygote's children as it exits (``PR_SET_PDEATHSIG``), so they are dead
             or about to be. Not called when the zygote had no live children. ``None``: no callback.
+        idle_preload: whether the zygote imports ``PRELOAD_IDLE`` in a quiet spell between
+            requests (see :mod:`monarch._mesh.zygote_server`); False: only for a request whose
+            ``preload`` names them (a host agent: its quiet spells are when clients attach).
 
     Raises:
         ZygoteError: refused inside a zygote or a process it forked (``MONARCH_IN_ZYGOTE``).
@@ -90,7 +93,11 @@ class ZygoteClient:
     """
 
     def __init__(
-        self, on_exit: ExitCallback | None = None, on_lost: LostCallback | None = None
+        self,
+        on_exit: ExitCallback | None = None,
+        on_lost: LostCallback | None = None,
+        *,
+        idle_preload: bool = True,
     ) -> None:
         if os.environ.get(GUARD_ENV):
             raise ZygoteError(
@@ -119,7 +126,8 @@ class ZygoteClient:
                 [
                     sys.executable,
                     "-c",
-                    f"from monarch._mesh.zygote_server import serve; serve({theirs.fileno()})",
+                    "from monarch._mesh.zygote_server import serve; "
+                    f"serve({theirs.fileno()}, idle_preload={idle_preload!r})",
                 ],
                 pass_fds=[theirs.fileno()],
                 env=env,
@@ -136,20 +144,24 @@ class ZygoteClient:
 
     @classmethod
     def start(
-        cls, on_exit: ExitCallback | None = None, on_lost: LostCallback | None = None
+        cls,
+        on_exit: ExitCallback | None = None,
+        on_lost: LostCallback | None = None,
+        *,
+        idle_preload: bool = True,
     ) -> ZygoteClient:
         """Launch a zygote without waiting for its imports (a few ms on the caller's thread).
 
         Spawns sent before it is ready queue in the socket; :meth:`wait_ready` waits for it.
 
         Args:
-            on_exit, on_lost: see the class.
+            on_exit, on_lost, idle_preload: see the class.
 
         Raises:
             ZygoteError: refused inside a zygote or a process it forked.
             OSError: the interpreter could not be started.
         """
-        return cls(on_exit, on_lost)
+        return cls(on_exit, on_lost, idle_preload=idle_preload)
 
     def set_callbacks(self, on_exit: ExitCallback | None, on_lost: LostCallback | None) -> None:
         """Set the exit callbacks of a zygote launched before its owner existed (call before

@@ -3,8 +3,9 @@
 :meth:`monarch._mesh.zygote.ZygoteClient.start` runs :func:`serve` in a fresh interpreter. It
 imports what every proc needs (``PRELOAD``), says hello, then forks one proc per spawn request
 (:mod:`monarch._mesh.zygote_wire`) and reports each child's exit status. What only some procs
-need (``PRELOAD_IDLE``) it imports in a quiet spell between requests, or at once, before the
-fork, for a request whose ``preload`` field names it.
+need (``PRELOAD_IDLE``) it imports in a quiet spell between requests (unless started with
+``idle_preload=False``), or at once, before the fork, for a request whose ``preload`` field
+names it.
 
 Lifetime and safety:
 
@@ -66,11 +67,13 @@ PRELOAD_IDLE: tuple[str, ...] = ("monarch.config",)
 _IDLE_QUIET_S = 0.5  # no request for this long: the zygote is idle
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, idle_preload: bool = True) -> None:
     """The zygote's main loop: runs in the zygote process, never returns.
 
     Args:
         fd: the zygote's end of the control socketpair.
+        idle_preload: import ``PRELOAD_IDLE`` in quiet spells; False: only when a request's
+            ``preload`` names them.
     """
     import importlib
 
@@ -95,7 +98,8 @@ def serve(fd: int) -> None:
     for name in PRELOAD:  # the point: pay the imports once, not in every proc
         preload(name)
     gc.freeze()
-    idle = list(PRELOAD_IDLE)
+    idle = list(PRELOAD_IDLE)  # not imported yet: a request's preload may name them
+    quiet = idle_preload  # import them in quiet spells too
     startup_env = [os.environ.get(k) for k in STARTUP_ENV]
     me = os.getpid()
 
@@ -161,7 +165,7 @@ def serve(fd: int) -> None:
             # requests one after another, and an import between two of them (pydantic, ~0.1-0.4 s)
             # would delay the rest of that spawn
             ready, _, _ = select.select(
-                [ctl.fileno(), wake_r], [], [], _IDLE_QUIET_S if idle else None
+                [ctl.fileno(), wake_r], [], [], _IDLE_QUIET_S if idle and quiet else None
             )
             if not ready:
                 preload(idle.pop(0))  # single-threaded: never forks mid-import

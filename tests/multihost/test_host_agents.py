@@ -255,3 +255,33 @@ def test_an_agent_listens_on_monarchs_bind_at_advertise_form(hosts: HostNet) -> 
     )
     assert link.ready.get(20.0)["ip"] == hosts[0].ip  # where its procs bind
     link.close()
+
+
+def test_an_agent_says_it_serves_once_its_fork_server_has_done_its_imports(tmp_path: Path) -> None:
+    """``on_ready`` (the "listening on" line of ``monarch host serve``) means ready to spawn: a
+    client attaching then does not wait for, nor compete for CPU with, the fork server's imports."""
+    import asyncio
+    import threading
+
+    from monarch._mesh.host_agent import HostAgent
+
+    agent = HostAgent(f"unix:{tmp_path}/agent.sock", token=None, tls=None)
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def on_ready(addr: str) -> None:
+        seen.append(repr(agent._zygote))
+        ready.set()
+
+    thread = threading.Thread(
+        target=lambda: asyncio.run(agent.serve(on_ready=on_ready)), daemon=True
+    )
+    thread.start()
+    try:
+        assert ready.wait(READY_TIMEOUT_S), "the agent never said it serves"
+        assert " ready " in seen[0], seen  # <ZygoteClient pid=N ready pending=0 ...>
+    finally:
+        agent.stop()
+        thread.join(READY_TIMEOUT_S)
+    assert not thread.is_alive()
+    assert agent._zygote is not None and not agent._zygote.alive  # closed with the agent

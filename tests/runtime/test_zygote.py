@@ -403,6 +403,25 @@ def test_a_request_can_have_the_zygote_import_an_idle_preload_before_its_fork(
     assert z.wait_exit(pid, 10.0) == 0
 
 
+def test_a_zygote_without_idle_preloads_imports_none_while_quiet(harness: Harness) -> None:
+    from monarch._mesh import zygote_server
+
+    z = harness.start(idle_preload=False)
+    z.wait_ready(30.0)
+    # three quiet spells: a zygote with idle preloads would have imported monarch.config by now;
+    # this one waits for a request that names it (what a host agent's zygote does)
+    time.sleep(3 * zygote_server._IDLE_QUIET_S)  # the absence of an action over time is the test
+    rid, ours = _submit_report(harness, z, "x")
+    pid = z.result(rid, 30.0)
+    harness.pids.append(pid)
+    assert json.loads(_recv_all(ours))["config_loaded"] is False
+    assert z.wait_exit(pid, 10.0) == 0
+    rid, ours = _submit_report(harness, z, "y", preload=("monarch.config",))
+    pid = z.result(rid, 30.0)
+    harness.pids.append(pid)
+    assert json.loads(_recv_all(ours))["config_loaded"] is True
+
+
 def test_requests_submitted_together_each_get_their_own_proc_in_any_collection_order(
     harness: Harness,
 ) -> None:
