@@ -1,6 +1,7 @@
 """Across namespace hosts: ours vs torchmonarch 0.7.0 vs raw TCP, issue 12's Speed rows.
 
-``python -m benchmarks.multihost_bench [--rounds 2] [--fault-timeout-s 20] [--no-torchmonarch]``
+``python -m benchmarks.multihost_bench [--rounds 2] [--fault-timeout-s 20] [--no-torchmonarch]
+[--sessions main,silent,fanout]``
 (root: it makes network namespaces). One run, several interleaved rounds, medians.
 
 Four "hosts" are network namespaces on one bridge (``tests/multihost/netns.py``); every client
@@ -470,8 +471,13 @@ class Bench:
             finally:
                 sess.close()
         except Exception as exc:
-            self.notes.append(f"{system} {mode}: {exc}"[:600])
-            print(f"  ! {system} {mode}: {str(exc)[:300]}", flush=True)
+            text = f"{system} {mode}: {exc}"
+            # the head says what failed, the tail (a traceback's last lines) why
+            self.notes.append(text if len(text) <= 1200 else f"{text[:300]} ... {text[-900:]}")
+            print(
+                f"  ! {text if len(text) <= 2000 else text[:300] + ' ... ' + text[-1700:]}",
+                flush=True,
+            )
         finally:
             self.cleanup()
 
@@ -557,9 +563,10 @@ class Bench:
                     self.raw()
                     order = systems if r % 2 == 0 else systems[::-1]
                     for system in order:
-                        self.session(system, "main")
-                        self.session(system, "silent")
-                    if not self.args.no_fanout:
+                        for mode in ("main", "silent"):
+                            if mode in self.args.sessions:
+                                self.session(system, mode)
+                    if "fanout" in self.args.sessions and not self.args.no_fanout:
                         self.session("ours", "fanout")
             finally:
                 self.cleanup()
@@ -662,6 +669,12 @@ def main() -> None:
     ap.add_argument("--venv", default=str(DEFAULT_VENV), help="torchmonarch's venv")
     ap.add_argument("--no-torchmonarch", action="store_true", help="ours and raw only")
     ap.add_argument("--no-fanout", action="store_true", help="skip the 64-proc broadcast")
+    ap.add_argument(
+        "--sessions",
+        type=lambda v: set(v.split(",")),
+        default={"main", "silent", "fanout"},
+        help="comma-separated sessions to run: main,silent,fanout (default all)",
+    )
     ap.add_argument("--markdown", help="also write the table (with its conditions) to this file")
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--gateway", help=argparse.SUPPRESS)
