@@ -285,12 +285,16 @@ def train_by_actors(
     steps: int,
     report: Callable[[float], None],
     world: int = WORLD,
+    drain: bool = False,
 ) -> None:
     """Let the trainers average among themselves; follow their ``$stream`` of progress.
 
+    Args:
+        drain: on a failure, read the other trainers' parts to their end before raising (they
+            end once the reducer's step timeout fails their step); False: raise at once.
+
     Raises:
-        SupervisionError, ActorError: a trainer failed or was lost (raised once the stream
-            ended: the other trainers' parts are read to their end first).
+        SupervisionError, ActorError: a trainer failed or was lost.
     """
     losses: dict[int, list[float]] = {}
     failed: BaseException | None = None
@@ -298,6 +302,8 @@ def train_by_actors(
         try:
             progress = fut.get()
         except (SupervisionError, ActorError) as exc:
+            if not drain:
+                raise
             failed = failed or exc  # the first failure; the others are read to their end
             continue
         seen = losses.setdefault(progress.step, [])
@@ -331,6 +337,7 @@ class Replicas:
     ) -> None:
         x_train, y_train, x_test, y_test = data
         self.procs = procs
+        self.step_timeout_s = step_timeout_s
         self.world = len(procs)
         self.loaders = procs.spawn("loaders", DigitsLoader, x_train, y_train, args.batch_size)
         self.trainers = procs.spawn("trainers", DigitsTrainer, x_test, y_test, args.lr)
@@ -351,7 +358,8 @@ class Replicas:
             train_by_client(self.trainers, steps, report, self.world)
         else:
             assert self.reducer is not None
-            train_by_actors(self.trainers, self.reducer, steps, report, self.world)
+            drain = self.step_timeout_s is not None
+            train_by_actors(self.trainers, self.reducer, steps, report, self.world, drain)
 
     def survivors(self, timeout_s: float = 60.0) -> tuple[list[int], torch.Tensor | None]:
         """The ranks whose trainer still answers, and the weights of the first of them."""
