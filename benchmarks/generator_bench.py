@@ -13,7 +13,8 @@ rounds (the machine is small and shared: read medians and the spread across roun
    classes, against raw pycapnp and pickle.
 
 Options: ``--rounds N`` (default 5), ``--quick`` (3 rounds, fewer calls), ``--only
-gen,calls,codec``.
+gen,calls,codec``. ``--only huge [--structs N]``: one generation of a schema of N structs
+(default 76k, ~10 MB: issue 11 §3), its time and peak memory.
 """
 
 from __future__ import annotations
@@ -85,6 +86,47 @@ def bench_generation(n: int = 200) -> float:
             os.chdir(old)
     assert any(o.name == "big.py" for o in out)
     return elapsed
+
+
+def huge_schema(n: int) -> str:
+    """A schema of ``n`` structs, ~10 MB at 76k (issue 11's 10 MB schema): each has a comment,
+    primitive, Text, enum, list and struct-typed fields (the previous struct), as a big real
+    schema has."""
+    parts = [
+        "@0xa5a5a5a5a5a5a5a6;\nenum Kind { small @0; large @1; }\n",
+        "struct S0 { id @0 :UInt64; }\n",
+    ]
+    for i in range(1, n):
+        parts.append(
+            f"struct S{i} {{\n  # Record {i}.\n  id @0 :UInt64; name @1 :Text; "
+            f"value @2 :Float64; kind @3 :Kind;\n  prev @4 :S{i - 1}; tags @5 :List(Text);\n}}\n"
+        )
+    return "".join(parts)
+
+
+def bench_huge(n: int) -> tuple[float, float, int]:
+    """``(seconds, peak RSS in MiB of this process and of the parser child, schema bytes)`` of
+    one ``generate`` of :func:`huge_schema`; run it in a fresh process for a clean peak."""
+    import resource
+
+    text = huge_schema(n)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "huge.capnp"
+        path.write_text(text)
+        old = os.getcwd()
+        os.chdir(d)
+        try:
+            t0 = time.perf_counter()
+            out = generate(["huge.capnp"], [])
+            elapsed = time.perf_counter() - t0
+        finally:
+            os.chdir(old)
+    assert any(o.name == "huge.py" for o in out)
+    peak_kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    return elapsed, peak_kib / 1024, len(text.encode())
 
 
 # -- 2. call_one round trips on real procs ----------------------------------------------------
@@ -250,7 +292,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, --quick 3)")
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer calls")
-    parser.add_argument("--only", default="gen,calls,codec", help="comma-separated sections")
+    parser.add_argument(
+        "--only", default="gen,calls,codec", help="comma-separated sections (also: huge)"
+    )
+    parser.add_argument(
+        "--structs", type=int, default=76_000, help="structs of the 'huge' schema (default 76k)"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 5)
     only = set(args.only.split(","))
@@ -261,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         console.print(
             f"monarch-gen, 200 actor interfaces, {rounds} runs: {_spread(gen, '.2f')} s "
             f"(target < {GEN_TARGET_S} s: {verdict})"
+        )
+    if "huge" in only:
+        seconds, peak_mib, size = bench_huge(args.structs)
+        console.print(
+            f"monarch-gen, {args.structs} structs ({size / 1e6:.1f} MB schema): {seconds:.1f} s, "
+            f"peak RSS {peak_mib:.0f} MiB (the larger of this process and the parser child)"
         )
     if "calls" in only:
         table, _ = bench_calls(rounds, args.quick)

@@ -394,6 +394,17 @@ class _Builder:
                     raise self.type_error(
                         fwhere, f"$tensor applies to Data fields only, not {kind}"
                     )
+                param = (slot["type"].get("anyPointer") or {}).get("parameter")
+                if param is not None and int(param["scopeId"]) != int(node["id"]):
+                    # a nested struct or group of Outer(T) using T: its class would need T
+                    # bound by the outer class, which Python's nested classes cannot express
+                    outer = self.schema_path(int(param["scopeId"]))[-1]
+                    raise self.type_error(
+                        fwhere,
+                        f"uses the generic parameter of its enclosing struct {outer}: not "
+                        "supported; declare it at the top level with its own parameter "
+                        f"(struct Inner(T) {{ ... }}, used as Inner(T) inside {outer})",
+                    )
                 t = self.map_type(slot["type"], fwhere, node, method=method)
                 if tensor:
                     self.uses_torch = True
@@ -560,10 +571,22 @@ def _float_text(f: float, kind: str) -> str:
     return repr(f)
 
 
+_ENUM_RESERVED = frozenset(
+    {
+        "name", "value",  # Enum's own member attributes
+        "mro",  # refused by enum.Enum ("invalid enum member name")
+        # attributes of int, which an IntEnum member is: mypy rejects a member hiding one
+        "real", "imag", "numerator", "denominator", "conjugate",
+    }
+)  # fmt: skip
+"""Enumerant names that become ``name_`` (a fixed list: the output must not depend on the
+Python version that generates it)."""
+
+
 def escape_enumerant(name: str) -> str:
     from .naming import escape
 
-    return escape(name, frozenset({"name", "value"}))
+    return escape(name, _ENUM_RESERVED)
 
 
 def build_module(loaded: Loaded, path: str, module_names: dict[int, str]) -> ir.Module:
