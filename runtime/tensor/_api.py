@@ -194,7 +194,7 @@ class Remote:
         return ep.choose(fid, a, k)  # type: ignore[no-any-return]
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
-        """Run on every rank; an iterator of Futures of their values, in arrival order."""
+        """Run on every rank; what an endpoint's ``stream()`` gives: one Future per rank's value."""
         ep, fid, a, k = self._prepare(args, kwargs)
         return ep.stream(fid, a, k)
 
