@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
@@ -32,7 +33,7 @@ class Future(Generic[R]):
     same exception. Resolution happens on a runtime thread; callbacks run there.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_coro", "_state", "_value", "_waiters")
+    __slots__ = ("__weakref__", "_callbacks", "_coro", "_direct", "_state", "_value", "_waiters")
 
     def __init__(self) -> None:
         self._state = _PENDING
@@ -41,6 +42,10 @@ class Future(Generic[R]):
         # one locked lock per blocked get(); completion releases them (lighter than a Condition)
         self._waiters: list[Any] | None = None
         self._coro: Coroutine[Any, Any, R] | None = None  # see _from_coro
+        # set by the runtime when the result arrives on a link no event loop reads (a caller
+        # thread's direct link): a blocking wait reads it itself (``pump``); any other way of
+        # waiting first hands the link to the loop (``handover``)
+        self._direct: Any = None
 
     # -- completion (runtime side) ------------------------------------------------------
     def set_result(self, value: R) -> None:
@@ -68,6 +73,8 @@ class Future(Generic[R]):
 
     def add_done_callback(self, cb: Callable[[Future[R]], None]) -> None:
         """Run ``cb(self)`` when done: at once if already done, else on the completing thread."""
+        if self._direct is not None and self._state == _PENDING:
+            self._direct.handover()
         with _LOCK:
             if self._state == _PENDING:
                 if self._callbacks is None:
@@ -78,7 +85,12 @@ class Future(Generic[R]):
 
     # -- user side ------------------------------------------------------------------------
     def done(self) -> bool:
-        return self._state != _PENDING
+        """Whether the result (or exception) is there; never blocks."""
+        if self._state != _PENDING:
+            return True
+        if self._direct is not None:  # someone polls: the loop must read the result's link
+            self._direct.handover()
+        return False
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception the call failed with, or None; waits like ``get``."""
@@ -119,6 +131,18 @@ class Future(Generic[R]):
                 "Future.get() called on the runtime's event loop thread (inside an async endpoint "
                 "or callback): this would deadlock; use 'await future' instead"
             )
+        asked = timeout
+        direct = self._direct
+        if direct is not None:
+            deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+            # returns when done, at the deadline, or when it cannot read the link here
+            direct.pump(self, deadline)
+            if self._state != _PENDING:
+                return
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise CallTimeout(f"no result after {asked} s")
         waiter = _allocate_lock()
         waiter.acquire()
         with _LOCK:
@@ -134,7 +158,27 @@ class Future(Generic[R]):
             if self._waiters is not None and waiter in self._waiters:
                 self._waiters.remove(waiter)
         if self._state == _PENDING:
-            raise CallTimeout(f"no result after {timeout} s")
+            raise CallTimeout(f"no result after {asked} s")
+
+    def _finished(self) -> bool:
+        """``done()`` without its side effect (a direct link's hand-over)."""
+        return self._state != _PENDING
+
+    def _add_waiter(self, waiter: Any) -> bool:
+        """Call ``waiter.release()`` at completion; False (nothing registered) if done already."""
+        with _LOCK:
+            if self._state != _PENDING:
+                return False
+            if self._waiters is None:
+                self._waiters = [waiter]
+            else:
+                self._waiters.append(waiter)
+            return True
+
+    def _remove_waiter(self, waiter: Any) -> None:
+        with _LOCK:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def __await__(self) -> Generator[Any, None, R]:
         coro = self._take_coro()

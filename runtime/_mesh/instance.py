@@ -217,6 +217,7 @@ class ActorInstance:
         loop_thread_marker.active = False
         self._construct()
         get = self._queue.get
+        begin_call = self.host.router.begin_call
         while True:
             msg = get()
             if msg is _STOP:
@@ -228,6 +229,7 @@ class ActorInstance:
             if self.state != "running":
                 self.host.refuse(msg, self._refusal())
                 continue
+            begin_call(msg.reply_addr)  # what it sends its caller before answering stays ahead
             drive_sync(self._handle_steps(msg, False))
             del msg  # let received buffers go back to the pool before the next message
 

@@ -19,13 +19,17 @@ import collections
 import itertools
 import logging
 import os
+import select
 import socket
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .._core.errors import ConnectError, SupervisionError
+from .._core.future import Future
 from .._transport.base import CloseHandler, FrameHandler, Link, Transport
 from .._transport.frame import Envelope, encode_frame, frame_iov
 from .._transport.messages import ControlOp, Kind
@@ -93,6 +97,142 @@ _NO_BUFS: list[int] = []  # never mutated: the lengths of a message without buff
 # the kinds as module constants: a class attribute of an Enum costs a lookup per frame
 _CALL, _REPLY, _PORT, _HELLO = Kind.CALL, Kind.REPLY, Kind.PORT, Kind.HELLO
 _CONTROL, _SUPERVISION = Kind.CONTROL, Kind.SUPERVISION
+# the endpoint of the HELLO that opens a caller thread's direct link (see _DirectLink), and the
+# marker of the reply addresses a proc gives such links
+_DIRECT_HELLO = "direct-replies"
+_DIRECT_MARK = "#direct"
+# direct links one process opens at most (threads x peers); beyond, calls take the shared link
+_DIRECT_MAX = 64
+# how long a caller waits to open one (dial + token handshake) before it takes the shared link
+_DIRECT_DIAL_S = 1.0
+# a thread's direct-link table entries before a link is opened (see Router._direct_link)
+_NOT_YET = object()
+_FIRST_CALL = object()
+
+
+class _DirectLink:
+    """A caller thread's own link to one peer, for calls whose result it waits for.
+
+    A thread blocked in ``Future.get()`` on a call's result would otherwise be woken twice:
+    the event loop's thread wakes to read the reply, then hands it over to the caller. Calls a
+    plain thread (no event loop running on it) makes to a Unix peer, from its second call to
+    that peer on, go out on a link of its own, which no event loop reads: the peer sends their
+    replies back on it (it rewrites the reply address of calls arriving on it, see
+    ``Router._on_frame``), and the caller's ``get()`` reads and delivers them itself
+    (:meth:`pump`), woken once, by the kernel. Sequence numbers are the origin's as on the
+    shared link, so per-sender order holds across both. On the answering side only the thread
+    handling such a call answers on the direct link, and whatever it sends the caller before
+    answering (printed lines, port messages) goes there too, ahead of the answer
+    (``Router.begin_call``); any other answer takes the shared link.
+
+    Any other way of waiting on one of its futures (``await``, a done callback, polling
+    ``done()``, a second thread's ``get()``) first hands the link to the event loop for good
+    (:meth:`handover`); a failure the loop notices (the peer's death, a timeout) completes the
+    future and wakes the pump through ``wake_fd``.
+    """
+
+    __slots__ = ("__weakref__", "delivered", "handed", "link", "lock", "poller", "pumping", "router", "wake_fd")
+
+    def __init__(self, router: Router, link: Any) -> None:
+        self.router = router
+        self.link = link
+        self.lock = threading.Lock()  # one reader at a time
+        self.handed = False
+        self.pumping = 0  # the thread reading it now (its own deliveries need no wake-up)
+        self.delivered = 0  # frames the calling threads read and delivered themselves
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.poller = select.poll()
+        self.poller.register(link.fd, select.POLLIN)
+        self.poller.register(self.wake_fd, select.POLLIN)
+
+    def release(self) -> None:
+        """Wake a pump (``Future`` calls it as a waiter when the loop completes the future)."""
+        if self.pumping == threading.get_ident():
+            return  # the pump itself completed it, or handed the link over from a callback
+        try:
+            os.eventfd_write(self.wake_fd, 1)
+        except OSError:  # closed
+            pass
+
+    def handover(self) -> None:
+        """Let the event loop read this link from now on (any thread; idempotent)."""
+        if self.handed:
+            return
+        self.handed = True
+        self.release()  # a pump in poll() returns and stops reading
+        self.router.call_on_loop(self._loop_reads)
+
+    def _loop_reads(self) -> None:
+        with self.lock:  # after a pump's last read
+            self.link.start_reading()
+
+    def pump(self, fut: Future[Any], deadline: float | None) -> None:
+        """Read and deliver this link's frames on the calling thread until ``fut`` is done, the
+        monotonic ``deadline`` passes, or the link can no longer be read here (handed over,
+        closed, another thread reading: then the caller waits for the loop as usual)."""
+        if not self.lock.acquire(False):
+            self.handover()  # two readers: the loop takes over
+            return
+        link = self.link
+        frames: list[Any] = []
+        registered = False
+        self.pumping = threading.get_ident()
+        try:
+            registered = fut._add_waiter(self)
+            if not registered:
+                return
+            while not fut._finished() and not self.handed and not link.closed:
+                if deadline is None:
+                    ms = -1
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    ms = max(1, int(left * 1000.0 + 0.999))
+                ready = self.poller.poll(ms)
+                if not ready:
+                    continue
+                for fd, _ev in ready:
+                    if fd == self.wake_fd:
+                        try:
+                            os.eventfd_read(self.wake_fd)
+                        except OSError:
+                            pass
+                        break
+                frames, ended, exc = link.read_frames()
+                if frames:
+                    self.delivered += len(frames)
+                    self.lock.release()
+                    try:
+                        link.deliver(frames)  # outside the lock: results' callbacks may wait too
+                    finally:
+                        frames = []
+                        self.lock.acquire()
+                if ended:
+                    link.schedule_close(exc)
+                    return
+        finally:
+            self.pumping = 0
+            if registered:
+                fut._remove_waiter(self)
+            self.lock.release()
+
+    def close(self) -> None:
+        """Stop direct reads and close the link (loop thread)."""
+        self.handed = True
+        self.release()
+        self.link.close(None)
+
+    def __del__(self) -> None:  # its thread is gone (the thread-local held it)
+        try:
+            os.close(self.wake_fd)
+            if not self.handed and self.link.sock is not None:
+                self.link.sock.close()  # never read by the loop: nothing else holds it
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<_DirectLink {self.link.peer!r} handed={self.handed} closed={self.link.closed}>"
 
 
 class Router:
@@ -149,6 +289,12 @@ class Router:
         self._on_owner_lost: list[Callable[[], None]] = []
         self._on_hung: Callable[[str, str], None] | None = None
         self._closed = False
+        # caller threads' direct links (see _DirectLink): this thread's, by peer address; all
+        # of them; and, on the answering side, the accepted ones by their reply address
+        self._direct_tl = threading.local()
+        self._direct_all: weakref.WeakSet[_DirectLink] = weakref.WeakSet()  # a dead thread's go
+        self._direct_in: dict[Link, str] = {}
+        self._direct_ids = itertools.count(1)
 
     # -- wiring (by the composition root) ------------------------------------------------------
     def set_call_handler(self, handler: Handler) -> None:
@@ -194,6 +340,10 @@ class Router:
             self._outgoing_closed(link, exc)
             return
         self._incoming.discard(link)
+        if self._direct_in:
+            key = self._direct_in.pop(link, None)
+            if key is not None and self._out.get(key) is link:
+                del self._out[key]
         if link is self._first_incoming:
             for cb in list(self._on_owner_lost):
                 cb()
@@ -216,6 +366,8 @@ class Router:
                 return conn
             if addr in self._dead:
                 raise SupervisionError.proc_failed(f"on proc {addr}", self._dead[addr])
+            if _DIRECT_MARK in addr:
+                raise ConnectError(f"cannot reach {addr}: the caller's direct link is closed")
             return self._outgoing(addr, self.transport.connect(addr))
 
     def adopt(self, addr: str, sock: socket.socket) -> Link:
@@ -291,6 +443,13 @@ class Router:
             self._skip.pop(addr, None)
         if conn is not None:
             conn.close(None)
+        if self._direct_all:
+            with self._lock:
+                direct = [d for d in self._direct_all if d.link.peer == addr]
+                for d in direct:
+                    self._direct_all.discard(d)
+            for d in direct:
+                d.close()
         if via:
             self._skip_lost(via)
         for sink in list(self.sinks.values()):
@@ -340,9 +499,30 @@ class Router:
             env.seq = 0
             self.call_on_loop(self._dispatch, env, local_buffers(bufs))
             return
+        if self._direct_in:  # this process answers calls on caller threads' direct links
+            addr, alias = self._direct_route(addr)
+        else:
+            alias = None
         conn = self._out.get(addr)
         if conn is None or conn.closed:
             conn = self.connection(addr)
+        shared = conn
+        fut: Any = None
+        if alias is not None:
+            conn = alias
+        elif type(msg) is TemplateMessage and msg.reply_port and not bufs and not seq and sequenced and not msg.base.flags:
+            sink = self.sinks.get(msg.reply_port)
+            fut = getattr(sink, "future", None)
+            # every reply from this one peer (a call to several peers stays on the shared links)
+            if type(fut) is Future and len(getattr(sink, "expected", ())) == 1:
+                direct = self._direct_link(addr)
+                if direct is not None:
+                    fut._direct = direct  # before the send: its reply may come at once
+                    conn = direct.link
+                else:
+                    fut = None
+            else:
+                fut = None
         limit = self.limits.max_frame_bytes
         if bufs:
             lengths = [b.nbytes if type(b) is memoryview else memoryview(b).nbytes for b in bufs]
@@ -358,7 +538,10 @@ class Router:
                 data = encode(msg, seq, lengths, shm)
                 if len(data) > room:
                     raise _too_large(addr, limit - room + len(data), limit)
-                conn.send(frame_iov(data, inline))
+                if conn is shared:
+                    conn.send(frame_iov(data, inline))
+                else:
+                    self._send_off_shared(conn, shared, frame_iov(data, inline), fut)
                 return
             with self._lock:
                 n = self._seq_out.get(addr, 0) + 1
@@ -366,12 +549,129 @@ class Router:
                 if len(data) > room:  # before the sequence number is taken: the peer waits for none
                     raise _too_large(addr, limit - room + len(data), limit)
                 self._seq_out[addr] = n
-                conn.send(frame_iov(data, inline))
+                if conn is shared:
+                    conn.send(frame_iov(data, inline))
+                else:
+                    self._send_off_shared(conn, shared, frame_iov(data, inline), fut)
         except ConnectionError as exc:
             dead = self._dead.get(addr)
             if dead:
                 raise SupervisionError.proc_failed(f"on proc {addr}", dead) from exc
             raise ConnectError(f"cannot reach {addr}: {exc}") from exc
+
+    @staticmethod
+    def _send_off_shared(conn: Any, shared: Any, iov: list[Any], fut: Any) -> None:
+        """Send ``iov`` on a direct link, or on the shared link ``shared`` when the direct one
+        is closed (the frame carries the same sequence number either way, so order holds and
+        the shared link's failure reporting, such as a proc's exit status, applies)."""
+        try:
+            conn.send(iov)
+        except ConnectionError:
+            if fut is not None:
+                fut._direct = None  # its reply comes on the shared link: the loop delivers it
+            shared.send(iov)
+
+    def begin_call(self, reply_addr: str) -> None:
+        """The calling thread starts handling a call answered to ``reply_addr``: when that is a
+        caller's direct link, everything this thread sends to that caller until it answers goes
+        on that link, in order before the answer (the endpoint's printed lines, its port
+        messages); see :meth:`_direct_route`. A thread handling a call to a sync actor calls it."""
+        if self._direct_in:
+            self._direct_tl.handling = reply_addr if _DIRECT_MARK in reply_addr else None
+
+    def _direct_route(self, addr: str) -> tuple[str, Any]:
+        """Where a message to ``addr`` goes on a process that answers on direct links:
+        ``(address, direct link or None)``. The answer to a call that came on a caller's direct
+        link goes back on it only from the thread handling that call (:meth:`begin_call`), and
+        then so does everything that thread sent to that caller before it; an answer from any
+        other thread (an async actor's loop, a refusal) takes the caller's shared link, which
+        the caller also reads, so nothing it sent earlier there is overtaken."""
+        handling = getattr(self._direct_tl, "handling", None)
+        if _DIRECT_MARK in addr:
+            if handling == addr:
+                self._direct_tl.handling = None  # the answer is the last frame on that link
+                link = self._out.get(addr)
+                if link is not None and not link.closed:
+                    return addr, None
+            return addr.split(_DIRECT_MARK, 1)[0], None
+        if handling is not None and handling.split(_DIRECT_MARK, 1)[0] == addr:
+            link = self._out.get(handling)
+            if link is not None and not link.closed:
+                return addr, link
+        return addr, None
+
+    def _direct_link(self, addr: str) -> _DirectLink | None:
+        """The calling thread's direct link to ``addr``, made at its second call there; None
+        where calls take the shared link (the first call of this thread to ``addr``, an event
+        loop runs on this thread, a non-Unix peer, the link was handed to the loop or is
+        closed, too many direct links).
+
+        The first call takes the shared link so that a one-off call costs no dial, and so that
+        a peer which ends at once (a proc exiting during start) is reported by the shared
+        link's supervision, with its exit status, rather than by a failed dial."""
+        if asyncio._get_running_loop() is not None:  # no exception when there is none
+            return None
+        links: dict[str, Any] | None = getattr(self._direct_tl, "links", None)
+        if links is None:
+            links = self._direct_tl.links = {}
+        d = links.get(addr, _NOT_YET)
+        if d is _NOT_YET:
+            links[addr] = _FIRST_CALL
+            return None
+        if d is _FIRST_CALL:
+            d = links[addr] = self._open_direct(addr)
+        if d is None or d.handed or d.link.closed:
+            return None
+        return d  # type: ignore[no-any-return]
+
+    def _open_direct(self, addr: str) -> _DirectLink | None:
+        tr = self.transport
+        settings = getattr(tr, "settings", None)
+        if (
+            not addr.startswith("unix:") or settings is None or getattr(tr, "capture", None) is not None
+            or len(self._direct_all) >= _DIRECT_MAX or self._closed
+        ):
+            return None  # (a frame capture records the transport's own links only)
+        from .._transport.address import parse_address
+        from .._transport.auth import dial_handshake_blocking
+        from .._transport.connection import SocketLink
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # bounded well below the connect timeout: call_one() must not wait for a busy peer
+            sock.settimeout(min(settings.connect_timeout_s, _DIRECT_DIAL_S))
+            sock.connect(parse_address(addr)[1])
+            if getattr(tr, "authenticates_unix", False):
+                dial_handshake_blocking(sock, tr.token)  # type: ignore[attr-defined]  # a SocketTransport
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, settings.socket_buffer_bytes)
+        except Exception as exc:  # the shared link reports an unreachable peer
+            log.debug("no direct link to %s: %s", addr, exc)
+            sock.close()
+            return None
+        link = SocketLink(
+            self.loop, self._on_frame, self._direct_closed, settings, sock=sock, peer=addr,
+            shm_budget=getattr(tr, "shm_budget", None),
+        )
+        link.state["direct"] = True
+        hello = Envelope.new_message()
+        hello.kind = Kind.HELLO
+        hello.origin = self.addr
+        hello.endpoint = _DIRECT_HELLO
+        try:
+            link.send(encode_frame(hello, []))
+        except ConnectionError:
+            return None
+        d = _DirectLink(self, link)
+        with self._lock:
+            self._direct_all.add(d)
+        return d
+
+    def _direct_closed(self, link: Link, exc: BaseException | None) -> None:
+        with self._lock:
+            for d in [d for d in self._direct_all if d.link is link]:
+                self._direct_all.discard(d)
+                d.handed = True
+                d.release()
 
     def send_control(
         self, addr: str, op: ControlOp, *, actor: str = "", payload: Any = b"", bufs: list[Any] | None = None,
@@ -415,6 +715,8 @@ class Router:
             log.error("dropped %r from %s: only this proc's owner may ask for it", env.endpoint, conn.peer or "a peer")
             return
         seq = env.seq
+        if self._direct_in and conn in self._direct_in and env.kind == _CALL and env.replyAddr == env.origin and not env.flags:
+            env.replyAddr = self._direct_in[conn]  # its result goes back on the caller's own link
         if seq:
             origin = env.origin
             expected = self._seq_in.get(origin, 1)
@@ -430,6 +732,11 @@ class Router:
         if env.kind == _HELLO:
             if "origin" not in conn.state:
                 conn.state["origin"] = env.origin
+                if env.endpoint == _DIRECT_HELLO and not conn.outgoing:
+                    key = f"{env.origin}{_DIRECT_MARK}{next(self._direct_ids)}"
+                    self._direct_in[conn] = key
+                    with self._lock:
+                        self._out[key] = conn
             return
         self._dispatch(env, bufs)
 
@@ -529,6 +836,11 @@ class Router:
         """Close the listener and every link; call on the loop thread."""
         self._closed = True
         self.heartbeats.close()
+        with self._lock:
+            direct = list(self._direct_all)
+            self._direct_all.clear()
+        for d in direct:
+            d.close()
         self.transport.close()
 
     def __repr__(self) -> str:

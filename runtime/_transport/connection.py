@@ -413,6 +413,22 @@ class SocketLink:
         return n
 
     def _on_readable(self) -> None:
+        frames, ended, exc = self.read_frames()
+        self._deliver(frames)
+        if ended:
+            self.close(exc)
+
+    def read_frames(self) -> tuple[list[tuple[Any, list[memoryview]]], bool, BaseException | None]:
+        """Read what the socket holds without blocking and decode it.
+
+        Returns:
+            ``(frames, ended, exc)``: the frames completed; whether the link has ended (EOF,
+            a socket error, a malformed frame), then to be closed with ``exc`` (None for EOF).
+
+        The loop thread calls it when the socket is readable; a thread that owns a link the
+        loop does not read (a caller's direct link, see ``Router``) may call it instead, one
+        reader at a time.
+        """
         frames: list[tuple[Any, list[memoryview]]] = []
         dec = self._decoder
         sock = self.sock
@@ -425,33 +441,26 @@ class SocketLink:
                 if target is not None:
                     n = recv(target)
                     if n == 0:
-                        raise EOFError
+                        return frames, True, None
                     dec.advance_direct(n, frames)
                 else:
                     n = recv(stage)
                     if n == 0:
-                        raise EOFError
+                        return frames, True, None
                     dec.feed(stage[:n], frames)
                     if n < _RECV_CHUNK and dec.direct_target() is None:
                         break
         except (BlockingIOError, InterruptedError):
             pass
-        except EOFError:
-            self._deliver(frames)
-            self.close(None)
-            return
         except ProtocolError as exc:
             log.error("closing connection from %s: %s", self.peer or "peer", exc)
-            self._deliver(frames)
-            self.close(exc)
-            return
+            return frames, True, exc
         except OSError as exc:
-            self._deliver(frames)
-            self.close(None if exc.errno in (errno.ECONNRESET, errno.EPIPE) else exc)
-            return
-        self._deliver(frames)
+            return frames, True, None if exc.errno in (errno.ECONNRESET, errno.EPIPE) else exc
+        return frames, False, None
 
     def _deliver(self, frames: list[tuple[Any, list[memoryview]]]) -> None:
+        """Hand ``frames`` (from :meth:`read_frames`) to the frame handler, in order."""
         for env, bufs in frames:
             if self.closed:
                 return
@@ -464,7 +473,13 @@ class SocketLink:
             except Exception:
                 log.exception("error while handling a frame from %s", self.peer or "peer")
 
+    deliver = _deliver
+
     # -- closing ------------------------------------------------------------------------------
+    def schedule_close(self, exc: BaseException | None) -> None:
+        """Close the link on the loop thread (from any thread)."""
+        self._schedule_close(exc)
+
     def _schedule_close(self, exc: BaseException | None) -> None:
         if _on_loop_thread(self.loop):
             self.loop.call_soon(self.close, exc)

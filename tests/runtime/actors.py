@@ -134,3 +134,12 @@ class Sender(Actor):
                 self.target.push.broadcast(me, i)
         # per-sender FIFO: this call is handled after every message above
         return self.target.check.call_one(me).get(timeout=30)
+
+
+class PortSender(Actor):
+    """Sends on a port it is given, then answers (ordering of an actor's messages to a caller)."""
+
+    @endpoint
+    def send_then_answer(self, port: Port[int], x: int) -> int:
+        port.send(x)
+        return x
