@@ -105,23 +105,23 @@ def _walk(parser: Any, module: Any, out: dict[str, Any], options_schema: Any) ->
         if str(node.id) in out["nodes"]:
             return
         out["nodes"][str(node.id)] = _jsonable(node.to_dict())
-        if not node.isGeneric:
-            defaults: dict[str, Any] = {}
-            reader = None
-            for field in schema.fields_list:
-                proto = field.proto
-                if proto.which() == "group":
-                    add_struct(field.schema)
-                elif proto.slot.hadExplicitDefault and proto.slot.type.which() in (
-                    "list",
-                    "struct",
-                ):
-                    if reader is None:
-                        smod = _StructModule(schema, "x")
-                        reader = smod.from_bytes(smod.new_message().to_bytes()).__enter__()
-                    defaults[proto.name] = _jsonable(getattr(reader, proto.name))
-            if defaults:
-                out["defaults"][str(node.id)] = defaults
+        defaults: dict[str, Any] = {}
+        reader = None
+        for field in schema.fields_list:
+            proto = field.proto
+            if proto.which() == "group":
+                add_struct(field.schema)  # a generic struct's groups too (they are generic)
+            elif (
+                not node.isGeneric  # its defaults are read from a message, which needs a brand
+                and proto.slot.hadExplicitDefault
+                and proto.slot.type.which() in ("list", "struct")
+            ):
+                if reader is None:
+                    smod = _StructModule(schema, "x")
+                    reader = smod.from_bytes(smod.new_message().to_bytes()).__enter__()
+                defaults[proto.name] = _jsonable(getattr(reader, proto.name))
+        if defaults:
+            out["defaults"][str(node.id)] = defaults
 
     def walk(obj: Any, parsed: Any) -> None:
         node = parsed.node

@@ -267,11 +267,33 @@ class _Builder:
             if bound is not None:
                 return bound
             scope_node = self.nodes[param["scopeId"]]
+            if "struct" in scope and "struct" in scope_node and scope_node is not scope:
+                raise self.outer_parameter(where, scope, scope_node, int(param["parameterIndex"]))
             name = self.typevar(scope_node["parameters"][param["parameterIndex"]]["name"])
             return _Type(name, f"{name} | None", "None", "Param")
         if kind == "struct":
             return self.map_struct(body, where, scope, method)
         raise self.type_error(where, f"unsupported type {kind}")
+
+    def outer_parameter(
+        self,
+        where: tuple[str, ...],
+        inner: dict[str, Any],
+        outer: dict[str, Any],
+        index: int,
+    ) -> SchemaError:
+        """A nested struct or group of ``Outer(T)`` that uses ``T`` (directly, in a list or as a
+        type argument): its class would need ``T`` bound by the enclosing class, which Python's
+        nested classes cannot express (mypy: T unbound)."""
+        outer_name = ".".join(self.schema_path(int(outer["id"])))
+        param = outer["parameters"][index]["name"]
+        short = self.py_qualname(int(inner["id"])).rsplit(".", 1)[-1]
+        return self.type_error(
+            where,
+            f"uses the generic parameter {param} of its enclosing struct {outer_name}: not "
+            "supported; declare it at the top level with its own parameter "
+            f"(struct {short}({param}) {{ ... }}, used as {short}({param}) inside {outer_name})",
+        )
 
     def any_pointer(self, body: dict[str, Any], where: tuple[str, ...]) -> _Type:
         """``AnyPointer``/``AnyStruct``: any generated struct (``stubs.Struct``).
@@ -393,17 +415,6 @@ class _Builder:
                 if tensor and kind != "data":
                     raise self.type_error(
                         fwhere, f"$tensor applies to Data fields only, not {kind}"
-                    )
-                param = (slot["type"].get("anyPointer") or {}).get("parameter")
-                if param is not None and int(param["scopeId"]) != int(node["id"]):
-                    # a nested struct or group of Outer(T) using T: its class would need T
-                    # bound by the outer class, which Python's nested classes cannot express
-                    outer = self.schema_path(int(param["scopeId"]))[-1]
-                    raise self.type_error(
-                        fwhere,
-                        f"uses the generic parameter of its enclosing struct {outer}: not "
-                        "supported; declare it at the top level with its own parameter "
-                        f"(struct Inner(T) {{ ... }}, used as Inner(T) inside {outer})",
                     )
                 t = self.map_type(slot["type"], fwhere, node, method=method)
                 if tensor:

@@ -66,11 +66,20 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
     name = b.py_qualname(iid)
     if "." in name:
         raise b.error(where, "actor interfaces must be declared at file scope")
+    if node.get("parameters"):
+        # an endpoint's codec needs concrete types when the actor is spawned; a generic mesh
+        # class would leave T unbound in every stub (a mypy error)
+        params = ", ".join(p["name"] for p in node["parameters"])
+        raise b.error(
+            where,
+            f"generic actor interfaces are not supported ({name}({params})); use a generic "
+            f"struct as the parameter or result instead (struct Box({params}) {{ ... }})",
+        )
     mesh = name + "Mesh"
     _claim(b, taken, mesh, f"interface {name}", where)
     actor_bases: list[str] = []
     mesh_bases: list[str] = []
-    inherited: dict[str, str] = {}
+    inherited: dict[str, tuple[int, int, str]] = {}
     for sup in node["interface"].get("superclasses") or []:
         if not b.is_actor(sup["id"]):
             raise b.error(
@@ -79,10 +88,10 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
             )
         actor_bases.append(b.ref(sup["id"]))
         mesh_bases.append(b.ref(sup["id"], "Mesh"))
-        _inherited_names(b, sup["id"], inherited)
+        _inherited_names(b, sup["id"], inherited, name, where)
     b.helper("abstractmethod")
     methods = []
-    seen = dict(inherited)
+    seen = {py: wire for py, (_, _, wire) in inherited.items()}
     for i, m in enumerate(node["interface"].get("methods") or []):
         mwhere = (*where, m["name"])
         py = member_name(m["name"], RESERVED_MESH)
@@ -107,12 +116,36 @@ def interface(b: _Builder, iid: int, taken: dict[str, str]) -> ir.Interface:
     )
 
 
-def _inherited_names(b: _Builder, iid: int, out: dict[str, str]) -> None:
+def _inherited_names(
+    b: _Builder,
+    iid: int,
+    out: dict[str, tuple[int, int, str]],
+    iname: str,
+    where: tuple[str, ...],
+) -> None:
+    """Python name -> ``(interface id, ordinal, wire name)`` of every endpoint ``iid`` has,
+    its own and its bases'.
+
+    Raises:
+        SchemaError: two bases have different endpoints of one Python name (``extends(A, B)``
+            with ``A.reset`` and ``B.reset``): the mesh and the actor class would have one
+            attribute for both. One endpoint reached twice (a diamond) is not a clash.
+    """
     node = b.nodes[iid]
-    for m in node["interface"].get("methods") or []:
-        out[member_name(m["name"], RESERVED_MESH)] = m["name"]
+    for i, m in enumerate(node["interface"].get("methods") or []):
+        py = member_name(m["name"], RESERVED_MESH)
+        prev = out.get(py)
+        if prev is not None and prev[:2] != (iid, i):
+            first = ".".join(b.schema_path(prev[0]))
+            here = ".".join(b.schema_path(iid))
+            raise b.error(
+                where,
+                f"name clash in the bases of {iname}: endpoints {first}.{prev[2]} and "
+                f"{here}.{m['name']} both become {py!r} (rename one of them)",
+            )
+        out[py] = (iid, i, m["name"])
     for sup in node["interface"].get("superclasses") or []:
-        _inherited_names(b, sup["id"], out)
+        _inherited_names(b, sup["id"], out, iname, where)
 
 
 def method(

@@ -214,3 +214,62 @@ class CountingDerived(Derived):
 
     def extra(self, n: int) -> int:
         return n * 10
+
+
+from gencases.enum_member_names import Complex, Part, Sample  # noqa: E402
+from gencases.multi_extends import PingerMesh, Probe, Reading, Station  # noqa: E402
+
+
+class PartPicker(Complex):
+    """Answers the part given (an enumerant renamed with ``_``), or the sample's."""
+
+    def pick(self, part: Part = Part.conjugate_, *, sample: Sample) -> Part:
+        return sample.part if part is Part.real_ else part
+
+
+class DepthProbe(Probe):
+    """Implements every endpoint of Probe: its own, Sensor's, Pinger's, Reporter's, Named's."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def ping(self, n: int) -> int:
+        return n + 1
+
+    def report(self) -> Reading:
+        return Reading(value=1.0 + self.offset, unit="m")
+
+    def reset(self) -> None:
+        self.offset = 0.0
+
+    def calibrate(self, offset: float) -> Reading:
+        self.offset = offset
+        return self.report()
+
+    def name_(self) -> str:
+        return "probe"
+
+    def probe(self, depth: int) -> Sequence[Reading]:
+        return [Reading(value=float(i)) for i in range(depth)]
+
+
+class WatchStation(Station):
+    """A diamond (Pinger through Sensor and Tagger); pings the meshes it is given."""
+
+    async def ping(self, n: int) -> int:
+        return n * 2
+
+    async def report(self) -> Reading:
+        return Reading(value=-1.0)
+
+    async def reset(self) -> None:
+        pass
+
+    async def calibrate(self, offset: float) -> Reading:
+        return Reading(value=offset)
+
+    async def tag(self) -> str:
+        return "station"
+
+    async def watch(self, pinger: PingerMesh, n: int) -> int:
+        return await pinger.ping.call_one(n)

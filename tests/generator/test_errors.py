@@ -89,6 +89,35 @@ BAD: dict[str, tuple[str, str]] = {
         ID + "struct A {\n  x @0 :" + "List(" * 40 + "Int32" + ")" * 40 + ";\n}\n",
         "bad.capnp:3:3: A.x: List nested 40 deep; monarch-gen supports at most 32",
     ),
+    "nested_struct_uses_the_parents_generic_parameter": (
+        ID + "struct Outer(T) {\n  value @0 :T;\n  struct Inner {\n    item @0 :T;\n  }\n}\n",
+        "bad.capnp:5:5: Outer.Inner.item: uses the generic parameter T of its enclosing struct "
+        "Outer: not supported; declare it at the top level with its own parameter "
+        "(struct Inner(T) { ... }, used as Inner(T) inside Outer)",
+    ),
+    "nested_struct_binds_the_parents_generic_parameter": (
+        ID + "struct Box(U) { v @0 :U; }\nstruct Outer(T) {\n  struct Inner {\n"
+        "    box @0 :Box(T);\n  }\n}\n",
+        "bad.capnp:5:5: Outer.Inner.box: uses the generic parameter T of its enclosing struct Outer",
+    ),
+    "group_in_a_union_uses_the_parents_generic_parameter": (
+        ID + "struct Outer(Item) {\n  u :union {\n    a @0 :Text;\n"
+        "    g :group { x @1 :Item; }\n  }\n}\n",
+        "bad.capnp:5:16: Outer.u.g.x: uses the generic parameter Item of its enclosing struct "
+        "Outer: not supported; declare it at the top level with its own parameter "
+        "(struct G(Item) { ... }, used as G(Item) inside Outer)",
+    ),
+    "generic_actor_interface": (
+        ID + USING + "interface Foo(T) $M.actor {\n  f @0 (x :T) -> ();\n}\n",
+        "bad.capnp:3:11: generic actor interfaces are not supported (Foo(T))",
+    ),
+    "two_bases_with_one_endpoint_name": (
+        ID + USING + "interface A $M.actor { reset @0 (); }\n"
+        "interface B $M.actor { reset @0 (hard :Bool); }\n"
+        "interface C extends(A, B) $M.actor {\n  c @0 ();\n}\n",
+        "bad.capnp:5:11: name clash in the bases of C: endpoints A.reset and B.reset both "
+        "become 'reset' (rename one of them)",
+    ),
     "parser_crash_reports_the_signal": (
         ID + "struct A {\n  x @0 :" + "List(" * 3000 + "Int32" + ")" * 3000 + ";\n}\n",
         "bad.capnp:1:1: the schema parser (pycapnp, in a child process) crashed with SIGSEGV",

@@ -44,7 +44,8 @@ def cases() -> dict[str, ModuleType]:
     case_actors.ensure_gencases()
     names = ["builtin_names", "generic_results", "nested_unions", "nested_lists", "actor_refs",
              "struct_consts", "any_pointer", "cross_folder", "foreign_annotations",
-             "pycapnp_names", "shadowed_names", "evolution", "evolution_new"]  # fmt: skip
+             "pycapnp_names", "shadowed_names", "evolution", "evolution_new",
+             "enum_member_names", "multi_extends"]  # fmt: skip
     return {n: importlib.import_module(f"gencases.{n}") for n in names}
 
 
@@ -61,6 +62,32 @@ def test_builtin_named_enumerant_default_uses_the_renamed_member(
         [m.Phase.none, m.Phase.eval_],
     )
     assert step.lambda_ == 0.5
+
+
+def test_enumerants_named_like_int_and_enum_attributes_are_renamed_everywhere(
+    cases: dict[str, ModuleType],
+) -> None:
+    import enum
+
+    m = cases["enum_member_names"]
+    P = m.Part
+    assert [p.name for p in P] == ["real_", "imag_", "mro_", "numerator_", "denominator_",
+                                   "conjugate_", "name_", "value_", "plain"]  # fmt: skip
+    assert [p.value for p in P] == list(range(9)) and issubclass(P, enum.IntEnum)
+    # the int attributes a member would have hidden are int's again
+    assert (P.imag_.real, P.imag_.imag, P.denominator_.denominator) == (1, 0, 1)
+    # defaults of fields, lists, groups, nested enums, union members and parameters
+    s = m.Sample()
+    assert (s.part, list(s.parts), s.detail.inner, s.kind) == (
+        P.imag_, [P.mro_, P.real_, P.conjugate_], P.denominator_, m.Sample.Kind.mro_,
+    )  # fmt: skip
+    assert m.DEFAULT_PART is P.mro_ and m.ALL_PARTS == tuple(P)
+    assert m.SAMPLE == m.Sample(part=P.real_, parts=[P.conjugate_], kind=m.Sample.Kind.real_)
+    got = m.Sample.from_bytes(m.Sample(picked=P.value_, parts=[P.name_]).to_bytes())
+    assert got.which() == "picked" and got.picked is P.value_ and list(got.parts) == [P.name_]
+    args, kwargs = _through(m._COMPLEX_PICK, sample=m.SAMPLE)
+    assert args == (P.conjugate_,) and kwargs == {"sample": m.SAMPLE}
+    assert _result(m._COMPLEX_PICK, P.mro_) is P.mro_
 
 
 def test_keyword_only_parameter_after_a_defaulted_one_round_trips(
@@ -314,6 +341,54 @@ def test_derived_interface_spawns_its_own_mesh_with_base_endpoints(procs: Any) -
     assert type(mesh) is DerivedMesh and isinstance(mesh, BaseMesh)
     assert list(mesh.extra.call(4).get(timeout=60).values()) == [40, 40]
     assert mesh.slice(gpus=1).ping.call_one().get(timeout=60) == "pong"
+
+
+def test_interface_extending_several_interfaces_serves_every_parents_endpoints(
+    procs: Any,
+) -> None:
+    from gencases.multi_extends import (
+        NamedMesh,
+        PingerMesh,
+        ProbeMesh,
+        Reading,
+        ReporterMesh,
+        SensorMesh,
+        StationMesh,
+        TaggerMesh,
+    )  # fmt: skip
+
+    from tests.generator.case_actors import DepthProbe, WatchStation
+
+    probes = procs.spawn("probes", DepthProbe)
+    assert type(probes) is ProbeMesh
+    assert all(isinstance(probes, c) for c in (SensorMesh, PingerMesh, ReporterMesh, NamedMesh))
+    one = probes.slice(gpus=1)
+    assert one.ping.call_one(4).get(timeout=60) == 5  # Pinger, through Sensor
+    assert one.calibrate.call_one(0.5).get(timeout=60) == Reading(value=1.5, unit="m")
+    assert one.report.call_one().get(timeout=60).value == 1.5  # Reporter, through Sensor
+    one.reset.call_one().get(timeout=60)
+    assert one.report.call_one().get(timeout=60).value == 1.0
+    assert list(probes.name_.call().get(timeout=60).values()) == ["probe", "probe"]  # Named
+    assert [r.value for r in one.probe.call_one(3).get(timeout=60)] == [0.0, 1.0, 2.0]
+    station = procs.slice(gpus=0).spawn("station", WatchStation)
+    assert type(station) is StationMesh and isinstance(station, TaggerMesh)
+    assert station.ping.call_one(3).get(timeout=60) == 6  # the diamond's one Pinger
+    assert station.tag.call_one().get(timeout=60) == "station"
+    # a reference declared as M.ActorRef(Pinger): a derived mesh is one, and so is the station
+    assert station.watch.call_one(one, 7).get(timeout=60) == 8
+    other = procs.slice(gpus=1).spawn("station2", WatchStation)  # (itself would wait on itself)
+    assert station.watch.call_one(other, 7).get(timeout=60) == 14
+
+
+def test_enumerants_renamed_with_an_underscore_cross_real_procs(procs: Any) -> None:
+    from gencases.enum_member_names import SAMPLE, Part, Sample
+
+    from tests.generator.case_actors import PartPicker
+
+    picker = procs.slice(gpus=1).spawn("picker", PartPicker)
+    assert picker.pick.call_one(sample=SAMPLE).get(timeout=60) is Part.conjugate_
+    assert picker.pick.call_one(Part.real_, sample=Sample()).get(timeout=60) is Part.imag_
+    assert picker.pick.call_one(Part.mro_, sample=SAMPLE).get(timeout=60) is Part.mro_
 
 
 def test_generic_results_and_builtin_names_on_real_procs(procs: Any) -> None:
